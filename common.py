@@ -365,8 +365,8 @@ def convert_folder(src, out, size=512, sr=SR, segment_seconds=0.0, workers=None,
 DEMO_STYLES = {  # bpm, base pitch (Hz), harmonics, noise level, note length (beats)
     "blues": (70, 110, 6, 0.02, 1.0), "classical": (60, 440, 2, 0.0, 2.0),
     "country": (110, 196, 4, 0.02, 0.5), "disco": (120, 262, 3, 0.05, 0.25),
-    "hiphop": (90, 55, 8, 0.08, 0.5), "jazz": (140, 330, 5, 0.01, 0.33),
-    "metal": (180, 82, 12, 0.3, 0.25), "pop": (115, 523, 3, 0.03, 0.5),
+    "hiphop": (90, 55, 8, 0.03, 0.5), "jazz": (140, 330, 5, 0.01, 0.33),
+    "metal": (180, 82, 12, 0.5, 0.25), "pop": (115, 523, 3, 0.03, 0.5),
     "reggae": (75, 147, 4, 0.04, 1.0), "rock": (150, 165, 9, 0.15, 0.5),
 }
 
@@ -385,7 +385,7 @@ def demo_clip(genre, rng, seconds, sr=SR):
     tone = sum(np.sin(k * phase) / k ** 1.2 for k in range(1, harmonics + 1))
     envelope = np.exp(-3 * (t % note_len) / note_len)
     kick = np.exp(-30 * (t % beat)) * np.sin(2 * np.pi * 60 * (t % beat))
-    y = tone * envelope + 0.8 * kick + noise * rng.standard_normal(t.size) * 4
+    y = tone * envelope + 0.8 * kick + noise * rng.standard_normal(t.size)
     return (0.9 * y / np.max(np.abs(y))).astype(np.float32)
 
 

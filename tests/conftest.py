@@ -1,0 +1,54 @@
+"""Tiny audio and image data made with numpy, so the tests need nothing from outside."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED_GTZAN = ROOT.parent / "shared" / "gtzan"
+
+import common  # noqa: E402
+
+
+def write_tone(path, freq=440.0, seconds=1.0, sr=common.SR, channels=1, noise=0.0, seed=0):
+    import soundfile
+    t = np.arange(int(seconds * sr)) / sr
+    y = 0.5 * np.sin(2 * np.pi * freq * t) + noise * np.random.default_rng(seed).standard_normal(t.size)
+    if channels == 2:
+        y = np.stack([y, 0.5 * y], axis=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, y.astype(np.float32), sr, subtype="PCM_16")
+    return path
+
+
+@pytest.fixture
+def tiny_audio(tmp_path):
+    """Three genres x 3 clips of 1 s tones, each genre its own pitch range."""
+    root = tmp_path / "audio"
+    for g, base in (("blues", 200.0), ("metal", 2000.0), ("pop", 800.0)):
+        for i in range(3):
+            write_tone(root / g / f"{g}.{i:05d}.wav", base * (1 + 0.1 * i), noise=0.01, seed=i)
+    return root
+
+
+def make_images(root, n_per_class=6, size=16, classes=("a", "b", "c"), segments=0, seed=0):
+    """Class-separable tiny PNGs: each class brightens its own third of the image."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for k, c in enumerate(classes):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            names = [f"{c}{i:03d}"] if not segments else [f"{c}{i:03d}__s{s:02d}" for s in range(segments)]
+            for name in names:
+                img = rng.integers(0, 80, (size, size, 3), dtype=np.uint8)
+                band = slice(k * size // len(classes), (k + 1) * size // len(classes))
+                img[band] += 150
+                Image.fromarray(img).save(root / c / f"{name}.png")
+    return root
+
+
+@pytest.fixture
+def tiny_images(tmp_path):
+    return make_images(tmp_path / "images")

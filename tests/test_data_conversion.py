@@ -1,0 +1,179 @@
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import common
+import data_conversion
+from conftest import SHARED_GTZAN, write_tone
+
+
+def run(args, capsys):
+    code = data_conversion.main([str(a) for a in args])
+    return code, capsys.readouterr()
+
+
+def test_converts_tree_to_mirrored_pngs_with_study_orientation(tiny_audio, tmp_path, capsys):
+    out = tmp_path / "img"
+    code, cap = run([tiny_audio, out, "--size", "64", "--workers", "1"], capsys)
+    assert code == 0
+    pngs = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert pngs == sorted(p.relative_to(tiny_audio).with_suffix(".png").as_posix()
+                          for p in tiny_audio.rglob("*.wav"))
+    img = np.asarray(Image.open(out / "blues" / "blues.00000.png"))
+    assert img.shape == (64, 64, 3) and img.dtype == np.uint8
+    # a 200 Hz tone lights the bottom rows (low frequencies at the bottom), not the top
+    brightness = img.astype(float).sum(axis=(1, 2))
+    assert brightness.argmax() >= 60 and brightness[-4:].mean() > brightness[:4].mean() + 1000
+    # every pixel is a colour of the magma table
+    lut = {tuple(c) for c in common.colormap_lut("magma")}
+    assert all(tuple(px) in lut for px in img.reshape(-1, 3)[::97])
+    assert json.loads((out / "conversion.json").read_text())["size"] == 64
+
+
+def test_native_size_keeps_stft_shape(tiny_audio, tmp_path, capsys):
+    out = tmp_path / "img"
+    assert run([tiny_audio, out, "--size", "0", "--workers", "1"], capsys)[0] == 0
+    img = np.asarray(Image.open(out / "pop" / "pop.00000.png"))
+    frames = 1 + common.SR // common.HOP
+    assert img.shape == (1 + common.N_FFT // 2, frames, 3)
+
+
+def test_image_matches_specshow_rendering(tmp_path):
+    """Same picture as the study's librosa.display.specshow (magma, origin lower), give or take
+    resampling: mean absolute difference small compared with 255."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import librosa.display
+    import matplotlib.pyplot as plt
+    path = write_tone(tmp_path / "x.wav", 1000, seconds=3, noise=0.05)
+    y = common.load_audio(path)
+    ours = common.spectrogram_image(y, 128).astype(float)
+    fig = plt.figure(figsize=(1.28, 1.28), dpi=100)
+    ax = fig.add_axes([0, 0, 1, 1])
+    ax.axis("off")
+    librosa.display.specshow(common.spectrogram_db(y), sr=common.SR, hop_length=common.HOP, ax=ax)
+    fig.savefig(tmp_path / "s.png")
+    plt.close(fig)
+    theirs = np.asarray(Image.open(tmp_path / "s.png").convert("RGB")).astype(float)
+    assert theirs.shape == ours.shape
+    assert np.abs(theirs - ours).mean() < 20
+
+
+def test_segments_named_and_counted(tmp_path, capsys):
+    src = tmp_path / "a"
+    write_tone(src / "rock" / "rock.00000.wav", seconds=7.5)
+    code, _ = run([src, tmp_path / "o", "--size", "32", "--segment-seconds", "3", "--workers", "1"], capsys)
+    assert code == 0
+    names = sorted(p.name for p in (tmp_path / "o" / "rock").glob("*.png"))
+    assert names == ["rock.00000__s00.png", "rock.00000__s01.png"]
+    assert {common.clip_id_of(n) for n in names} == {"rock.00000"}
+
+
+def test_bad_files_are_warned_recorded_and_skipped(tiny_audio, tmp_path, capsys):
+    (tiny_audio / "blues" / "empty.wav").write_bytes(b"")
+    (tiny_audio / "blues" / "noise.wav").write_bytes(os.urandom(5000))
+    import soundfile
+    soundfile.write(tiny_audio / "metal" / "silent.wav", np.zeros(22050, np.float32), 22050)
+    write_tone(tiny_audio / "pop" / "stereo44k.wav", 500, sr=44100, channels=2)
+    write_tone(tiny_audio / "pop" / "short.wav", 500, seconds=0.5)
+    out = tmp_path / "img"
+    code, cap = run([tiny_audio, out, "--size", "32", "--segment-seconds", "1", "--workers", "2"], capsys)
+    assert code == 0
+    warnings = [line for line in cap.err.splitlines() if line.startswith("warning")]
+    assert len(warnings) == 4
+    for name in ("empty.wav", "noise.wav", "silent.wav", "short.wav"):
+        assert sum(name in w for w in warnings) == 1
+    rows = (out / "errors.csv").read_text().splitlines()
+    assert rows[0] == "file,reason" and len(rows) == 5
+    assert "silent" in next(r for r in rows if "silent.wav" in r)
+    assert "shorter than one" in next(r for r in rows if "short.wav" in r)
+    assert (out / "pop" / "stereo44k__s00.png").exists()  # stereo 44.1 kHz: mixed to mono, works
+    assert len(list(out.rglob("*.png"))) == 10
+
+
+def test_stereo_is_mixed_to_mono_and_resampled(tmp_path):
+    y = common.load_audio(write_tone(tmp_path / "s.wav", 500, seconds=1, sr=44100, channels=2))
+    assert y.ndim == 1 and len(y) == common.SR and np.isclose(np.abs(y).max(), 1.0)
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "genre_without_audio", "all_bad"])
+def test_bad_input_one_line_nonzero_exit(case, tmp_path, capsys):
+    src = tmp_path / "src"
+    if case != "missing":
+        src.mkdir()
+    if case == "genre_without_audio":
+        write_tone(src / "jazz" / "j.wav")
+        (src / "rock").mkdir()
+        (src / "rock" / "notes.txt").write_text("x")
+    if case == "all_bad":
+        (src / "jazz").mkdir()
+        (src / "jazz" / "a.wav").write_bytes(b"")
+    code, cap = run([src, tmp_path / "out"], capsys)
+    assert code == 1
+    errors = [line for line in cap.err.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and "Traceback" not in cap.err
+    if case == "genre_without_audio":
+        assert "rock" in errors[0] and not (tmp_path / "out").exists()
+
+
+def test_rerun_skips_up_to_date_and_finishes_interrupted(tiny_audio, tmp_path, capsys):
+    out = tmp_path / "img"
+    assert run([tiny_audio, out, "--size", "16", "--workers", "1"], capsys)[0] == 0
+    # an interrupted run: one output never written, a temp file left behind
+    (out / "metal" / "metal.00001.png").unlink()
+    stale = out / "metal" / ".metal.00001.png.999.tmp"
+    stale.write_bytes(b"\x89PNG half")
+    code, cap = run([tiny_audio, out, "--size", "16", "--workers", "1"], capsys)
+    assert code == 0 and "1 clips converted, 8 up to date" in cap.out
+    assert not stale.exists()
+    Image.open(out / "metal" / "metal.00001.png").verify()
+
+
+def test_crash_while_writing_leaves_no_partial_png(tmp_path, monkeypatch):
+    def broken_save(self, f, *a, **k):
+        f.write(b"\x89PNG partial")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        common.save_png(tmp_path / "x.png", np.zeros((4, 4, 3), np.uint8))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_is_deterministic_and_classes_differ(tmp_path, capsys):
+    import librosa
+    for d in ("a", "b"):
+        assert run(["--make-demo", tmp_path / d, "--clips-per-genre", "2", "--seconds", "2"], capsys)[0] == 0
+    files = sorted((tmp_path / "a").rglob("*.wav"))
+    assert len(files) == 20 and "SYNTHETIC" in (tmp_path / "a" / "README.txt").read_text()
+    assert all(f.read_bytes() == (tmp_path / "b" / f.relative_to(tmp_path / "a")).read_bytes() for f in files)
+    centroid = {}
+    for g in ("classical", "metal", "hiphop"):
+        y, sr = librosa.load(tmp_path / "a" / g / f"{g}.00000.wav", sr=None)
+        centroid[g] = librosa.feature.spectral_centroid(y=y, sr=sr).mean()
+    assert centroid["metal"] > 1.5 * centroid["hiphop"]  # noisy and bright vs bass-heavy
+
+
+def test_labels_csv_with_zero_padded_ids(tmp_path, capsys):
+    flat = tmp_path / "train"
+    write_tone(flat / "00001.wav", 300)
+    write_tone(flat / "00002.wav", 3000)
+    write_tone(flat / "00003.wav", 900)
+    (tmp_path / "train.csv").write_text("id,genre\n1,slow\n2,fast\n")
+    code, cap = run([flat, tmp_path / "o", "--labels", tmp_path / "train.csv", "--size", "16",
+                     "--workers", "1"], capsys)
+    assert code == 0 and "1 files have no label" in cap.err
+    assert sorted(p.relative_to(tmp_path / "o").as_posix() for p in (tmp_path / "o").rglob("*.png")) == \
+        ["fast/00002.png", "slow/00001.png"]
+
+
+@pytest.mark.skipif(not SHARED_GTZAN.exists(), reason="../shared/gtzan not present")
+def test_real_gtzan_clip(tmp_path, capsys):
+    src = tmp_path / "g"
+    (src / "jazz").mkdir(parents=True)
+    (src / "jazz" / "jazz.00000.wav").symlink_to(SHARED_GTZAN / "genres" / "jazz" / "jazz.00000.wav")
+    code, _ = run([src, tmp_path / "o", "--segment-seconds", "3", "--size", "64", "--workers", "1"], capsys)
+    assert code == 0
+    assert len(list((tmp_path / "o" / "jazz").glob("*.png"))) == 10
