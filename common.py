@@ -519,7 +519,9 @@ def image_dataset(paths, labels, clip_ids, img_size, transform=None, budget_mb=4
     x = torch.empty((len(paths), 3, img_size, img_size), dtype=torch.uint8)
     for i, p in enumerate(paths):
         x[i] = decode_image(p, img_size)
-    return ArrayDataset(x, labels, clip_ids, transform)
+    dataset = ArrayDataset(x, labels, clip_ids, transform)
+    dataset.paths = list(paths)
+    return dataset
 
 
 def load_image_data(args, img_size):
@@ -1005,13 +1007,14 @@ def train_epoch(model, loader, criterion, optimizer, scaler, autocast, device, d
 
 
 @torch.no_grad()
-def predict_logits(model, loader, autocast, device):
-    """Logits for the whole dataset in its order, gathered from every rank."""
+def predict_logits(model, loader, autocast, device, forward=None):
+    """Outputs (logits, or `forward`'s features) for the whole dataset in its order, each rank
+    computing its share and all of them gathered."""
     model.eval()
     parts = []
     for x, _, index in loader:
         with autocast():
-            logits = model(x.to(device, non_blocking=True))
+            logits = (forward or model)(x.to(device, non_blocking=True))
         parts.append((index.numpy(), logits.float().cpu().numpy()))
     gathered = [p for rank_parts in DIST.gather(parts) for p in rank_parts]
     n = len(loader.dataset)
