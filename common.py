@@ -407,9 +407,184 @@ def make_demo(out, clips_per_genre=10, seconds=6.0, seed=0, sr=SR):
 
 
 # ----------------------------------------------------------------------------------------------
-# Audio features: the columns of the public GTZAN table (features_30_sec.csv), same meaning
+# Audio features: the columns of the public GTZAN table (features_30_sec.csv), same meaning.
+# The table was made with librosa < 0.10, whose STFT padded with "reflect"; newer librosa pads
+# with zeros, which moves most columns by ~0.1 %. Asking for "reflect" reproduces the table.
 
-FEATURES_PLACEHOLDER = True
+PAD = "reflect"
+_FEATURE_BASES = ["chroma_stft", "rms", "spectral_centroid", "spectral_bandwidth", "rolloff",
+                  "zero_crossing_rate", "harmony", "perceptr"]
+FEATURE_COLUMNS = (["length"] + [f"{b}_{s}" for b in _FEATURE_BASES for s in ("mean", "var")]
+                   + ["tempo"] + [f"mfcc{i}_{s}" for i in range(1, 21) for s in ("mean", "var")])
+EXTENDED_COLUMNS = ([f"spectral_contrast{i}_{s}" for i in range(1, 8) for s in ("mean", "var")]
+                    + ["onset_strength_mean", "onset_strength_var"]
+                    + [f"tonnetz{i}_{s}" for i in range(1, 7) for s in ("mean", "var")])
+FEATURE_SETS = {"standard": FEATURE_COLUMNS, "extended": FEATURE_COLUMNS + EXTENDED_COLUMNS}
+
+
+def _mean_var(out, name, x):
+    out[f"{name}_mean"] = float(np.mean(x))
+    out[f"{name}_var"] = float(np.var(x))
+
+
+def _rows_mean_var(out, name, rows):
+    for i, row in enumerate(rows, 1):
+        _mean_var(out, f"{name}{i}", row)
+
+
+def clip_features(y, sr, feature_set="standard"):
+    """{column: float} for one clip, librosa defaults at the clip's own rate. The STFT is
+    computed once and shared (chroma, spectral, mel for MFCC and tempo, HPSS)."""
+    import librosa
+    stft = librosa.stft(y, pad_mode=PAD)  # n_fft 2048, hop 512, Hann, centered
+    magnitude = np.abs(stft)
+    power = magnitude ** 2
+    log_mel = librosa.power_to_db(librosa.feature.melspectrogram(S=power, sr=sr))
+    out = {"length": float(len(y))}
+    _mean_var(out, "chroma_stft", librosa.feature.chroma_stft(S=power, sr=sr))
+    _mean_var(out, "rms", librosa.feature.rms(y=y, pad_mode=PAD))
+    _mean_var(out, "spectral_centroid", librosa.feature.spectral_centroid(S=magnitude, sr=sr))
+    _mean_var(out, "spectral_bandwidth", librosa.feature.spectral_bandwidth(S=magnitude, sr=sr))
+    _mean_var(out, "rolloff", librosa.feature.spectral_rolloff(S=magnitude, sr=sr))
+    _mean_var(out, "zero_crossing_rate", librosa.feature.zero_crossing_rate(y))
+    # as old effects.hpss: istft without length=, so the last len(y) % hop samples stay zero
+    harmonic, percussive = librosa.decompose.hpss(stft)
+    for name, part in (("harmony", harmonic), ("perceptr", percussive)):
+        _mean_var(out, name, librosa.util.fix_length(librosa.istft(part, dtype=y.dtype), size=len(y)))
+    # = librosa.beat.beat_track(y=y, sr=sr)[0]: median-aggregated onset envelope
+    onset_env = librosa.onset.onset_strength(S=log_mel, sr=sr, aggregate=np.median)
+    out["tempo"] = float(np.atleast_1d(librosa.feature.tempo(onset_envelope=onset_env, sr=sr))[0])
+    _rows_mean_var(out, "mfcc", librosa.feature.mfcc(S=log_mel, n_mfcc=20))
+    if feature_set == "extended":
+        _rows_mean_var(out, "spectral_contrast", librosa.feature.spectral_contrast(S=magnitude, sr=sr))
+        _mean_var(out, "onset_strength", librosa.onset.onset_strength(S=log_mel, sr=sr))
+        _rows_mean_var(out, "tonnetz", librosa.feature.tonnetz(y=y, sr=sr))
+    return {c: out[c] for c in FEATURE_SETS[feature_set]}
+
+
+def audio_features(path, feature_set="standard"):
+    """Features of one file at its own sample rate, without normalization (as the public table).
+    Raises BadAudio for empty, unreadable or silent files."""
+    import librosa
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        raise BadAudio(f"{path}: empty or missing file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            y, sr = librosa.load(path, sr=None, mono=True)
+    except Exception as e:
+        raise BadAudio(f"{path}: not readable as audio ({type(e).__name__})") from None
+    if y.size < N_FFT or not np.all(np.isfinite(y)):
+        raise BadAudio(f"{path}: too short or not finite")
+    if np.max(np.abs(y)) < 1e-6:
+        raise BadAudio(f"{path}: silent (all samples zero)")
+    return clip_features(y, sr, feature_set)
+
+
+def _feature_job(job):
+    """Worker: (path, label, feature_set, cache file) -> (path, label, row or None, error)."""
+    path, label, feature_set, cache = job
+    try:
+        row = audio_features(path, feature_set)
+    except BadAudio as e:
+        return path, label, None, str(e).split(": ", 1)[-1]
+    except Exception as e:
+        return path, label, None, f"{type(e).__name__}: {e}"
+    write_json(cache, {"stamp": _file_stamp(path), "features": row})
+    return path, label, row, None
+
+
+def _file_stamp(path):
+    st = Path(path).stat()
+    return f"{st.st_size}-{st.st_mtime_ns}"
+
+
+def extract_features(src, out_csv, feature_set="standard", workers=None, labels_csv=None):
+    """Labeled audio -> a CSV like the public GTZAN table (filename, features..., label).
+    Each clip's features are cached beside the CSV; a rerun computes only new or changed files.
+    Returns (rows written, errors)."""
+    out_csv = Path(out_csv)
+    cache_dir = out_csv.parent / f".{out_csv.stem}-cache" / feature_set
+    rows, jobs, errors = {}, [], []
+    for path, label in list_labeled_audio(src, labels_csv):
+        cache = cache_dir / label / f"{path.name}.json"
+        if cache.exists():
+            cached = json.loads(cache.read_text())
+            if cached.get("stamp") == _file_stamp(path):
+                rows[path] = (label, cached["features"])
+                continue
+        jobs.append((path, label, feature_set, cache))
+    if jobs:
+        warm_imports()
+    for path, label, row, error in parallel_map(_feature_job, jobs, workers or default_workers(),
+                                                "features"):
+        if error:
+            print(f"warning: skipped {path}: {error}", file=sys.stderr)
+            errors.append((str(path), error))
+        else:
+            rows[path] = (label, row)
+    if not rows:
+        raise SuiteError(f"nothing extracted: all {len(jobs)} files failed")
+    columns = FEATURE_SETS[feature_set]
+    write_csv(out_csv, ["filename", *columns, "label"],
+              [[p.name, *(row[c] for c in columns), label] for p, (label, row) in sorted(rows.items())])
+    write_csv(out_csv.with_name(out_csv.stem + "_errors.csv"), ["file", "reason"], sorted(errors))
+    return len(rows), errors
+
+
+def read_features_csv(path, label_col="label"):
+    """(features float32 array, columns, clip ids, labels) from our CSV or the public one.
+    Columns that are not numbers (besides filename and the label) are ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise SuiteError(f"{path}: no such features CSV (make one with train_mlp.py --extract)")
+    try:
+        with open(path, newline="") as f:
+            header, *rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, ValueError, csv.Error) as e:
+        raise SuiteError(f"{path}: not a readable CSV ({type(e).__name__})") from None
+    missing = [c for c in ("filename", label_col) if c not in header]
+    if missing:
+        raise SuiteError(f"{path}: missing column(s) {', '.join(missing)} "
+                         f"(has {', '.join(header[:5])}, ...)")
+    rows = [r for r in rows if any(cell.strip() for cell in r)]
+    if not rows or any(len(r) != len(header) for r in rows):
+        raise SuiteError(f"{path}: no rows, or rows with a different number of cells than the header")
+    columns = list(zip(*rows))
+
+    def as_number(cell):
+        try:
+            return float(cell)
+        except ValueError:
+            return None if cell.strip() else float("nan")
+    numeric, values = [], []
+    for name, cells in zip(header, columns):
+        if name in ("filename", label_col):
+            continue
+        numbers = [as_number(c) for c in cells]
+        if sum(n is None for n in numbers) > len(numbers) // 2:
+            continue  # a text column
+        numeric.append(name)
+        values.append([float("nan") if n is None else n for n in numbers])
+    if not numeric:
+        raise SuiteError(f"{path}: no numeric feature columns")
+    x = np.array(values, dtype=np.float64).T
+    labels = [c.strip() for c in columns[header.index(label_col)]]
+    bad = [c for c, col in zip(numeric, x.T) if not np.all(np.isfinite(col))]
+    if bad or not all(labels):
+        n_rows = int((~np.isfinite(x)).any(axis=1).sum()) + sum(not label for label in labels)
+        raise SuiteError(f"{path}: NaN, empty or non-numeric values in column(s) "
+                         f"{', '.join((bad or [label_col])[:5])} ({n_rows} rows); fix or drop them")
+    clip_ids = [feature_clip_id(name) for name in columns[header.index("filename")]]
+    return x.astype(np.float32), numeric, clip_ids, labels
+
+
+def feature_clip_id(filename):
+    """'blues.00000.wav' -> 'blues.00000'; GTZAN's 3-second table 'blues.00000.3.wav' too."""
+    stem = clip_id_of(filename)
+    head, _, tail = stem.rpartition(".")
+    return head if tail.isdigit() and head.rpartition(".")[2].isdigit() else stem
 
 
 # ----------------------------------------------------------------------------------------------
@@ -551,8 +726,9 @@ SPLIT_FILE = "split.json"
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 
 
-def _take_per_class(clip_ids, labels, fraction, rng):
-    """Stratified pick of `fraction` of each class's clips (at least one of a class with >= 3)."""
+def _take_per_class(clip_ids, labels, fraction, rng, one_from=3):
+    """Stratified pick of `fraction` of each class's clips; at least one from a class that has
+    `one_from` clips or more, so small sets still test every class."""
     by_class = {}
     for clip, label in zip(clip_ids, labels):
         by_class.setdefault(label, []).append(clip)
@@ -560,7 +736,7 @@ def _take_per_class(clip_ids, labels, fraction, rng):
     for label in sorted(by_class):
         clips = sorted(by_class[label])
         n = int(fraction * len(clips) + 0.5)
-        if len(clips) >= 3:
+        if len(clips) >= one_from:
             n = max(n, 1)
         picked += list(rng.permutation(clips)[:n])
     return set(picked)
@@ -577,7 +753,7 @@ def make_split(clip_ids, labels, seed=0, fractions=SPLIT_FRACTIONS):
     test = _take_per_class(clips, labs, fractions[2], rng)
     rest = [(c, label) for c, label in zip(clips, labs) if c not in test]
     val = _take_per_class([c for c, _ in rest], [label for _, label in rest],
-                          fractions[1] / (1 - fractions[2]), rng)
+                          fractions[1] / (1 - fractions[2]), rng, one_from=2)
     train = [c for c, _ in rest if c not in val]
     return {"seed": seed, "train": sorted(train), "val": sorted(val), "test": sorted(test)}
 
@@ -628,7 +804,7 @@ def kfold_splits(clip_ids, labels, k, seed=0):
     folds = []
     rng = np.random.default_rng(seed)
     for train_idx, test_idx in StratifiedKFold(k, shuffle=True, random_state=seed).split(clips, labs):
-        val = _take_per_class(list(clips[train_idx]), list(labs[train_idx]), 1 / 9, rng)
+        val = _take_per_class(list(clips[train_idx]), list(labs[train_idx]), 1 / 9, rng, one_from=2)
         folds.append({"seed": seed, "train": sorted(c for c in clips[train_idx] if c not in val),
                       "val": sorted(val), "test": sorted(clips[test_idx])})
     return folds
@@ -650,7 +826,17 @@ def resolve_splits(args, split_dir, clip_ids, labels):
         return [(f"fold{i + 1}", s) for i, s in enumerate(kfold_splits(clip_ids, labels, args.folds, args.seed))]
     if args.split:
         return [("", load_or_make_split(args.split, clip_ids, labels, args.seed, given=True))]
-    return [("", load_or_make_split(Path(split_dir) / SPLIT_FILE, clip_ids, labels, args.seed))]
+    return [("", load_or_make_split(split_location(split_dir, args.out), clip_ids, labels, args.seed))]
+
+
+def split_location(data_dir, runs_dir):
+    """DATA/split.json; for a read-only data folder (a shared copy, a Kaggle input) the split is
+    kept under the runs folder instead, named after the data folder."""
+    data_dir = Path(data_dir)
+    if not data_dir.exists() or data_dir.stat().st_mode & 0o222:
+        return data_dir / SPLIT_FILE
+    key = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:8]
+    return Path(runs_dir) / "splits" / f"{data_dir.name}-{key}.json"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1038,6 +1224,9 @@ def fit(model, train_set, val_set, criterion, args, device, param_groups=None, l
     """Adam + ReduceLROnPlateau(val loss, x0.1, patience 3) + early stopping on validation
     balanced accuracy (patience args.patience) with the best weights restored.
     Returns (history rows, best epoch). Works on one device or under torchrun (DDP)."""
+    if not len(train_set) or not len(val_set):
+        raise SuiteError(f"{len(train_set)} training and {len(val_set)} validation items: each "
+                         "class needs at least 3 clips (one to train, validate and test)")
     model = model.to(device)
     trainable = param_groups or [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=args.lr, weight_decay=getattr(args, "weight_decay", 0.0))
@@ -1296,9 +1485,9 @@ class Job:
     """What a trainer hands the driver for one split. fit_model/fit_train/fit_val default to the
     full model and its data; the transfer fast path fits the head on cached features instead."""
 
-    def __init__(self, model, spec, train_set, val_set, test_set, criterion, fit_model=None,
-                 fit_train=None, fit_val=None, param_groups=None, notes=None):
-        self.model, self.spec, self.criterion = model, spec, criterion
+    def __init__(self, model, spec, train_set, val_set, test_set, criterion=None, fit_model=None,
+                 fit_train=None, fit_val=None, param_groups=None, notes=None, estimator=None):
+        self.model, self.spec, self.criterion, self.estimator = model, spec, criterion, estimator
         self.train_set, self.val_set, self.test_set = train_set, val_set, test_set
         self.fit_model = fit_model or model
         self.fit_train, self.fit_val = fit_train or train_set, fit_val or val_set
@@ -1328,21 +1517,24 @@ def run_training(args, script, model_name, clip_ids, labels, classes, split_dir,
             write_config(run_dir, args, split, {"model": model_name, "spec": job.spec,
                                                 "notes": job.notes})
         seed_everything(args.seed)
-        start = time.time()
-        history, best_epoch = fit(job.fit_model, job.fit_train, job.fit_val, job.criterion, args,
-                                  device, job.param_groups)
-        train_seconds = time.time() - start
-        autocast, _ = amp_tools(device)
-        model = job.model.to(device)
-        loader = make_loader(job.test_set, args.batch_size, False, args.seed, 0, device)
-        start = time.time()
-        logits = predict_logits(model, loader, autocast, device)
-        predict_seconds = time.time() - start
+        if job.estimator is not None:  # a scikit-learn baseline: same split, same metrics
+            history, best_epoch, train_seconds, logits, predict_seconds = fit_estimator(job)
+        else:
+            start = time.time()
+            history, best_epoch = fit(job.fit_model, job.fit_train, job.fit_val, job.criterion,
+                                      args, device, job.param_groups)
+            train_seconds = time.time() - start
+            autocast, _ = amp_tools(device)
+            model = job.model.to(device)
+            loader = make_loader(job.test_set, args.batch_size, False, args.seed, 0, device)
+            start = time.time()
+            logits = predict_logits(model, loader, autocast, device)
+            predict_seconds = time.time() - start
         metrics, report, predictions = test_metrics(model_name, classes, logits, job.test_set,
                                                     job.train_set, job.val_set)
         metrics.update({"epochs_run": len(history), "best_epoch": best_epoch,
                         "train_seconds": train_seconds,
-                        "seconds_to_best": history[best_epoch - 1]["seconds"],
+                        "seconds_to_best": history[best_epoch - 1]["seconds"] if history else train_seconds,
                         "predict_seconds_per_clip": predict_seconds / metrics["n_test"],
                         "split_hash": split_hash(split), "data": str(args.data),
                         "run": run_dir.name if not suffix else f"{args.run_name}/{suffix}",
@@ -1351,8 +1543,13 @@ def run_training(args, script, model_name, clip_ids, labels, classes, split_dir,
             metrics.update({"group": args.run_name, "fold": int(suffix[4:]), "folds": args.folds})
         if DIST.main:
             write_results(run_dir, metrics, history, report, predictions, model_name)
-            save_model(run_dir / "model.pt", model, job.spec, classes,
-                       {"best_epoch": best_epoch, "run": str(run_dir)})
+            if job.estimator is not None:
+                import joblib
+                atomic_write(run_dir / "model.joblib", lambda f: joblib.dump(
+                    {"estimator": job.estimator, "spec": job.spec, "classes": list(classes)}, f), mode="wb")
+            else:
+                save_model(run_dir / "model.pt", job.model, job.spec, classes,
+                           {"best_epoch": best_epoch, "run": str(run_dir)})
             print(f"test: balanced accuracy {metrics['test_balanced_accuracy']:.3f}, accuracy "
                   f"{metrics['test_accuracy']:.3f}, macro F1 {metrics['test_macro_f1']:.3f} on "
                   f"{metrics['n_test']} clips -> {run_dir}")
@@ -1360,9 +1557,25 @@ def run_training(args, script, model_name, clip_ids, labels, classes, split_dir,
     if DIST.main and len(results) > 1:
         summarize_folds(run_dir.parent, results)
     if DIST.main and args.predict:
+        if not (run_dir / "model.pt").exists():
+            raise SuiteError("--predict needs a model.pt; scikit-learn baselines save model.joblib")
         predict_and_submit(run_dir / "model.pt", args.predict, args, device)
     DIST.barrier()
     return results
+
+
+def fit_estimator(job):
+    """Fit a scikit-learn model on the training rows; its decision scores stand in for logits."""
+    start = time.time()
+    job.estimator.fit(job.train_set.inputs(torch.arange(len(job.train_set))).numpy(),
+                      job.train_set.labels)
+    train_seconds = time.time() - start
+    start = time.time()
+    x_test = job.test_set.inputs(torch.arange(len(job.test_set))).numpy()
+    scores = np.asarray(job.estimator.decision_function(x_test), np.float32)
+    if scores.ndim == 1:  # two classes: one score for the second
+        scores = np.stack([-scores, scores], axis=1)
+    return [], 0, train_seconds, scores, time.time() - start
 
 
 def summarize_folds(group_dir, results):

@@ -10,6 +10,9 @@ sys.path.insert(0, str(ROOT))
 SHARED_GTZAN = ROOT.parent / "shared" / "gtzan"
 
 import common  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)  # tiny models: a second thread only adds waiting (36x slower under load)
 
 
 def write_tone(path, freq=440.0, seconds=1.0, sr=common.SR, channels=1, noise=0.0, seed=0):
