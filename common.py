@@ -786,9 +786,10 @@ def load_or_make_split(split_path, clip_ids, labels, seed=0, given=False):
     if given:
         raise SuiteError(f"{split_path}: no such split file")
     split = make_split(clip_ids, labels, seed)
-    write_json(split_path, split)
-    print(f"wrote {split_path}: {len(split['train'])} train, {len(split['val'])} val, "
-          f"{len(split['test'])} test clips")
+    write_json(split_path, split)  # every torchrun rank may get here: same bytes, atomic
+    if DIST.main:
+        print(f"wrote {split_path}: {len(split['train'])} train, {len(split['val'])} val, "
+              f"{len(split['test'])} test clips")
     return split
 
 
@@ -1147,10 +1148,12 @@ class Dist:
         dist.all_gather_object(out, obj)
         return out
 
-    def barrier(self):
-        if self.active:
-            import torch.distributed as dist
+    def finish(self):
+        """Wait for every rank, then leave the process group."""
+        import torch.distributed as dist
+        if self.active and dist.is_initialized():
             dist.barrier()
+            dist.destroy_process_group()
 
 
 DIST = Dist()
@@ -1397,7 +1400,7 @@ def load_model(path, device="cpu"):
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         model = build_model(checkpoint["spec"])
         model.load_state_dict(checkpoint["state_dict"])
-    except (KeyError, RuntimeError, OSError, ValueError) as e:
+    except Exception as e:  # torch.load raises many kinds on a foreign or damaged file
         raise SuiteError(f"{path}: not a model.pt of this suite ({type(e).__name__})") from None
     return model.to(device).eval(), checkpoint
 
@@ -1560,7 +1563,7 @@ def run_training(args, script, model_name, clip_ids, labels, classes, split_dir,
         if not (run_dir / "model.pt").exists():
             raise SuiteError("--predict needs a model.pt; scikit-learn baselines save model.joblib")
         predict_and_submit(run_dir / "model.pt", args.predict, args, device)
-    DIST.barrier()
+    DIST.finish()
     return results
 
 

@@ -1,0 +1,258 @@
+"""Compare training runs: a markdown table and bar charts; --demo runs the whole study.
+
+    python compare.py                              # runs/*/metrics.json -> report/
+    python compare.py --runs runs --out report --kaggle my-genre-competition
+    python compare.py --demo                       # synthetic data, every model, CPU, minutes
+
+The table: model, balanced accuracy, accuracy, macro F1, epochs, time to converge (seconds to the
+best epoch), prediction time per clip, Kaggle score. K-fold runs appear once, as mean +- std.
+Runs tested on different splits or data are flagged: their figures are not comparable.
+"""
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import common
+
+CHARTS = {  # file -> (metric key, axis label)
+    "balanced_accuracy.png": ("test_balanced_accuracy", "test balanced accuracy"),
+    "time_to_converge.png": ("seconds_to_best", "seconds to best epoch"),
+    "predict_time.png": ("predict_seconds_per_clip", "prediction seconds per clip"),
+    "kaggle_score.png": ("kaggle_score", "Kaggle score"),
+}
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", default="runs", help="folder of run folders (default %(default)s)")
+    p.add_argument("--out", default="report", help="report folder (default %(default)s)")
+    p.add_argument("--kaggle", metavar="COMPETITION",
+                   help="fill kaggle_score from your submissions whose message names the run")
+    d = p.add_argument_group("demo")
+    d.add_argument("--demo", action="store_true", help="make demo data, train every model family, "
+                                                       "then compare (offline, CPU, a few minutes)")
+    d.add_argument("--demo-dir", default="demo", help="where the demo writes its data and runs")
+    d.add_argument("--demo-weights", default="imagenet",
+                   help="vgg16 weights for the demo: imagenet (falls back to none offline), none, PATH")
+    d.add_argument("--demo-epochs", type=int, default=20, help="maximum epochs per model in the demo")
+    return p
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading runs
+
+def load_runs(runs_dir):
+    """One entry per run; the folds of a K-fold run become one entry with mean and std."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise common.SuiteError(f"{runs_dir}: no such runs folder (train a model first)")
+    entries, groups = [], {}
+    for path in sorted(runs_dir.rglob("metrics.json")):
+        try:
+            m = json.loads(path.read_text())
+            m["test_balanced_accuracy"]
+        except (ValueError, KeyError):
+            print(f"warning: skipped {path}: not a metrics.json of this suite", file=sys.stderr)
+            continue
+        m["_path"] = path
+        if m.get("group"):
+            groups.setdefault(str(path.parent.parent), []).append(m)
+        else:
+            m["name"] = m.get("run", path.parent.name)
+            entries.append(m)
+    for group_dir, folds in groups.items():
+        entry = {"name": f"{Path(group_dir).name} ({len(folds)}-fold)", "folds": folds,
+                 "model": folds[0]["model"], "split_hash": "k-fold", "data": folds[0].get("data"),
+                 "kaggle_score": None}
+        for key in ("test_balanced_accuracy", "test_accuracy", "test_macro_f1", "epochs_run",
+                    "seconds_to_best", "predict_seconds_per_clip"):
+            values = np.array([f[key] for f in folds], dtype=float)
+            entry[key], entry[key + "_std"] = float(values.mean()), float(values.std())
+        entries.append(entry)
+    if not entries:
+        raise common.SuiteError(f"{runs_dir}: no metrics.json found (train a model first)")
+    for e in entries:
+        for suffix in ("", "_std"):
+            if e.get("predict_seconds_per_clip" + suffix) is not None:
+                e["predict_ms" + suffix] = e["predict_seconds_per_clip" + suffix] * 1000
+    return sorted(entries, key=lambda e: -e["test_balanced_accuracy"])
+
+
+def fill_kaggle_scores(entries, competition):
+    """Kaggle's public score of the latest submission whose message names the run."""
+    api = common.kaggle_api()
+    try:
+        submissions = api.competition_submissions(competition)
+    except Exception as e:
+        raise common.SuiteError(f"could not read submissions of {competition}: {e}", code=2) from None
+    filled = 0
+    for entry in entries:
+        if "folds" in entry:
+            continue
+        run_name = entry["_path"].parent.name
+        for sub in submissions:  # newest first
+            message = str(getattr(sub, "description", "") or "")
+            score = getattr(sub, "public_score", None) or getattr(sub, "publicScore", None)
+            if run_name in message and score not in (None, ""):
+                entry["kaggle_score"] = float(score)
+                metrics = json.loads(entry["_path"].read_text())
+                metrics["kaggle_score"] = float(score)
+                common.write_json(entry["_path"], metrics)
+                filled += 1
+                break
+    print(f"Kaggle scores found for {filled} of {len(entries)} runs")
+
+
+# ----------------------------------------------------------------------------------------------
+# Table and charts
+
+def cell(entry, key, fmt):
+    value = entry.get(key)
+    if value is None:
+        return "-"
+    text = fmt.format(value)
+    if entry.get(key + "_std") is not None:
+        text += " ± " + fmt.format(entry[key + "_std"])
+    return text
+
+
+def markdown_table(entries):
+    header = ["run", "model", "balanced acc", "accuracy", "macro F1", "epochs",
+              "time to converge (s)", "predict (ms/clip)", "Kaggle", "split"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for e in entries:
+        row = [e["name"], e["model"], cell(e, "test_balanced_accuracy", "{:.3f}"),
+               cell(e, "test_accuracy", "{:.3f}"), cell(e, "test_macro_f1", "{:.3f}"),
+               cell(e, "epochs_run", "{:.0f}"), cell(e, "seconds_to_best", "{:.1f}"),
+               cell(e, "predict_ms", "{:.2f}"), cell(e, "kaggle_score", "{:.3f}"),
+               str(e.get("split_hash", "-"))[:8]]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def comparability_notes(entries):
+    """Runs are comparable when they were tested on the same clips: the same split hash (images
+    and features of the same clips share one). Otherwise say so, with the data sets involved."""
+    splits = {e.get("split_hash") for e in entries if "folds" not in e}
+    if len(splits) <= 1:
+        return []
+    data = sorted({str(e.get("data")) for e in entries})
+    return [f"**Warning:** these runs were tested on {len(splits)} different splits (column "
+            f"`split`; data: {', '.join(data)}): compare figures only between runs of one split."]
+
+
+def bar_chart(path, entries, key, label):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    shown = [e for e in entries if e.get(key) is not None]
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(entries) + 2), 4))
+    if shown:
+        ax.bar(range(len(shown)), [e[key] for e in shown],
+               yerr=[e.get(key + "_std") or 0 for e in shown], capsize=4, color="tab:blue")
+        ax.set_xticks(range(len(shown)), [e["name"] for e in shown], rotation=30, ha="right")
+        for i, e in enumerate(shown):
+            ax.annotate(f"{e[key]:.3g}", (i, e[key]), ha="center", va="bottom", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no run has this figure yet", ha="center", va="center",
+                transform=ax.transAxes)
+        ax.set_xticks([])
+    ax.set(ylabel=label, xlabel="run", title=label)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    common.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), mode="wb")
+    plt.close(fig)
+
+
+def write_report(entries, out):
+    out = Path(out)
+    table = markdown_table(entries)
+    notes = comparability_notes(entries)
+    text = "# Model comparison\n\n" + table + "\n\n" + "".join(n + "\n\n" for n in notes)
+    text += "Charts: " + ", ".join(f"[{name}]({name})" for name in CHARTS) + "\n"
+    common.atomic_write(out / "compare.md", lambda f: f.write(text))
+    for name, (key, label) in CHARTS.items():
+        bar_chart(out / name, entries, key, label)
+    print(table)
+    for n in notes:
+        print(n.replace("**", ""))
+    return out / "compare.md"
+
+
+# ----------------------------------------------------------------------------------------------
+# The demo: the study end to end on synthetic data
+
+def step(title):
+    print(f"\n=== {title} ===", flush=True)
+
+
+def run_demo(args):
+    import data_conversion
+    import train_cnn
+    import train_mlp
+    import train_transfer
+    demo = Path(args.demo_dir)
+    audio, images, features, runs = demo / "audio", demo / "images", demo / "features.csv", demo / "runs"
+    if runs.exists():
+        shutil.rmtree(runs)  # a demo reruns from scratch: its report shows only its own runs
+    start = time.time()
+    epochs = str(args.demo_epochs)
+
+    def check(code, what):
+        if code:
+            raise common.SuiteError(f"demo step failed: {what}")
+
+    step("1/6 synthetic demo audio (not music, not GTZAN)")
+    check(data_conversion.main(["--make-demo", str(audio), "--clips-per-genre", "20"]), "make demo")
+    step("2/6 spectrogram images")
+    check(data_conversion.main([str(audio), str(images), "--size", "64"]), "conversion")
+    small = ["--data", str(images), "--img-size", "64", "--epochs", epochs, "--batch-size", "8",
+             "--patience", "8", "--out", str(runs)]  # small images and batches: CPU minutes
+    step("3/6 ConvolNeuNet from scratch")
+    check(train_cnn.main(small + ["--name", "demo-cnn"]), "train_cnn")
+    step("4/6 VGG16 transfer learning")
+    weights = args.demo_weights
+    transfer = small + ["--arch", "vgg16", "--name", "demo-vgg16"]
+    code = train_transfer.main(transfer + ["--weights", weights])
+    if code == 2 and weights == "imagenet":
+        print("note: ImageNet weights could not be downloaded; the demo's VGG16 uses random "
+              "weights (--weights none), so its figures say nothing about transfer learning")
+        weights = "none"
+        code = train_transfer.main(transfer + ["--weights", "none"])
+    check(code, "train_transfer")
+    step("5/6 audio features -> MLP and SVM")
+    check(train_mlp.main(["--extract", str(audio), "--out", str(features)]), "feature extraction")
+    check(train_mlp.main(["--features", str(features), "--hidden", "256:relu,128:relu",
+                          "--dropout", "0.3", "--pca", "0", "--patience", "10", "--out", str(runs),
+                          "--name", "demo-mlp"]), "train_mlp")
+    check(train_mlp.main(["--features", str(features), "--baseline", "svm", "--out", str(runs),
+                          "--name", "demo-svm"]), "svm baseline")
+    step("6/6 comparison")
+    report = write_report(load_runs(runs), args.out)
+    note = f"\nDemo data is synthetic. VGG16 weights: {weights}.\n"
+    common.atomic_write(report, lambda f: f.write(report.read_text() + note))
+    print(f"\ndemo finished in {time.time() - start:.0f} s; VGG16 weights: {weights}; "
+          f"report: {report} (charts beside it), runs: {runs}")
+    return 0
+
+
+@common.user_errors
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.demo:
+        return run_demo(args)
+    entries = load_runs(args.runs)
+    if args.kaggle:
+        fill_kaggle_scores(entries, args.kaggle)
+    report = write_report(entries, args.out)
+    print(f"\nreport: {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Prediction from a saved model.pt and submission to Kaggle (the API client monkeypatched)."""
+import csv
+import json
+
+import pytest
+
+import common
+import data_conversion
+import train_cnn
+from conftest import write_tone
+
+
+@pytest.fixture
+def trained(tiny_audio, tmp_path):
+    images = tmp_path / "img"
+    assert data_conversion.main([str(tiny_audio), str(images), "--size", "32",
+                                 "--segment-seconds", "0.5", "--workers", "1"]) == 0
+    assert train_cnn.main(["--data", str(images), "--img-size", "16", "--epochs", "3",
+                           "--out", str(tmp_path / "runs"), "--name", "r"]) == 0
+    return tmp_path / "runs" / "r" / "model.pt"
+
+
+@pytest.fixture
+def test_dir(tmp_path):
+    d = tmp_path / "test"
+    write_tone(d / "0001.wav", 210)
+    write_tone(d / "0002.wav", 2050, seconds=1.2)
+    (d / "0003.wav").write_bytes(b"not audio at all")
+    return d
+
+
+def test_predict_writes_submission_and_lists_bad_files(trained, test_dir, tmp_path, capsys):
+    out = tmp_path / "sub.csv"
+    assert common.main(["predict", str(trained), str(test_dir), "--output", str(out),
+                        "--workers", "1", "--id-col", "file", "--label-col", "genre"]) == 0
+    rows = list(csv.reader(open(out)))
+    assert rows[0] == ["file", "genre"] and [r[0] for r in rows[1:]] == ["0001.wav", "0002.wav"]
+    assert "0003.wav" in capsys.readouterr().err
+    assert "0003.wav" in (tmp_path / "sub_errors.csv").read_text()
+
+
+def test_prediction_uses_training_preprocessing(trained, tiny_audio):
+    """The audio -> segments -> image path of prediction gives the logits of the training images."""
+    import numpy as np
+    import torch
+    model, ckpt = common.load_model(trained)
+    pre = ckpt["spec"]["preprocess"]
+    assert pre == {"type": "image", "size": 32, "sr": common.SR, "segment_seconds": 0.5,
+                   "cmap": "magma", "img_size": 16}
+    path = tiny_audio / "metal" / "metal.00001.wav"
+    _, inputs, error = common.model_inputs((path, pre))
+    images_dir = trained.parents[2] / "img" / "metal"
+    decoded = torch.stack([common.decode_image(p, 16) for p in sorted(images_dir.glob("metal.00001__s*.png"))])
+    assert error is None and np.array_equal(inputs, decoded.numpy())
+
+
+def test_submit_dry_run_and_monkeypatched_client(trained, test_dir, tmp_path, monkeypatch, capsys):
+    sent = []
+
+    class FakeApi:
+        def competition_submit(self, file_name, message, competition):
+            sent.append((file_name, message, competition))
+            return type("R", (), {"message": "Successfully submitted"})()
+    monkeypatch.setattr(common, "kaggle_api", lambda: FakeApi())
+    base = ["predict", str(trained), str(test_dir), "--workers", "1", "--submit", "comp"]
+    assert common.main(base + ["--dry-run"]) == 0
+    assert "dry run: would submit" in capsys.readouterr().out and not sent
+    assert common.main(base + ["-m", "first try"]) == 0
+    assert sent == [(str(trained.parent / "submission.csv"), "first try", "comp")]
+
+
+def test_refused_submission_exit_2_keeps_csv(trained, test_dir, monkeypatch, capsys):
+    class Refusing:
+        def competition_submit(self, *a):
+            raise RuntimeError("429 Too Many Requests")
+    monkeypatch.setattr(common, "kaggle_api", lambda: Refusing())
+    assert common.main(["predict", str(trained), str(test_dir), "--workers", "1", "--submit", "c"]) == 2
+    err = capsys.readouterr().err
+    assert "refused" in err and "429" in err and err.count("\n") <= 2
+    assert (trained.parent / "submission.csv").exists()
+
+
+def test_no_credentials_exit_2(trained, test_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for var in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "k"))
+    assert common.main(["predict", str(trained), str(test_dir), "--workers", "1", "--submit", "c"]) == 2
+    assert "Kaggle credentials not found" in capsys.readouterr().err
+
+
+def test_trainer_predict_flag(tiny_audio, test_dir, tmp_path):
+    images = tmp_path / "img2"
+    assert data_conversion.main([str(tiny_audio), str(images), "--size", "16", "--workers", "1"]) == 0
+    assert train_cnn.main(["--data", str(images), "--img-size", "16", "--epochs", "1", "--out",
+                           str(tmp_path / "runs"), "--name", "p", "--predict", str(test_dir)]) == 0
+    assert len(list(csv.reader(open(tmp_path / "runs" / "p" / "submission.csv")))) == 3
+
+
+def test_bad_model_file(tmp_path, test_dir, capsys):
+    (tmp_path / "model.pt").write_bytes(b"junk")
+    assert common.main(["predict", str(tmp_path / "model.pt"), str(test_dir)]) == 1
+    assert "not a model.pt" in capsys.readouterr().err
