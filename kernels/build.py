@@ -114,7 +114,8 @@ Locally:
     python kernels/{{NAME}}/kernel.py --train data/demo --test data/test --working out \\
         {{EXAMPLE}}
 
-Arguments after `--` (and any this script does not know) go to {{TRAINER}}.py; see its --help.
+Arguments after `--` (and any this script does not know) go to {{TRAINER}}.py: see
+`python {{TRAINER}}.py --help`.
 With more than one visible GPU and --gpus above 1, training runs under torchrun.
 """
 import argparse

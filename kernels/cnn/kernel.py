@@ -13,7 +13,8 @@ Locally:
     python kernels/cnn/kernel.py --train data/demo --test data/test --working out \
         -- --epochs 5 --img-size 64
 
-Arguments after `--` (and any this script does not know) go to train_cnn.py; see its --help.
+Arguments after `--` (and any this script does not know) go to train_cnn.py: see
+`python train_cnn.py --help`.
 With more than one visible GPU and --gpus above 1, training runs under torchrun.
 """
 import argparse

@@ -13,7 +13,8 @@ Locally:
     python kernels/mlp/kernel.py --train data/demo --test data/test --working out \
         -- --epochs 50
 
-Arguments after `--` (and any this script does not know) go to train_mlp.py; see its --help.
+Arguments after `--` (and any this script does not know) go to train_mlp.py: see
+`python train_mlp.py --help`.
 With more than one visible GPU and --gpus above 1, training runs under torchrun.
 """
 import argparse

@@ -13,7 +13,8 @@ Locally:
     python kernels/transfer-vgg16/kernel.py --train data/demo --test data/test --working out \
         -- --epochs 5 --arch resnet18 --weights none --img-size 64
 
-Arguments after `--` (and any this script does not know) go to train_transfer.py; see its --help.
+Arguments after `--` (and any this script does not know) go to train_transfer.py: see
+`python train_transfer.py --help`.
 With more than one visible GPU and --gpus above 1, training runs under torchrun.
 """
 import argparse
