@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `common`
 
 import common  # noqa: E402
+from bench_conversion import link_tree, pick_clips  # noqa: E402  (bench/ is on sys.path)
 
 
 def build_parser():
@@ -32,32 +33,13 @@ def build_parser():
     return p
 
 
-def pick_clips(src, limit):
-    """[(path, genre)], round-robin over genres so a small limit still covers every genre."""
-    by_genre = {}
-    for path, genre in common.list_labeled_audio(src):
-        by_genre.setdefault(genre, []).append(path)
-    queues = [[(p, g) for p in paths] for g, paths in sorted(by_genre.items())]
-    picked = [item for row in zip(*queues) for item in row]  # GTZAN: equal counts per genre
-    picked += [item for q in queues for item in q if item not in picked]
-    return picked[:limit] if limit else picked
-
-
-def link_tree(clips, root):
-    """A labeled folder of symlinks to exactly these clips, for extract_features."""
-    for path, genre in clips:
-        (root / genre).mkdir(parents=True, exist_ok=True)
-        (root / genre / path.name).symlink_to(path.resolve())
-    return root
-
-
 def main(argv=None):
     args = build_parser().parse_args(argv)
     clips = pick_clips(args.src, args.limit)
     print(f"bench_features: {len(clips)} clips from {args.src}, feature set {args.feature_set}, "
           f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     common.audio_features(clips[0][0], args.feature_set)  # untimed warm-up: imports, numba JIT
-    common.warm_imports()
+    common.warm_imports(common.FEATURE_MODULES)
 
     seconds = {}
     with tempfile.TemporaryDirectory(prefix="bench_features-") as tmp:

@@ -177,3 +177,13 @@ def test_real_gtzan_clip(tmp_path, capsys):
     code, _ = run([src, tmp_path / "o", "--segment-seconds", "3", "--size", "64", "--workers", "1"], capsys)
     assert code == 0
     assert len(list((tmp_path / "o" / "jazz").glob("*.png"))) == 10
+
+
+def test_spectrogram_db_equals_librosa_amplitude_to_db(tmp_path):
+    import librosa
+    y = common.load_audio(write_tone(tmp_path / "t.wav", 700, seconds=2, noise=0.01))
+    expected = librosa.amplitude_to_db(np.abs(librosa.stft(y, n_fft=2048, hop_length=512)),
+                                       ref=np.max, top_db=80)
+    ours = common.spectrogram_db(y)
+    assert ours.shape == expected.shape and np.abs(ours - expected).max() < 1e-4
+    assert ours.max() == 0 and ours.min() == -80
