@@ -1184,16 +1184,24 @@ def unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
-def train_epoch(model, loader, criterion, optimizer, scaler, autocast, device, desc="train"):
-    """One pass over this rank's share; returns loss and accuracy over all ranks."""
+def train_epoch(model, loader, criterion, optimizer, scaler, autocast, device, desc="train",
+                mixup=0.0):
+    """One pass over this rank's share; returns loss and accuracy over all ranks. mixup > 0
+    trains on convex mixes of pairs of the batch (Beta(mixup, mixup) weights)."""
     from tqdm import tqdm
     model.train()
     total_loss, correct, count, start = 0.0, 0, 0, time.time()
     for x, y, _ in tqdm(loader, desc=desc, leave=False, disable=None if DIST.main else True):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if mixup:
+            weight = float(np.random.beta(mixup, mixup))
+            partner = torch.randperm(len(y), device=device)
+            x = weight * x.float() + (1 - weight) * x[partner].float()
         with autocast():
             logits = model(x)
             loss = criterion(logits, y)
+            if mixup:
+                loss = weight * loss + (1 - weight) * criterion(logits, y[partner])
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -1258,7 +1266,7 @@ def fit(model, train_set, val_set, criterion, args, device, param_groups=None, l
         train_loader.sampler.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
         tr = train_epoch(net, train_loader, criterion, optimizer, scaler, autocast, device,
-                         desc=f"epoch {epoch}/{args.epochs}")
+                         desc=f"epoch {epoch}/{args.epochs}", mixup=getattr(args, "mixup", 0.0))
         va = evaluate(net, val_loader, criterion, autocast, device)
         elapsed += tr["seconds"]
         scheduler.step(va["loss"])  # every rank sees the same gathered val loss: same decision
@@ -1337,6 +1345,8 @@ def add_common_args(parser, epochs=20, batch_size=32, lr=1e-3, data_help="data f
     o.add_argument("--lr", type=float, default=lr, help="Adam learning rate (default %(default)s)")
     o.add_argument("--patience", type=int, default=5,
                    help="early stopping patience in epochs (default %(default)s)")
+    o.add_argument("--mixup", type=float, default=0.0,
+                   help="mixup: train on mixes of pairs, weights ~ Beta(a, a); 0 = off (default)")
     r = parser.add_argument_group("run")
     r.add_argument("--out", default="runs", help="runs folder (default %(default)s)")
     r.add_argument("--name", help="run name (default script-model-timestamp)")

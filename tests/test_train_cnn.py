@@ -148,3 +148,17 @@ def test_bad_input(argv, message, tiny_images, tmp_path, capsys):
     assert train_cnn.main(args + argv) == 1
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_mixup_trains_on_mixed_pairs():
+    train, val = tiny_sets()
+    runs = []
+    for mixup in (0.0, 0.4):
+        torch.manual_seed(0)
+        common.seed_everything(0)
+        model = torch.nn.Linear(6, 3)
+        history, _ = common.fit(model, train, val, torch.nn.CrossEntropyLoss(),
+                                loop_args(epochs=3, patience=10, mixup=mixup), torch.device("cpu"),
+                                log=lambda *_: None)
+        runs.append([h["train_loss"] for h in history])
+    assert runs[0] != runs[1] and all(np.isfinite(runs[1]))
