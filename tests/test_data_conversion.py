@@ -22,7 +22,9 @@ def test_converts_tree_to_mirrored_pngs_with_study_orientation(tiny_audio, tmp_p
     pngs = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
     assert pngs == sorted(p.relative_to(tiny_audio).with_suffix(".png").as_posix()
                           for p in tiny_audio.rglob("*.wav"))
-    img = np.asarray(Image.open(out / "blues" / "blues.00000.png"))
+    with Image.open(out / "blues" / "blues.00000.png") as png:
+        assert png.mode == "P"  # indexed colour, the colormap as palette
+        img = np.asarray(png.convert("RGB"))
     assert img.shape == (64, 64, 3) and img.dtype == np.uint8
     # a 200 Hz tone lights the bottom rows (low frequencies at the bottom), not the top
     brightness = img.astype(float).sum(axis=(1, 2))
@@ -36,7 +38,7 @@ def test_converts_tree_to_mirrored_pngs_with_study_orientation(tiny_audio, tmp_p
 def test_native_size_keeps_stft_shape(tiny_audio, tmp_path, capsys):
     out = tmp_path / "img"
     assert run([tiny_audio, out, "--size", "0", "--workers", "1"], capsys)[0] == 0
-    img = np.asarray(Image.open(out / "pop" / "pop.00000.png"))
+    img = np.asarray(Image.open(out / "pop" / "pop.00000.png").convert("RGB"))
     frames = 1 + common.SR // common.HOP
     assert img.shape == (1 + common.N_FFT // 2, frames, 3)
 
@@ -138,7 +140,7 @@ def test_crash_while_writing_leaves_no_partial_png(tmp_path, monkeypatch):
         raise KeyboardInterrupt
     monkeypatch.setattr(Image.Image, "save", broken_save)
     with pytest.raises(KeyboardInterrupt):
-        common.save_png(tmp_path / "x.png", np.zeros((4, 4, 3), np.uint8))
+        common.save_spectrogram_png(tmp_path / "x.png", np.zeros((4, 4), np.uint8))
     assert list(tmp_path.iterdir()) == []
 
 

