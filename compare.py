@@ -128,7 +128,7 @@ def markdown_table(entries):
     for e in entries:
         row = [e["name"], e["model"], cell(e, "test_balanced_accuracy", "{:.3f}"),
                cell(e, "test_accuracy", "{:.3f}"), cell(e, "test_macro_f1", "{:.3f}"),
-               cell(e, "epochs_run", "{:.0f}"), cell(e, "seconds_to_best", "{:.1f}"),
+               cell(e, "epochs_run", "{:.0f}"), cell(e, "seconds_to_best", "{:.2f}"),
                cell(e, "predict_ms", "{:.2f}"), cell(e, "kaggle_score", "{:.3f}"),
                str(e.get("split_hash", "-"))[:8]]
         lines.append("| " + " | ".join(row) + " |")
