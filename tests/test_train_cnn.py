@@ -162,3 +162,14 @@ def test_mixup_trains_on_mixed_pairs():
                                 log=lambda *_: None)
         runs.append([h["train_loss"] for h in history])
     assert runs[0] != runs[1] and all(np.isfinite(runs[1]))
+
+
+def test_lazy_loading_above_memory_budget_gives_same_run(tiny_images, tmp_path, capsys):
+    histories = []
+    for name, budget in (("memory", "4096"), ("lazy", "0")):
+        assert train_cnn.main(["--data", str(tiny_images), "--img-size", "16", "--epochs", "2",
+                               "--cache-mb", budget, "--out", str(tmp_path), "--name", name]) == 0
+        with open(tmp_path / name / "history.csv") as f:
+            histories.append([{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)])
+    assert "decoding per batch instead" in capsys.readouterr().err
+    assert histories[0] == histories[1]

@@ -158,3 +158,12 @@ def test_predict_from_audio_with_mlp(tiny_audio, tmp_path):
         rows = list(csv.reader(f))
     assert rows[0] == ["id", "class"] and [r[0] for r in rows[1:]] == ["a.wav", "b.wav"]
     assert all(r[1] in ("blues", "metal", "pop") for r in rows[1:])
+
+
+def test_extended_feature_set_adds_columns(tiny_audio, tmp_path):
+    out = tmp_path / "ext.csv"
+    assert run("--extract", tiny_audio, "--out", out, "--feature-set", "extended", "--workers", "1") == 0
+    with open(out) as f:
+        header, first, *_ = list(csv.reader(f))
+    assert header == ["filename", *common.FEATURE_COLUMNS, *common.EXTENDED_COLUMNS, "label"]
+    assert all(np.isfinite(float(v)) for v in first[1:-1])
