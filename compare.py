@@ -147,9 +147,7 @@ def comparability_notes(entries):
 
 
 def bar_chart(path, entries, key, label):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = common.pyplot()
     shown = [e for e in entries if e.get(key) is not None]
     fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(entries) + 2), 4))
     if shown:
@@ -165,8 +163,7 @@ def bar_chart(path, entries, key, label):
     ax.set(ylabel=label, xlabel="run", title=label)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    common.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), mode="wb")
-    plt.close(fig)
+    common.save_figure(path, fig)
 
 
 def write_report(entries, out):

@@ -346,8 +346,9 @@ def list_labeled_audio(root, labels_csv=None):
     return items
 
 
-def load_audio(path, sr=SR):
-    """Decode to mono float32 at `sr`, peak-normalized to +-1. Raises BadAudio with a reason."""
+def decode_audio(path):
+    """(mono float32 samples, the file's own sample rate). Raises BadAudio for a missing, empty,
+    unreadable, non-finite or silent file."""
     import librosa
     path = Path(path)
     if not path.is_file():
@@ -357,19 +358,25 @@ def load_audio(path, sr=SR):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # audioread's deprecation chatter on fallback
-            y, file_sr = librosa.load(path, sr=None, mono=True)
+            y, sr = librosa.load(path, sr=None, mono=True)
     except Exception as e:
         raise BadAudio(f"{path}: not readable as audio ({type(e).__name__})") from None
     if y.size == 0:
         raise BadAudio(f"{path}: no samples")
     if not np.all(np.isfinite(y)):
         raise BadAudio(f"{path}: samples are not finite")
+    if float(np.max(np.abs(y))) < 1e-6:
+        raise BadAudio(f"{path}: silent (all samples zero)")
+    return y, sr
+
+
+def load_audio(path, sr=SR):
+    """Decode to mono float32 at `sr`, peak-normalized to +-1. Raises BadAudio with a reason."""
+    import librosa
+    y, file_sr = decode_audio(path)
     if file_sr != sr:
         y = librosa.resample(y, orig_sr=file_sr, target_sr=sr)
-    peak = float(np.max(np.abs(y)))
-    if peak < 1e-6:
-        raise BadAudio(f"{path}: silent (all samples zero)")
-    return (y / peak).astype(np.float32)
+    return (y / np.max(np.abs(y))).astype(np.float32)
 
 
 def segments(y, sr, segment_seconds):
@@ -629,21 +636,10 @@ def clip_features(y, sr, feature_set="standard"):
 
 def audio_features(path, feature_set="standard"):
     """Features of one file at its own sample rate, without normalization (as the public table).
-    Raises BadAudio for empty, unreadable or silent files."""
-    import librosa
-    path = Path(path)
-    if not path.is_file() or path.stat().st_size == 0:
-        raise BadAudio(f"{path}: empty or missing file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            y, sr = librosa.load(path, sr=None, mono=True)
-    except Exception as e:
-        raise BadAudio(f"{path}: not readable as audio ({type(e).__name__})") from None
-    if y.size < N_FFT or not np.all(np.isfinite(y)):
-        raise BadAudio(f"{path}: too short or not finite")
-    if np.max(np.abs(y)) < 1e-6:
-        raise BadAudio(f"{path}: silent (all samples zero)")
+    Raises BadAudio for bad files (decode_audio) and clips shorter than one STFT frame."""
+    y, sr = decode_audio(path)
+    if y.size < N_FFT:
+        raise BadAudio(f"{path}: shorter than one {N_FFT}-sample frame")
     return clip_features(y, sr, feature_set)
 
 
@@ -847,17 +843,17 @@ class LazyImageDataset(ArrayDataset):
         return torch.stack([decode_image(self.paths[i], self.img_size) for i in rows.tolist()])
 
 
-def image_dataset(paths, labels, clip_ids, img_size, transform=None, budget_mb=4096):
+def image_dataset(paths, labels, clip_ids, img_size, budget_mb=4096):
     """Decode every image once into one uint8 tensor when it fits in `budget_mb`, else lazy."""
     mb = len(paths) * 3 * img_size * img_size / 2 ** 20
     if mb > budget_mb:
         print(f"note: {len(paths)} images need {mb:.0f} MiB > --cache-mb {budget_mb}; "
               "decoding per batch instead", file=sys.stderr)
-        return LazyImageDataset(paths, labels, clip_ids, img_size, transform)
+        return LazyImageDataset(paths, labels, clip_ids, img_size)
     x = torch.empty((len(paths), 3, img_size, img_size), dtype=torch.uint8)
     for i, p in enumerate(paths):
         x[i] = decode_image(p, img_size)
-    dataset = ArrayDataset(x, labels, clip_ids, transform)
+    dataset = ArrayDataset(x, labels, clip_ids)
     dataset.paths = list(paths)
     return dataset
 
@@ -1578,10 +1574,21 @@ def load_model(path, device="cpu"):
     return model.to(device).eval(), checkpoint
 
 
-def plot_curves(path, history):
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(path, fig):
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), mode="wb")
+    pyplot().close(fig)
+
+
+def plot_curves(path, history):
+    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
@@ -1595,14 +1602,11 @@ def plot_curves(path, history):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), mode="wb")
-    plt.close(fig)
+    save_figure(path, fig)
 
 
 def plot_confusion(path, confusion, classes, title):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     cm = np.array(confusion)
     n = len(classes)
     fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 0.8 + 0.6 * n))
@@ -1616,8 +1620,7 @@ def plot_confusion(path, confusion, classes, title):
                 ax.text(j, i, cm[i, j], ha="center", va="center",
                         color="white" if cm[i, j] > cm.max() / 2 else "black")
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), mode="wb")
-    plt.close(fig)
+    save_figure(path, fig)
 
 
 def test_metrics(model_name, classes, logits, test_set, train_set, val_set):
