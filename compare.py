@@ -84,28 +84,24 @@ def load_runs(runs_dir):
 
 
 def fill_kaggle_scores(entries, competition):
-    """Kaggle's public score of the latest submission whose message names the run."""
-    api = common.kaggle_api()
-    try:
-        submissions = api.competition_submissions(competition)
-    except Exception as e:
-        raise common.SuiteError(f"could not read submissions of {competition}: {e}", code=2) from None
+    """Kaggle's public score of the newest scored submission whose message names the run."""
+    submissions = common.kaggle_submissions(common.kaggle_api(), competition)
     filled = 0
     for entry in entries:
         if "folds" in entry:
             continue
         run_name = entry["_path"].parent.name
         for sub in submissions:  # newest first
-            message = str(getattr(sub, "description", "") or "")
-            score = getattr(sub, "public_score", None) or getattr(sub, "publicScore", None)
-            if run_name in message and score not in (None, ""):
+            score = sub.public_score
+            if common.names_run(sub.description, run_name) and score not in (None, ""):
                 entry["kaggle_score"] = float(score)
                 metrics = json.loads(entry["_path"].read_text())
                 metrics["kaggle_score"] = float(score)
                 common.write_json(entry["_path"], metrics)
                 filled += 1
                 break
-    print(f"Kaggle scores found for {filled} of {len(entries)} runs")
+    print(f"Kaggle scores found for {filled} of {len(entries)} runs "
+          f"({len(submissions)} submissions to {competition})")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -46,10 +46,8 @@ def download_gtzan(target):
     api = common.kaggle_api()
     target = Path(target)
     print(f"downloading {GTZAN_DATASET} to {target} ...")
-    try:
-        api.dataset_download_files(GTZAN_DATASET, path=str(target), unzip=True, quiet=False)
-    except Exception as e:
-        raise common.SuiteError(f"download of {GTZAN_DATASET} failed: {e}", code=2) from None
+    common.kaggle_call(f"download of {GTZAN_DATASET}", api.dataset_download_files,
+                       GTZAN_DATASET, path=str(target), unzip=True, quiet=False)
     genres = next(iter(sorted(target.rglob("genres_original"))), None)
     print(f"GTZAN audio is in {genres or target}")
     corrupt = list(target.rglob(GTZAN_CORRUPT))

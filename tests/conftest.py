@@ -55,3 +55,24 @@ def make_images(root, n_per_class=6, size=16, classes=("a", "b", "c"), segments=
 @pytest.fixture
 def tiny_images(tmp_path):
     return make_images(tmp_path / "images")
+
+
+@pytest.fixture
+def no_kaggle_credentials(tmp_path, monkeypatch):
+    """A user without any Kaggle credentials (fresh HOME, no token or key variables)."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "home" / ".kaggle"))
+    for var in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_ENVIRONMENT",
+                "XDG_CONFIG_HOME"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def kaggle_twin(no_kaggle_credentials, monkeypatch):
+    """The Kaggle API twin on localhost:7777, and a user whose token it accepts; the real kaggle
+    client talks to it (KAGGLE_API_ENVIRONMENT=TEST)."""
+    import kaggle_twin as twin
+    monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "TEST")
+    monkeypatch.setenv("KAGGLE_API_TOKEN", twin.TOKEN)
+    with twin.KaggleTwin() as server:
+        yield server

@@ -1,9 +1,5 @@
 import json
-from types import SimpleNamespace
 
-import pytest
-
-import common
 import compare
 
 
@@ -52,30 +48,8 @@ def test_no_runs_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.count("\n") == 1
 
 
-def test_kaggle_scores_filled_from_submission_messages(tmp_path, monkeypatch, capsys):
-    runs = tmp_path / "runs"
-    fake_run(runs, "cnn-a", 0.5)
-    fake_run(runs, "vgg16-b", 0.8)
-
-    class FakeApi:
-        def competition_submissions(self, competition):
-            assert competition == "genre-comp"
-            return [SimpleNamespace(description="vgg16-b second try", public_score="0.71"),
-                    SimpleNamespace(description="vgg16-b", public_score="0.65"),
-                    SimpleNamespace(description="something else", public_score="0.99")]
-    monkeypatch.setattr(common, "kaggle_api", lambda: FakeApi())
-    assert compare.main(["--runs", str(runs), "--out", str(tmp_path / "r"), "--kaggle", "genre-comp"]) == 0
-    assert json.loads((runs / "vgg16-b" / "metrics.json").read_text())["kaggle_score"] == 0.71
-    assert json.loads((runs / "cnn-a" / "metrics.json").read_text())["kaggle_score"] is None
-
-
-def test_kaggle_without_credentials_exit_2(tmp_path, monkeypatch, capsys):
+def test_kaggle_without_credentials_exit_2(tmp_path, no_kaggle_credentials, capsys):
     fake_run(tmp_path / "runs", "cnn-a", 0.5)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.delenv("KAGGLE_API_TOKEN", raising=False)
-    monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
-    monkeypatch.delenv("KAGGLE_KEY", raising=False)
-    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "kaggle"))
     assert compare.main(["--runs", str(tmp_path / "runs"), "--kaggle", "x"]) == 2
     err = capsys.readouterr().err
     assert "Kaggle credentials not found" in err and err.count("\n") == 1

@@ -189,25 +189,3 @@ def test_spectrogram_db_equals_librosa_amplitude_to_db(tmp_path):
     ours = common.spectrogram_db(y)
     assert ours.shape == expected.shape and np.abs(ours - expected).max() < 1e-4
     assert ours.max() == 0 and ours.min() == -80
-
-
-def test_download_reports_location_and_known_corrupt_clip(tmp_path, monkeypatch, capsys):
-    class FakeApi:
-        def dataset_download_files(self, dataset, path, unzip, quiet):
-            assert dataset == data_conversion.GTZAN_DATASET and unzip
-            jazz = tmp_path / "g" / "Data" / "genres_original" / "jazz"
-            jazz.mkdir(parents=True)
-            (jazz / "jazz.00054.wav").write_bytes(b"corrupt")
-    monkeypatch.setattr(common, "kaggle_api", lambda: FakeApi())
-    code, cap = run(["--download", tmp_path / "g"], capsys)
-    assert code == 0 and "genres_original" in cap.out and "jazz.00054.wav is a known corrupt" in cap.out
-
-
-def test_download_without_credentials_exit_2(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("HOME", str(tmp_path))
-    for var in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "k"))
-    code, cap = run(["--download", tmp_path / "g"], capsys)
-    assert code == 2 and cap.err.count("\n") == 1 and "KAGGLE_API_TOKEN" in cap.err
-    assert not (tmp_path / "g").exists()

@@ -1,6 +1,5 @@
-"""Prediction from a saved model.pt and submission to Kaggle (the API client monkeypatched)."""
+"""Prediction from a saved model.pt and submission to Kaggle (through the Kaggle twin)."""
 import csv
-import json
 
 import pytest
 
@@ -54,37 +53,28 @@ def test_prediction_uses_training_preprocessing(trained, tiny_audio):
     assert error is None and np.array_equal(inputs, decoded.numpy())
 
 
-def test_submit_dry_run_and_monkeypatched_client(trained, test_dir, tmp_path, monkeypatch, capsys):
-    sent = []
-
-    class FakeApi:
-        def competition_submit(self, file_name, message, competition):
-            sent.append((file_name, message, competition))
-            return type("R", (), {"message": "Successfully submitted"})()
-    monkeypatch.setattr(common, "kaggle_api", lambda: FakeApi())
+def test_predict_submit_dry_run_and_twin(trained, test_dir, kaggle_twin, capsys):
+    """predict --submit sends the CSV it wrote through the real kaggle client (to the twin);
+    --dry-run sends nothing."""
     base = ["predict", str(trained), str(test_dir), "--workers", "1", "--submit", "comp"]
     assert common.main(base + ["--dry-run"]) == 0
-    assert "dry run: would submit" in capsys.readouterr().out and not sent
+    assert "dry run: would submit" in capsys.readouterr().out and not kaggle_twin.requests
     assert common.main(base + ["-m", "first try"]) == 0
-    assert sent == [(str(trained.parent / "submission.csv"), "first try", "comp")]
+    sent = kaggle_twin.submissions[0]
+    assert sent["content"] == (trained.parent / "submission.csv").read_bytes().decode()
+    assert sent["competition"] == "comp" and sent["description"].startswith("first try")
 
 
-def test_refused_submission_exit_2_keeps_csv(trained, test_dir, monkeypatch, capsys):
-    class Refusing:
-        def competition_submit(self, *a):
-            raise RuntimeError("429 Too Many Requests")
-    monkeypatch.setattr(common, "kaggle_api", lambda: Refusing())
+def test_refused_submission_exit_2_keeps_csv(trained, test_dir, kaggle_twin, capsys):
+    kaggle_twin.refuse_upload = True
     assert common.main(["predict", str(trained), str(test_dir), "--workers", "1", "--submit", "c"]) == 2
     err = capsys.readouterr().err
-    assert "refused" in err and "429" in err and err.count("\n") <= 2
+    errors = [line for line in err.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and "refused" in errors[0] and "Traceback" not in err
     assert (trained.parent / "submission.csv").exists()
 
 
-def test_no_credentials_exit_2(trained, test_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("HOME", str(tmp_path))
-    for var in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "k"))
+def test_no_credentials_exit_2(trained, test_dir, no_kaggle_credentials, capsys):
     assert common.main(["predict", str(trained), str(test_dir), "--workers", "1", "--submit", "c"]) == 2
     assert "Kaggle credentials not found" in capsys.readouterr().err
 

@@ -180,6 +180,7 @@ import math
 import os
 import platform
 import random
+import re
 import sys
 import time
 import warnings
@@ -1856,7 +1857,7 @@ def write_submission(path, rows, id_col="id", label_col="class"):
 
 
 def kaggle_submit(csv_path, competition, message, dry_run=False):
-    """Send a submission through kaggle.api; any failure is one line and exit code 2."""
+    """Send a submission through the kaggle package; any failure is one line and exit code 2."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise SuiteError(f"{csv_path}: no such submission file", code=2)
@@ -1867,12 +1868,14 @@ def kaggle_submit(csv_path, competition, message, dry_run=False):
               f"{message!r}")
         return None
     api = kaggle_api()
-    try:
-        result = api.competition_submit(str(csv_path), message, competition)
-    except Exception as e:
-        raise SuiteError(f"Kaggle refused the submission to {competition}: {e} "
-                         f"({csv_path} is kept)", code=2) from None
-    print(f"submitted {csv_path} to {competition}: {getattr(result, 'message', result) or 'ok'}")
+    result = kaggle_call(f"submission of {csv_path} to {competition}", api.competition_submit,
+                         str(csv_path), message, competition, quiet=True)
+    answer = getattr(result, "message", "") or ""
+    # The package reports a failed upload in the answer instead of raising.
+    if answer == api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE or not getattr(result, "ref", 1):
+        raise SuiteError(f"Kaggle refused the submission to {competition}: "
+                         f"{answer or 'no submission was created'} ({csv_path} is kept)", code=2)
+    print(f"submitted {csv_path} to {competition}: {answer or 'ok'}")
     return result
 
 
@@ -1885,8 +1888,22 @@ def predict_and_submit(model_path, audio_dir, args, device="cpu", output=None):
     if bad:
         write_csv(out.with_name(out.stem + "_errors.csv"), ["file", "reason"], bad)
     if args.submit:
-        kaggle_submit(out, args.submit, args.message or Path(model_path).parent.name, args.dry_run)
+        kaggle_submit(out, args.submit, submission_message(args.message, Path(model_path).parent.name),
+                      args.dry_run)
     return out
+
+
+def names_run(message, run_name):
+    """Whether a submission message names the run as a whole word ('cnn-a v2' names cnn-a,
+    not cnn-a2 or cnn): how compare.py --kaggle finds a run's score."""
+    return re.search(rf"(?<![\w.-]){re.escape(run_name)}(?![\w.-])", message or "") is not None
+
+
+def submission_message(message, run_name):
+    """The user's message (default: the run name), with the run name added when it lacks it."""
+    if not message:
+        return run_name
+    return message if names_run(message, run_name) else f"{message} [{run_name}]"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1897,18 +1914,121 @@ KAGGLE_HELP = ("Kaggle credentials not found: create a token at https://www.kagg
                "kaggle.json in ~/.kaggle/)")
 
 
-def kaggle_api():
-    """An authenticated kaggle.api client. The package prints and exits when it has no token, so
-    its output is captured and SystemExit turned into a SuiteError."""
+@functools.lru_cache(maxsize=1)
+def kaggle_api_class():
+    """The kaggle package's KaggleApi, with one change to how it builds its HTTP client.
+
+    KaggleApi always talks to api.kaggle.com (unless --local), ignoring kagglesdk's own
+    KAGGLE_API_ENVIRONMENT (TEST -> http://localhost:7777, what our tests serve), and with
+    VERBOSE=1 it prints every request's headers, the token included. Here the environment comes
+    from kagglesdk and verbose output is off."""
     captured = io.StringIO()
-    try:
+    try:  # importing kaggle authenticates and prints (with VERBOSE, the token): never shown
         with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
             from kaggle.api.kaggle_api_extended import KaggleApi
-            api = KaggleApi()
+            from kagglesdk import KaggleClient
+            from kagglesdk.kaggle_env import get_env
+    except Exception as e:
+        raise SuiteError(f"the kaggle package does not import ({type(e).__name__}: {e}); "
+                         "pip install -r requirements.txt", code=2) from None
+
+    class SuiteKaggleApi(KaggleApi):
+        def build_kaggle_client(self):
+            return KaggleClient(env=get_env(), verbose=False,
+                                username=self.config_values.get(self.CONFIG_NAME_USER),
+                                password=self.config_values.get(self.CONFIG_NAME_KEY),
+                                api_token=self.config_values.get(self.CONFIG_NAME_TOKEN),
+                                response_processor=self.get_response_processor())
+    return SuiteKaggleApi
+
+
+def kaggle_error(action, error):
+    """One line for a failed Kaggle call: which call, what Kaggle (or the network) said, and
+    what to do. Never the token: messages come from status lines and URLs, and are redacted."""
+    import requests
+    response = getattr(error, "response", None)
+    status = getattr(response, "status_code", None)
+    if status in (401, 403) and action == "authentication":
+        reason = (f"Kaggle rejected the credentials ({status}): the token is invalid or expired; "
+                  "create a new one at https://www.kaggle.com/settings/api")
+    elif status is not None:
+        reason = f"Kaggle answered {status} {getattr(response, 'reason', '') or ''}".rstrip()
+        detail = str(error).split(" for url:")[0]
+        if detail and str(status) not in detail:
+            reason += f" ({detail})"
+        if status in (401, 403):
+            reason += ": check that this account may do this (joined the competition, accepted "
+            reason += "its rules) and that the token is valid"
+        elif status >= 500:
+            reason += ": Kaggle's side; try again later"
+    elif isinstance(error, (requests.ConnectionError, requests.Timeout)):
+        reason = ("could not reach Kaggle (no network?); a Kaggle kernel needs its internet "
+                  "setting on for this")
+    else:
+        reason = f"{type(error).__name__}: {error}"
+    message = f"{action} failed: {reason}"
+    from kagglesdk.kaggle_env import get_access_token_from_env
+    token = get_access_token_from_env()[0]
+    return SuiteError(message.replace(token, "***") if token else message, code=2)
+
+
+def kaggle_call(action, fn, *args, **kwargs):
+    """fn(*args, **kwargs) with its printing captured and any failure turned into one line."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured):
+            return fn(*args, **kwargs)
+    except SuiteError:
+        raise
+    except (Exception, SystemExit) as e:
+        raise kaggle_error(action, e) from None
+
+
+def kaggle_credentials_present():
+    """Whether any credentials the kaggle package reads are there (token, key, kaggle.json)."""
+    from kagglesdk.kaggle_env import get_access_token_from_env
+    folders = [os.environ.get("KAGGLE_CONFIG_DIR", "~/.kaggle"), "~/.config/kaggle"]
+    return bool(get_access_token_from_env()[0] or os.environ.get("KAGGLE_KEY")
+                or any((Path(d).expanduser() / "kaggle.json").is_file() for d in folders))
+
+
+def kaggle_api():
+    """An authenticated kaggle client, or exit code 2 with one line saying what is wrong:
+    no credentials, rejected credentials, no network, or the package itself."""
+    api = kaggle_api_class()()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # its help text; ours is one line
             api.authenticate()
-    except (SystemExit, Exception):
+    except SystemExit:  # the package found no credentials it could use
+        if kaggle_credentials_present():
+            raise SuiteError("Kaggle did not accept the credentials found (token invalid or "
+                             "expired?): create a new one at https://www.kaggle.com/settings/api",
+                             code=2) from None
         raise SuiteError(KAGGLE_HELP, code=2) from None
+    except Exception as e:
+        raise kaggle_error("authentication", e) from None
     return api
+
+
+def kaggle_submissions(api, competition):
+    """Every submission of the user to a competition, newest first: all pages, which the
+    package's competition_submissions() cannot give (it drops the next-page token)."""
+    from kagglesdk.competitions.types.competition_api_service import ApiListSubmissionsRequest
+
+    def list_all():
+        submissions, token = [], ""
+        with api.build_kaggle_client() as client:
+            for _ in range(1000):  # a guard against a server that never stops paging
+                request = ApiListSubmissionsRequest()
+                request.competition_name, request.page_size = competition, 100
+                request.page_token = token
+                response = client.competitions.competition_api_client.list_submissions(request)
+                submissions += response.submissions or []
+                token = response.next_page_token
+                if not token:
+                    break
+        return submissions
+    return kaggle_call(f"reading the submissions of {competition}", list_all)
 
 
 # ----------------------------------------------------------------------------------------------
