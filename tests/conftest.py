@@ -76,3 +76,36 @@ def kaggle_twin(no_kaggle_credentials, monkeypatch):
     monkeypatch.setenv("KAGGLE_API_TOKEN", twin.TOKEN)
     with twin.KaggleTwin() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def torch_home(tmp_path_factory):
+    return tmp_path_factory.mktemp("torch_home")
+
+
+@pytest.fixture
+def imagenet_twin(torch_home, monkeypatch):
+    """torchvision's ImageNet weights served offline. `serve(arch)` builds a state dict for the
+    architecture as torchvision ships it (1000 classes, auxiliary heads included), seeded, and
+    puts it where torchvision's Weights.get_state_dict() finds it: the hub cache under
+    $TORCH_HOME, named as the weights' URL. Unserved weights cannot be downloaded: https goes to
+    a closed local port, as on a machine without network. Returns the served state dict."""
+    import torchvision
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+
+    def serve(arch):
+        weights = torchvision.models.get_model_weights(arch).DEFAULT
+        path = torch_home / "hub" / "checkpoints" / Path(weights.url).name
+        if not path.exists():
+            extra = {"aux_logits": True, "init_weights": True} if arch in common.AUX_ARCHS else {}
+            torch.manual_seed(1234)
+            model = torchvision.models.get_model(arch, weights=None,
+                                                 num_classes=len(weights.meta["categories"]), **extra)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(model.state_dict(), path)
+        return torch.load(path, weights_only=True)
+    return serve

@@ -1,12 +1,14 @@
+import csv
 import json
-import urllib.error
 
 import pytest
 import torch
 import torchvision
 
 import common
+import data_conversion
 import train_transfer
+from conftest import write_tone
 
 
 def run(data, tmp_path, *extra, name="t"):
@@ -15,15 +17,65 @@ def run(data, tmp_path, *extra, name="t"):
                                 *map(str, extra)])
 
 
-@pytest.mark.parametrize("arch", ["vgg16", "googlenet", "resnet50"])
-def test_study_architectures_train_and_write_run_folder(arch, tiny_images, tmp_path):
-    assert run(tiny_images, tmp_path, "--arch", arch, "--weights", "none", name=arch) == 0
-    m = json.loads((tmp_path / arch / "metrics.json").read_text())
-    assert m["model"] == arch and m["fast_path"] is True and m["weights"] == "none"
-    model, ckpt = common.load_model(tmp_path / arch / "model.pt")
-    assert ckpt["spec"]["arch"] == arch
-    with torch.no_grad():
-        assert model(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)).shape == (2, 3)
+@pytest.fixture(scope="module")
+def spectrograms(tmp_path_factory):
+    """Spectrogram PNGs of 3 genres x 3 tone clips (conversion.json included), and a flat
+    folder of 3 new clips to predict."""
+    root = tmp_path_factory.mktemp("transfer")
+    audio = root / "audio"
+    for g, base in (("blues", 200.0), ("metal", 2000.0), ("pop", 800.0)):
+        for i in range(3):
+            write_tone(audio / g / f"{g}.{i:05d}.wav", base * (1 + 0.1 * i), noise=0.01, seed=i)
+            if i == 0:
+                write_tone(root / "test" / f"{g}-new.wav", base * 1.05, noise=0.01, seed=9)
+    assert data_conversion.main([str(audio), str(root / "images"), "--size", "32",
+                                 "--workers", "1"]) == 0
+    return root / "images", root / "test"
+
+
+# The study's three, inception_v3 (same auxiliary-head trap as googlenet), and a sample of others.
+IMAGENET_ARCHS = ["vgg16", "googlenet", "resnet50", "inception_v3", "mobilenet_v3_small",
+                  "efficientnet_b0", "densenet121", "convnext_tiny", "swin_t"]
+
+
+@pytest.mark.parametrize("arch", IMAGENET_ARCHS)
+def test_imagenet_weights_frozen_then_predict(arch, imagenet_twin, spectrograms, tmp_path):
+    """--weights imagenet through torchvision's own weights code (served offline): the backbone
+    holds the served weights, input size, mean and std are the weights' transforms', and
+    predict rebuilds the model from model.pt and labels new audio."""
+    import torchvision
+    served = imagenet_twin(arch)
+    images, test_audio = spectrograms
+    assert train_transfer.main(["--data", str(images), "--arch", arch, "--epochs", "1",
+                                "--batch-size", "9", "--out", str(tmp_path), "--name", "r"]) == 0
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert m["weights"] == "imagenet" and m["fast_path"] is True
+    model, ckpt = common.load_model(tmp_path / "r" / "model.pt")
+    transforms = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
+    assert ckpt["spec"]["preprocess"]["img_size"] == transforms.crop_size[0]
+    assert model.norm.mean.flatten().tolist() == pytest.approx(transforms.mean)
+    assert model.norm.std.flatten().tolist() == pytest.approx(transforms.std)
+    backbone = model.backbone.state_dict()
+    same = [k for k in backbone if k in served and torch.equal(backbone[k], served[k])]
+    assert len(same) >= 0.9 * len(backbone)  # all but the replaced classifier
+    assert common.main(["predict", str(tmp_path / "r" / "model.pt"), str(test_audio),
+                        "--workers", "1"]) == 0
+    with open(tmp_path / "r" / "submission.csv") as f:
+        rows = list(csv.reader(f))
+    assert [r[0] for r in rows[1:]] == ["blues-new.wav", "metal-new.wav", "pop-new.wav"]
+    assert {r[1] for r in rows[1:]} <= {"blues", "metal", "pop"}
+
+
+@pytest.mark.parametrize("arch", ["googlenet", "inception_v3"])
+def test_imagenet_weights_finetune(arch, imagenet_twin, spectrograms, tmp_path):
+    served = imagenet_twin(arch)
+    images, _ = spectrograms
+    assert train_transfer.main(["--data", str(images), "--arch", arch, "--epochs", "1",
+                                "--batch-size", "9", "--finetune", "--out", str(tmp_path),
+                                "--name", "ft"]) == 0
+    model, _ = common.load_model(tmp_path / "ft" / "model.pt")
+    first = next(k for k in served if k.endswith("conv.weight"))
+    assert not torch.equal(model.backbone.state_dict()[first], served[first])  # it trained
 
 
 def test_any_torchvision_name_and_augment_slow_path(tiny_images, tmp_path):
@@ -69,20 +121,20 @@ def test_weights_from_local_state_dict(tiny_images, tmp_path, capsys):
     assert run(tiny_images, tmp_path, "--arch", "resnet18", "--weights", tmp_path / "other.pth") == 1
     err = capsys.readouterr().err
     assert "does not fit resnet18" in err and "missing keys" in err and err.count("\n") == 1
-
-
-def test_download_failure_says_what_to_do(tiny_images, tmp_path, capsys, monkeypatch):
-    real = torchvision.models.get_model
-
-    def offline(name, weights=None, **kw):
-        if weights is not None:
-            raise urllib.error.URLError("no network")
-        return real(name, weights=None, **kw)
-    monkeypatch.setattr(torchvision.models, "get_model", offline)
-    assert run(tiny_images, tmp_path, "--arch", "vgg16") == 2
+    # same key names, other shapes (resnet34 has more blocks but resnet18's names are in it)
+    torch.save(torchvision.models.resnet18(num_classes=7).state_dict(), tmp_path / "seven.pth")
+    assert run(tiny_images, tmp_path, "--arch", "resnet18", "--weights", tmp_path / "seven.pth") == 1
     err = capsys.readouterr().err
-    assert "could not download ImageNet weights for vgg16" in err
+    assert "other shape" in err and "fc.weight" in err and err.count("\n") == 1
+
+
+def test_download_failure_says_what_to_do(tiny_images, tmp_path, capsys, imagenet_twin):
+    """Weights not in the cache and no network (imagenet_twin serves nothing for vgg11)."""
+    assert run(tiny_images, tmp_path, "--arch", "vgg11") == 2
+    err = capsys.readouterr().err
+    assert "could not download ImageNet weights for vgg11" in err
     assert "--weights PATH" in err and "--weights none" in err and "Traceback" not in err
+    assert err.count("\n") == 1
 
 
 def test_unknown_arch_lists_valid_names(tiny_images, tmp_path, capsys):

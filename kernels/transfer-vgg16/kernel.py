@@ -1105,25 +1105,28 @@ class TransferNet(nn.Module):
         return self.head(self.features(x))
 
 
-IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-
-
 def classification_archs():
     import torchvision
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
+# GoogLeNet and Inception v3 are built as torchvision builds them for their ImageNet weights
+# (transform_input on), whatever the weights' source, so model.pt rebuilds the same network;
+# their auxiliary heads are dropped (not used by the frozen-backbone study, not pretrained).
+AUX_ARCHS = {"googlenet": ("aux1", "aux2"), "inception_v3": ("AuxLogits",)}
+
+
 def build_transfer(arch, n_classes, weights="imagenet", head_dropout=0.5, finetune=False):
     """(TransferNet, input size) for any torchvision classification model by name.
-    weights: 'imagenet' (torchvision's enum, downloaded once), 'none', or a state-dict PATH."""
+    weights: 'imagenet' (torchvision's enum, downloaded once), 'none', or a state-dict PATH.
+    Input size, mean and std are the weights' own transforms' (their crop size; the image is
+    resized to it, not cropped: a spectrogram's edges are data)."""
     import torchvision
     archs = classification_archs()
     if arch not in archs:
         raise SuiteError(f"unknown --arch {arch!r}; choose from: {', '.join(archs)}")
     enum = torchvision.models.get_model_weights(arch).DEFAULT
-    kwargs = {"aux_logits": False} if arch in ("googlenet", "inception_v3") else {}
-    if arch == "googlenet":
-        kwargs["init_weights"] = True
+    kwargs = {"transform_input": True} if arch in AUX_ARCHS else {}
     if weights == "imagenet":
         try:
             model = torchvision.models.get_model(arch, weights=enum, **kwargs)
@@ -1133,14 +1136,19 @@ def build_transfer(arch, n_classes, weights="imagenet", head_dropout=0.5, finetu
                 f"pass --weights PATH (a torchvision state dict for {arch}, e.g. attached to a "
                 "Kaggle kernel as a dataset) or --weights none", code=2) from None
     else:
+        if arch in AUX_ARCHS:
+            kwargs.update(aux_logits=False, init_weights=True)
         model = torchvision.models.get_model(arch, weights=None, **kwargs)
         if weights != "none":
             load_backbone_weights(model, arch, weights)
+    for name in AUX_ARCHS.get(arch, ()):
+        model.aux_logits = False
+        setattr(model, name, None)
     in_features = replace_classifier(model, arch)
-    crop = getattr(enum.transforms(), "crop_size", [224])[0]
+    transforms = enum.transforms()
     net = TransferNet(model, mlp_head(in_features, n_classes, head_dropout),
-                      IMAGENET_MEAN, IMAGENET_STD, frozen=not finetune)
-    return net, crop
+                      transforms.mean, transforms.std, frozen=not finetune)
+    return net, transforms.crop_size[0]
 
 
 def replace_classifier(model, arch):
@@ -1172,6 +1180,14 @@ def load_backbone_weights(model, arch, path):
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict):
         raise SuiteError(f"--weights {path}: expected a state dict of {arch}")
+    aux = AUX_ARCHS.get(arch, ())  # torchvision's files hold the auxiliary heads: not used here
+    state = {k: v for k, v in state.items() if k.split(".")[0] not in aux}
+    own = model.state_dict()
+    wrong = [k for k, v in state.items() if k in own and getattr(v, "shape", None) != own[k].shape]
+    if wrong:
+        raise SuiteError(f"--weights {path} does not fit {arch}: {len(wrong)} tensors of another "
+                         f"shape (e.g. {wrong[0]}: {tuple(getattr(state[wrong[0]], 'shape', ()))} here, "
+                         f"{tuple(own[wrong[0]].shape)} in {arch})")
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys]
     if missing:
