@@ -1,9 +1,11 @@
-"""Shared code of the music-genre suite, in the order the data flows:
+"""Shared code of the music-genre suite: what two or more of the scripts need.
 
-constants and errors -> audio I/O -> spectrogram images and demo data -> audio features ->
-datasets -> split -> models -> training loop -> metrics -> run folder -> prediction, Kaggle.
+Infrastructure first (errors and command lines, files, processes), then in the order the data
+flows: audio -> spectrogram images -> audio features -> datasets -> split -> models -> training
+loop -> metrics -> flags -> run folder -> driver -> prediction and submission -> Kaggle.
 
-The scripts (data_conversion.py, train_*.py, compare.py) are argparse front ends over this file.
+The scripts (data_conversion.py, train_*.py, compare.py) are argparse front ends over this file;
+code that only one of them needs lives in that script.
 `python common.py predict RUN/model.pt AUDIO_DIR` predicts with any saved model.
 """
 import argparse
@@ -18,9 +20,11 @@ import os
 import platform
 import random
 import re
+import shutil
 import sys
 import time
 import warnings
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -28,17 +32,16 @@ import numpy as np
 import torch
 from torch import nn
 
-# ----------------------------------------------------------------------------------------------
-# Constants and errors
-
-GENRES = ["blues", "classical", "country", "disco", "hiphop",
-          "jazz", "metal", "pop", "reggae", "rock"]
 AUDIO_EXTS = {".wav", ".au", ".mp3", ".flac", ".ogg", ".m4a", ".aiff", ".aif"}
 SR = 22050            # GTZAN's sample rate
 N_FFT, HOP = 2048, 512  # the study's STFT frame and hop
 TOP_DB = 80.0
 SEGMENT_TAG = "__s"    # <clip>__sNN.png
 CONVERSION_FILE = "conversion.json"  # beside the images: how they were made, for prediction
+
+# ----------------------------------------------------------------------------------------------
+# Errors and command lines: a user's mistake is one line on stderr and an exit code, never a
+# traceback (1 for bad input, 2 for Kaggle credentials and refusals, 130 for Ctrl-C)
 
 
 class SuiteError(Exception):
@@ -51,6 +54,10 @@ class SuiteError(Exception):
 
 class BadAudio(SuiteError):
     """One unusable audio file; converters record it and go on."""
+
+    def __init__(self, path, reason):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
 
 
 def user_errors(main):
@@ -67,6 +74,41 @@ def user_errors(main):
             return 130
     return wrapper
 
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors follow the suite's rule: one line naming the flag, exit code 1."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(**kwargs)
+
+    def error(self, message):
+        raise SuiteError(f"{message} (see {self.prog} --help)")
+
+
+def number(kind=int, minimum=None, above=None, below=None):
+    """An argparse type: a finite number of `kind`, >= minimum, > above, < below (each optional)."""
+    bounds = [f"{words} {b}" for words, b in ((">=", minimum), (">", above), ("<", below))
+              if b is not None]
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) \
+                or (minimum is not None and value < minimum) \
+                or (above is not None and value <= above) or (below is not None and value >= below):
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'} "
+                f"{' and '.join(bounds)}, got {text!r}".replace("  ", " "))
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+# ----------------------------------------------------------------------------------------------
+# Files: written whole or not at all; output folders checked before any work starts
 
 def atomic_write(path, write_fn, mode="w"):
     """Write via a temp file in the same folder and rename, so a crash never leaves half a file."""
@@ -94,11 +136,90 @@ def write_csv(path, header, rows):
     atomic_write(path, write)
 
 
+def writable(folder):
+    """Whether this process may write into an existing folder: permission and a read-write mount
+    (os.access), and mode bits that let someone write (a folder made read-only with chmod stays
+    read-only here even for root, who os.access lets write anywhere)."""
+    folder = Path(folder)
+    return (folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
+            and bool(folder.stat().st_mode & 0o222))
+
+
+def check_output_folder(folder, what):
+    """Fail now, in one line naming the flag, unless `folder` exists writable or can be made."""
+    folder = Path(folder)
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == Path(p.anchor))
+    if not existing.is_dir():
+        raise SuiteError(f"{what} {folder}: {existing} is a file, not a folder")
+    if not writable(existing):
+        raise SuiteError(f"{what} {folder}: {existing} is not writable")
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------
+# Processes: torchrun's ranks, worker pools for audio, thread counts
+
+class Dist:
+    """torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), or a single process."""
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", 1))
+        self.rank = int(os.environ.get("RANK", 0))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+    @property
+    def active(self):
+        return self.world > 1
+
+    def setup(self, device):
+        """Join the process group (nccl on CUDA, gloo on CPU); returns this rank's device."""
+        if not self.active:
+            return device
+        import torch.distributed as dist
+        if device.type == "cuda":
+            device = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return device
+
+    def sum(self, values, device):
+        """All-reduce a list of numbers (sum over ranks)."""
+        if not self.active:
+            return list(values)
+        import torch.distributed as dist
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def gather(self, obj):
+        if not self.active:
+            return [obj]
+        import torch.distributed as dist
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def finish(self):
+        """Wait for every rank, then leave the process group."""
+        import torch.distributed as dist
+        if self.active and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+DIST = Dist()
+
+
 def default_workers():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-CONVERSION_MODULES = ("load", "stft", "resample", "amplitude_to_db")
+CONVERSION_MODULES = ("load", "stft", "resample", "amplitude_to_db", "filters")
 FEATURE_MODULES = CONVERSION_MODULES + ("feature", "effects", "beat", "onset", "decompose")
 
 
@@ -112,15 +233,18 @@ def warm_imports(names=CONVERSION_MODULES):
 
 
 def one_thread():
-    """Worker initializer: processes already give the parallelism; BLAS/FFT threads would
+    """Worker initializer: processes already give the parallelism; BLAS/FFT/numba threads would
     oversubscribe the cores (measured 10x slower on 2 cores)."""
     from threadpoolctl import threadpool_limits
     threadpool_limits(1)
-    os.environ["OMP_NUM_THREADS"] = os.environ["NUMBA_NUM_THREADS"] = "1"
+    with contextlib.suppress(Exception):  # numba's pool is sized at import: set it, not the env
+        import numba
+        numba.set_num_threads(1)
 
 
 def parallel_map(fn, items, workers, desc, warm=CONVERSION_MODULES):
-    """Yield fn(item) for each item (in completion order) with a tqdm bar, in `workers` processes."""
+    """Yield fn(item) for each item (in completion order) with a tqdm bar, in `workers`
+    processes (1: in this one)."""
     from tqdm import tqdm
     items = list(items)
     if workers <= 1 or len(items) <= 1:
@@ -138,8 +262,19 @@ def parallel_map(fn, items, workers, desc, warm=CONVERSION_MODULES):
             yield out
 
 
+@contextlib.contextmanager
+def torch_threads(n):
+    """Run a block with n torch threads, then restore the caller's setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 # ----------------------------------------------------------------------------------------------
-# Audio I/O: finding labeled or unlabeled audio, decoding to peak-normalized mono
+# Audio: finding labeled or unlabeled audio, decoding to peak-normalized mono
 
 def is_audio(path):
     return path.suffix.lower() in AUDIO_EXTS and not path.name.startswith(".")
@@ -156,20 +291,35 @@ def list_audio(folder):
     return files
 
 
+def normalize_id(file_id):
+    """'00042.wav', ' 42 ', '042' -> '42'; 'blues.00042.wav' -> 'blues.00042': comparable keys
+    (extension dropped, surrounding space and the zero padding of numeric ids ignored)."""
+    text = str(file_id).strip()
+    stem = Path(text).stem if Path(text).suffix.lower() in AUDIO_EXTS else text
+    return (stem.lstrip("0") or "0") if stem.isdigit() else stem
+
+
 def read_labels_csv(labels_csv):
     """A Kaggle-style CSV mapping file id -> label: {normalized id: label}."""
-    with open(labels_csv, newline="") as f:
-        rows = list(csv.reader(f))
+    path = Path(labels_csv)
+    if not path.is_file():
+        raise SuiteError(f"--labels {path}: no such file")
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise SuiteError(f"--labels {path}: not a text CSV ({type(e).__name__})") from None
     if len(rows) < 2 or len(rows[0]) < 2:
-        raise SuiteError(f"{labels_csv}: expected a header and rows of `id,label`")
-    return {normalize_id(r[0]): r[1].strip() for r in rows[1:] if len(r) >= 2 and r[1].strip()}
-
-
-def normalize_id(file_id):
-    """'00042.wav', '42', 'blues.00042' -> comparable keys (extension dropped, zeros stripped)."""
-    stem = Path(str(file_id).strip()).stem if Path(str(file_id)).suffix.lower() in AUDIO_EXTS \
-        else str(file_id).strip()
-    return stem.lstrip("0") or "0" if stem.isdigit() else stem
+        raise SuiteError(f"--labels {path}: expected a header and rows of `id,label`")
+    labels = {}
+    for row in rows[1:]:
+        if len(row) < 2 or not row[1].strip():
+            continue
+        key, label = normalize_id(row[0]), row[1].strip()
+        if labels.setdefault(key, label) != label:
+            raise SuiteError(f"--labels {path}: id {row[0].strip()!r} is listed with two labels "
+                             f"({labels[key]}, {label})")
+    return labels
 
 
 def list_labeled_audio(root, labels_csv=None):
@@ -205,25 +355,27 @@ def list_labeled_audio(root, labels_csv=None):
 
 def decode_audio(path):
     """(mono float32 samples, the file's own sample rate). Raises BadAudio for a missing, empty,
-    unreadable, non-finite or silent file."""
+    unreadable, non-finite, silent or too short file (under one STFT frame)."""
     import librosa
     path = Path(path)
     if not path.is_file():
-        raise BadAudio(f"{path}: not a file")
+        raise BadAudio(path, "not a file")
     if path.stat().st_size == 0:
-        raise BadAudio(f"{path}: empty file")
+        raise BadAudio(path, "empty file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # audioread's deprecation chatter on fallback
             y, sr = librosa.load(path, sr=None, mono=True)
     except Exception as e:
-        raise BadAudio(f"{path}: not readable as audio ({type(e).__name__})") from None
+        raise BadAudio(path, f"not readable as audio ({type(e).__name__})") from None
     if y.size == 0:
-        raise BadAudio(f"{path}: no samples")
+        raise BadAudio(path, "no samples")
     if not np.all(np.isfinite(y)):
-        raise BadAudio(f"{path}: samples are not finite")
+        raise BadAudio(path, "samples are not finite")
     if float(np.max(np.abs(y))) < 1e-6:
-        raise BadAudio(f"{path}: silent (all samples zero)")
+        raise BadAudio(path, "silent (all samples zero)")
+    if y.size < N_FFT:
+        raise BadAudio(path, f"shorter than one {N_FFT}-sample frame ({y.size / sr:.3f} s)")
     return y, sr
 
 
@@ -245,7 +397,11 @@ def segments(y, sr, segment_seconds):
 
 
 # ----------------------------------------------------------------------------------------------
-# Spectrogram images (the study's conversion, computed as arrays) and the synthetic demo set
+# Spectrogram images (the study's conversion, computed as arrays). A folder's conversion
+# settings are its identity, recorded in conversion.json: prediction repeats them exactly.
+
+CONVERSION_DEFAULTS = {"size": 512, "sr": SR, "segment_seconds": 0.0, "cmap": "magma", "mel": 0}
+
 
 @functools.lru_cache(maxsize=8)
 def colormap_lut(name):
@@ -254,27 +410,41 @@ def colormap_lut(name):
     try:
         cmap = matplotlib.colormaps[name]
     except KeyError:
-        raise SuiteError(f"unknown colormap {name!r}; try magma, viridis, inferno, gray") from None
+        raise SuiteError(f"--cmap {name!r}: unknown colormap; try magma, viridis, inferno, gray") from None
     return (cmap(np.linspace(0, 1, 256))[:, :3] * 255 + 0.5).astype(np.uint8)
 
 
-def spectrogram_db(y):
-    """|STFT| (Hann, 2048/512) in dB relative to the max, floored at -80 dB: (1025, frames).
-    = librosa.amplitude_to_db(magnitude, ref=np.max, top_db=80), computed in place (3x faster)."""
+@functools.lru_cache(maxsize=8)
+def mel_filters(sr, n_mels):
+    import librosa
+    return librosa.filters.mel(sr=sr, n_fft=N_FFT, n_mels=n_mels, htk=False)
+
+
+def spectrogram_db(y, sr=SR, mel=0):
+    """|STFT| (Hann, 2048/512) in dB relative to the max, floored at -80 dB: (1025, frames);
+    = librosa.amplitude_to_db(magnitude, ref=np.max, top_db=80), computed in place (3x faster).
+    mel > 0: the power spectrum through `mel` mel bands (Slaney, as librosa's melspectrogram)
+    instead, = librosa.power_to_db(mel power, ref=np.max, top_db=80): (mel, frames)."""
     import librosa
     db = np.abs(librosa.stft(y, n_fft=N_FFT, hop_length=HOP, window="hann"))
-    np.maximum(db, 1e-5, out=db)  # librosa's amin
-    np.log10(db, out=db)
-    db *= 20.0
+    if mel:
+        db = mel_filters(sr, mel) @ (db * db)
+        np.maximum(db, 1e-10, out=db)  # librosa's amin for power
+        np.log10(db, out=db)
+        db *= 10.0
+    else:
+        np.maximum(db, 1e-5, out=db)  # librosa's amin for amplitude
+        np.log10(db, out=db)
+        db *= 20.0
     db -= db.max()
     return np.maximum(db, -TOP_DB, out=db)
 
 
-def spectrogram_levels(y, size=512):
-    """The log spectrogram as uint8 colormap indices (0 = -80 dB, 255 = the max), low
-    frequencies at the bottom, time to the right, resized to size x size (0: 1025 x frames)."""
+def spectrogram_levels(y, size=512, sr=SR, mel=0):
+    """The log spectrogram as uint8 levels (0 = -80 dB, 255 = the max): the colormap index.
+    Low frequencies at the bottom, time to the right, resized to size x size (0: native)."""
     from PIL import Image
-    db = spectrogram_db(y)
+    db = spectrogram_db(y, sr, mel)
     level = np.clip((db + TOP_DB) * (255.0 / TOP_DB) + 0.5, 0, 255).astype(np.uint8)[::-1]
     if size:
         level = np.asarray(Image.fromarray(level).resize((size, size), Image.BILINEAR,
@@ -282,15 +452,16 @@ def spectrogram_levels(y, size=512):
     return level
 
 
-def spectrogram_image(y, size=512, cmap="magma"):
+def spectrogram_image(y, size=512, cmap="magma", sr=SR, mel=0):
     """RGB uint8 image of the log spectrogram, as librosa.display.specshow draws it without axes
     (magma for all-negative dB), computed directly: dB -> 0..255 -> resize -> colormap table."""
-    return np.take(colormap_lut(cmap), spectrogram_levels(y, size), axis=0)
+    return np.take(colormap_lut(cmap), spectrogram_levels(y, size, sr, mel), axis=0)
 
 
 def save_spectrogram_png(path, levels, cmap="magma"):
-    """An indexed-colour PNG whose palette is the colormap: it decodes to exactly the RGB image
-    (every viewer, PIL's .convert("RGB"), torchvision), 2.3x smaller and 4x faster to write
+    """An indexed-colour PNG whose palette is the colormap and whose index is the dB level: it
+    decodes to exactly the RGB image (every viewer, PIL's .convert("RGB"), torchvision), and
+    its index array is the level itself (--input levels). 2.3x smaller and 4x faster to write
     than 24-bit RGB."""
     from PIL import Image
     image = Image.frombytes("P", levels.shape[::-1], np.ascontiguousarray(levels).tobytes())
@@ -331,112 +502,110 @@ def conversion_outputs(path, out_dir, sr, segment_seconds):
     return [out_dir / f"{segment_name(path.stem, i)}.png" for i in range(count)]
 
 
+def clip_images(path, settings):
+    """One audio file -> its images' levels (one per segment), as the settings say."""
+    sr, seconds = settings["sr"], settings["segment_seconds"]
+    y = load_audio(path, sr)
+    parts = segments(y, sr, seconds)
+    if not parts:
+        raise BadAudio(path, f"shorter than one {seconds:g} s segment ({len(y) / sr:.2f} s)")
+    return [spectrogram_levels(part, settings["size"], sr, settings["mel"]) for part in parts]
+
+
 def convert_clip(job):
     """Worker: one audio file -> PNG(s). Returns (path, n_written, n_skipped, error or None)."""
-    path, out_dir, size, sr, segment_seconds, cmap = job
-    outputs = conversion_outputs(path, out_dir, sr, segment_seconds)
+    path, out_dir, settings = job
+    outputs = conversion_outputs(path, out_dir, settings["sr"], settings["segment_seconds"])
     if outputs and all(o.exists() and o.stat().st_mtime >= path.stat().st_mtime for o in outputs):
         return path, 0, len(outputs), None
     try:
-        y = load_audio(path, sr)
-        parts = segments(y, sr, segment_seconds)
-        if not parts:
-            raise BadAudio(f"{path}: shorter than one {segment_seconds:g} s segment "
-                           f"({len(y) / sr:.2f} s)")
-        for i, part in enumerate(parts):
-            name = segment_name(path.stem, i) if segment_seconds else path.stem
-            save_spectrogram_png(out_dir / f"{name}.png", spectrogram_levels(part, size), cmap)
-        return path, len(parts), 0, None
+        images = clip_images(path, settings)
+        for i, levels in enumerate(images):
+            name = segment_name(path.stem, i) if settings["segment_seconds"] else path.stem
+            save_spectrogram_png(out_dir / f"{name}.png", levels, settings["cmap"])
+        return path, len(images), 0, None
     except BadAudio as e:
-        return path, 0, 0, str(e).split(": ", 1)[-1]
+        return path, 0, 0, e.reason
     except Exception as e:  # a decoder crash must not stop the other files
         return path, 0, 0, f"{type(e).__name__}: {e}"
 
 
-def remove_stale_temp_files(out_root):
-    for tmp in Path(out_root).rglob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
+def read_conversion(root):
+    """How the images in root were made (conversion.json); the defaults when absent."""
+    path = Path(root) / CONVERSION_FILE
+    try:
+        recorded = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:
+        raise SuiteError(f"{path}: not readable JSON; convert again with --overwrite") from None
+    return {**CONVERSION_DEFAULTS, **{k: v for k, v in recorded.items() if k in CONVERSION_DEFAULTS}}
 
 
-def convert_folder(src, out, size=512, sr=SR, segment_seconds=0.0, workers=None, cmap="magma",
-                   labels_csv=None, labeled=True):
+def claim_image_folder(out, settings, src, overwrite=False):
+    """Make `out` the home of images with these settings, or refuse in one line: images made
+    with other settings (or of unknown settings) are replaced only with --overwrite, and
+    nothing is written inside the input folder."""
+    out, src = Path(out).resolve(), Path(src).resolve()
+    if out == src or src in out.parents:
+        raise SuiteError(f"{out}: inside the input folder {src}; write the images elsewhere")
+    check_output_folder(out, "output folder")
+    recorded = out / CONVERSION_FILE
+    if recorded.exists():
+        before = read_conversion(out)
+        if before == settings:
+            return
+        changed = ", ".join(f"--{k.replace('_', '-')} {before[k]} -> {settings[k]}"
+                            for k in settings if before[k] != settings[k])
+        if not overwrite:
+            raise SuiteError(f"{out} holds images made with other settings ({changed}); convert "
+                             "into another folder, or add --overwrite to redo them all")
+    elif out.is_dir() and any(out.iterdir()):
+        foreign = [p for p in out.rglob("*") if p.is_file() and p.suffix != ".png"
+                   and p.name not in ("errors.csv", "split.json")]
+        if foreign:
+            raise SuiteError(f"{out}: not empty and not an image folder of this suite (no "
+                             f"{CONVERSION_FILE}, other files); convert into a new or empty folder")
+        if not overwrite:
+            raise SuiteError(f"{out} holds images of unknown settings (no {CONVERSION_FILE}); "
+                             "convert into a new folder, or add --overwrite to redo them all")
+    for png in out.glob("*/*.png"):  # --overwrite: another identity, every image is redone
+        png.unlink()
+    write_json(recorded, settings)
+
+
+def convert_folder(src, out, settings, workers=1, labels_csv=None, labeled=True,
+                   overwrite=False):
     """Convert a labeled tree (or a flat folder with labeled=False) to OUT/<genre>/<name>.png.
 
     Bad files: a warning line each, a row in OUT/errors.csv, the rest converted.
     Returns (converted files, skipped up-to-date files, errors) and raises when nothing converted.
     """
-    colormap_lut(cmap)  # fail fast on a bad name
+    settings = {**CONVERSION_DEFAULTS, **settings}
+    colormap_lut(settings["cmap"])  # fail fast on a bad name
     out = Path(out)
     if labeled:
         items = list_labeled_audio(src, labels_csv)
-        jobs = [(p, out / label, size, sr, segment_seconds, cmap) for p, label in items]
+        jobs = [(p, out / label, settings) for p, label in items]
     else:
-        jobs = [(p, out, size, sr, segment_seconds, cmap) for p in list_audio(src)]
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_files(out)
+        jobs = [(p, out, settings) for p in list_audio(src)]
+    claim_image_folder(out, settings, src, overwrite)
+    for tmp in out.rglob(".*.tmp"):  # left by an interrupted run
+        tmp.unlink(missing_ok=True)
     converted, skipped, errors = 0, 0, []
-    for path, n_written, n_skipped, error in parallel_map(
-            convert_clip, jobs, workers or default_workers(), "convert"):
+    for path, n_written, n_skipped, error in parallel_map(convert_clip, jobs, workers, "convert"):
         if error:
             print(f"warning: skipped {path}: {error}", file=sys.stderr)
             errors.append((str(path), error))
         converted += n_written > 0
         skipped += n_skipped > 0
     write_csv(out / "errors.csv", ["file", "reason"], sorted(errors))
-    write_json(out / CONVERSION_FILE, {"size": size, "sr": sr, "segment_seconds": segment_seconds,
-                                       "cmap": cmap})
     if converted + skipped == 0:
         raise SuiteError(f"nothing converted: all {len(jobs)} files failed (see {out}/errors.csv)")
     return converted, skipped, errors
 
 
-# The demo set: ten synthetic "genres" that differ in tempo, pitch range, timbre and noise.
-DEMO_STYLES = {  # bpm, base pitch (Hz), harmonics, noise level, note length (beats)
-    "blues": (70, 110, 6, 0.02, 1.0), "classical": (60, 440, 2, 0.0, 2.0),
-    "country": (110, 196, 4, 0.02, 0.5), "disco": (120, 262, 3, 0.05, 0.25),
-    "hiphop": (90, 55, 8, 0.03, 0.5), "jazz": (140, 330, 5, 0.01, 0.33),
-    "metal": (180, 82, 12, 0.5, 0.25), "pop": (115, 523, 3, 0.03, 0.5),
-    "reggae": (75, 147, 4, 0.04, 1.0), "rock": (150, 165, 9, 0.15, 0.5),
-}
-
-
-def demo_clip(genre, rng, seconds, sr=SR):
-    bpm, base, harmonics, noise, note_beats = DEMO_STYLES[genre]
-    bpm *= rng.uniform(0.95, 1.05)
-    t = np.arange(int(seconds * sr)) / sr
-    beat = 60.0 / bpm
-    note_len = beat * note_beats
-    note_index = (t // note_len).astype(int)
-    scale = np.array([0, 2, 4, 5, 7, 9, 11, 12])
-    notes = base * 2 ** (rng.choice(scale, note_index.max() + 1) / 12)
-    freq = notes[note_index]
-    phase = 2 * np.pi * np.cumsum(freq) / sr
-    tone = sum(np.sin(k * phase) / k ** 1.2 for k in range(1, harmonics + 1))
-    envelope = np.exp(-3 * (t % note_len) / note_len)
-    kick = np.exp(-30 * (t % beat)) * np.sin(2 * np.pi * 60 * (t % beat))
-    y = tone * envelope + 0.8 * kick + noise * rng.standard_normal(t.size)
-    return (0.9 * y / np.max(np.abs(y))).astype(np.float32)
-
-
-def make_demo(out, clips_per_genre=10, seconds=6.0, seed=0, sr=SR):
-    """Write OUT/<genre>/<genre>.NNNNN.wav, deterministic for `seed`. Returns the file count."""
-    import soundfile
-    out = Path(out)
-    rng = np.random.default_rng(seed)
-    for genre in GENRES:
-        for i in range(clips_per_genre):
-            y = demo_clip(genre, rng, seconds, sr)
-            path = out / genre / f"{genre}.{i:05d}.wav"
-            atomic_write(path, lambda f: soundfile.write(f, y, sr, format="WAV", subtype="PCM_16"),
-                         mode="wb")
-    (out / "README.txt").write_text(
-        "SYNTHETIC demo data made by `python data_conversion.py --make-demo`: not music, not "
-        f"GTZAN. {clips_per_genre} clips x {len(GENRES)} classes, {seconds:g} s, seed {seed}.\n")
-    return clips_per_genre * len(GENRES)
-
-
 # ----------------------------------------------------------------------------------------------
-# Audio features: the columns of the public GTZAN table (features_30_sec.csv), same meaning.
+# Audio features: the columns of the public GTZAN table (features_30_sec.csv), same meaning;
+# train_mlp.py extracts and reads the tables, prediction computes one clip's row.
 # The table was made with librosa < 0.10, whose STFT padded with "reflect"; newer librosa pads
 # with zeros, which moves most columns by ~0.1 %. Asking for "reflect" reproduces the table.
 
@@ -493,114 +662,9 @@ def clip_features(y, sr, feature_set="standard"):
 
 def audio_features(path, feature_set="standard"):
     """Features of one file at its own sample rate, without normalization (as the public table).
-    Raises BadAudio for bad files (decode_audio) and clips shorter than one STFT frame."""
+    Raises BadAudio for bad files (decode_audio)."""
     y, sr = decode_audio(path)
-    if y.size < N_FFT:
-        raise BadAudio(f"{path}: shorter than one {N_FFT}-sample frame")
     return clip_features(y, sr, feature_set)
-
-
-def _feature_job(job):
-    """Worker: (path, label, feature_set, cache file) -> (path, label, row or None, error)."""
-    path, label, feature_set, cache = job
-    try:
-        row = audio_features(path, feature_set)
-    except BadAudio as e:
-        return path, label, None, str(e).split(": ", 1)[-1]
-    except Exception as e:
-        return path, label, None, f"{type(e).__name__}: {e}"
-    write_json(cache, {"stamp": _file_stamp(path), "features": row})
-    return path, label, row, None
-
-
-def _file_stamp(path):
-    st = Path(path).stat()
-    return f"{st.st_size}-{st.st_mtime_ns}"
-
-
-def extract_features(src, out_csv, feature_set="standard", workers=None, labels_csv=None):
-    """Labeled audio -> a CSV like the public GTZAN table (filename, features..., label).
-    Each clip's features are cached beside the CSV; a rerun computes only new or changed files.
-    Returns (rows written, errors)."""
-    out_csv = Path(out_csv)
-    cache_dir = out_csv.parent / f".{out_csv.stem}-cache" / feature_set
-    rows, jobs, errors = {}, [], []
-    for path, label in list_labeled_audio(src, labels_csv):
-        cache = cache_dir / label / f"{path.name}.json"
-        if cache.exists():
-            cached = json.loads(cache.read_text())
-            if cached.get("stamp") == _file_stamp(path):
-                rows[path] = (label, cached["features"])
-                continue
-        jobs.append((path, label, feature_set, cache))
-    for path, label, row, error in parallel_map(_feature_job, jobs, workers or default_workers(),
-                                                "features", warm=FEATURE_MODULES):
-        if error:
-            print(f"warning: skipped {path}: {error}", file=sys.stderr)
-            errors.append((str(path), error))
-        else:
-            rows[path] = (label, row)
-    if not rows:
-        raise SuiteError(f"nothing extracted: all {len(jobs)} files failed")
-    columns = FEATURE_SETS[feature_set]
-    write_csv(out_csv, ["filename", *columns, "label"],
-              [[p.name, *(row[c] for c in columns), label] for p, (label, row) in sorted(rows.items())])
-    write_csv(out_csv.with_name(out_csv.stem + "_errors.csv"), ["file", "reason"], sorted(errors))
-    return len(rows), errors
-
-
-def read_features_csv(path, label_col="label"):
-    """(features float32 array, columns, clip ids, labels) from our CSV or the public one.
-    Columns that are not numbers (besides filename and the label) are ignored."""
-    path = Path(path)
-    if not path.is_file():
-        raise SuiteError(f"{path}: no such features CSV (make one with train_mlp.py --extract)")
-    try:
-        with open(path, newline="") as f:
-            header, *rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, ValueError, csv.Error) as e:
-        raise SuiteError(f"{path}: not a readable CSV ({type(e).__name__})") from None
-    missing = [c for c in ("filename", label_col) if c not in header]
-    if missing:
-        raise SuiteError(f"{path}: missing column(s) {', '.join(missing)} "
-                         f"(has {', '.join(header[:5])}, ...)")
-    rows = [r for r in rows if any(cell.strip() for cell in r)]
-    if not rows or any(len(r) != len(header) for r in rows):
-        raise SuiteError(f"{path}: no rows, or rows with a different number of cells than the header")
-    columns = list(zip(*rows))
-
-    def as_number(cell):
-        try:
-            return float(cell)
-        except ValueError:
-            return None if cell.strip() else float("nan")
-    numeric, values = [], []
-    for name, cells in zip(header, columns):
-        if name in ("filename", label_col):
-            continue
-        numbers = [as_number(c) for c in cells]
-        if sum(n is None for n in numbers) > len(numbers) // 2:
-            continue  # a text column
-        numeric.append(name)
-        values.append([float("nan") if n is None else n for n in numbers])
-    if not numeric:
-        raise SuiteError(f"{path}: no numeric feature columns")
-    x = np.array(values, dtype=np.float64).T
-    labels = [c.strip() for c in columns[header.index(label_col)]]
-    bad = [c for c, col in zip(numeric, x.T) if not np.all(np.isfinite(col))]
-    if bad or not all(labels):
-        n_rows = int((~np.isfinite(x)).any(axis=1).sum()) + sum(not label for label in labels)
-        raise SuiteError(f"{path}: NaN, empty or non-numeric values in column(s) "
-                         f"{', '.join((bad or [label_col])[:5])} ({n_rows} rows); fix or drop them")
-    clip_ids = [feature_clip_id(name) for name in columns[header.index("filename")]]
-    return x.astype(np.float32), numeric, clip_ids, labels
-
-
-def feature_clip_id(filename):
-    """'blues.00000.wav' -> 'blues.00000'; GTZAN's 3-second table 'blues.00000.3.wav' too."""
-    stem = clip_id_of(filename)
-    head, _, tail = stem.rpartition(".")
-    return head if tail.isdigit() and head.rpartition(".")[2].isdigit() else stem
 
 
 # ----------------------------------------------------------------------------------------------
@@ -610,7 +674,7 @@ def list_images(root):
     """(paths, labels, classes) for root/<class>/*.png; classes = sorted sub-folder names."""
     root = Path(root)
     if not root.is_dir():
-        raise SuiteError(f"{root}: no such folder (make images with data_conversion.py)")
+        raise SuiteError(f"--data {root}: no such folder (make images with data_conversion.py)")
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     paths, labels = [], []
     for d in class_dirs:
@@ -619,31 +683,31 @@ def list_images(root):
         labels += [d.name] * len(files)
     classes = sorted(set(labels))
     if len(classes) < 2:
-        raise SuiteError(f"{root}: need PNG images in at least two class sub-folders, found "
-                         f"{len(classes)}")
+        raise SuiteError(f"--data {root}: need PNG images in at least two class sub-folders, "
+                         f"found {len(classes)}")
     return paths, labels, classes
 
 
-def read_conversion(root):
-    """How the images in root were made (conversion.json); defaults when absent."""
-    path = Path(root) / CONVERSION_FILE
-    info = json.loads(path.read_text()) if path.exists() else {}
-    return {"size": info.get("size", 512), "sr": info.get("sr", SR),
-            "segment_seconds": info.get("segment_seconds", 0.0), "cmap": info.get("cmap", "magma")}
-
-
-def decode_image(path, img_size):
-    """PNG -> uint8 tensor (3, img_size, img_size)."""
+def decode_image(path, img_size, channels="rgb"):
+    """PNG -> uint8 tensor (3 or 1, img_size, img_size): the RGB picture (the study's input), or
+    with channels="levels" the palette index of our PNGs, which is the dB level itself."""
     from PIL import Image
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
+            if channels == "levels":
+                if im.mode != "P":
+                    raise SuiteError(f"{path}: not a palette PNG of data_conversion.py, so it has "
+                                     "no dB levels; use --input rgb")
+                im = Image.fromarray(np.asarray(im))  # the index as a grey image
+            else:
+                im = im.convert("RGB")
             if img_size and im.size != (img_size, img_size):
                 im = im.resize((img_size, img_size), Image.BILINEAR)
             array = np.asarray(im)
-    except OSError as e:
-        raise SuiteError(f"{path}: unreadable image ({e})") from None
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+    except (OSError, ValueError, SyntaxError) as e:  # what PIL raises on damaged files
+        raise SuiteError(f"{path}: unreadable image ({type(e).__name__}: {e})") from None
+    tensor = torch.from_numpy(array.copy())
+    return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
 
 
 def batch_collate(batch):
@@ -691,47 +755,112 @@ class ArrayDataset:
 class LazyImageDataset(ArrayDataset):
     """Decodes PNGs per batch: for image sets larger than the memory budget."""
 
-    def __init__(self, paths, labels, clip_ids, img_size, transform=None):
-        super().__init__(None, labels, clip_ids, transform)
-        self.paths, self.img_size = list(paths), img_size
+    def __init__(self, paths, labels, clip_ids, img_size, channels):
+        super().__init__(None, labels, clip_ids)
+        self.paths, self.img_size, self.channels = list(paths), img_size, channels
 
     def inputs(self, index):
         rows = index if self.rows is None else self.rows[index]
-        return torch.stack([decode_image(self.paths[i], self.img_size) for i in rows.tolist()])
+        return torch.stack([decode_image(self.paths[i], self.img_size, self.channels)
+                            for i in rows.tolist()])
 
 
-def image_dataset(paths, labels, clip_ids, img_size, budget_mb=4096):
-    """Decode every image once into one uint8 tensor when it fits in `budget_mb`, else lazy."""
-    mb = len(paths) * 3 * img_size * img_size / 2 ** 20
-    if mb > budget_mb:
-        print(f"note: {len(paths)} images need {mb:.0f} MiB > --cache-mb {budget_mb}; "
+@dataclass
+class ImageData:
+    dataset: ArrayDataset   # every image, its label index and clip id
+    classes: list
+    conversion: dict        # conversion.json: how audio became these images
+
+
+def native_size(paths):
+    """(height, width) of the first readable image."""
+    from PIL import Image
+    for path in paths:
+        with contextlib.suppress(Exception), Image.open(path) as im:
+            return im.size[::-1]
+    raise SuiteError(f"{Path(paths[0]).parent.parent}: no readable image")
+
+
+def load_image_data(data_dir, img_size, channels="rgb", cache_mb=4096):
+    """Every image of data_dir decoded once into one uint8 tensor when it fits in cache_mb
+    (else decoded per batch), resized to img_size x img_size (0: their own size, which must
+    then be the same for all). Unreadable images are left out with a warning."""
+    from PIL import Image
+    from tqdm import tqdm
+    paths, labels, classes = list_images(data_dir)
+    conversion = read_conversion(data_dir)
+    shape = (1 if channels == "levels" else 3, *((img_size, img_size) if img_size else native_size(paths)))
+    mb = len(paths) * math.prod(shape) / 2 ** 20
+    lazy = mb > cache_mb
+    if lazy:
+        print(f"note: {len(paths)} images need {mb:.0f} MiB > --cache-mb {cache_mb}; "
               "decoding per batch instead", file=sys.stderr)
-        return LazyImageDataset(paths, labels, clip_ids, img_size)
-    x = torch.empty((len(paths), 3, img_size, img_size), dtype=torch.uint8)
-    for i, p in enumerate(paths):
-        x[i] = decode_image(p, img_size)
-    dataset = ArrayDataset(x, labels, clip_ids)
-    dataset.paths = list(paths)
-    return dataset
-
-
-def load_image_data(args, img_size):
-    """All images of args.data decoded once: (dataset, clip ids, class names, conversion info)."""
-    paths, labels, classes = list_images(args.data)
+    x = None if lazy else torch.empty((len(paths), *shape), dtype=torch.uint8)
+    good = []
+    for i, path in enumerate(tqdm(paths, desc="images", unit="file", disable=None)):
+        try:
+            if lazy:
+                with Image.open(path) as im:  # whole file, checksums: cheap, no decompression
+                    im.verify()
+            else:
+                image = decode_image(path, img_size, channels)
+        except SuiteError as e:
+            print(f"warning: skipped {e}", file=sys.stderr)
+            continue
+        except Exception as e:
+            print(f"warning: skipped {path}: unreadable image ({type(e).__name__})", file=sys.stderr)
+            continue
+        if not lazy:
+            if image.shape != x.shape[1:]:
+                raise SuiteError(f"--data {data_dir}: images differ in size ({path.name}: "
+                                 f"{tuple(image.shape[1:])}, others {shape[1:]}); give --img-size N")
+            x[len(good)] = image
+        good.append(i)
+    if len(good) < len(paths) and len({labels[i] for i in good}) < 2:
+        raise SuiteError(f"--data {data_dir}: too few readable images ({len(good)} of {len(paths)})")
+    paths = [paths[i] for i in good]
+    label_index = [classes.index(labels[i]) for i in good]
     clip_ids = [clip_id_of(p.name) for p in paths]
-    label_index = [classes.index(label) for label in labels]
-    dataset = image_dataset(paths, label_index, clip_ids, img_size,
-                            budget_mb=getattr(args, "cache_mb", 4096))
-    return dataset, clip_ids, classes, read_conversion(args.data)
+    if lazy:
+        dataset = LazyImageDataset(paths, label_index, clip_ids, img_size, channels)
+    else:
+        dataset = ArrayDataset(x[:len(good)], label_index, clip_ids)
+        dataset.paths = paths
+    return ImageData(dataset, classes, conversion)
 
 
-def image_parts(dataset, indices, augment=False):
-    """train/val/test views; RandomRotation(15) on the training part only with augment."""
-    rotate = None
-    if augment:
+class SpecAugment:
+    """SpecAugment on one spectrogram image (uint8, C x freq x time): two frequency masks and two
+    time masks of up to 15 % each (set to level 0, i.e. -80 dB), and a random circular shift in
+    time. Draws from torch's generator, so --seed repeats it."""
+
+    def __init__(self, masks=2, max_fraction=0.15):
+        self.masks, self.max_fraction = masks, max_fraction
+
+    def __call__(self, image):
+        image = image.clone()
+        _, height, width = image.shape
+        for axis, size in ((1, height), (2, width)):
+            for _ in range(self.masks):
+                length = int(torch.randint(0, int(size * self.max_fraction) + 1, ()))
+                start = int(torch.randint(0, size - length + 1, ()))
+                image.narrow(axis, start, length).zero_()
+        return torch.roll(image, int(torch.randint(0, width, ())), dims=2)
+
+
+AUGMENTATIONS = ("none", "rotate", "specaugment")
+
+
+def image_parts(dataset, indices, augment="none"):
+    """train/val/test views; the augmentation on the training part only: rotate is the study's
+    RandomRotation(15), specaugment masks and shifts (SpecAugment)."""
+    transform = None
+    if augment == "rotate":
         from torchvision.transforms import RandomRotation
-        rotate = RandomRotation(15)
-    return (dataset.subset(indices["train"], rotate), dataset.subset(indices["val"]),
+        transform = RandomRotation(15)
+    elif augment == "specaugment":
+        transform = SpecAugment()
+    return (dataset.subset(indices["train"], transform), dataset.subset(indices["val"]),
             dataset.subset(indices["test"]))
 
 
@@ -764,7 +893,9 @@ def make_split(clip_ids, labels, seed=0, fractions=SPLIT_FRACTIONS):
     pairs = sorted(set(zip(clip_ids, labels)))
     clips, labs = [c for c, _ in pairs], [label for _, label in pairs]
     if len(set(clips)) != len(clips):
-        raise SuiteError("a clip id appears under two labels; clip file names must be unique")
+        twice = sorted({c for c in clips if clips.count(c) > 1})
+        raise SuiteError(f"clip {twice[0]} appears under two labels ({len(twice)} such clips); "
+                         "clip file names must be unique across genres")
     rng = np.random.default_rng(seed)
     test = _take_per_class(clips, labs, fractions[2], rng)
     rest = [(c, label) for c, label in zip(clips, labs) if c not in test]
@@ -779,28 +910,42 @@ def split_hash(split):
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def read_split(split_path):
+    try:
+        split = json.loads(Path(split_path).read_text())
+        parts = [set(split[p]) for p in ("train", "val", "test")]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise SuiteError(f"{split_path}: not a split file (JSON with train/val/test lists)") from None
+    twice = (parts[0] & parts[1]) | (parts[0] & parts[2]) | (parts[1] & parts[2])
+    if twice:
+        raise SuiteError(f"{split_path}: clip {sorted(twice)[0]} is in two parts "
+                         f"({len(twice)} such clips)")
+    return split
+
+
 def load_or_make_split(split_path, clip_ids, labels, seed=0, given=False):
     """Read split_path (made there once, then reused); `given` (--split) leaves out unlisted clips."""
     split_path = Path(split_path)
     present = set(clip_ids)
     if split_path.exists():
-        try:
-            split = json.loads(split_path.read_text())
-            listed = set(split["train"]) | set(split["val"]) | set(split["test"])
-        except (ValueError, KeyError, TypeError):
-            raise SuiteError(f"{split_path}: not a split file (train/val/test lists)") from None
+        split = read_split(split_path)
+        listed = set(split["train"]) | set(split["val"]) | set(split["test"])
         if not given and listed != present:
             raise SuiteError(
                 f"{split_path} lists {len(listed)} clips but the data has {len(present)} "
                 f"({len(present - listed)} new, {len(listed - present)} missing): delete it to "
                 "make a new split, or pass --split FILE")
+        unknown = sorted(listed - present)
+        if unknown:
+            print(f"warning: {split_path}: {len(unknown)} of its {len(listed)} clips are not in "
+                  f"the data (first: {unknown[0]})", file=sys.stderr)
         for part in ("train", "val", "test"):
             split[part] = [c for c in split[part] if c in present]
         if not split["train"] or not split["test"]:
             raise SuiteError(f"{split_path}: no train or no test clip of it is in the data")
         return split
     if given:
-        raise SuiteError(f"{split_path}: no such split file")
+        raise SuiteError(f"--split {split_path}: no such split file")
     split = make_split(clip_ids, labels, seed)
     write_json(split_path, split)  # every torchrun rank may get here: same bytes, atomic
     if DIST.main:
@@ -815,9 +960,9 @@ def kfold_splits(clip_ids, labels, k, seed=0):
     pairs = sorted(set(zip(clip_ids, labels)))
     clips, labs = np.array([c for c, _ in pairs]), np.array([label for _, label in pairs])
     counts = {label: int((labs == label).sum()) for label in set(labs)}
-    if k < 2 or min(counts.values()) < k:
-        raise SuiteError(f"--folds {k} needs k >= 2 and at least k clips per class "
-                         f"(smallest class has {min(counts.values())})")
+    if min(counts.values()) < k:
+        raise SuiteError(f"--folds {k} needs at least {k} clips per class (smallest class has "
+                         f"{min(counts.values())})")
     folds = []
     rng = np.random.default_rng(seed)
     for train_idx, test_idx in StratifiedKFold(k, shuffle=True, random_state=seed).split(clips, labs):
@@ -837,21 +982,14 @@ def split_indices(split, clip_ids):
     return out
 
 
-def resolve_splits(args, split_dir, clip_ids, labels):
-    """[(name suffix, split)] for a run: the shared split, a --split file, or K folds."""
-    if getattr(args, "folds", 0) and args.folds > 1:
-        return [(f"fold{i + 1}", s) for i, s in enumerate(kfold_splits(clip_ids, labels, args.folds, args.seed))]
-    if args.split:
-        return [("", load_or_make_split(args.split, clip_ids, labels, args.seed, given=True))]
-    return [("", load_or_make_split(split_location(split_dir, args.out), clip_ids, labels, args.seed))]
-
-
 def split_location(data_dir, runs_dir):
-    """DATA/split.json; for a read-only data folder (a shared copy, a Kaggle input) the split is
-    kept under the runs folder instead, named after the data folder."""
+    """DATA/split.json, shared by every model family trained on that data; kept under the runs
+    folder instead (named after the data folder) when the data folder is not ours to write:
+    read-only, someone else's, a Kaggle input."""
     data_dir = Path(data_dir)
-    if not data_dir.exists() or data_dir.stat().st_mode & 0o222:
-        return data_dir / SPLIT_FILE
+    beside = data_dir / SPLIT_FILE
+    if beside.exists() or writable(data_dir):
+        return beside
     key = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:8]
     return Path(runs_dir) / "splits" / f"{data_dir.name}-{key}.json"
 
@@ -863,7 +1001,8 @@ def build_model(spec):
     """Rebuild a model from the plain-dict spec stored in model.pt."""
     kind = spec["kind"]
     if kind == "cnn":
-        return ConvolNeuNet(spec["n_classes"], spec["img_size"])
+        model = CNN_MODELS[spec.get("model", "convolneunet")]
+        return model(spec["n_classes"], spec["img_size"], spec.get("in_channels", 3))
     if kind == "transfer":
         return build_transfer(spec["arch"], spec["n_classes"], "none", spec["head_dropout"],
                               finetune=spec.get("finetune", False))[0]
@@ -891,12 +1030,13 @@ class ConvolNeuNet(nn.Module):
     FC ->512->256->128->64->classes with dropout 0.5 after the first and third FC layers.
     fc1 has 96*(s/8)^2*512 weights: 201 M at 512x512 (0.8 GB, ~3.2 GB with Adam)."""
 
-    def __init__(self, n_classes, img_size=512):
+    def __init__(self, n_classes, img_size=512, in_channels=3):
         super().__init__()
-        if img_size % 8:
-            raise SuiteError(f"--img-size {img_size}: must be a multiple of 8")
-        self.norm = InputNorm([0.0] * 3, [1.0] * 3)
-        layers, width = [], 3
+        if not img_size or img_size % 8:
+            raise SuiteError(f"--img-size {img_size}: ConvolNeuNet needs square images whose side "
+                             "is a multiple of 8 (e.g. 256 or 512)")
+        self.norm = InputNorm([0.0] * in_channels, [1.0] * in_channels)
+        layers, width = [], in_channels
         for out in (32, 64, 96):
             layers += [nn.Conv2d(width, out, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
             width = out
@@ -909,6 +1049,32 @@ class ConvolNeuNet(nn.Module):
 
     def forward(self, x):
         return self.classifier(self.features(self.norm(x)))
+
+
+class SpecNet(nn.Module):
+    """A small modern CNN for spectrograms (0.29 M weights): four blocks of two 3x3 conv +
+    batch norm + ReLU and a 2x2 max-pool (16, 32, 64, 128 channels), then the mean and the
+    max over frequency and time (any input size), dropout 0.3 and one linear layer."""
+
+    def __init__(self, n_classes, img_size=0, in_channels=1):
+        super().__init__()
+        self.norm = InputNorm([0.5] * in_channels, [0.25] * in_channels)
+        layers, width = [], in_channels
+        for out in (16, 32, 64, 128):
+            for _ in range(2):
+                layers += [nn.Conv2d(width, out, 3, padding=1, bias=False), nn.BatchNorm2d(out),
+                           nn.ReLU(inplace=True)]
+                width = out
+            layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Dropout(0.3), nn.Linear(2 * width, n_classes))
+
+    def forward(self, x):
+        maps = self.features(self.norm(x)).flatten(2)
+        return self.classifier(torch.cat([maps.mean(2), maps.amax(2)], dim=1))
+
+
+CNN_MODELS = {"convolneunet": ConvolNeuNet, "specnet": SpecNet}
 
 
 def mlp_head(in_features, n_classes, dropout, widths=(512, 256, 128, 64)):
@@ -1023,8 +1189,8 @@ def load_backbone_weights(model, arch, path):
     wrong = [k for k, v in state.items() if k in own and getattr(v, "shape", None) != own[k].shape]
     if wrong:
         raise SuiteError(f"--weights {path} does not fit {arch}: {len(wrong)} tensors of another "
-                         f"shape (e.g. {wrong[0]}: {tuple(getattr(state[wrong[0]], 'shape', ()))} here, "
-                         f"{tuple(own[wrong[0]].shape)} in {arch})")
+                         f"shape (e.g. {wrong[0]}: {tuple(getattr(state[wrong[0]], 'shape', ()))} "
+                         f"there, {tuple(own[wrong[0]].shape)} in {arch})")
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys]
     if missing:
@@ -1045,9 +1211,9 @@ def parse_hidden(text):
     for part in filter(None, text.split(",")):
         width, _, act = part.partition(":")
         act = act or "relu"
-        if not width.strip().isdigit() or act not in ACTIVATIONS:
-            raise SuiteError(f"--hidden {text!r}: expected width:activation items, activations "
-                             f"{', '.join(ACTIVATIONS)}")
+        if not width.strip().isdigit() or int(width) < 1 or act not in ACTIVATIONS:
+            raise SuiteError(f"--hidden {text!r}: expected width:activation items, widths >= 1, "
+                             f"activations {', '.join(ACTIVATIONS)}")
         layers.append((int(width), act))
     if not layers:
         raise SuiteError("--hidden needs at least one layer")
@@ -1104,21 +1270,57 @@ def make_criterion(name, n_classes, smoothing=0.0):
 
 
 # ----------------------------------------------------------------------------------------------
-# Training loop: one for every trainer (plateau LR, early stopping, AMP on CUDA, DDP, seeds)
+# Training loop: one for every trainer (plateau LR, early stopping, AMP on CUDA, DDP, seeds,
+# a checkpoint at every improvement to resume from)
+
+def cuda_unsupported_reason(index=0):
+    """Why this torch build cannot run on CUDA device `index` (None when it can). A card older
+    than the build's kernels (Kaggle's P100, sm_60, on current wheels) reports CUDA as available
+    and then fails at the first operation."""
+    major, minor = torch.cuda.get_device_capability(index)
+    built = torch.cuda.get_arch_list()
+    for arch in built:  # 'sm_86': binary kernels, 'compute_90': PTX compiled on the fly
+        kind, _, digits = arch.partition("_")
+        if not digits.isdigit():
+            continue
+        arch_major, arch_minor = int(digits[:-1]), int(digits[-1])
+        if kind == "sm" and arch_major == major and arch_minor <= minor:
+            return None  # binaries run on later minor versions of the same major
+        if kind == "compute" and (arch_major, arch_minor) <= (major, minor):
+            return None
+    if not built:
+        return None
+    return (f"{torch.cuda.get_device_name(index)} (sm_{major}{minor}) is not supported by this "
+            f"torch build (built for {', '.join(built)})")
+
 
 def pick_device(name="auto"):
+    """cuda (a card this torch build supports), then mps, then cpu; or the one named."""
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            reason = cuda_unsupported_reason()
+            if reason is None:
+                return torch.device("cuda")
+            print(f"note: {reason}; training on the CPU", file=sys.stderr)
+        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
         raise SuiteError(f"--device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SuiteError(f"--device {name}: CUDA is not available here; use --device cpu")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SuiteError(f"--device {name}: CUDA is not available here; use --device cpu")
+        index = device.index or 0
+        if index >= torch.cuda.device_count():
+            raise SuiteError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices")
+        reason = cuda_unsupported_reason(index)
+        if reason:
+            raise SuiteError(f"--device {name}: {reason}; use --device cpu or another torch build")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None)
+                                     and torch.backends.mps.is_available()):
+        raise SuiteError(f"--device {name}: MPS is not available here; use --device cpu")
     return device
 
 
@@ -1135,70 +1337,17 @@ def amp_tools(device):
     return autocast, torch.amp.GradScaler("cuda", enabled=cuda)
 
 
-class Dist:
-    """torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), or a single process."""
-
-    def __init__(self):
-        self.world = int(os.environ.get("WORLD_SIZE", 1))
-        self.rank = int(os.environ.get("RANK", 0))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
-
-    @property
-    def main(self):
-        return self.rank == 0
-
-    @property
-    def active(self):
-        return self.world > 1
-
-    def setup(self, device):
-        """Join the process group (nccl on CUDA, gloo on CPU); returns this rank's device."""
-        if not self.active:
-            return device
-        import torch.distributed as dist
-        if device.type == "cuda":
-            device = torch.device("cuda", self.local_rank)
-            torch.cuda.set_device(device)
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        return device
-
-    def sum(self, values, device):
-        """All-reduce a list of numbers (sum over ranks)."""
-        if not self.active:
-            return list(values)
-        import torch.distributed as dist
-        t = torch.tensor(values, dtype=torch.float64, device=device)
-        dist.all_reduce(t)
-        return t.tolist()
-
-    def gather(self, obj):
-        if not self.active:
-            return [obj]
-        import torch.distributed as dist
-        out = [None] * self.world
-        dist.all_gather_object(out, obj)
-        return out
-
-    def finish(self):
-        """Wait for every rank, then leave the process group."""
-        import torch.distributed as dist
-        if self.active and dist.is_initialized():
-            dist.barrier()
-            dist.destroy_process_group()
-
-
-DIST = Dist()
-
-
 def make_loader(dataset, batch_size, shuffle, seed, workers, device):
     """Batches of this rank's share. The sampler is DistributedSampler even for one process, so
-    one process and N processes see the same global batches for the same seed."""
+    one process and N processes see the same global batches for the same seed. The loader's
+    own generator keeps its draws out of the global one: dropout and mixup draw the same with
+    or without loader workers."""
     from torch.utils.data import DataLoader, DistributedSampler
     sampler = DistributedSampler(dataset, num_replicas=DIST.world, rank=DIST.rank,
                                  shuffle=shuffle, seed=seed, drop_last=False)
     return DataLoader(dataset, batch_size=max(1, batch_size // DIST.world), sampler=sampler,
                       collate_fn=batch_collate, num_workers=workers,
+                      generator=torch.Generator().manual_seed(seed),
                       pin_memory=device.type == "cuda", persistent_workers=workers > 0)
 
 
@@ -1206,42 +1355,54 @@ def unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
+def mixup_pairs(x, y, alpha):
+    """Convex mixes of the batch with a shuffled copy of itself: (mixed x, partner labels,
+    weight of the original), weight ~ Beta(alpha, alpha)."""
+    weight = float(np.random.beta(alpha, alpha))
+    partner = torch.randperm(len(y), device=x.device)
+    return weight * x.float() + (1 - weight) * x[partner].float(), y[partner], weight
+
+
 def train_epoch(model, loader, criterion, optimizer, scaler, autocast, device, desc="train",
                 mixup=0.0):
-    """One pass over this rank's share; returns loss and accuracy over all ranks. mixup > 0
-    trains on convex mixes of pairs of the batch (Beta(mixup, mixup) weights)."""
+    """One pass over this rank's share; loss and accuracy over all ranks, and the optimizer
+    steps GradScaler skipped (inf/NaN gradients under AMP). mixup > 0 trains on mixed pairs,
+    the loss mixed with the same weight."""
     from tqdm import tqdm
     model.train()
-    total_loss, correct, count, start = 0.0, 0, 0, time.time()
+    total_loss, correct, count, skipped, start = 0.0, 0, 0, 0, time.time()
     for x, y, _ in tqdm(loader, desc=desc, leave=False, disable=None if DIST.main else True):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if mixup:
-            weight = float(np.random.beta(mixup, mixup))
-            partner = torch.randperm(len(y), device=device)
-            x = weight * x.float() + (1 - weight) * x[partner].float()
+            x, y_partner, weight = mixup_pairs(x, y, mixup)
         with autocast():
             logits = model(x)
             loss = criterion(logits, y)
             if mixup:
-                loss = weight * loss + (1 - weight) * criterion(logits, y[partner])
+                loss = weight * loss + (1 - weight) * criterion(logits, y_partner)
         optimizer.zero_grad(set_to_none=True)
+        scale = scaler.get_scale() if scaler.is_enabled() else 0.0
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        skipped += scaler.is_enabled() and scaler.get_scale() < scale  # the scale drops on a skip
         total_loss += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         count += len(y)
-    total_loss, correct, count = DIST.sum([total_loss, correct, count], device)
-    return {"loss": total_loss / count, "acc": correct / count, "seconds": time.time() - start}
+    total_loss, correct, count, skipped = DIST.sum([total_loss, correct, count, skipped], device)
+    return {"loss": total_loss / count, "acc": correct / count, "skipped": int(skipped),
+            "seconds": time.time() - start}
 
 
 @torch.no_grad()
-def predict_logits(model, loader, autocast, device, forward=None):
+def predict_logits(model, loader, autocast, device, forward=None, desc=None):
     """Outputs (logits, or `forward`'s features) for the whole dataset in its order, each rank
-    computing its share and all of them gathered."""
+    computing its share and all of them gathered. desc: show a progress bar."""
+    from tqdm import tqdm
     model.eval()
     parts = []
-    for x, _, index in loader:
+    for x, _, index in tqdm(loader, desc=desc, unit="batch", leave=False,
+                            disable=True if desc is None or not DIST.main else None):
         with autocast():
             logits = (forward or model)(x.to(device, non_blocking=True))
         parts.append((index.numpy(), logits.float().cpu().numpy()))
@@ -1263,53 +1424,105 @@ def evaluate(model, loader, criterion, autocast, device):
             "logits": logits}
 
 
-def fit(model, train_set, val_set, criterion, args, device, param_groups=None, log=print):
-    """Adam + ReduceLROnPlateau(val loss, x0.1, patience 3) + early stopping on validation
-    balanced accuracy (patience args.patience) with the best weights restored.
-    Returns (history rows, best epoch). Works on one device or under torchrun (DDP)."""
+@dataclass
+class FitResult:
+    history: list        # a dict per epoch: HISTORY_COLUMNS
+    best_epoch: int      # the epoch whose weights the model holds now
+    best_score: float    # its validation balanced accuracy
+    skipped_steps: int   # optimizer steps GradScaler skipped (AMP on CUDA)
+
+
+def rng_state():
+    """Every random generator training draws from, as tensors and plain values (the checkpoint
+    loads with weights_only=True)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state):
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def fit(model, train_set, val_set, *, criterion, epochs, lr, batch_size, patience, seed, device,
+        min_epochs=0, weight_decay=0.0, mixup=0.0, param_groups=None, workers=1,
+        checkpoint=None, log=print):
+    """Train `model`, choosing the epoch by validation balanced accuracy; returns a FitResult.
+
+    Adam (param_groups may give parts of the model their own lr) with ReduceLROnPlateau on the
+    validation loss (x0.1, patience 3); early stopping once `patience` epochs pass without a
+    better validation balanced accuracy (not before min_epochs), the best weights restored.
+    AMP on CUDA; one device or torchrun (DDP). checkpoint: a file written atomically at every
+    improvement with all that training depends on (weights, optimizer, scheduler, scaler,
+    early-stopping state, random generators, history); if it exists, training goes on from it
+    and ends as an uninterrupted run would."""
     if not len(train_set) or not len(val_set):
         raise SuiteError(f"{len(train_set)} training and {len(val_set)} validation items: each "
                          "class needs at least 3 clips (one to train, validate and test)")
     model = model.to(device)
     trainable = param_groups or [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=args.lr, weight_decay=getattr(args, "weight_decay", 0.0))
+    optimizer = torch.optim.Adam(trainable, lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=3)
     autocast, scaler = amp_tools(device)
     net = model
     if DIST.active:
         from torch.nn.parallel import DistributedDataParallel
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    workers = getattr(args, "workers", 0) if isinstance(train_set, LazyImageDataset) else 0
-    train_loader = make_loader(train_set, args.batch_size, True, args.seed, workers, device)
-    val_loader = make_loader(val_set, args.batch_size, False, args.seed, workers, device)
-    history, best, best_epoch, best_state, elapsed = [], -1.0, 0, None, 0.0
-    patience = getattr(args, "patience", 5)
-    for epoch in range(1, args.epochs + 1):
+    loader_workers = workers if isinstance(train_set, LazyImageDataset) and workers > 1 else 0
+    train_loader = make_loader(train_set, batch_size, True, seed, loader_workers, device)
+    val_loader = make_loader(val_set, batch_size, False, seed, loader_workers, device)
+    history, best_epoch, best_score, best_state, skipped = [], 0, -1.0, None, 0
+    if checkpoint and Path(checkpoint).exists():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        history, best_epoch, best_score = state["history"], state["best_epoch"], state["best_score"]
+        skipped, best_state = state["skipped_steps"], state["model"]
+        set_rng_state(state["rng"])
+        if DIST.main:
+            log(f"resuming from {checkpoint} after epoch {best_epoch} (best so far: "
+                f"{best_score:.3f})")
+    for epoch in range(len(history) + 1, epochs + 1):
         train_loader.sampler.set_epoch(epoch)
-        lr = optimizer.param_groups[0]["lr"]
+        lr_now = optimizer.param_groups[0]["lr"]
         tr = train_epoch(net, train_loader, criterion, optimizer, scaler, autocast, device,
-                         desc=f"epoch {epoch}/{args.epochs}", mixup=getattr(args, "mixup", 0.0))
+                         desc=f"epoch {epoch}/{epochs}", mixup=mixup)
         va = evaluate(net, val_loader, criterion, autocast, device)
-        elapsed += tr["seconds"]
         scheduler.step(va["loss"])  # every rank sees the same gathered val loss: same decision
+        skipped += tr["skipped"]
+        seconds = (history[-1]["seconds"] if history else 0.0) + tr["seconds"]
         history.append({"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
                         "val_loss": va["loss"], "val_acc": va["acc"],
-                        "val_balanced_acc": va["balanced_acc"], "lr": lr, "seconds": elapsed})
-        improved = va["balanced_acc"] > best
+                        "val_balanced_acc": va["balanced_acc"], "lr": lr_now, "seconds": seconds})
+        improved = va["balanced_acc"] > best_score
         if improved:
-            best, best_epoch = va["balanced_acc"], epoch
+            best_score, best_epoch = va["balanced_acc"], epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if checkpoint and DIST.main:
+                state = {"model": best_state, "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                         "history": history, "best_epoch": best_epoch, "best_score": best_score,
+                         "skipped_steps": skipped, "rng": rng_state()}
+                atomic_write(checkpoint, lambda f: torch.save(state, f), mode="wb")
         if DIST.main:
             log(f"epoch {epoch:3d}  train loss {tr['loss']:.4f} acc {tr['acc']:.3f}  "
                 f"val loss {va['loss']:.4f} acc {va['acc']:.3f} bal {va['balanced_acc']:.3f}  "
-                f"lr {lr:.1e}  {tr['seconds']:.1f}s{'  *' if improved else ''}")
-        if epoch - best_epoch >= patience:
+                f"lr {lr_now:.1e}  {tr['seconds']:.1f}s{'  *' if improved else ''}")
+        if epoch - best_epoch >= patience and epoch >= min_epochs:
             if DIST.main:
                 log(f"early stop: no better validation balanced accuracy for {patience} epochs; "
-                    f"best epoch {best_epoch} ({best:.3f})")
+                    f"best epoch {best_epoch} ({best_score:.3f})")
             break
     model.load_state_dict(best_state)
-    return history, best_epoch
+    return FitResult(history, best_epoch, best_score, skipped)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1328,6 +1541,11 @@ def clip_vote(logits, labels, clip_ids):
     return order, clip_logits, clip_labels
 
 
+def softmax(logits):
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def scores(y_true, y_pred, n_classes):
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score
     with warnings.catch_warnings():
@@ -1344,50 +1562,180 @@ def clip_scores(logits, labels, clip_ids):
     return scores(clip_labels, clip_logits.argmax(1), logits.shape[1])
 
 
+def test_metrics(model_name, classes, logits, test_set, probabilities=None):
+    """Clip-level figures (segments vote), segment-level beside them when there are segments;
+    the sklearn report; per clip: id, true and predicted class, class probabilities (softmax
+    of the clip's mean logits unless given)."""
+    from sklearn.metrics import classification_report
+    clips, clip_logits, clip_labels = clip_vote(logits, test_set.labels, test_set.clip_ids)
+    predicted = clip_logits.argmax(1)
+    s = scores(clip_labels, predicted, len(classes))
+    metrics = {"model": model_name, "test_accuracy": s["accuracy"],
+               "test_balanced_accuracy": s["balanced_accuracy"], "test_macro_f1": s["macro_f1"],
+               "classes": list(classes), "confusion": s["confusion"], "n_test": len(clips),
+               "kaggle_score": None}
+    if len(test_set) > len(clips):
+        seg = scores(test_set.labels, logits.argmax(1), len(classes))
+        metrics.update({"segment_test_accuracy": seg["accuracy"],
+                        "segment_test_balanced_accuracy": seg["balanced_accuracy"],
+                        "segment_test_macro_f1": seg["macro_f1"], "n_test_segments": len(test_set)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = classification_report(clip_labels, predicted, labels=list(range(len(classes))),
+                                       target_names=list(classes), zero_division=0)
+    if probabilities is None:
+        probabilities = softmax(clip_logits)
+    predictions = [(c, classes[t], classes[p], *(f"{q:.6f}" for q in probs))
+                   for c, t, p, probs in zip(clips, clip_labels, predicted, probabilities)]
+    return metrics, report, predictions
+
+
 # ----------------------------------------------------------------------------------------------
-# Run folder: config.json, history.csv, metrics.json, curves.png, confusion.png, report.txt,
-# model.pt; plus the common flags and the driver every trainer runs
+# Flags: what every trainer takes, each with one meaning, all checked before any work starts
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc",
                    "lr", "seconds"]
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+RESUME_FLAGS = ("resume", "device", "workers")  # what may be given beside --resume
 
 
-def add_common_args(parser, epochs=20, batch_size=32, lr=1e-3, data_help="data folder"):
+def add_common_args(parser, *, data_default, data_help, epochs=20, batch_size=32, lr=1e-3):
     d = parser.add_argument_group("data")
-    d.add_argument("--data", default="data/images", help=f"{data_help} (default %(default)s)")
-    d.add_argument("--split", help="split file to use instead of DATA/split.json; clips it does "
-                                   "not list are left out")
-    d.add_argument("--folds", type=int, default=0, help="stratified K-fold cross-validation "
-                                                        "(mean and std reported)")
-    d.add_argument("--workers", type=int, default=0, help="data loader processes (default 0)")
+    d.add_argument("--data", default=data_default, help=f"{data_help} (default %(default)s)")
+    d.add_argument("--split", metavar="FILE", help="split file to use instead of the shared one "
+                   "(DATA/split.json); clips it does not list are left out")
+    d.add_argument("--folds", type=number(int, minimum=2), metavar="K",
+                   help="stratified K-fold cross-validation at clip level (mean and std reported)")
+    d.add_argument("--workers", type=number(int, minimum=1), default=default_workers(),
+                   help="processes that decode data: audio when predicting or extracting, images "
+                        "per batch above --cache-mb; 1 = this process (default: the %(default)s cores)")
     o = parser.add_argument_group("optimization")
-    o.add_argument("--epochs", type=int, default=epochs, help="maximum epochs (default %(default)s)")
-    o.add_argument("--batch-size", type=int, default=batch_size,
+    o.add_argument("--epochs", type=number(int, minimum=1), default=epochs,
+                   help="maximum epochs (default %(default)s)")
+    o.add_argument("--batch-size", type=number(int, minimum=1), default=batch_size,
                    help="global batch size, split across torchrun ranks (default %(default)s)")
-    o.add_argument("--lr", type=float, default=lr, help="Adam learning rate (default %(default)s)")
-    o.add_argument("--patience", type=int, default=5,
-                   help="early stopping patience in epochs (default %(default)s)")
-    o.add_argument("--mixup", type=float, default=0.0,
+    o.add_argument("--lr", type=number(float, above=0), default=lr,
+                   help="Adam learning rate (default %(default)s)")
+    o.add_argument("--weight-decay", type=number(float, minimum=0), default=0.0,
+                   help="Adam weight decay (default 0)")
+    o.add_argument("--patience", type=number(int, minimum=1), default=5,
+                   help="early stopping: epochs without a better validation balanced accuracy "
+                        "(default %(default)s)")
+    o.add_argument("--min-epochs", type=number(int, minimum=0), default=0,
+                   help="epochs to train before early stopping may stop (default 0)")
+    o.add_argument("--mixup", type=number(float, minimum=0), default=0.0,
                    help="mixup: train on mixes of pairs, weights ~ Beta(a, a); 0 = off (default)")
     r = parser.add_argument_group("run")
     r.add_argument("--out", default="runs", help="runs folder (default %(default)s)")
-    r.add_argument("--name", help="run name (default script-model-timestamp)")
+    r.add_argument("--name", help="run name: the folder OUT/NAME (default script-model-time)")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing run of this name")
+    r.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a run that was killed or interrupted, from its checkpoint, with "
+                        "its recorded arguments (only --device and --workers may change)")
     r.add_argument("--seed", type=int, default=0, help="seed for split, init and order (default 0)")
     r.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
-    add_predict_args(parser)
+    add_submission_args(parser.add_argument_group("prediction and Kaggle"), predict_flag=True)
 
 
-def add_predict_args(parser):
-    p = parser.add_argument_group("prediction and Kaggle")
-    p.add_argument("--predict", metavar="DIR", help="after training, predict the audio in DIR "
-                                                    "and write RUN/submission.csv")
-    p.add_argument("--id-col", default="id", help="submission id column (default id: file name)")
-    p.add_argument("--label-col", default="class", help="submission label column (default class)")
-    p.add_argument("--submit", metavar="COMPETITION", help="send submission.csv to this Kaggle "
-                                                           "competition")
-    p.add_argument("-m", "--message", help="submission message (default: the run name)")
-    p.add_argument("--dry-run", action="store_true", help="show what --submit would send")
+def add_submission_args(group, predict_flag=False):
+    if predict_flag:
+        group.add_argument("--predict", metavar="DIR", help="after training, predict the audio "
+                           "files in DIR and write RUN/submission.csv")
+    group.add_argument("--id-col", default="id", help="submission id column (default id: the "
+                       "file name)")
+    group.add_argument("--label-col", default="class", help="submission label column (default "
+                       "class)")
+    group.add_argument("--sample-submission", metavar="CSV", help="a Kaggle sample_submission.csv: "
+                       "its column names, ids and order shape submission.csv")
+    group.add_argument("--submit", metavar="COMPETITION", help="send submission.csv to this Kaggle "
+                       "competition (the message names the run, for compare.py --kaggle)")
+    group.add_argument("-m", "--message", help="submission message (default: the run name)")
+    group.add_argument("--dry-run", action="store_true", help="show what --submit would send")
 
+
+def parse_run_args(parser, argv, data_is_file=False):
+    """A trainer's arguments, all checked before any work starts. With --resume RUN_DIR, the
+    run's recorded ones (config.json) instead."""
+    args = parser.parse_args(argv)
+    if args.resume:
+        args = resumed_args(parser, args)
+    check_run_args(args, data_is_file)
+    return args
+
+
+def resumed_args(parser, args):
+    run_dir = Path(args.resume)
+    config_path = run_dir / "config.json"
+    try:
+        config = json.loads(config_path.read_text())
+        recorded = config["args"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise SuiteError(f"--resume {run_dir}: not a run folder of this suite (no readable "
+                         "config.json)") from None
+    if config.get("script") != parser.prog:
+        raise SuiteError(f"--resume {run_dir}: a run of {config.get('script')}, not {parser.prog}")
+    defaults = vars(parser.parse_args([]))
+    given = [k for k, v in vars(args).items() if k not in RESUME_FLAGS and v != defaults.get(k)]
+    if given:
+        raise SuiteError(f"--resume continues {run_dir} with its recorded arguments; leave out "
+                         + ", ".join(f"--{k.replace('_', '-')}" for k in given))
+    return argparse.Namespace(**{
+        **defaults, **{k: v for k, v in recorded.items() if k in defaults},
+        "out": str(run_dir.parent), "name": run_dir.name, "overwrite": False,
+        **{k: getattr(args, k) for k in RESUME_FLAGS}})
+
+
+def is_run_folder(folder):
+    folder = Path(folder)
+    return folder.is_dir() and (not any(folder.iterdir()) or any(
+        (folder / name).exists() for name in ("config.json", "metrics.json", "checkpoint.pt")))
+
+
+def check_run_args(args, data_is_file):
+    """Every path and combination of flags, before any work: one line naming the flag."""
+    data = Path(args.data)
+    if not (data.is_file() if data_is_file else data.is_dir()):
+        raise SuiteError(f"--data {data}: no such {'file' if data_is_file else 'folder'}")
+    if args.split:
+        if args.folds:
+            raise SuiteError("--split and --folds: give one (the folds make their own splits)")
+        if not Path(args.split).is_file():
+            raise SuiteError(f"--split {args.split}: no such file")
+        read_split(args.split)
+    if args.predict:
+        if args.folds:
+            raise SuiteError("--predict with --folds: train without --folds, or predict with one "
+                             "fold's model: python common.py predict RUN/foldK/model.pt DIR")
+        try:
+            list_audio(args.predict)
+        except SuiteError as e:
+            raise SuiteError(f"--predict {e}") from None
+    for flag, value in (("--sample-submission", args.sample_submission), ("--submit", args.submit)):
+        if value and not args.predict:
+            raise SuiteError(f"{flag} needs --predict DIR (the submission is its predictions)")
+    if args.sample_submission:
+        read_sample_submission(args.sample_submission)
+    if args.name and not RUN_NAME.fullmatch(args.name):
+        raise SuiteError(f"--name {args.name!r}: letters, digits, '.', '_' and '-' only (it "
+                         "names a folder under --out)")
+    check_output_folder(args.out, "--out")
+    if args.name and not args.resume:
+        run_dir = Path(args.out) / args.name
+        if run_dir.exists() and not args.overwrite:
+            raise SuiteError(f"{run_dir} exists: choose another --name, continue it with --resume "
+                             f"{run_dir}, or replace it with --overwrite")
+        if run_dir.exists() and not is_run_folder(run_dir):
+            raise SuiteError(f"--overwrite: {run_dir} is not a run folder of this suite; not "
+                             "replacing it")
+    if args.device != "auto":
+        pick_device(args.device)
+    if args.submit and not args.dry_run:
+        kaggle_api()  # credentials now, not after hours of training
+
+
+# ----------------------------------------------------------------------------------------------
+# Run folder: config.json, history.csv, metrics.json, predictions.csv, report.txt, curves.png,
+# confusion.png, model.pt (and checkpoint.pt while training)
 
 def library_versions():
     import sklearn
@@ -1401,13 +1749,6 @@ def library_versions():
     return versions
 
 
-def run_folder(args, script, model_name, suffix=""):
-    if not getattr(args, "run_name", None):
-        args.run_name = args.name or f"{script}-{model_name}-{datetime.now():%Y%m%d-%H%M%S}"
-    path = Path(args.out) / args.run_name
-    return path / suffix if suffix else path
-
-
 def jsonable(value):
     if isinstance(value, dict):
         return {k: jsonable(v) for k, v in value.items()}
@@ -1418,17 +1759,9 @@ def jsonable(value):
     return str(value)
 
 
-def write_config(run_dir, args, split, extra=None):
-    config = {"args": jsonable({k: v for k, v in vars(args).items() if k != "run_name"}),
-              "versions": library_versions(), "split_hash": split_hash(split),
-              "split_seed": split.get("seed"), "world_size": DIST.world,
-              "command": " ".join(sys.argv)}
-    write_json(run_dir / "config.json", {**config, **(extra or {})})
-
-
 def save_model(path, model, spec, classes, extra=None):
     """A plain dict that torch.load(..., weights_only=True) reads back: spec rebuilds the model
-    (build_model), preprocess says how audio becomes its input."""
+    (build_model), spec["preprocess"] says how audio becomes its input."""
     state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
     checkpoint = {"spec": spec, "classes": list(classes), "state_dict": state, **(extra or {})}
     atomic_write(path, lambda f: torch.save(checkpoint, f), mode="wb")
@@ -1442,8 +1775,12 @@ def load_model(path, device="cpu"):
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         model = build_model(checkpoint["spec"])
         model.load_state_dict(checkpoint["state_dict"])
+        n_outputs, classes = checkpoint["spec"]["n_classes"], checkpoint["classes"]
     except Exception as e:  # torch.load raises many kinds on a foreign or damaged file
         raise SuiteError(f"{path}: not a model.pt of this suite ({type(e).__name__})") from None
+    if len(classes) != n_outputs:
+        raise SuiteError(f"{path}: lists {len(classes)} classes for {n_outputs} outputs; the "
+                         "file is damaged or was edited")
     return model.to(device).eval(), checkpoint
 
 
@@ -1496,267 +1833,374 @@ def plot_confusion(path, confusion, classes, title):
     save_figure(path, fig)
 
 
-def test_metrics(model_name, classes, logits, test_set, train_set, val_set):
-    """Clip-level figures (segments vote); segment-level beside them when there are segments."""
-    from sklearn.metrics import classification_report
-    clips, clip_logits, clip_labels = clip_vote(logits, test_set.labels, test_set.clip_ids)
-    predicted = clip_logits.argmax(1)
-    s = scores(clip_labels, predicted, len(classes))
-    metrics = {"model": model_name, "test_accuracy": s["accuracy"],
-               "test_balanced_accuracy": s["balanced_accuracy"], "test_macro_f1": s["macro_f1"],
-               "classes": list(classes), "confusion": s["confusion"],
-               "n_train": len(set(train_set.clip_ids)), "n_val": len(set(val_set.clip_ids)),
-               "n_test": len(clips), "kaggle_score": None}
-    if len(test_set) > len(clips):
-        seg = scores(test_set.labels, logits.argmax(1), len(classes))
-        metrics.update({"segment_test_accuracy": seg["accuracy"],
-                        "segment_test_balanced_accuracy": seg["balanced_accuracy"],
-                        "segment_test_macro_f1": seg["macro_f1"], "n_test_segments": len(test_set)})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        report = classification_report(clip_labels, predicted, labels=list(range(len(classes))),
-                                       target_names=list(classes), zero_division=0)
-    predictions = [(c, classes[t], classes[p]) for c, t, p in zip(clips, clip_labels, predicted)]
-    return metrics, report, predictions
-
-
-def write_results(run_dir, metrics, history, report, predictions, title):
+def write_results(run_dir, metrics, history, report, predictions, classes):
     """Everything of a run folder but config.json and model.pt (rank 0 only)."""
     write_csv(run_dir / "history.csv", HISTORY_COLUMNS,
               [[h[c] for c in HISTORY_COLUMNS] for h in history])
-    write_csv(run_dir / "predictions.csv", ["clip_id", "true", "predicted"], predictions)
+    write_csv(run_dir / "predictions.csv", ["clip_id", "true", "predicted",
+                                            *(f"p_{c}" for c in classes)], predictions)
     atomic_write(run_dir / "report.txt", lambda f: f.write(report))
     write_json(run_dir / "metrics.json", metrics)
     if history:
         plot_curves(run_dir / "curves.png", history)
-    plot_confusion(run_dir / "confusion.png", metrics["confusion"], metrics["classes"],
-                   f"{title}: balanced accuracy {metrics['test_balanced_accuracy']:.3f}")
-
-
-class Job:
-    """What a trainer hands the driver for one split. fit_model/fit_train/fit_val default to the
-    full model and its data; the transfer fast path fits the head on cached features instead."""
-
-    def __init__(self, model, spec, train_set, val_set, test_set, criterion=None, fit_model=None,
-                 fit_train=None, fit_val=None, param_groups=None, notes=None, estimator=None):
-        self.model, self.spec, self.criterion, self.estimator = model, spec, criterion, estimator
-        self.train_set, self.val_set, self.test_set = train_set, val_set, test_set
-        self.fit_model = model if fit_model is None else fit_model
-        self.fit_train = train_set if fit_train is None else fit_train
-        self.fit_val = val_set if fit_val is None else fit_val
-        self.param_groups, self.notes = param_groups, notes or {}
-
-
-def run_training(args, script, model_name, clip_ids, labels, classes, split_dir, prepare):
-    """The whole life of a training command: for the shared split (or each fold) build the job,
-    fit, test, write the run folder; then the K-fold summary, prediction and submission.
-    Returns the list of metrics dicts."""
-    device = DIST.setup(pick_device(args.device))
-    if args.predict and args.folds and args.folds > 1:
-        raise SuiteError("--predict with --folds: train without --folds, or predict with one "
-                         "fold's model: python common.py predict RUN/foldK/model.pt DIR")
-    if DIST.main:
-        print(f"{script} {model_name}: {len(set(clip_ids))} clips, {len(clip_ids)} items, "
-              f"{len(classes)} classes, device {device}"
-              + (f", {DIST.world} processes" if DIST.active else ""))
-    results, run_dir = [], None
-    for suffix, split in resolve_splits(args, split_dir, clip_ids, labels):
-        run_dir = run_folder(args, script, model_name, suffix)
-        seed_everything(args.seed)
-        start = time.time()
-        job = prepare(split_indices(split, clip_ids), device)
-        prepare_seconds = time.time() - start  # e.g. the transfer fast path's backbone pass
-        if DIST.main:
-            print(f"run {run_dir}: {len(job.train_set)} train, {len(job.val_set)} val, "
-                  f"{len(job.test_set)} test items")
-            write_config(run_dir, args, split, {"model": model_name, "spec": job.spec,
-                                                "notes": job.notes})
-        seed_everything(args.seed)
-        fit_job = fit_estimator if job.estimator is not None else fit_and_test
-        history, best_epoch, train_seconds, logits, predict_seconds = fit_job(job, args, device)
-        metrics, report, predictions = test_metrics(model_name, classes, logits, job.test_set,
-                                                    job.train_set, job.val_set)
-        metrics.update({"epochs_run": len(history), "best_epoch": best_epoch,
-                        "train_seconds": prepare_seconds + train_seconds,
-                        "seconds_to_best": prepare_seconds + (history[best_epoch - 1]["seconds"]
-                                                              if history else train_seconds),
-                        "predict_seconds_per_clip": predict_seconds / metrics["n_test"],
-                        "split_hash": split_hash(split), "data": str(args.data),
-                        "run": run_dir.name if not suffix else f"{args.run_name}/{suffix}",
-                        **job.notes})
-        if suffix:
-            metrics.update({"group": args.run_name, "fold": int(suffix[4:]), "folds": args.folds})
-        if DIST.main:
-            write_results(run_dir, metrics, history, report, predictions, model_name)
-            if job.estimator is not None:
-                import joblib
-                atomic_write(run_dir / "model.joblib", lambda f: joblib.dump(
-                    {"estimator": job.estimator, "spec": job.spec, "classes": list(classes)}, f), mode="wb")
-            else:
-                save_model(run_dir / "model.pt", job.model, job.spec, classes,
-                           {"best_epoch": best_epoch, "run": str(run_dir)})
-            print(f"test: balanced accuracy {metrics['test_balanced_accuracy']:.3f}, accuracy "
-                  f"{metrics['test_accuracy']:.3f}, macro F1 {metrics['test_macro_f1']:.3f} on "
-                  f"{metrics['n_test']} clips -> {run_dir}")
-        results.append(metrics)
-    if DIST.main and len(results) > 1:
-        summarize_folds(run_dir.parent, results)
-    if DIST.main and args.predict:
-        if not (run_dir / "model.pt").exists():
-            raise SuiteError("--predict needs a model.pt; scikit-learn baselines save model.joblib")
-        predict_and_submit(run_dir / "model.pt", args.predict, args, device)
-    DIST.finish()
-    return results
-
-
-def fit_and_test(job, args, device):
-    """fit() the job, then the test set's logits from the full model, timed."""
-    start = time.time()
-    history, best_epoch = fit(job.fit_model, job.fit_train, job.fit_val, job.criterion, args,
-                              device, job.param_groups)
-    train_seconds = time.time() - start
-    autocast, _ = amp_tools(device)
-    loader = make_loader(job.test_set, args.batch_size, False, args.seed, 0, device)
-    start = time.time()
-    logits = predict_logits(job.model.to(device), loader, autocast, device)
-    return history, best_epoch, train_seconds, logits, time.time() - start
-
-
-def fit_estimator(job, args=None, device=None):
-    """Fit a scikit-learn model on the training rows; its decision scores stand in for logits."""
-    start = time.time()
-    job.estimator.fit(job.train_set.inputs(torch.arange(len(job.train_set))).numpy(),
-                      job.train_set.labels)
-    train_seconds = time.time() - start
-    start = time.time()
-    x_test = job.test_set.inputs(torch.arange(len(job.test_set))).numpy()
-    scores = np.asarray(job.estimator.decision_function(x_test), np.float32)
-    if scores.ndim == 1:  # two classes: one score for the second
-        scores = np.stack([-scores, scores], axis=1)
-    return [], 0, train_seconds, scores, time.time() - start
+    plot_confusion(run_dir / "confusion.png", metrics["confusion"], classes,
+                   f"{metrics['model']}: balanced accuracy {metrics['test_balanced_accuracy']:.3f}")
 
 
 def summarize_folds(group_dir, results):
+    """Mean and sample standard deviation (ddof=1: K is small) over the folds."""
     bal = np.array([m["test_balanced_accuracy"] for m in results])
     acc = np.array([m["test_accuracy"] for m in results])
     summary = {"model": results[0]["model"], "folds": len(results),
-               "balanced_accuracy_mean": float(bal.mean()), "balanced_accuracy_std": float(bal.std()),
-               "accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std()),
+               "balanced_accuracy_mean": float(bal.mean()), "balanced_accuracy_std": float(bal.std(ddof=1)),
+               "accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std(ddof=1)),
                "per_fold_balanced_accuracy": bal.tolist()}
     write_json(group_dir / "summary.json", summary)
-    print(f"{len(results)}-fold: balanced accuracy {bal.mean():.3f} +- {bal.std():.3f}, "
-          f"accuracy {acc.mean():.3f} +- {acc.std():.3f} -> {group_dir}/summary.json")
+    print(f"{len(results)}-fold: balanced accuracy {summary['balanced_accuracy_mean']:.3f} +- "
+          f"{summary['balanced_accuracy_std']:.3f}, accuracy {summary['accuracy_mean']:.3f} +- "
+          f"{summary['accuracy_std']:.3f} -> {group_dir}/summary.json")
     return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# Driver: the life of a training command. A trainer parses and checks its flags
+# (parse_run_args), loads its data, then
+#
+#     with start_run(args, argv, "train_cnn.py", model_name, classes) as run:
+#         for part in run.parts(clip_ids, labels, split_dir):    # the split, or each fold
+#             ...build the model and the part's datasets...
+#             part.train_and_test(model, spec, train, val, test, criterion=...)
+#         run.finish()                                           # fold summary, predict, submit
+#
+# A part that finished has its metrics.json; one that was killed has its checkpoint.pt, and
+# --resume carries on from there.
+
+@dataclass
+class Run:
+    """A training command: its arguments, folder, device and classes, and the metrics of the
+    parts (the split, or the folds) done so far."""
+    args: argparse.Namespace
+    script: str
+    model_name: str
+    classes: list
+    dir: Path
+    device: torch.device
+    results: list = field(default_factory=list)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        """A run that failed before its first checkpoint leaves nothing behind; one that has a
+        checkpoint or finished parts says how to go on."""
+        if kind is None or not DIST.main:
+            return False
+        kept = any(self.dir.rglob("checkpoint.pt")) or any(self.dir.rglob("metrics.json"))
+        if kept:
+            print(f"the run stopped; continue it with: python {self.script} --resume {self.dir}",
+                  file=sys.stderr)
+        elif not self.args.resume:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        return False
+
+    def write_config(self, **extra):
+        path = self.dir / "config.json"
+        config = json.loads(path.read_text()) if path.exists() else {}
+        if DIST.main:
+            write_json(path, {**config, **extra})
+
+    def parts(self, clip_ids, labels, split_dir):
+        """The parts still to train: the shared split (DATA/split.json, or the --split file), or
+        K folds; with --resume, the ones not finished before."""
+        args = self.args
+        if args.folds:
+            splits = [(f"fold{i}", s) for i, s in
+                      enumerate(kfold_splits(clip_ids, labels, args.folds, args.seed), 1)]
+        else:
+            path = args.split or split_location(split_dir, args.out)
+            splits = [("", load_or_make_split(path, clip_ids, labels, args.seed, bool(args.split)))]
+        hashes = [split_hash(s) for _, s in splits]
+        recorded = args.resume and json.loads((self.dir / "config.json").read_text()).get("split_hashes")
+        if recorded and recorded != hashes:
+            raise SuiteError(f"--resume {self.dir}: the data or its split changed since the run "
+                             "started; start a new run")
+        self.write_config(split_hash=hashes[0] if len(hashes) == 1 else "k-fold",
+                          split_hashes=hashes, split_seed=splits[0][1].get("seed"))
+        for name, split in splits:
+            folder = self.dir / name
+            if (folder / "metrics.json").exists():  # --resume: finished before
+                metrics = json.loads((folder / "metrics.json").read_text())
+                print(f"{folder}: finished before (balanced accuracy "
+                      f"{metrics['test_balanced_accuracy']:.3f})")
+                self.results.append(metrics)
+                continue
+            seed_everything(args.seed)  # each part starts alike: a resumed fold inits as it did
+            yield Part(self, folder, split, split_indices(split, clip_ids), name)
+
+    def finish(self):
+        """The K-fold summary; then, the other torchrun ranks gone (none waits on a timeout),
+        prediction of --predict DIR and --submit."""
+        args = self.args
+        if DIST.main and len(self.results) > 1:
+            summarize_folds(self.dir, self.results)
+        DIST.finish()
+        if DIST.main and args.predict:
+            model_file = next(p for p in (self.dir / "model.pt", self.dir / "model.joblib")
+                              if p.exists())
+            predict_and_submit(model_file, args.predict, device=self.device, workers=args.workers,
+                               id_col=args.id_col, label_col=args.label_col,
+                               sample_submission=args.sample_submission, submit=args.submit,
+                               message=args.message, dry_run=args.dry_run)
+        return self.results
+
+
+def start_run(args, argv, script, model_name, classes):
+    """The run folder (made, or replaced with --overwrite, or reopened with --resume), its
+    config.json, and the device (joining torchrun's process group)."""
+    device = DIST.setup(pick_device(args.device))
+    name = args.name
+    if not name:
+        stamp = f"{script.removesuffix('.py').removeprefix('train_')}-{model_name}-{datetime.now():%Y%m%d-%H%M%S}"
+        name = next(n for n in (stamp, *(f"{stamp}-{i}" for i in range(2, 1000)))
+                    if not (Path(args.out) / n).exists())
+        name = DIST.gather(name)[0]  # every rank uses rank 0's folder
+    run = Run(args, script, model_name, list(classes), Path(args.out) / name, device)
+    if DIST.main:
+        if args.overwrite and run.dir.exists():
+            shutil.rmtree(run.dir)
+        run.dir.mkdir(parents=True, exist_ok=True)
+        if not args.resume:
+            command = " ".join([script, *(sys.argv[1:] if argv is None else argv)])
+            run.write_config(script=script, model=model_name, command=command,
+                             args=jsonable({**vars(args), "name": name}),
+                             versions=library_versions(), world_size=DIST.world)
+        print(f"{script} {model_name}: {len(classes)} classes, device {device}"
+              + (f", {DIST.world} processes" if DIST.active else "") + f" -> {run.dir}")
+    return run
+
+
+@dataclass
+class Part:
+    """One split of a run: the shared split (its folder is the run's) or fold K (RUN/foldK)."""
+    run: Run
+    dir: Path
+    split: dict
+    indices: dict   # train/val/test -> item indices
+    name: str       # "" or "foldK"
+
+    def train_and_test(self, model, spec, train, val, test, *, criterion, fit_model=None,
+                       fit_train=None, fit_val=None, param_groups=None, prepare_seconds=0.0,
+                       notes=None):
+        """Fit, test `model` on the test part, write the part's folder and model.pt.
+        fit_model/fit_train/fit_val, when given, are what fit() trains instead (the transfer
+        fast path: the head on cached backbone features; prepare_seconds is that pass)."""
+        args, device = self.run.args, self.run.device
+        seed_everything(args.seed)
+        if DIST.main:
+            print(f"{self.name or 'split'}: {len(train)} train, {len(val)} val, {len(test)} test "
+                  "items")
+        result = fit(model if fit_model is None else fit_model,
+                     train if fit_train is None else fit_train, val if fit_val is None else fit_val,
+                     criterion=criterion, epochs=args.epochs, lr=args.lr,
+                     batch_size=args.batch_size, patience=args.patience, seed=args.seed,
+                     device=device, min_epochs=args.min_epochs, weight_decay=args.weight_decay,
+                     mixup=args.mixup, param_groups=param_groups, workers=args.workers,
+                     checkpoint=self.dir / "checkpoint.pt")
+        autocast, _ = amp_tools(device)
+        loader = make_loader(test, args.batch_size, False, args.seed, 0, device)
+        start = time.time()
+        logits = predict_logits(model.to(device), loader, autocast, device)
+        metrics = self.report(logits, train=train, val=val, test=test, history=result.history,
+                              best_epoch=result.best_epoch, prepare_seconds=prepare_seconds,
+                              predict_seconds=time.time() - start,
+                              notes={**(notes or {}), "amp_skipped_steps": result.skipped_steps})
+        if DIST.main:
+            fallback = self.run.classes[int(np.bincount(train.labels).argmax())]
+            save_model(self.dir / "model.pt", model, spec, self.run.classes,
+                       {"best_epoch": result.best_epoch, "run": str(self.dir),
+                        "fallback_class": fallback})
+            (self.dir / "checkpoint.pt").unlink(missing_ok=True)  # model.pt has the weights
+        return metrics
+
+    def report(self, logits, *, train, val, test, history=(), best_epoch=0, prepare_seconds=0.0,
+               predict_seconds=0.0, probabilities=None, notes=None):
+        """Score the test part's logits and write the part's results; returns its metrics."""
+        args, classes = self.run.args, self.run.classes
+        metrics, report, predictions = test_metrics(self.run.model_name, classes, logits, test,
+                                                    probabilities)
+        seconds = [h["seconds"] for h in history] or [0.0]
+        metrics.update({
+            "n_train": len(set(train.clip_ids)), "n_val": len(set(val.clip_ids)),
+            "epochs_run": len(history), "best_epoch": best_epoch,
+            "train_seconds": prepare_seconds + seconds[-1],
+            "seconds_to_best": prepare_seconds + seconds[max(best_epoch, 1) - 1],
+            "predict_seconds_per_clip": predict_seconds / metrics["n_test"],
+            "split_hash": split_hash(self.split), "data": str(args.data),
+            "run": self.run.dir.name + (f"/{self.name}" if self.name else ""), **(notes or {})})
+        if self.name:
+            metrics.update({"group": self.run.dir.name, "fold": int(self.name[4:]),
+                            "folds": args.folds})
+        if DIST.main:
+            write_results(self.dir, metrics, list(history), report, predictions, classes)
+            print(f"test: balanced accuracy {metrics['test_balanced_accuracy']:.3f}, accuracy "
+                  f"{metrics['test_accuracy']:.3f}, macro F1 {metrics['test_macro_f1']:.3f} on "
+                  f"{metrics['n_test']} clips -> {self.dir}")
+        self.run.results.append(metrics)
+        return metrics
 
 
 # ----------------------------------------------------------------------------------------------
 # Prediction and submission: audio folder -> the model's input -> submission.csv -> Kaggle
 
+def image_inputs(images, preprocess):
+    """A clip's image levels (clip_images) -> the model's input (n, C, img, img) uint8, as
+    training decoded its PNGs: the colormap's RGB (or the levels), resized to img_size."""
+    from PIL import Image
+    size, out = preprocess["img_size"], []
+    for levels in images:
+        if preprocess.get("channels", "rgb") == "levels":
+            image = Image.fromarray(levels)
+        else:
+            image = Image.fromarray(np.take(colormap_lut(preprocess["cmap"]), levels, axis=0))
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.BILINEAR)
+        array = np.asarray(image)
+        out.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
+    return np.stack(out)
+
+
 def model_inputs(job):
-    """Worker: one audio file -> (path, model input array or None, error). Images are made and
-    resized exactly as data_conversion + training did; features as train_mlp --extract did."""
+    """Worker: one audio file -> (path, model input array or None, error). Images are made
+    exactly as data_conversion + training made them; features as train_mlp --extract did."""
     path, preprocess = job
     try:
         if preprocess["type"] == "features":
             row = audio_features(path, preprocess.get("feature_set", "standard"))
             return path, np.array([[row[c] for c in preprocess["columns"]]], np.float32), None
-        from PIL import Image
-        y = load_audio(path, preprocess["sr"])
-        parts = segments(y, preprocess["sr"], preprocess["segment_seconds"])
-        if not parts:
-            raise BadAudio(f"{path}: shorter than one segment")
-        images = []
-        for part in parts:
-            rgb = spectrogram_image(part, preprocess["size"], preprocess["cmap"])
-            img = preprocess["img_size"]
-            if rgb.shape[:2] != (img, img):
-                rgb = np.asarray(Image.fromarray(rgb).resize((img, img), Image.BILINEAR))
-            images.append(rgb.transpose(2, 0, 1))
-        return path, np.stack(images), None
+        return path, image_inputs(clip_images(path, {**CONVERSION_DEFAULTS, **preprocess}),
+                                  preprocess), None
     except BadAudio as e:
-        return path, None, str(e).split(": ", 1)[-1]
+        return path, None, e.reason
     except Exception as e:
         return path, None, f"{type(e).__name__}: {e}"
 
 
-def predict_folder(model_path, audio_dir, device="cpu", workers=None, batch_size=32):
-    """[(file name, class)] for the audio in audio_dir, the unreadable files, seconds per clip."""
-    model, checkpoint = load_model(model_path, device)
-    classes, preprocess = checkpoint["classes"], checkpoint["spec"]["preprocess"]
+def estimator_scores(estimator, x):
+    """A scikit-learn classifier's decision scores as (n, classes), standing in for logits."""
+    scores = np.asarray(estimator.decision_function(x), np.float32)
+    return np.stack([-scores, scores], axis=1) if scores.ndim == 1 else scores
+
+
+def load_predictor(path, device="cpu"):
+    """(function: model inputs -> class scores, the saved dict) for a run's model.pt or a
+    scikit-learn baseline's model.joblib."""
+    path = Path(path)
+    if path.suffix != ".joblib":
+        model, checkpoint = load_model(path, device)
+        autocast, _ = amp_tools(device)
+
+        @torch.no_grad()
+        def predict(x):
+            with autocast():
+                return model(torch.from_numpy(x).to(device)).float().cpu().numpy()
+        return predict, checkpoint
+    import joblib
+    try:
+        saved = joblib.load(path)
+        estimator, _, _ = saved["estimator"], saved["spec"]["preprocess"], saved["classes"]
+    except Exception as e:
+        raise SuiteError(f"{path}: not a model.joblib of this suite ({type(e).__name__})") from None
+    return functools.partial(estimator_scores, estimator), saved
+
+
+@dataclass
+class Predictions:
+    labels: dict            # test file name -> class (unreadable files: the fallback class)
+    bad: list               # (file name, reason) of the unreadable files
+    fallback: str           # the class unreadable files get
+    seconds_per_clip: float  # audio file to label, readable files
+
+
+def predict_folder(model_path, audio_dir, device="cpu", workers=1, batch_size=32):
+    """Label every audio file in audio_dir; an unreadable one gets the model's fallback class
+    (the training set's most common) with a warning, so a submission has every id."""
+    predict, saved = load_predictor(model_path, device)
+    classes, preprocess = saved["classes"], saved["spec"]["preprocess"]
+    fallback = saved.get("fallback_class", classes[0])
     files = list_audio(audio_dir)
-    autocast, _ = amp_tools(device)
     start = time.time()
-    rows, bad = [], []
-    with torch.no_grad():
-        warm = FEATURE_MODULES if preprocess["type"] == "features" else CONVERSION_MODULES
-        for path, inputs, error in parallel_map(model_inputs, [(p, preprocess) for p in files],
-                                                workers or default_workers(), "predict", warm):
-            if error:
-                print(f"warning: skipped {path}: {error}", file=sys.stderr)
-                bad.append((path.name, error))
-                continue
-            logits = []
-            for i in range(0, len(inputs), batch_size):
-                with autocast():
-                    logits.append(model(torch.from_numpy(inputs[i:i + batch_size]).to(device)).float())
-            rows.append((path.name, classes[int(torch.cat(logits).mean(0).argmax())]))
-    if not rows:
+    labels, bad = {}, []
+    warm = FEATURE_MODULES if preprocess["type"] == "features" else CONVERSION_MODULES
+    for path, inputs, error in parallel_map(model_inputs, [(p, preprocess) for p in files],
+                                            workers, "predict", warm):
+        if error:
+            print(f"warning: {path}: {error}; labelled {fallback!r} (the fallback)", file=sys.stderr)
+            bad.append((path.name, error))
+            labels[path.name] = fallback
+            continue
+        scores = np.concatenate([predict(inputs[i:i + batch_size])
+                                 for i in range(0, len(inputs), batch_size)])
+        labels[path.name] = classes[int(scores.mean(0).argmax())]  # segments vote
+    if len(bad) == len(files):
         raise SuiteError(f"{audio_dir}: no file could be read ({len(bad)} bad)")
-    return sorted(rows), bad, (time.time() - start) / len(rows)
+    return Predictions(labels, bad, fallback, (time.time() - start) / (len(files) - len(bad)))
 
 
-def write_submission(path, rows, id_col="id", label_col="class"):
-    write_csv(path, [id_col, label_col], rows)
+def read_sample_submission(path):
+    """(id column, label column, ids) of a Kaggle sample_submission.csv."""
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            header, *rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError) as e:
+        raise SuiteError(f"--sample-submission {path}: not a readable CSV ({type(e).__name__})") from None
+    ids = [r[0] for r in rows if r]
+    if len(header) < 2 or not ids:
+        raise SuiteError(f"--sample-submission {path}: expected a header (id, label columns) and "
+                         "a row per test file")
+    return header[0], header[1], ids
 
 
-def kaggle_submit(csv_path, competition, message, dry_run=False):
-    """Send a submission through the kaggle package; any failure is one line and exit code 2."""
-    csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise SuiteError(f"{csv_path}: no such submission file", code=2)
-    if dry_run:
-        with open(csv_path) as f:
-            n = sum(1 for _ in f) - 1
-        print(f"dry run: would submit {csv_path} ({n} rows) to {competition} with message "
-              f"{message!r}")
-        return None
-    api = kaggle_api()
-    result = kaggle_call(f"submission of {csv_path} to {competition}", api.competition_submit,
-                         str(csv_path), message, competition, quiet=True)
-    answer = getattr(result, "message", "") or ""
-    # The package reports a failed upload in the answer instead of raising.
-    if answer == api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE or not getattr(result, "ref", 1):
-        raise SuiteError(f"Kaggle refused the submission to {competition}: "
-                         f"{answer or 'no submission was created'} ({csv_path} is kept)", code=2)
-    print(f"submitted {csv_path} to {competition}: {answer or 'ok'}")
-    return result
+def submission_table(labels, fallback, id_col="id", label_col="class", sample=None):
+    """(header, rows) of submission.csv: every test file once by file name; with a sample
+    submission, its column names and its ids in its order (matched to the files without
+    extension or zero padding), an id without a file getting the fallback class."""
+    if sample is None:
+        return [id_col, label_col], sorted(labels.items())
+    id_col, label_col, ids = read_sample_submission(sample)
+    by_id = {normalize_id(name): label for name, label in labels.items()}
+    rows = [(i, by_id.get(normalize_id(i), fallback)) for i in ids]
+    missing = [i for i in ids if normalize_id(i) not in by_id]
+    extra = sorted(set(by_id) - {normalize_id(i) for i in ids})
+    if missing:
+        print(f"warning: {len(missing)} ids of {sample} have no audio file; labelled "
+              f"{fallback!r} (first: {missing[0]})", file=sys.stderr)
+    if extra:
+        print(f"warning: {len(extra)} test files are not in {sample} and are left out (first: "
+              f"{extra[0]})", file=sys.stderr)
+    return [id_col, label_col], rows
 
 
-def predict_and_submit(model_path, audio_dir, args, device="cpu", output=None):
-    """Predict audio_dir, write submission.csv (default beside model.pt), then --submit it."""
-    rows, bad, seconds = predict_folder(model_path, audio_dir, device, args.workers or None)
+def predict_and_submit(model_path, audio_dir, *, output=None, device="cpu", workers=1,
+                       id_col="id", label_col="class", sample_submission=None, submit=None,
+                       message=None, dry_run=False):
+    """Predict audio_dir, write submission.csv (default: beside the model), then --submit it."""
     out = Path(output) if output else Path(model_path).parent / "submission.csv"
-    write_submission(out, rows, args.id_col, args.label_col)
-    print(f"wrote {out}: {len(rows)} clips, {len(bad)} unreadable, {seconds:.3f} s per clip")
-    if bad:
-        write_csv(out.with_name(out.stem + "_errors.csv"), ["file", "reason"], bad)
-    if args.submit:
-        kaggle_submit(out, args.submit, submission_message(args.message, Path(model_path).parent.name),
-                      args.dry_run)
-    return out
-
-
-def names_run(message, run_name):
-    """Whether a submission message names the run as a whole word ('cnn-a v2' names cnn-a,
-    not cnn-a2 or cnn): how compare.py --kaggle finds a run's score."""
-    return re.search(rf"(?<![\w.-]){re.escape(run_name)}(?![\w.-])", message or "") is not None
-
-
-def submission_message(message, run_name):
-    """The user's message (default: the run name), with the run name added when it lacks it."""
-    if not message:
-        return run_name
-    return message if names_run(message, run_name) else f"{message} [{run_name}]"
+    check_output_folder(out.parent, "--output")
+    if submit and not dry_run:
+        kaggle_api()  # credentials now, not after predicting
+    result = predict_folder(model_path, audio_dir, device, workers)
+    header, rows = submission_table(result.labels, result.fallback, id_col, label_col,
+                                    sample_submission)
+    write_csv(out, header, rows)
+    print(f"wrote {out}: {len(rows)} rows, {len(result.bad)} unreadable files labelled "
+          f"{result.fallback!r}, {result.seconds_per_clip:.3f} s per clip (audio to label)")
+    if result.bad:
+        write_csv(out.with_name(out.stem + "_errors.csv"), ["file", "reason"], result.bad)
+    if submit:
+        kaggle_submit(out, submit, submission_message(message, Path(model_path).parent.name),
+                      dry_run)
+    return out, result
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1884,30 +2328,71 @@ def kaggle_submissions(api, competition):
     return kaggle_call(f"reading the submissions of {competition}", list_all)
 
 
+def kaggle_submit(csv_path, competition, message, dry_run=False):
+    """Send a submission through the kaggle package; any failure is one line and exit code 2."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise SuiteError(f"{csv_path}: no such submission file", code=2)
+    if dry_run:
+        with open(csv_path) as f:
+            n = sum(1 for _ in f) - 1
+        print(f"dry run: would submit {csv_path} ({n} rows) to {competition} with message "
+              f"{message!r}")
+        return None
+    api = kaggle_api()
+    result = kaggle_call(f"submission of {csv_path} to {competition}", api.competition_submit,
+                         str(csv_path), message, competition, quiet=True)
+    answer = getattr(result, "message", "") or ""
+    # The package reports a failed upload in the answer instead of raising.
+    if answer == api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE or not getattr(result, "ref", 1):
+        raise SuiteError(f"Kaggle refused the submission to {competition}: "
+                         f"{answer or 'no submission was created'} ({csv_path} is kept)", code=2)
+    print(f"submitted {csv_path} to {competition}: {answer or 'ok'}")
+    return result
+
+
+def names_run(message, run_name):
+    """Whether a submission message names the run as a whole word ('cnn-a v2' names cnn-a,
+    not cnn-a2 or cnn): how compare.py --kaggle finds a run's score."""
+    return re.search(rf"(?<![\w.-]){re.escape(run_name)}(?![\w.-])", message or "") is not None
+
+
+def submission_message(message, run_name):
+    """The user's message (default: the run name), with the run name added when it lacks it."""
+    if not message:
+        return run_name
+    return message if names_run(message, run_name) else f"{message} [{run_name}]"
+
+
 # ----------------------------------------------------------------------------------------------
-# `python common.py predict MODEL.pt AUDIO_DIR`: predict with any saved model
+# `python common.py predict MODEL AUDIO_DIR`: predict with any saved model
 
 def build_predict_parser():
-    p = argparse.ArgumentParser(prog="common.py", description="Predict genres with a saved model.")
+    p = ArgumentParser(prog="common.py", description="Predict genres with a saved model.")
     sub = p.add_subparsers(dest="command", required=True)
-    pr = sub.add_parser("predict", help="model.pt + folder of audio -> submission.csv")
-    pr.add_argument("model", help="a run's model.pt")
+    pr = sub.add_parser("predict", help="model.pt (or model.joblib) + folder of audio -> "
+                                        "submission.csv", description="Predict the genre of "
+                        "every audio file in a folder with a saved model and write submission.csv.")
+    pr.add_argument("model", help="a run's model.pt, or model.joblib of a scikit-learn baseline")
     pr.add_argument("audio_dir", help="flat folder of audio files (e.g. a Kaggle test set)")
-    pr.add_argument("--output", help="CSV path (default: submission.csv beside model.pt)")
-    pr.add_argument("--device", default="auto")
-    pr.add_argument("--workers", type=int, default=default_workers())
-    pr.add_argument("--id-col", default="id")
-    pr.add_argument("--label-col", default="class")
-    pr.add_argument("--submit", metavar="COMPETITION")
-    pr.add_argument("-m", "--message")
-    pr.add_argument("--dry-run", action="store_true")
+    pr.add_argument("--output", help="CSV to write (default: submission.csv beside the model)")
+    pr.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
+    pr.add_argument("--workers", type=number(int, minimum=1), default=default_workers(),
+                    help="processes that decode the audio (default: the %(default)s cores)")
+    add_submission_args(pr)
     return p
 
 
 @user_errors
 def main(argv=None):
     args = build_predict_parser().parse_args(argv)
-    predict_and_submit(args.model, args.audio_dir, args, pick_device(args.device), args.output)
+    list_audio(args.audio_dir)  # before loading anything
+    if args.sample_submission:
+        read_sample_submission(args.sample_submission)
+    predict_and_submit(args.model, args.audio_dir, output=args.output,
+                       device=pick_device(args.device), workers=args.workers, id_col=args.id_col,
+                       label_col=args.label_col, sample_submission=args.sample_submission,
+                       submit=args.submit, message=args.message, dry_run=args.dry_run)
     return 0
 
 

@@ -8,9 +8,7 @@ The table: model, balanced accuracy, accuracy, macro F1, epochs, time to converg
 best epoch), prediction time per clip, Kaggle score. K-fold runs appear once, as mean +- std.
 Runs tested on different splits or data are flagged: their figures are not comparable.
 """
-import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -28,31 +26,36 @@ CHARTS = {  # file -> (metric key, axis label)
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.ArgumentParser(prog="compare.py", description=__doc__)
     p.add_argument("--runs", default="runs", help="folder of run folders (default %(default)s)")
-    p.add_argument("--out", default="report", help="report folder (default %(default)s)")
+    p.add_argument("--out", help="report folder (default: report, or DEMO_DIR/report with --demo)")
     p.add_argument("--kaggle", metavar="COMPETITION",
                    help="fill kaggle_score from your submissions whose message names the run")
     d = p.add_argument_group("demo")
     d.add_argument("--demo", action="store_true", help="make demo data, train every model family, "
                                                        "then compare (offline, CPU, a few minutes)")
-    d.add_argument("--demo-dir", default="demo", help="where the demo writes its data and runs")
+    d.add_argument("--demo-dir", default="demo", help="where the demo writes its data, runs and "
+                   "report, and nothing else (default %(default)s)")
     d.add_argument("--demo-weights", default="imagenet",
                    help="vgg16 weights for the demo: imagenet (falls back to none offline), none, PATH")
-    d.add_argument("--demo-epochs", type=int, default=20, help="maximum epochs per model in the demo")
+    d.add_argument("--demo-epochs", type=common.number(int, minimum=1), default=20,
+                   help="maximum epochs per model in the demo (default %(default)s)")
     return p
 
 
 # ----------------------------------------------------------------------------------------------
 # Reading runs
 
-def load_runs(runs_dir):
-    """One entry per run; the folds of a K-fold run become one entry with mean and std."""
+def load_runs(runs_dir, names=None):
+    """One entry per run (those named, or all); the folds of a K-fold run become one entry
+    with mean and std."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
-        raise common.SuiteError(f"{runs_dir}: no such runs folder (train a model first)")
+        raise common.SuiteError(f"--runs {runs_dir}: no such runs folder (train a model first)")
     entries, groups = [], {}
     for path in sorted(runs_dir.rglob("metrics.json")):
+        if names is not None and path.relative_to(runs_dir).parts[0] not in names:
+            continue
         try:
             m = json.loads(path.read_text())
             m["test_balanced_accuracy"]
@@ -68,11 +71,11 @@ def load_runs(runs_dir):
     for group_dir, folds in groups.items():
         entry = {"name": f"{Path(group_dir).name} ({len(folds)}-fold)", "folds": folds,
                  "model": folds[0]["model"], "split_hash": "k-fold", "data": folds[0].get("data"),
-                 "kaggle_score": None}
+                 "weights": folds[0].get("weights"), "kaggle_score": None}
         for key in ("test_balanced_accuracy", "test_accuracy", "test_macro_f1", "epochs_run",
                     "seconds_to_best", "predict_seconds_per_clip"):
             values = np.array([f[key] for f in folds], dtype=float)
-            entry[key], entry[key + "_std"] = float(values.mean()), float(values.std())
+            entry[key], entry[key + "_std"] = float(values.mean()), float(values.std(ddof=1))
         entries.append(entry)
     if not entries:
         raise common.SuiteError(f"{runs_dir}: no metrics.json found (train a model first)")
@@ -122,7 +125,8 @@ def markdown_table(entries):
               "time to converge (s)", "predict (ms/clip)", "Kaggle", "split"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for e in entries:
-        row = [e["name"], e["model"], cell(e, "test_balanced_accuracy", "{:.3f}"),
+        model = e["model"] + (" (random weights)" if e.get("weights") == "none" else "")
+        row = [e["name"], model, cell(e, "test_balanced_accuracy", "{:.3f}"),
                cell(e, "test_accuracy", "{:.3f}"), cell(e, "test_macro_f1", "{:.3f}"),
                cell(e, "epochs_run", "{:.0f}"), cell(e, "seconds_to_best", "{:.2f}"),
                cell(e, "predict_ms", "{:.2f}"), cell(e, "kaggle_score", "{:.3f}"),
@@ -190,13 +194,14 @@ def run_demo(args):
     import train_mlp
     import train_transfer
     demo = Path(args.demo_dir)
+    common.check_output_folder(demo, "--demo-dir")
     audio, images, features, runs = demo / "audio", demo / "images", demo / "features.csv", demo / "runs"
-    if runs.exists():
-        shutil.rmtree(runs)  # a demo reruns from scratch: its report shows only its own runs
     start = time.time()
     epochs = str(args.demo_epochs)
 
     def check(code, what):
+        if code == 130:
+            raise KeyboardInterrupt
         if code:
             raise common.SuiteError(f"demo step failed: {what}")
 
@@ -205,7 +210,7 @@ def run_demo(args):
     step("2/6 spectrogram images")
     check(data_conversion.main([str(audio), str(images), "--size", "64"]), "conversion")
     small = ["--data", str(images), "--img-size", "64", "--epochs", epochs, "--batch-size", "8",
-             "--patience", "8", "--out", str(runs)]  # small images and batches: CPU minutes
+             "--patience", "8", "--out", str(runs), "--overwrite"]  # small: CPU minutes
     step("3/6 ConvolNeuNet from scratch")
     check(train_cnn.main(small + ["--name", "demo-cnn"]), "train_cnn")
     step("4/6 VGG16 transfer learning")
@@ -219,14 +224,15 @@ def run_demo(args):
         code = train_transfer.main(transfer + ["--weights", "none"])
     check(code, "train_transfer")
     step("5/6 audio features -> MLP and SVM")
-    check(train_mlp.main(["--extract", str(audio), "--out", str(features)]), "feature extraction")
-    check(train_mlp.main(["--features", str(features), "--hidden", "256:relu,128:relu",
-                          "--dropout", "0.3", "--pca", "0", "--patience", "10", "--out", str(runs),
-                          "--name", "demo-mlp"]), "train_mlp")
-    check(train_mlp.main(["--features", str(features), "--baseline", "svm", "--out", str(runs),
-                          "--name", "demo-svm"]), "svm baseline")
+    check(train_mlp.main(["--extract", str(audio), "--features", str(features)]),
+          "feature extraction")
+    mlp = ["--features", str(features), "--out", str(runs), "--overwrite"]
+    check(train_mlp.main(mlp + ["--hidden", "256:relu,128:relu", "--dropout", "0.3", "--pca", "0",
+                                "--patience", "10", "--name", "demo-mlp"]), "train_mlp")
+    check(train_mlp.main(mlp + ["--baseline", "svm", "--name", "demo-svm"]), "svm baseline")
     step("6/6 comparison")
-    report = write_report(load_runs(runs), args.out)
+    names = ["demo-cnn", "demo-vgg16", "demo-mlp", "demo-svm"]
+    report = write_report(load_runs(runs, names), Path(args.out or demo / "report"))
     note = f"\nDemo data is synthetic. VGG16 weights: {weights}.\n"
     common.atomic_write(report, lambda f: f.write(report.read_text() + note))
     print(f"\ndemo finished in {time.time() - start:.0f} s; VGG16 weights: {weights}; "
@@ -239,10 +245,12 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.demo:
         return run_demo(args)
+    out = Path(args.out or "report")
+    common.check_output_folder(out, "--out")
     entries = load_runs(args.runs)
     if args.kaggle:
         fill_kaggle_scores(entries, args.kaggle)
-    report = write_report(entries, args.out)
+    report = write_report(entries, out)
     print(f"\nreport: {report}")
     return 0
 

@@ -1,49 +1,67 @@
-"""Train the study's CNN from scratch ("ConvolNeuNet") on spectrogram images.
+"""Train a CNN from scratch on spectrogram images: the study's ConvolNeuNet, or SpecNet.
 
-    python train_cnn.py --data data/images                      # 512x512, as in the study
-    python train_cnn.py --data data/images --img-size 256 --augment
+    python train_cnn.py --data data/images --img-size 256               # the study's CNN
+    python train_cnn.py --data data/seg3 --img-size 256 --augment       # + RandomRotation(15)
+    python train_cnn.py --data data/mel3 --model specnet --augment specaugment --mixup 0.2
     python train_cnn.py --data data/seg3 --img-size 256 --folds 5
     torchrun --nproc_per_node 2 train_cnn.py --data data/images --img-size 256
 
-Memory: at --img-size 512 the first FC layer alone has 96*64*64*512 = 201 M weights (0.8 GB in
-fp32, 3.2 GB with gradients and Adam's state; 6.4 GB peak RSS measured on CPU at batch 16, with
-the best-weights copy and activations); --img-size 256 needs a quarter of the weights (2.1 GB
-peak measured) and trains about 4-6x faster. Images of <clip>__sNN segments are scored per clip (mean of the segment
-logits). Writes runs/<name>/ with config, history, metrics, curves, confusion and model.pt.
+--model convolneunet (default) is the study's network on the RGB images, faithful to it.
+At --img-size 512 its first FC layer alone has 96*64*64*512 = 201 M weights (0.8 GB in fp32,
+3.2 GB with gradients and Adam's state; 6.4 GB peak RSS measured on CPU at batch 16, with the
+best-weights copy and activations); 256 needs a quarter (2.1 GB peak) and trains 4-6x faster.
+--model specnet is a small modern CNN (0.29 M weights, batch norm, pooling over frequency and
+time, so any image size) that reads the dB levels the PNGs store (--input levels).
+Images of <clip>__sNN segments are scored per clip (mean of the segment logits). Writes
+runs/<name>/ with config, history, metrics, curves, confusion, model.pt; --resume continues it.
 """
-import argparse
 import sys
 
 import common
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(p, data_help="images from data_conversion.py: DATA/<genre>/*.png")
+    p = common.ArgumentParser(prog="train_cnn.py", description=__doc__)
+    common.add_common_args(p, data_default="data/images",
+                           data_help="images from data_conversion.py: DATA/<genre>/*.png")
     m = p.add_argument_group("model")
-    m.add_argument("--img-size", type=int, default=512,
-                   help="images are resized to this square side; 256 is the lighter option "
-                        "(fc1: 50 M instead of 201 M weights) (default %(default)s)")
-    m.add_argument("--augment", action="store_true", help="RandomRotation(15) on training images")
-    m.add_argument("--cache-mb", type=int, default=4096,
+    m.add_argument("--model", choices=list(common.CNN_MODELS), default="convolneunet",
+                   help="convolneunet: the study's (default); specnet: small, batch norm, any size")
+    m.add_argument("--input", choices=["auto", "rgb", "levels"], default="auto",
+                   help="rgb: the colormap picture (the study's); levels: the dB level the PNG "
+                        "stores, one channel (default auto: rgb for convolneunet, levels for specnet)")
+    m.add_argument("--img-size", type=common.number(int, minimum=0),
+                   help="resize images to this square side; 0 keeps their size (default: the "
+                        "size the images were made at)")
+    m.add_argument("--augment", nargs="?", const="rotate", default="none",
+                   choices=common.AUGMENTATIONS, help="training images only: rotate is the "
+                   "study's RandomRotation(15) (--augment alone), specaugment masks and shifts")
+    m.add_argument("--cache-mb", type=common.number(int, minimum=0), default=4096,
                    help="decode all images into memory up to this size, else per batch")
     return p
 
 
 @common.user_errors
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    dataset, clip_ids, classes, conversion = common.load_image_data(args, args.img_size)
-    spec = {"kind": "cnn", "n_classes": len(classes), "img_size": args.img_size,
-            "preprocess": {"type": "image", **conversion, "img_size": args.img_size}}
-
-    def prepare(indices, device):
-        train, val, test = common.image_parts(dataset, indices, args.augment)
-        model = common.ConvolNeuNet(len(classes), args.img_size)
-        return common.Job(model, spec, train, val, test, common.make_criterion("ce", len(classes)))
-
-    common.run_training(args, "cnn", "convolneunet", clip_ids, dataset.labels, classes,
-                        args.data, prepare)
+    args = common.parse_run_args(build_parser(), argv)
+    channels = args.input if args.input != "auto" else \
+        ("rgb" if args.model == "convolneunet" else "levels")
+    conversion = common.read_conversion(args.data)
+    img_size = conversion["size"] if args.img_size is None else args.img_size
+    spec = {"kind": "cnn", "model": args.model, "img_size": img_size,
+            "in_channels": 1 if channels == "levels" else 3}
+    common.build_model({**spec, "n_classes": 2})  # a bad --img-size fails now, in one line
+    data = common.load_image_data(args.data, img_size, channels, args.cache_mb)
+    spec.update(n_classes=len(data.classes), preprocess={
+        "type": "image", **data.conversion, "img_size": img_size, "channels": channels})
+    dataset = data.dataset
+    with common.start_run(args, argv, "train_cnn.py", args.model, data.classes) as run:
+        for part in run.parts(dataset.clip_ids, dataset.labels, args.data):
+            train, val, test = common.image_parts(dataset, part.indices, args.augment)
+            part.train_and_test(common.build_model(spec), spec, train, val, test,
+                                criterion=common.make_criterion("ce", len(data.classes)),
+                                notes={"input": channels, "augment": args.augment})
+        run.finish()
     return 0
 
 

@@ -1,6 +1,6 @@
 """Hand-made audio features -> an MLP (and scikit-learn baselines on the same split).
 
-    python train_mlp.py --extract ../shared/gtzan/genres --out data/features.csv
+    python train_mlp.py --extract ../shared/gtzan/genres --features data/features.csv
     python train_mlp.py --features data/features.csv                       # the study's MLP
     python train_mlp.py --features features_30_sec.csv --folds 5 --loss hinge
     python train_mlp.py --features features_30_sec.csv --folds 5 --baseline svm
@@ -12,25 +12,33 @@ share of variance kept) are fitted on the training part only and stored inside m
 The split is the shared clip-level split (split.json beside the CSV), so the MLP is tested on the
 same clips as the CNNs when they see the same clips.
 """
-import argparse
+import csv
+import json
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
 
 import common
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(p, epochs=100, batch_size=32,
+    number = common.number
+    p = common.ArgumentParser(prog="train_mlp.py", description=__doc__)
+    common.add_common_args(p, epochs=100, batch_size=32, data_default="data/features.csv",
                            data_help="features CSV (ours or the public GTZAN table)")
-    p.set_defaults(data="data/features.csv", out=None)
-    p.add_argument("--features", dest="data", help="same as --data")
+    p.add_argument("--features", dest="data", help="the features CSV: what training reads, what "
+                   "--extract writes (same as --data)")
     e = p.add_argument_group("feature extraction")
-    e.add_argument("--extract", metavar="AUDIO_DIR", help="extract features of labeled audio "
-                   "(one sub-folder per genre) to --out (default data/features.csv) and exit")
+    e.add_argument("--extract", metavar="AUDIO_DIR", help="extract the features of labeled audio "
+                   "(one sub-folder per genre) into the --features CSV and exit")
     e.add_argument("--feature-set", choices=list(common.FEATURE_SETS), default="standard",
                    help="standard: the GTZAN table's 57 columns; extended adds spectral contrast, "
                         "onset strength and tonnetz")
@@ -40,52 +48,199 @@ def build_parser():
     m.add_argument("--hidden", default="512:tanh,512:relu,512:tanh",
                    help="hidden layers as width:activation (relu, tanh, gelu, ...) (default: the "
                         "study's %(default)s)")
-    m.add_argument("--dropout", type=float, default=0.0, help="dropout after each hidden layer")
+    m.add_argument("--dropout", type=number(float, minimum=0, below=1), default=0.0,
+                   help="dropout after each hidden layer (default 0)")
     m.add_argument("--loss", choices=["ce", "hinge", "kl"], default="ce",
                    help="cross entropy, multi-class hinge (MultiMarginLoss) or KL divergence")
-    m.add_argument("--smoothing", type=float, default=0.0,
+    m.add_argument("--smoothing", type=number(float, minimum=0, below=1), default=0.0,
                    help="label smoothing for ce and kl targets (default 0)")
-    m.add_argument("--pca", type=float, default=0.95,
+    m.add_argument("--pca", type=number(float, minimum=0, below=1), default=0.95,
                    help="PCA keeping this share of the variance; 0 = no PCA (default 0.95)")
-    m.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay")
     m.add_argument("--drop-columns", default="", help="comma-separated feature columns to leave out")
     m.add_argument("--baseline", choices=["logreg", "svm"],
                    help="train this scikit-learn model instead (same split, features, run folder)")
-    m.add_argument("--svm-c", type=float, default=10.0, help="C of the RBF SVM baseline")
+    m.add_argument("--svm-c", type=number(float, above=0), default=10.0,
+                   help="C of the RBF SVM baseline (default %(default)s)")
     return p
 
 
+# ----------------------------------------------------------------------------------------------
+# Feature tables: extraction from audio (cached per clip) and reading ours or the public one
+
+def feature_job(job):
+    """Worker: (path, label, feature_set, cache file) -> (path, label, row or None, error)."""
+    path, label, feature_set, cache = job
+    try:
+        row = common.audio_features(path, feature_set)
+    except common.BadAudio as e:
+        return path, label, None, e.reason
+    except Exception as e:
+        return path, label, None, f"{type(e).__name__}: {e}"
+    common.write_json(cache, {"stamp": file_stamp(path), "features": row})
+    return path, label, row, None
+
+
+def file_stamp(path):
+    st = Path(path).stat()
+    return f"{st.st_size}-{st.st_mtime_ns}"
+
+
+def extract_features(src, out_csv, feature_set="standard", workers=1, labels_csv=None):
+    """Labeled audio -> a CSV like the public GTZAN table (filename, features..., label).
+    Each clip's features are cached beside the CSV; a rerun computes only new or changed files.
+    Returns (rows written, errors)."""
+    out_csv = Path(out_csv)
+    cache_dir = out_csv.parent / f".{out_csv.stem}-cache" / feature_set
+    rows, jobs, errors = {}, [], []
+    for path, label in common.list_labeled_audio(src, labels_csv):
+        cache = cache_dir / label / f"{path.name}.json"
+        if cache.exists():
+            cached = json.loads(cache.read_text())
+            if cached.get("stamp") == file_stamp(path):
+                rows[path] = (label, cached["features"])
+                continue
+        jobs.append((path, label, feature_set, cache))
+    for path, label, row, error in common.parallel_map(feature_job, jobs, workers, "features",
+                                                       warm=common.FEATURE_MODULES):
+        if error:
+            print(f"warning: skipped {path}: {error}", file=sys.stderr)
+            errors.append((str(path), error))
+        else:
+            rows[path] = (label, row)
+    if not rows:
+        raise common.SuiteError(f"nothing extracted: all {len(jobs)} files failed")
+    columns = common.FEATURE_SETS[feature_set]
+    common.write_csv(out_csv, ["filename", *columns, "label"],
+                     [[p.name, *(row[c] for c in columns), label]
+                      for p, (label, row) in sorted(rows.items())])
+    common.write_csv(out_csv.with_name(out_csv.stem + "_errors.csv"), ["file", "reason"],
+                     sorted(errors))
+    return len(rows), errors
+
+
+def read_features_csv(path, label_col="label"):
+    """(features float32 array, columns, clip ids, labels) from our CSV or the public one.
+    Columns that are not numbers (besides filename and the label) are left out, with a word."""
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            header, *rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, ValueError, csv.Error) as e:
+        raise common.SuiteError(f"{path}: not a readable CSV ({type(e).__name__})") from None
+    missing = [c for c in ("filename", label_col) if c not in header]
+    if missing:
+        raise common.SuiteError(f"{path}: missing column(s) {', '.join(missing)} "
+                                f"(has {', '.join(header[:5])}, ...)")
+    rows = [r for r in rows if any(cell.strip() for cell in r)]
+    if not rows or any(len(r) != len(header) for r in rows):
+        raise common.SuiteError(f"{path}: no rows, or rows with a different number of cells "
+                                "than the header")
+    columns = list(zip(*rows))
+
+    def as_number(cell):
+        try:
+            return float(cell)
+        except ValueError:
+            return None if cell.strip() else float("nan")
+    numeric, values, text = [], [], []
+    for name, cells in zip(header, columns):
+        if name in ("filename", label_col):
+            continue
+        numbers = [as_number(c) for c in cells]
+        if sum(n is None for n in numbers) > len(numbers) // 2:
+            text.append(name)
+            continue
+        numeric.append(name)
+        values.append([float("nan") if n is None else n for n in numbers])
+    if text:
+        print(f"warning: {path}: column(s) {', '.join(text)} are not numbers and are left out",
+              file=sys.stderr)
+    if not numeric:
+        raise common.SuiteError(f"{path}: no numeric feature columns")
+    x = np.array(values, dtype=np.float64).T
+    labels = [c.strip() for c in columns[header.index(label_col)]]
+    bad = [c for c, col in zip(numeric, x.T) if not np.all(np.isfinite(col))]
+    if bad or not all(labels):
+        n_rows = int((~np.isfinite(x)).any(axis=1).sum()) + sum(not label for label in labels)
+        raise common.SuiteError(f"{path}: NaN, empty or non-numeric values in column(s) "
+                                f"{', '.join((bad or [label_col])[:5])} ({n_rows} rows); fix or "
+                                "drop them")
+    if len(set(labels)) < 2:
+        raise common.SuiteError(f"{path}: one class ({labels[0]}) in column {label_col}; a "
+                                "classifier needs at least two")
+    clip_ids = [feature_clip_id(name) for name in columns[header.index("filename")]]
+    return x.astype(np.float32), numeric, clip_ids, labels
+
+
+def feature_clip_id(filename):
+    """'blues.00000.wav' -> 'blues.00000'; GTZAN's 3-second table 'blues.00000.3.wav' too."""
+    stem = common.clip_id_of(filename)
+    head, _, tail = stem.rpartition(".")
+    return head if tail.isdigit() and head.rpartition(".")[2].isdigit() else stem
+
+
+def extract(args):
+    out = Path(args.data)
+    if out.suffix != ".csv":
+        raise common.SuiteError(f"--features {out}: with --extract, give the CSV file to write")
+    src = Path(args.extract).resolve()
+    if src == out.resolve().parent or src in out.resolve().parents:
+        raise common.SuiteError(f"--features {out}: inside the audio folder {args.extract}; "
+                                "write it elsewhere")
+    common.check_output_folder(out.parent, "--features")
+    start = time.time()
+    n, errors = extract_features(args.extract, out, args.feature_set, args.workers, args.labels)
+    print(f"{n} clips -> {out} ({len(errors)} bad) in {time.time() - start:.1f} s")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Models: the MLP through the common driver; scikit-learn baselines beside it
+
 def make_estimator(args):
-    from sklearn.decomposition import PCA
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import SVC
     model = SVC(kernel="rbf", C=args.svm_c, gamma="scale") if args.baseline == "svm" \
         else LogisticRegression(max_iter=5000)
     steps = [StandardScaler()] + ([PCA(args.pca, random_state=args.seed)] if args.pca else [])
     return make_pipeline(*steps, model)
 
 
-def extract(args):
-    out = Path(args.out or "data/features.csv")
-    if out.suffix != ".csv":
-        raise common.SuiteError(f"--out {out}: with --extract, give the CSV file to write")
+def fit_baseline(part, args, train, val, test, preprocess):
+    """A scikit-learn pipeline on the training rows (validation unused: nothing to stop early),
+    tested on the test rows, written to the part's folder with model.joblib."""
+    import joblib
+
+    def rows(part_set):
+        return part_set.inputs(torch.arange(len(part_set))).numpy()
+    estimator = make_estimator(args)
     start = time.time()
-    n, errors = common.extract_features(args.extract, out, args.feature_set,
-                                        args.workers or common.default_workers(), args.labels)
-    print(f"{n} clips -> {out} ({len(errors)} bad) in {time.time() - start:.1f} s")
-    return 0
+    estimator.fit(rows(train), train.labels)
+    fit_seconds = time.time() - start
+    start = time.time()
+    scores = common.estimator_scores(estimator, rows(test))
+    predict_seconds = time.time() - start
+    probabilities = None  # the SVM has none: softmax of its scores stands in
+    if hasattr(estimator, "predict_proba"):
+        probabilities = common.clip_vote(estimator.predict_proba(rows(test)), test.labels,
+                                         test.clip_ids)[1]
+    part.report(scores, train=train, val=val, test=test, prepare_seconds=fit_seconds,
+                predict_seconds=predict_seconds, probabilities=probabilities)
+    if common.DIST.main:
+        classes = part.run.classes
+        saved = {"estimator": estimator, "spec": {"kind": args.baseline, "preprocess": preprocess},
+                 "classes": classes,
+                 "fallback_class": classes[int(np.bincount(train.labels).argmax())]}
+        common.atomic_write(part.dir / "model.joblib", lambda f: joblib.dump(saved, f), mode="wb")
 
 
 @common.user_errors
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.extract:
         return extract(args)
-    args.out = args.out or "runs"
-    torch.set_num_threads(1)  # batches of 32 x 57 features: a second thread only waits (2x-30x slower)
-    x, columns, clip_ids, labels = common.read_features_csv(args.data, args.label_column)
+    args = common.parse_run_args(parser, argv, data_is_file=True)
+    hidden = common.parse_hidden(args.hidden)
+    x, columns, clip_ids, labels = read_features_csv(args.data, args.label_column)
     drop = set(filter(None, args.drop_columns.split(",")))
     if drop - set(columns):
         raise common.SuiteError(f"--drop-columns: no column(s) {', '.join(sorted(drop - set(columns)))}")
@@ -94,33 +249,31 @@ def main(argv=None):
     classes = sorted(set(labels))
     label_index = [classes.index(label) for label in labels]
     dataset = common.ArrayDataset(torch.from_numpy(x), label_index, clip_ids)
-    hidden = common.parse_hidden(args.hidden)
     feature_set = "extended" if set(common.EXTENDED_COLUMNS) & set(columns) else "standard"
     preprocess = {"type": "features", "columns": columns, "feature_set": feature_set}
     name = args.baseline or f"mlp-{args.loss}"
-
-    def prepare(indices, device):
-        train, val, test = (dataset.subset(indices[p]) for p in ("train", "val", "test"))
-        if args.baseline:
-            spec = {"kind": args.baseline, "preprocess": preprocess}
-            return common.Job(None, spec, train, val, test, estimator=make_estimator(args))
-        from sklearn.decomposition import PCA
-        from sklearn.preprocessing import StandardScaler
-        rows = x[indices["train"]]
-        scaler = StandardScaler().fit(rows)
-        pca = PCA(args.pca, random_state=args.seed).fit(scaler.transform(rows)) if args.pca else None
-        n_components = pca.n_components_ if pca else len(columns)
-        spec = {"kind": "mlp", "n_inputs": len(columns), "n_components": int(n_components),
-                "hidden": [list(h) for h in hidden], "n_classes": len(classes),
-                "dropout": args.dropout, "preprocess": preprocess}
-        model = common.build_model(spec)
-        model.set_preprocessing(scaler, pca)
-        criterion = common.make_criterion(args.loss, len(classes), args.smoothing)
-        return common.Job(model, spec, train, val, test, criterion,
-                          notes={"pca_components": int(n_components)})
-
-    common.run_training(args, "mlp", name, clip_ids, label_index, classes,
-                        Path(args.data).parent, prepare)
+    # batches of 32 x 57 features: a second thread only waits (measured 2x-30x slower)
+    with common.torch_threads(1), \
+            common.start_run(args, argv, "train_mlp.py", name, classes) as run:
+        for part in run.parts(clip_ids, label_index, Path(args.data).parent):
+            train, val, test = (dataset.subset(part.indices[p]) for p in ("train", "val", "test"))
+            if args.baseline:
+                fit_baseline(part, args, train, val, test, preprocess)
+                continue
+            train_rows = x[part.indices["train"]]
+            scaler = StandardScaler().fit(train_rows)
+            pca = PCA(args.pca, random_state=args.seed).fit(scaler.transform(train_rows)) \
+                if args.pca else None
+            n_components = pca.n_components_ if pca else len(columns)
+            spec = {"kind": "mlp", "n_inputs": len(columns), "n_components": int(n_components),
+                    "hidden": [list(h) for h in hidden], "n_classes": len(classes),
+                    "dropout": args.dropout, "preprocess": preprocess}
+            model = common.build_model(spec)
+            model.set_preprocessing(scaler, pca)
+            part.train_and_test(model, spec, train, val, test,
+                                criterion=common.make_criterion(args.loss, len(classes), args.smoothing),
+                                notes={"pca_components": int(n_components)})
+        run.finish()
     return 0
 
 

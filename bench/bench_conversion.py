@@ -71,7 +71,8 @@ def study_convert(path, png, size):
 
 
 def our_convert(path, out_dir, size):
-    _, n_written, _, error = common.convert_clip((path, out_dir, size, common.SR, 0.0, "magma"))
+    settings = {**common.CONVERSION_DEFAULTS, "size": size}
+    _, n_written, _, error = common.convert_clip((path, out_dir, settings))
     if error or n_written != 1:
         raise SystemExit(f"convert_clip failed on {path}: {error}")
 
@@ -124,8 +125,8 @@ def main(argv=None):
         folder_s = {}
         for workers in (1, 2):
             start = time.perf_counter()
-            converted, _, errors = common.convert_folder(src, tmp / f"folder{workers}", args.size,
-                                                         workers=workers)
+            converted, _, errors = common.convert_folder(src, tmp / f"folder{workers}",
+                                                         {"size": args.size}, workers)
             folder_s[workers] = (time.perf_counter() - start) / len(clips)
             if converted != len(clips):
                 print(f"warning: convert_folder workers={workers} converted {converted} of "

@@ -1,4 +1,4 @@
-"""Benchmark: audio feature extraction (common.extract_features) with 1 and 2 worker processes.
+"""Benchmark: audio feature extraction (train_mlp.extract_features) with 1 and 2 worker processes.
 
     python bench/bench_features.py ../shared/gtzan/genres
     python bench/bench_features.py ../shared/gtzan/genres --limit 10 --feature-set extended
@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `common`
 
 import common  # noqa: E402
+import train_mlp  # noqa: E402
 from bench_conversion import link_tree, pick_clips  # noqa: E402  (bench/ is on sys.path)
 
 
@@ -47,13 +48,13 @@ def main(argv=None):
         for workers in (1, 2):
             out_csv = Path(tmp) / f"workers{workers}" / "features.csv"  # fresh cache beside it
             start = time.perf_counter()
-            n, errors = common.extract_features(src, out_csv, args.feature_set, workers)
+            n, errors = train_mlp.extract_features(src, out_csv, args.feature_set, workers)
             seconds[workers] = (time.perf_counter() - start) / len(clips)
             if n != len(clips):
                 print(f"warning: workers={workers} extracted {n} of {len(clips)} ({len(errors)} errors)")
 
     speedup = seconds[1] / seconds[2]
-    print(f"\n{'common.extract_features':<32}{'s/clip':>10}")
+    print(f"\n{'train_mlp.extract_features':<32}{'s/clip':>10}")
     for workers in (1, 2):
         print(f"{f'workers={workers}':<32}{seconds[workers]:>10.3f}")
     verdict = "(no target set)" if args.target is None else \

@@ -22,7 +22,6 @@ import resource
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `common`
 
@@ -67,8 +66,8 @@ def raw_epoch(model, batches, criterion, optimizer):
 
 def bench_size(size, args):
     device = torch.device("cpu")
-    loop_args = SimpleNamespace(lr=1e-3, epochs=args.epochs, batch_size=args.batch_size,
-                                seed=args.seed, patience=args.epochs + 1, workers=0)
+    loop_args = dict(lr=1e-3, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                     patience=args.epochs + 1, device=device)
     data = random_images(args.n + args.n_val, size, args.seed)
     train, val = data.subset(range(args.n)), data.subset(range(args.n, args.n + args.n_val))
     batches = [(train.x[i:i + args.batch_size], train.y[i:i + args.batch_size])
@@ -94,7 +93,7 @@ def bench_size(size, args):
     common.seed_everything(args.seed)
     model = common.ConvolNeuNet(N_CLASSES, size)
     start = time.perf_counter()
-    common.fit(model, train, val, criterion, loop_args, device, log=lambda *_: None)
+    common.fit(model, train, val, criterion=criterion, **loop_args, log=lambda *_: None)
     fit_s = (time.perf_counter() - start) / args.epochs
     del model
     gc.collect()

@@ -20,7 +20,6 @@ import os
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `common`
 
@@ -65,9 +64,8 @@ def main(argv=None):
     train_rows, val_rows = range(args.n - args.n_val), range(args.n - args.n_val, args.n)
     criterion = common.make_criterion("ce", N_CLASSES)
     autocast, _ = common.amp_tools(device)
-    fit_args = SimpleNamespace(lr=1e-3, epochs=args.epochs, batch_size=args.batch_size,
-                               seed=args.seed, patience=args.epochs + 1, workers=0)
-    quiet = lambda *_: None  # noqa: E731
+    fit_args = dict(criterion=criterion, lr=1e-3, epochs=args.epochs, batch_size=args.batch_size,
+                    seed=args.seed, patience=args.epochs + 1, device=device, log=lambda *_: None)
 
     net.eval()
     with torch.no_grad():
@@ -90,17 +88,15 @@ def main(argv=None):
     features = torch.from_numpy(common.predict_logits(net, loader, autocast, device, net.features))
     cached = common.ArrayDataset(features, labels, images.clip_ids)
     features_s = time.perf_counter() - start
-    common.fit(net.head, cached.subset(train_rows), cached.subset(val_rows), criterion, fit_args,
-               device, log=quiet)
+    common.fit(net.head, cached.subset(train_rows), cached.subset(val_rows), **fit_args)
     fast_s = time.perf_counter() - start
     backbone_s = min(backbone_s, backbone_pass())
 
     # (c) the slow path: the whole model, backbone re-run on every image every epoch
-    slow_args = SimpleNamespace(**{**vars(fit_args), "epochs": args.slow_epochs,
-                                   "patience": args.slow_epochs + 1})
+    slow_args = {**fit_args, "epochs": args.slow_epochs, "patience": args.slow_epochs + 1}
     start = time.perf_counter()
-    common.fit(net, images.subset(train_rows), images.subset(val_rows), criterion, slow_args,
-               device, param_groups=[{"params": net.head.parameters(), "lr": 1e-3}], log=quiet)
+    common.fit(net, images.subset(train_rows), images.subset(val_rows), **slow_args,
+               param_groups=[{"params": net.head.parameters(), "lr": 1e-3}])
     slow_run_s = time.perf_counter() - start
     slow_s = slow_run_s * args.epochs / args.slow_epochs
 

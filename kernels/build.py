@@ -1,18 +1,25 @@
 """Generate the Kaggle kernels: kernels/<name>/kernel-metadata.json + one self-contained kernel.py.
 
     python kernels/build.py --user alice --competition music-genre-classification
+    python kernels/build.py --dataset andradaolteanu/gtzan-dataset-music-genre-classification \\
+        --weights-dataset alice/torchvision-imagenet-weights
     python kernels/build.py                  # regenerate, keeping the options recorded last time
     python kernels/build.py --check          # exit 1 listing stale files, write nothing (tests, CI)
     kaggle kernels push -p kernels/cnn       # then run it on Kaggle
 
-Each kernel.py carries common.py and its trainer verbatim (as text, executed into modules named
-`common` and `train_cnn` / `train_transfer` / `train_mlp` that are registered in sys.modules, so
-pickling by module name for multiprocessing works as with the real files), followed by a short
-main(): audio of the train folder -> images or features -> train -> predict the test folder ->
-/kaggle/working/submission.csv. Its paths default to Kaggle's and are flags, so it runs locally.
+Each kernel.py carries common.py, its trainer and kernels/kernel_main.py verbatim (as text,
+executed into modules of those names registered in sys.modules, so that pickling by module
+name for multiprocessing works as with the real files), and calls kernel_main.main() with the
+kernel's settings: find the data under /kaggle/input, make images or features in /kaggle/temp,
+train, predict the test audio, write /kaggle/working/submission.csv.
+
+Kernels run with internet off (code competitions require it): the transfer kernel takes its
+ImageNet weights from an attached dataset (--weights-dataset) holding torchvision's file for
+the architecture (vgg16-397923af.pth). They ask for Kaggle's GPU, "NvidiaTeslaT4" (a T4 x2
+machine; --gpus 2 trains on both under torchrun).
 
 Options not given are taken from the kernels generated before (their kernel-metadata.json and
-GPUS line), else the defaults, so a plain rerun after editing common.py only refreshes the code.
+SETTINGS), else the defaults, so a plain rerun after editing common.py only refreshes the code.
 The output is deterministic: same sources and options, byte-identical files.
 """
 import argparse
@@ -25,7 +32,7 @@ from pathlib import Path
 KERNELS_DIR = Path(__file__).resolve().parent
 ROOT = KERNELS_DIR.parent
 DEFAULT_USER = "your-kaggle-username"
-RUN_NAME = "kaggle"
+MACHINE_SHAPE = "NvidiaTeslaT4"
 
 # name -> what differs between the kernels. The slug is the title lowercased with dashes, as
 # Kaggle links the two.
@@ -34,34 +41,26 @@ KERNELS = {
         "title": "Music Genre CNN",
         "trainer": "train_cnn",
         "pipeline": "images",
-        "internet": False,
         "trainer_defaults": [],
         "what": "the study's CNN from scratch on spectrograms",
-        "example": "-- --epochs 5 --img-size 64",
+        "example": "--size 64 -- --epochs 5",
     },
     "transfer-vgg16": {
         "title": "Music Genre Transfer VGG16",
         "trainer": "train_transfer",
         "pipeline": "images",
-        "internet": True,  # torchvision downloads the ImageNet weights
         "trainer_defaults": ["--arch", "vgg16"],
         "what": "frozen ImageNet VGG16 + new head on spectrograms",
-        "example": "-- --epochs 5 --arch resnet18 --weights none --img-size 64",
+        "example": "--size 64 -- --epochs 5 --arch resnet18 --weights none",
     },
     "mlp": {
         "title": "Music Genre MLP",
         "trainer": "train_mlp",
         "pipeline": "features",
-        "internet": False,
         "trainer_defaults": [],
         "what": "the study's MLP on audio features",
         "example": "-- --epochs 50",
     },
-}
-
-PIPELINE_STEPS = {
-    "images": "converts the train audio to spectrogram images",
-    "features": "extracts audio features of the train audio",
 }
 
 
@@ -69,17 +68,11 @@ def slugify(title):
     return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
 
 
-def input_root(options):
-    """Where Kaggle mounts the data: /kaggle/input/<competition or dataset slug>."""
-    source = options["competition"] or (options["dataset"] or "").split("/")[-1]
-    return f"/kaggle/input/{source}" if source else "/kaggle/input"
-
-
-# ----------------------------------------------------------------------------------------------
-# Metadata
-
 def metadata(name, options):
     spec = KERNELS[name]
+    datasets = [options["dataset"]] if options["dataset"] else []
+    if spec["trainer"] == "train_transfer" and options["weights_dataset"]:
+        datasets.append(options["weights_dataset"])
     return {
         "id": f"{options['user']}/{slugify(spec['title'])}",
         "title": spec["title"],
@@ -88,15 +81,24 @@ def metadata(name, options):
         "kernel_type": "script",
         "is_private": True,
         "enable_gpu": True,
-        "enable_internet": spec["internet"],
-        "dataset_sources": [options["dataset"]] if options["dataset"] else [],
+        "machine_shape": MACHINE_SHAPE,
+        "enable_internet": False,
+        "dataset_sources": datasets,
         "competition_sources": [options["competition"]] if options["competition"] else [],
         "kernel_sources": [],
     }
 
 
+def settings(name, options):
+    spec = KERNELS[name]
+    sources = [s for s in (options["competition"], options["dataset"]) if s]
+    return {"kernel": name, "trainer": spec["trainer"], "pipeline": spec["pipeline"],
+            "sources": sources, "gpus": options["gpus"],
+            "trainer_defaults": spec["trainer_defaults"], "run_name": "kaggle"}
+
+
 # ----------------------------------------------------------------------------------------------
-# kernel.py: a template with {{KEY}} placeholders, plus the pipeline's own step
+# kernel.py: a short bootstrap around the embedded sources
 
 KERNEL_TEMPLATE = '''\
 r"""{{TITLE}} (Kaggle script): {{WHAT}}.
@@ -104,43 +106,28 @@ r"""{{TITLE}} (Kaggle script): {{WHAT}}.
 Generated by kernels/build.py from {{SOURCE_FILES}}; do not edit:
 change those and run `python kernels/build.py`.
 
-With no arguments (as on Kaggle) it {{STEPS}},
-trains, predicts the test audio and writes /kaggle/working/submission.csv:
-    train audio  {{INPUT}}/train  (one sub-folder per genre, or flat audio + --labels CSV;
-                 a flat folder with train.csv beside it uses that)
-    test audio   {{INPUT}}/test   (flat folder)
-Locally:
+With no arguments (as on Kaggle) it finds the data under /kaggle/input (a competition's
+train/ and test/, or GTZAN's Data/genres_original/), {{STEPS}} in /kaggle/temp,
+trains, predicts the test audio and writes /kaggle/working/submission.csv. $KAGGLE_ROOT
+moves /kaggle. Locally:
 
-    python kernels/{{NAME}}/kernel.py --train data/demo --test data/test --working out \\
-        {{EXAMPLE}}
+    python kernels/{{NAME}}/kernel.py --train DIR --test DIR --temp T --working W {{EXAMPLE}}
 
 Arguments after `--` (and any this script does not know) go to {{TRAINER}}.py: see
-`python {{TRAINER}}.py --help`.
-With more than one visible GPU and --gpus above 1, training runs under torchrun.
+`python {{TRAINER}}.py --help`; $KERNEL_ARGS adds arguments too. With more than one visible
+GPU and "gpus" above 1 in SETTINGS, training runs under torchrun.
 """
-import argparse
 import linecache
-import os
-import shutil
-import subprocess
 import sys
 import types
-from pathlib import Path
 
-# Settings written by kernels/build.py
-KERNEL = "{{NAME}}"
-INPUT = "{{INPUT}}"
-GPUS = {{GPUS}}  # build.py --gpus: train on up to this many GPUs (torchrun) when they are visible
-RUN_NAME = "{{RUN_NAME}}"
-TRAINER_DEFAULTS = {{TRAINER_DEFAULTS}}
+SETTINGS = {{SETTINGS}}
 
 
 def install_modules():
-    """Turn the embedded sources into the modules `common` and `{{TRAINER}}`. Each is registered
-    in sys.modules before its code runs, so `import common` in the trainer and multiprocessing
-    (which pickles worker functions by module name) find it; linecache gets the text so
-    tracebacks show the lines."""
-    modules = []
+    """Turn the embedded sources into modules. Each is registered in sys.modules before its
+    code runs, so `import common` and multiprocessing (which pickles worker functions by
+    module name) find it; linecache gets the text so tracebacks show the lines."""
     for name, source in SOURCES:
         filename = f"{name}.py"
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
@@ -148,84 +135,6 @@ def install_modules():
         module.__file__ = filename
         sys.modules[name] = module
         exec(compile(source, filename, "exec"), module.__dict__)
-        modules.append(module)
-    return modules
-
-
-def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--train", default=f"{INPUT}/train",
-                   help="labeled audio: one sub-folder per genre, or flat + --labels (default %(default)s)")
-    p.add_argument("--test", default=f"{INPUT}/test",
-                   help="flat folder of audio to predict (default %(default)s)")
-    p.add_argument("--labels", help="CSV id,label for a flat --train folder (default: train.csv "
-                                    "beside it, if there is one and the folder is flat)")
-    p.add_argument("--working", default="/kaggle/working",
-                   help="writable folder for {{WORK_PRODUCT}}, runs/ and submission.csv "
-                        "(default %(default)s)")
-{{PIPELINE_FLAGS}}    p.add_argument("--gpus", type=int, default=GPUS,
-                   help="train under torchrun on up to this many visible GPUs (default %(default)s)")
-    p.add_argument("--train-only", action="store_true", help=argparse.SUPPRESS)  # torchrun's step
-    return p
-
-
-def split_argv(argv):
-    """(kernel args, trainer args): the trainer gets what follows `--` and any unknown flag."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    cut = argv.index("--") if "--" in argv else len(argv)
-    args, unknown = build_parser().parse_known_args(argv[:cut])
-    return args, unknown + argv[cut + 1:]
-
-
-def find_labels(args):
-    """--labels, or train.csv beside a flat train folder (Kaggle's usual layout), or None."""
-    if args.labels:
-        return args.labels
-    train = Path(args.train)
-    beside = train.parent / "train.csv"
-    flat = train.is_dir() and not any(p.is_dir() for p in train.iterdir())
-    if flat and beside.is_file():
-        print(f"labels: {beside}")
-        return str(beside)
-    return None
-
-
-{{PIPELINE_STEP}}
-{{EXTRA_FUNCTIONS}}
-def train(trainer_argv, gpus):
-    """Run the trainer in this process, or under torchrun (one process per GPU) when more than
-    one GPU is visible and allowed; common.run_training reads torchrun's RANK/WORLD_SIZE."""
-    import torch
-    n = min(gpus, torch.cuda.device_count())
-    if n <= 1:
-        return {{TRAINER}}.main(trainer_argv)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={n}", os.path.abspath(__file__), "--train-only", "--",
-               *trainer_argv]
-    print(f"training on {n} GPUs: {' '.join(command)}", flush=True)
-    return subprocess.call(command)
-
-
-def main(argv=None):
-    args, passthrough = split_argv(argv)
-    if args.train_only:  # one torchrun process: the parent already made the data
-        return {{TRAINER}}.main(passthrough)
-    work = Path(args.working)
-    try:
-        common.list_audio(args.test)  # a wrong test folder fails now, not after training
-        trainer_argv = {{PREPARE}}(args, find_labels(args), work, passthrough) + passthrough
-    except common.SuiteError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.code
-{{ADJUST_ARGV}}    code = train(trainer_argv, args.gpus)
-    if code:
-        return code
-    run = {{TRAINER}}.build_parser().parse_known_args(trainer_argv)[0]
-    submission = Path(run.out) / run.name / "submission.csv"
-    shutil.copyfile(submission, work / "submission.csv")
-    print(f"{KERNEL}: {submission} -> {work / 'submission.csv'}")
-    return 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,66 +143,14 @@ def main(argv=None):
 {{EMBEDDED}}
 
 if __name__ == "__main__":
-    common, {{TRAINER}} = install_modules()
-    sys.exit(main())
+    install_modules()
+    sys.exit(sys.modules["kernel_main"].main(None, SETTINGS))
 '''
 
-PIPELINE_FLAGS = {
-    "images": '''\
-    p.add_argument("--size", type=int, default=512,
-                   help="spectrogram image side for the conversion (default %(default)s)")
-    p.add_argument("--segment-seconds", type=float, default=0.0,
-                   help="cut clips into S-second segments, scored per clip (default 0: whole clips)")
-''',
-    "features": "",
+PIPELINE_STEPS = {
+    "images": "converts the train audio to spectrogram images",
+    "features": "extracts audio features of the train audio",
 }
-
-WORK_PRODUCT = {"images": "images/", "features": "features.csv"}
-
-PIPELINE_STEP = {
-    "images": '''\
-def prepare_images(args, labels, work, passthrough):
-    """Train audio -> WORKING/images/<genre>/*.png; returns the trainer's arguments."""
-    images = work / "images"
-    converted, skipped, errors = common.convert_folder(
-        args.train, images, args.size, segment_seconds=args.segment_seconds, labels_csv=labels)
-    print(f"{converted} clips converted, {skipped} up to date, {len(errors)} bad -> {images}")
-    return ["--data", str(images), "--out", str(work / "runs"), "--name", RUN_NAME,
-            "--predict", args.test, *TRAINER_DEFAULTS]
-''',
-    "features": '''\
-def prepare_features(args, labels, work, passthrough):
-    """Train audio -> WORKING/features.csv (train_mlp --extract, which also takes the
-    passed-through --feature-set); returns the trainer's arguments."""
-    features = work / "features.csv"
-    code = train_mlp.main(["--extract", args.train, *passthrough, "--out", str(features),
-                           *(["--labels", labels] if labels else [])])
-    if code:
-        raise common.SuiteError("feature extraction failed (see above)", code)
-    return ["--features", str(features), "--out", str(work / "runs"), "--name", RUN_NAME,
-            "--predict", args.test, *TRAINER_DEFAULTS]
-''',
-}
-
-IMAGENET_FALLBACK = '''\
-def imagenet_or_none(trainer_argv):
-    """--weights imagenet downloads from torchvision (the kernel has internet on for it). When
-    that fails, say so and train with --weights none (a random backbone) instead. Done here,
-    before torchrun, so its processes find the weights in the cache."""
-    import torchvision
-    run = train_transfer.build_parser().parse_known_args(trainer_argv)[0]
-    if run.weights != "imagenet" or run.arch not in torchvision.models.list_models():
-        return trainer_argv  # the trainer explains a bad --arch
-    try:
-        torchvision.models.get_model_weights(run.arch).DEFAULT.get_state_dict(progress=False)
-    except Exception as e:
-        print(f"note: no ImageNet weights for {run.arch} ({type(e).__name__}: {e}); training "
-              "with --weights none (random backbone) instead. Turn the kernel's internet on, or "
-              "attach the weights as a dataset and pass -- --weights PATH.", flush=True)
-        return [*trainer_argv, "--weights", "none"]
-    return trainer_argv
-
-'''
 
 
 def embed(name, source):
@@ -310,26 +167,22 @@ def embed(name, source):
     return f"{variable} = {source!r}\n"
 
 
+def module_sources(trainer):
+    files = {"common": ROOT / "common.py", trainer: ROOT / f"{trainer}.py",
+             "kernel_main": KERNELS_DIR / "kernel_main.py"}
+    return {name: path.read_text(encoding="utf-8") for name, path in files.items()}
+
+
 def kernel_script(name, options):
     spec = KERNELS[name]
-    trainer, pipeline = spec["trainer"], spec["pipeline"]
-    modules = ["common", trainer]
-    sources = {m: (ROOT / f"{m}.py").read_text(encoding="utf-8") for m in modules}
-    embedded = "".join(embed(m, sources[m]) + "\n" for m in modules)
-    embedded += "SOURCES = [" + ", ".join(f'("{m}", {m.upper()}_PY)' for m in modules) + "]"
-    transfer = trainer == "train_transfer"
+    sources = module_sources(spec["trainer"])
+    embedded = "".join(embed(m, text) + "\n" for m, text in sources.items())
+    embedded += "SOURCES = [" + ", ".join(f'("{m}", {m.upper()}_PY)' for m in sources) + "]"
     values = {
-        "TITLE": spec["title"], "WHAT": spec["what"], "NAME": name, "TRAINER": trainer,
-        "SOURCE_FILES": " and ".join(f"{m}.py" for m in modules),
-        "STEPS": PIPELINE_STEPS[pipeline], "INPUT": input_root(options),
-        "EXAMPLE": spec["example"], "GPUS": str(options["gpus"]), "RUN_NAME": RUN_NAME,
-        "TRAINER_DEFAULTS": json.dumps(spec["trainer_defaults"]),
-        "WORK_PRODUCT": WORK_PRODUCT[pipeline],
-        "PIPELINE_FLAGS": PIPELINE_FLAGS[pipeline], "PIPELINE_STEP": PIPELINE_STEP[pipeline],
-        "PREPARE": f"prepare_{pipeline}",
-        "EXTRA_FUNCTIONS": "\n" + IMAGENET_FALLBACK if transfer else "",
-        "ADJUST_ARGV": "    trainer_argv = imagenet_or_none(trainer_argv)\n" if transfer else "",
-        "EMBEDDED": embedded,
+        "TITLE": spec["title"], "WHAT": spec["what"], "NAME": name, "TRAINER": spec["trainer"],
+        "SOURCE_FILES": f"common.py, {spec['trainer']}.py and kernels/kernel_main.py",
+        "STEPS": PIPELINE_STEPS[spec["pipeline"]], "EXAMPLE": spec["example"],
+        "SETTINGS": json.dumps(settings(name, options)), "EMBEDDED": embedded,
     }
     text = KERNEL_TEMPLATE
     for key, value in values.items():
@@ -370,34 +223,40 @@ def write_files(files, out_dir):
 
 
 def recorded_options(out_dir):
-    """The options the kernels in out_dir were generated with (from the first one found)."""
-    for name in KERNELS:
+    """The options the kernels in out_dir were generated with (from the transfer kernel, the one
+    that records every option, else the first found)."""
+    for name in sorted(KERNELS, key=lambda n: KERNELS[n]["trainer"] != "train_transfer"):
         meta_path, script_path = Path(out_dir) / name / "kernel-metadata.json", Path(out_dir) / name / "kernel.py"
         if not (meta_path.is_file() and script_path.is_file()):
             continue
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        gpus = re.search(r"^GPUS = (\d+)", script_path.read_text(encoding="utf-8"), re.M)
-        return {"user": meta["id"].split("/")[0],
-                "competition": (meta.get("competition_sources") or [None])[0],
-                "dataset": (meta.get("dataset_sources") or [None])[0],
-                "gpus": int(gpus.group(1)) if gpus else 1}
+        found = re.search(r"^SETTINGS = (.*)$", script_path.read_text(encoding="utf-8"), re.M)
+        recorded = json.loads(found.group(1)) if found else {}
+        datasets = meta.get("dataset_sources") or []
+        competition = (meta.get("competition_sources") or [None])[0]
+        dataset = next((d for d in datasets if d in recorded.get("sources", [])), None)
+        weights = next((d for d in datasets if d != dataset), None)
+        return {"user": meta["id"].split("/")[0], "competition": competition, "dataset": dataset,
+                "weights_dataset": weights, "gpus": recorded.get("gpus", 1)}
     return {}
 
 
 def resolve_options(args, out_dir):
     """Given flags, else those recorded in out_dir's kernels, else the defaults."""
     recorded = recorded_options(out_dir)
-    defaults = {"user": DEFAULT_USER, "competition": None, "dataset": None, "gpus": 1}
+    defaults = {"user": DEFAULT_USER, "competition": None, "dataset": None,
+                "weights_dataset": None, "gpus": 1}
     options = {}
     for key, default in defaults.items():
         given = getattr(args, key)
         options[key] = given if given is not None else recorded.get(key, default)
-    for key in ("competition", "dataset"):  # --competition "" removes one
+    for key in ("competition", "dataset", "weights_dataset"):  # --competition "" removes one
         options[key] = options[key] or None
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", options["user"]):
         raise SystemExit(f"error: --user {options['user']!r}: a Kaggle user name")
-    if options["dataset"] and options["dataset"].count("/") != 1:
-        raise SystemExit(f"error: --dataset {options['dataset']!r}: expected OWNER/SLUG")
+    for key in ("dataset", "weights_dataset"):
+        if options[key] and options[key].count("/") != 1:
+            raise SystemExit(f"error: --{key.replace('_', '-')} {options[key]!r}: expected OWNER/SLUG")
     if options["gpus"] < 1:
         raise SystemExit("error: --gpus must be >= 1")
     return options
@@ -407,10 +266,11 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--user", help=f"Kaggle user name for the kernel ids (default: as generated "
                                   f"before, else {DEFAULT_USER})")
-    p.add_argument("--competition", help="competition slug: attached as a source, and the input "
-                                         "paths become /kaggle/input/SLUG/{train,test} ('' for none)")
-    p.add_argument("--dataset", help="OWNER/SLUG of a dataset to attach ('' for none); its slug "
-                                     "names the input folder when there is no --competition")
+    p.add_argument("--competition", help="competition slug to attach ('' for none)")
+    p.add_argument("--dataset", help="OWNER/SLUG of a data set to attach, e.g. GTZAN's "
+                                     "andradaolteanu/gtzan-dataset-music-genre-classification ('' for none)")
+    p.add_argument("--weights-dataset", help="OWNER/SLUG of a data set holding torchvision's "
+                                             "ImageNet weights file for the transfer kernel ('' for none)")
     p.add_argument("--gpus", type=int, help="use torchrun on up to N GPUs when the kernel sees more "
                                             "than one (default: as before, else 1)")
     p.add_argument("--out", default=str(KERNELS_DIR), help="folder to write into (default: kernels/)")

@@ -33,7 +33,10 @@ def test_predict_writes_submission_and_lists_bad_files(trained, test_dir, tmp_pa
     assert common.main(["predict", str(trained), str(test_dir), "--output", str(out),
                         "--workers", "1", "--id-col", "file", "--label-col", "genre"]) == 0
     rows = list(csv.reader(open(out)))
-    assert rows[0] == ["file", "genre"] and [r[0] for r in rows[1:]] == ["0001.wav", "0002.wav"]
+    assert rows[0] == ["file", "genre"]
+    assert [r[0] for r in rows[1:]] == ["0001.wav", "0002.wav", "0003.wav"]  # every test file
+    model, saved = common.load_model(trained)
+    assert rows[3][1] == saved["fallback_class"]  # unreadable: the fallback class
     assert "0003.wav" in capsys.readouterr().err
     assert "0003.wav" in (tmp_path / "sub_errors.csv").read_text()
 
@@ -45,7 +48,7 @@ def test_prediction_uses_training_preprocessing(trained, tiny_audio):
     model, ckpt = common.load_model(trained)
     pre = ckpt["spec"]["preprocess"]
     assert pre == {"type": "image", "size": 32, "sr": common.SR, "segment_seconds": 0.5,
-                   "cmap": "magma", "img_size": 16}
+                   "cmap": "magma", "mel": 0, "img_size": 16, "channels": "rgb"}
     path = tiny_audio / "metal" / "metal.00001.wav"
     _, inputs, error = common.model_inputs((path, pre))
     images_dir = trained.parents[2] / "img" / "metal"
@@ -84,7 +87,7 @@ def test_trainer_predict_flag(tiny_audio, test_dir, tmp_path):
     assert data_conversion.main([str(tiny_audio), str(images), "--size", "16", "--workers", "1"]) == 0
     assert train_cnn.main(["--data", str(images), "--img-size", "16", "--epochs", "1", "--out",
                            str(tmp_path / "runs"), "--name", "p", "--predict", str(test_dir)]) == 0
-    assert len(list(csv.reader(open(tmp_path / "runs" / "p" / "submission.csv")))) == 3
+    assert len(list(csv.reader(open(tmp_path / "runs" / "p" / "submission.csv")))) == 4
 
 
 def test_bad_model_file(tmp_path, test_dir, capsys):

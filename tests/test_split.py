@@ -63,7 +63,7 @@ def test_kfold_partitions_clips():
     for f in folds:
         assert not (set(f["train"]) | set(f["val"])) & set(f["test"])
         assert len(f["val"]) == 4  # one clip of each class
-    with pytest.raises(common.SuiteError, match="at least k clips"):
+    with pytest.raises(common.SuiteError, match="at least 11 clips per class"):
         common.kfold_splits(ids, labels, 11)
 
 

@@ -1,6 +1,5 @@
 import csv
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,9 +11,11 @@ import train_cnn
 from conftest import make_images
 
 
-def loop_args(**kw):
-    base = dict(lr=1e-3, epochs=20, batch_size=8, seed=0, patience=5, workers=0)
-    return SimpleNamespace(**{**base, **kw})
+def fit(model, train, val, **kw):
+    """common.fit with small defaults and no log."""
+    base = dict(criterion=torch.nn.CrossEntropyLoss(), lr=1e-3, epochs=20, batch_size=8, seed=0,
+                patience=5, device=torch.device("cpu"), log=lambda *_: None)
+    return common.fit(model, train, val, **{**base, **kw})
 
 
 def tiny_sets(n=24, d=6, classes=3, seed=0):
@@ -28,10 +29,15 @@ def tiny_sets(n=24, d=6, classes=3, seed=0):
 def test_plateau_lowers_lr_after_3_flat_epochs_and_stops_after_5():
     train, val = tiny_sets()
     model = torch.nn.Linear(6, 3)
-    history, best = common.fit(model, train, val, torch.nn.CrossEntropyLoss(),
-                               loop_args(lr=1e-12), torch.device("cpu"), log=lambda *_: None)
-    assert best == 1 and len(history) == 6  # epoch 1 best, 5 epochs without improvement
-    assert [h["lr"] for h in history] == pytest.approx([1e-12] * 5 + [1e-13])
+    result = fit(model, train, val, lr=1e-12)
+    assert result.best_epoch == 1 and len(result.history) == 6  # then 5 without improvement
+    assert [h["lr"] for h in result.history] == pytest.approx([1e-12] * 5 + [1e-13])
+
+
+def test_min_epochs_delays_early_stopping():
+    train, val = tiny_sets()
+    result = fit(torch.nn.Linear(6, 3), train, val, lr=1e-12, min_epochs=9)
+    assert result.best_epoch == 1 and len(result.history) == 9
 
 
 def test_early_stopping_restores_best_weights(monkeypatch):
@@ -46,9 +52,8 @@ def test_early_stopping_restores_best_weights(monkeypatch):
         snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
         return {**out, "balanced_acc": next(scripted)}
     monkeypatch.setattr(common, "evaluate", fake_evaluate)
-    history, best = common.fit(model, train, val, torch.nn.CrossEntropyLoss(), loop_args(lr=0.1),
-                               torch.device("cpu"), log=lambda *_: None)
-    assert best == 2 and len(history) == 7
+    result = fit(model, train, val, lr=0.1)
+    assert result.best_epoch == 2 and len(result.history) == 7
     assert not torch.equal(snapshots[1]["weight"], snapshots[-1]["weight"])
     assert torch.equal(model.weight, snapshots[1]["weight"])
 
@@ -104,18 +109,22 @@ def test_segments_scored_per_clip(tmp_path):
     assert "segment_test_balanced_accuracy" in m
 
 
-def test_reloaded_model_predicts_identically(tiny_images, tmp_path):
-    assert train_cnn.main(["--data", str(tiny_images), "--img-size", "16", "--epochs", "2",
-                           "--out", str(tmp_path), "--name", "m"]) == 0
+def test_reloaded_model_reproduces_the_run_predictions(tiny_images, tmp_path):
+    """model.pt, rebuilt from its spec, gives the test predictions the run recorded."""
+    assert train_cnn.main(["--data", str(tiny_images), "--img-size", "16", "--epochs", "3",
+                           "--lr", "3e-3", "--out", str(tmp_path), "--name", "m"]) == 0
     model, ckpt = common.load_model(tmp_path / "m" / "model.pt")
     assert ckpt["spec"]["kind"] == "cnn" and ckpt["classes"] == ["a", "b", "c"]
-    torch.load(tmp_path / "m" / "model.pt", weights_only=True)
-    x = torch.randint(0, 255, (4, 3, 16, 16), dtype=torch.uint8)
-    fresh = common.build_model(ckpt["spec"])
-    fresh.load_state_dict(ckpt["state_dict"])
-    fresh.eval()
-    with torch.no_grad():
-        assert torch.equal(model(x), fresh(x))
+    with open(tmp_path / "m" / "predictions.csv") as f:
+        recorded = list(csv.DictReader(f))
+    for row in recorded:
+        path = next(tiny_images.glob(f"*/{row['clip_id']}.png"))
+        x = common.decode_image(path, 16)[None]
+        with torch.no_grad():
+            probabilities = torch.softmax(model(x), 1)[0]
+        assert ckpt["classes"][int(probabilities.argmax())] == row["predicted"]
+        for c, p in zip(ckpt["classes"], probabilities.tolist()):
+            assert float(row[f"p_{c}"]) == pytest.approx(p, abs=1e-5)
 
 
 def test_folds_write_each_fold_and_summary(tiny_images, tmp_path):
@@ -150,18 +159,38 @@ def test_bad_input(argv, message, tiny_images, tmp_path, capsys):
     assert message in err and "Traceback" not in err
 
 
-def test_mixup_trains_on_mixed_pairs():
-    train, val = tiny_sets()
-    runs = []
-    for mixup in (0.0, 0.4):
-        torch.manual_seed(0)
-        common.seed_everything(0)
-        model = torch.nn.Linear(6, 3)
-        history, _ = common.fit(model, train, val, torch.nn.CrossEntropyLoss(),
-                                loop_args(epochs=3, patience=10, mixup=mixup), torch.device("cpu"),
-                                log=lambda *_: None)
-        runs.append([h["train_loss"] for h in history])
-    assert runs[0] != runs[1] and all(np.isfinite(runs[1]))
+def test_mixup_mixes_pairs_and_their_losses(monkeypatch):
+    """The model sees w*x + (1-w)*x[partner], and the loss is w*loss(y) + (1-w)*loss(y[partner])
+    with the same w and partner."""
+    x, y = torch.arange(24.0).view(8, 3), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    common.seed_everything(1)
+    mixed, partner_y, weight = common.mixup_pairs(x, y, 0.4)
+    partner = [int((x[:, 0] - (mixed[i, 0] - weight * x[i, 0]) / (1 - weight)).abs().argmin())
+               for i in range(8)]
+    assert 0 < weight < 1 and sorted(partner) == list(range(8)) and partner != list(range(8))
+    assert torch.allclose(mixed, weight * x + (1 - weight) * x[partner])
+    assert torch.equal(partner_y, y[partner])
+
+    seen = []
+
+    def recording(x, y, alpha):
+        out = real(x, y, alpha)
+        seen.append((out[0], y, out[1], out[2]))
+        return out
+    real = common.mixup_pairs
+    monkeypatch.setattr(common, "mixup_pairs", recording)
+    train, _ = tiny_sets(n=16)
+    model = torch.nn.Linear(6, 3)
+    loader = common.make_loader(train, 4, False, 0, 0, torch.device("cpu"))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # no step: the loss is what is seen
+    autocast, scaler = common.amp_tools(torch.device("cpu"))
+    out = common.train_epoch(model, loader, torch.nn.CrossEntropyLoss(), optimizer, scaler,
+                             autocast, torch.device("cpu"), mixup=0.4)
+    ce = torch.nn.functional.cross_entropy
+    with torch.no_grad():
+        expected = sum((w * ce(model(m), y) + (1 - w) * ce(model(m), py)).item() * len(y)
+                       for m, y, py, w in seen)
+    assert len(seen) == 2 and out["loss"] == pytest.approx(expected / len(train), rel=1e-6)
 
 
 def test_lazy_loading_above_memory_budget_gives_same_run(tiny_images, tmp_path, capsys):
@@ -173,3 +202,62 @@ def test_lazy_loading_above_memory_budget_gives_same_run(tiny_images, tmp_path, 
             histories.append([{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)])
     assert "decoding per batch instead" in capsys.readouterr().err
     assert histories[0] == histories[1]
+
+
+@pytest.mark.parametrize("capability,supported", [((6, 0), False), ((7, 5), True), ((8, 9), True),
+                                                  ((9, 0), True), ((12, 1), True), ((7, 0), False)])
+def test_gpu_too_old_for_this_torch_build_falls_back_to_cpu(capability, supported, monkeypatch, capsys):
+    """Kaggle's P100 (sm_60) with a build for sm_75+: CUDA says it is available, the first CUDA
+    operation would fail. The card is the only thing faked here (this machine has none)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=0: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Tesla P100-PCIE-16GB")
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_75", "sm_80", "sm_86", "sm_90",
+                                                              "sm_120"])
+    assert common.pick_device("auto").type == ("cuda" if supported else "cpu")
+    err = capsys.readouterr().err
+    assert ("not supported by this torch build" in err) is not supported
+    if not supported:
+        assert err.count("\n") == 1 and "sm_" in err
+        with pytest.raises(common.SuiteError, match="not supported"):
+            common.pick_device("cuda")
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
+    """A real training process killed with SIGKILL after epoch 3, then --resume: the history
+    and weights of a run that was never stopped."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from conftest import ROOT
+    data = make_images(tmp_path / "img", n_per_class=8, size=64)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
+    train = [sys.executable, str(ROOT / "train_cnn.py"), "--data", str(data), "--img-size", "64",
+             "--epochs", "10", "--patience", "10", "--lr", "3e-4", "--workers", "1",
+             "--out", str(tmp_path / "runs")]
+    subprocess.run(train + ["--name", "whole"], env=env, check=True, capture_output=True)
+    killed = subprocess.Popen(train + ["--name", "killed"], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    for line in killed.stdout:
+        if line.startswith("epoch   3"):
+            killed.send_signal(signal.SIGKILL)
+            break
+    killed.communicate(timeout=60)
+    run = tmp_path / "runs" / "killed"
+    assert killed.returncode == -signal.SIGKILL and not (run / "metrics.json").exists()
+    assert (run / "checkpoint.pt").exists()
+    resumed = subprocess.run([sys.executable, str(ROOT / "train_cnn.py"), "--resume", str(run)],
+                             env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stdout
+
+    def history(name):
+        with open(tmp_path / "runs" / name / "history.csv") as f:
+            return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+    assert history("killed") == history("whole") and len(history("whole")) == 10
+    weights = [torch.load(tmp_path / "runs" / n / "model.pt", weights_only=True)["state_dict"]
+               for n in ("whole", "killed")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not (run / "checkpoint.pt").exists()  # done: model.pt holds the weights

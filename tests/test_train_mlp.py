@@ -36,7 +36,7 @@ def run(*argv):
 def test_extract_writes_gtzan_columns_caches_and_skips_bad(tiny_audio, tmp_path, capsys, monkeypatch):
     (tiny_audio / "pop" / "broken.wav").write_bytes(b"RIFF garbage")
     out = tmp_path / "f.csv"
-    assert run("--extract", tiny_audio, "--out", out, "--workers", "2") == 0
+    assert run("--extract", tiny_audio, "--features", out, "--workers", "2") == 0
     with open(out) as f:
         header, *rows = list(csv.reader(f))
     assert header == ["filename", *common.FEATURE_COLUMNS, "label"] and len(rows) == 9
@@ -49,7 +49,7 @@ def test_extract_writes_gtzan_columns_caches_and_skips_bad(tiny_audio, tmp_path,
         calls.append(path)
         raise common.BadAudio(f"{path}: still broken")
     monkeypatch.setattr(common, "audio_features", counting)
-    assert run("--extract", tiny_audio, "--out", out, "--workers", "1") == 0
+    assert run("--extract", tiny_audio, "--features", out, "--workers", "1") == 0
     assert [p.name for p in calls] == ["broken.wav"]
     with open(out) as f:
         assert list(csv.reader(f))[1:] == rows
@@ -77,7 +77,7 @@ def test_mlp_trains_with_scaler_and_pca_fitted_on_train_only(tmp_path):
     m = json.loads((tmp_path / "m" / "metrics.json").read_text())
     assert m["test_balanced_accuracy"] >= 0.66 and m["model"] == "mlp-ce"
     model, ckpt = common.load_model(tmp_path / "m" / "model.pt")
-    x, columns, clip_ids, _ = common.read_features_csv(data)
+    x, columns, clip_ids, _ = train_mlp.read_features_csv(data)
     split = json.loads((tmp_path / "split.json").read_text())
     train_rows = x[[i for i, c in enumerate(clip_ids) if c in set(split["train"])]]
     assert np.allclose(model.mean.numpy(), train_rows.mean(0), atol=1e-5)
@@ -86,11 +86,44 @@ def test_mlp_trains_with_scaler_and_pca_fitted_on_train_only(tmp_path):
     assert ckpt["spec"]["n_components"] == m["pca_components"] <= 5
 
 
-@pytest.mark.parametrize("loss", ["hinge", "kl"])
-def test_other_losses_run(loss, tmp_path):
+@pytest.mark.parametrize("loss", ["ce", "hinge", "kl"])
+def test_the_chosen_loss_is_what_training_minimizes(loss, tmp_path):
+    """With a learning rate too small to move the weights, epoch 1's training loss is the
+    chosen loss of the saved model on the training rows."""
     data = synthetic_csv(tmp_path / "f.csv")
-    assert run("--features", data, "--epochs", "3", "--loss", loss, "--out", tmp_path, "--name", loss) == 0
+    assert run("--features", data, "--epochs", "1", "--lr", "1e-12", "--loss", loss,
+               "--smoothing", "0.1", "--out", tmp_path, "--name", loss) == 0
+    model, _ = common.load_model(tmp_path / loss / "model.pt")
+    x, _, clip_ids, labels = train_mlp.read_features_csv(data)
+    train = set(json.loads((tmp_path / "split.json").read_text())["train"])
+    rows = [i for i, c in enumerate(clip_ids) if c in train]
+    classes = sorted(set(labels))
+    y = torch.tensor([classes.index(labels[i]) for i in rows])
+    with torch.no_grad():
+        expected = common.make_criterion(loss, 3, 0.1)(model(torch.from_numpy(x[rows])), y).item()
+    with open(tmp_path / loss / "history.csv") as f:
+        recorded = float(next(csv.DictReader(f))["train_loss"])
+    assert recorded == pytest.approx(expected, rel=1e-4)
     assert json.loads((tmp_path / loss / "metrics.json").read_text())["model"] == f"mlp-{loss}"
+
+
+def test_three_second_table_keeps_a_clips_rows_together(tmp_path):
+    """GTZAN's features_3_sec.csv has rows blues.00000.0.wav ... .9.wav: one clip, one part."""
+    path = tmp_path / "f3.csv"
+    rng = np.random.default_rng(0)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["filename", "a", "b", "label"])
+        for k, genre in enumerate(("rock", "jazz", "pop")):
+            for clip in range(6):
+                for segment in range(10):
+                    w.writerow([f"{genre}.{clip:05d}.{segment}.wav", *(rng.normal(size=2) + k), genre])
+    assert run("--features", path, "--baseline", "logreg", "--out", tmp_path, "--name", "s") == 0
+    split = json.loads((tmp_path / "split.json").read_text())
+    assert sorted(split["train"] + split["val"] + split["test"]) == sorted(
+        f"{g}.{c:05d}" for g in ("rock", "jazz", "pop") for c in range(6))
+    m = json.loads((tmp_path / "s" / "metrics.json").read_text())
+    assert m["n_test"] == len(split["test"]) and m["n_test_segments"] == 10 * m["n_test"]
 
 
 def test_kl_to_one_hot_equals_cross_entropy():
@@ -128,7 +161,7 @@ def test_public_csv_accepted_unchanged_and_read_only_folder_untouched(tmp_path):
 
 @pytest.mark.parametrize("case,message", [
     ("nan", "NaN"), ("no_label", "missing column(s) label"), ("label_col", "missing column(s) genre"),
-    ("missing", "no such features CSV"), ("hidden", "width:activation")])
+    ("missing", "no such file"), ("hidden", "width:activation")])
 def test_bad_csv_one_line(case, message, tmp_path, capsys):
     data = synthetic_csv(tmp_path / "f.csv", nan=case == "nan")
     extra = []
@@ -145,24 +178,49 @@ def test_bad_csv_one_line(case, message, tmp_path, capsys):
     assert message in err and err.count("\n") == 1
 
 
-def test_predict_from_audio_with_mlp(tiny_audio, tmp_path):
-    feats = tmp_path / "f.csv"
-    assert run("--extract", tiny_audio, "--out", feats, "--workers", "1") == 0
-    test_dir = tmp_path / "test"
-    write_tone(test_dir / "a.wav", 2100)
-    write_tone(test_dir / "b.wav", 210)
-    (test_dir / "bad.wav").write_bytes(b"")
-    assert run("--features", feats, "--epochs", "5", "--hidden", "16:relu", "--out", tmp_path,
-               "--name", "p", "--predict", test_dir, "--workers", "1") == 0
+@pytest.fixture(scope="module")
+def demo_features(tmp_path_factory):
+    """Features of 10 synthetic genres x 8 clips (the demo's), and a flat test folder of one new
+    clip per genre (another seed) plus an unreadable file."""
+    import data_conversion
+    root = tmp_path_factory.mktemp("demo")
+    assert data_conversion.make_demo(root / "audio", clips_per_genre=8, seconds=3.0) == 80
+    assert data_conversion.make_demo(root / "new", clips_per_genre=1, seconds=3.0, seed=1) == 10
+    (root / "test").mkdir()
+    for clip in (root / "new").glob("*/*.wav"):
+        clip.rename(root / "test" / clip.name)
+    (root / "test" / "bad.wav").write_bytes(b"")
+    assert run("--extract", root / "audio", "--features", root / "f.csv", "--workers", "2") == 0
+    return root / "f.csv", root / "test"
+
+
+@pytest.mark.parametrize("baseline", [[], ["--baseline", "logreg"]])
+def test_predict_from_audio_labels_new_clips_right(baseline, demo_features, tmp_path):
+    """MLP and a scikit-learn baseline predict new audio: the new demo clips get their genre
+    (9 of 10 at least; a constant answer gets 1), and the unreadable file still gets a row (the
+    fallback class), so Kaggle accepts the file."""
+    features, test_dir = demo_features
+    assert run("--features", features, "--epochs", "60", "--hidden", "64:relu", "--pca", "0",
+               "--out", tmp_path, "--name", "p", "--predict", test_dir, "--workers", "1",
+               *baseline) == 0
     with open(tmp_path / "p" / "submission.csv") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["id", "class"] and [r[0] for r in rows[1:]] == ["a.wav", "b.wav"]
-    assert all(r[1] in ("blues", "metal", "pop") for r in rows[1:])
+    labels = dict(rows[1:])
+    assert rows[0] == ["id", "class"] and len(labels) == 11
+    right = [name for name, label in labels.items() if name.split(".")[0] == label]
+    assert len(right) >= 9, labels
+    assert labels["bad.wav"] in data_conversion_genres()
+    assert "bad.wav" in (tmp_path / "p" / "submission_errors.csv").read_text()
+
+
+def data_conversion_genres():
+    import data_conversion
+    return data_conversion.GENRES
 
 
 def test_extended_feature_set_adds_columns(tiny_audio, tmp_path):
     out = tmp_path / "ext.csv"
-    assert run("--extract", tiny_audio, "--out", out, "--feature-set", "extended", "--workers", "1") == 0
+    assert run("--extract", tiny_audio, "--features", out, "--feature-set", "extended", "--workers", "1") == 0
     with open(out) as f:
         header, first, *_ = list(csv.reader(f))
     assert header == ["filename", *common.FEATURE_COLUMNS, *common.EXTENDED_COLUMNS, "label"]

@@ -84,27 +84,53 @@ def test_any_torchvision_name_and_augment_slow_path(tiny_images, tmp_path):
     assert json.loads((tmp_path / "m" / "metrics.json").read_text())["fast_path"] is False
 
 
-def test_cached_features_give_same_logits_as_full_model():
-    net, _ = common.build_transfer("resnet18", 4, "none", 0.5)
-    net.eval()
-    x = torch.randint(0, 255, (5, 3, 32, 32), dtype=torch.uint8)
-    with torch.no_grad():
-        assert torch.allclose(net.head(net.features(x)), net(x), atol=1e-6)
-    net.train()  # frozen backbone stays in eval mode: BatchNorm uses running stats
-    assert not net.backbone.training and net.head.training
+def test_fast_path_trains_what_the_full_frozen_model_would(tiny_images):
+    """The head fitted on cached backbone features follows, epoch by epoch, the run of the whole
+    frozen model on the images (same seed): the fast path is an optimization, not a change."""
+    data = common.load_image_data(tiny_images, 32)
+    parts = {"train": list(range(0, 18, 2)), "val": list(range(1, 18, 2))}
+    runs = []
+    for fast in (False, True):
+        common.seed_everything(0)
+        net, _ = common.build_transfer("resnet18", 3, "none", head_dropout=0.5)
+        train, val = (data.dataset.subset(parts[p]) for p in ("train", "val"))
+        if fast:
+            with torch.no_grad():
+                features = common.ArrayDataset(net.eval().features(data.dataset.x),
+                                               data.dataset.labels, data.dataset.clip_ids)
+            train, val = (features.subset(parts[p]) for p in ("train", "val"))
+        common.seed_everything(1)
+        result = common.fit(net.head if fast else net, train, val,
+                            criterion=torch.nn.CrossEntropyLoss(), epochs=3, lr=3e-3,
+                            batch_size=4, patience=5, seed=0, device=torch.device("cpu"),
+                            log=lambda *_: None)
+        runs.append((result.history, net.head.state_dict()))
+    (slow, slow_head), (fast, fast_head) = runs
+    for a, b in zip(slow, fast):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
+    assert all(torch.allclose(slow_head[k], fast_head[k], atol=1e-5) for k in slow_head)
 
 
-def test_frozen_backbone_unchanged_finetune_changes_it(tiny_images, tmp_path):
-    for flag, name in (([], "frozen"), (["--finetune"], "ft")):
+def test_frozen_backbone_untouched_on_the_slow_path(tiny_images, tmp_path):
+    """--augment trains the whole model on images with the backbone frozen: its weights and
+    BatchNorm statistics stay as they started, and no gradient is computed for them;
+    --finetune changes them."""
+    for flag, name in ((["--augment"], "frozen"), (["--finetune"], "ft")):
         assert run(tiny_images, tmp_path, "--arch", "resnet18", "--weights", "none", "--seed", "0",
                    *flag, name=name) == 0
-    frozen, _ = common.load_model(tmp_path / "frozen" / "model.pt")
-    tuned, _ = common.load_model(tmp_path / "ft" / "model.pt")
+    frozen = common.load_model(tmp_path / "frozen" / "model.pt")[0].backbone.state_dict()
+    tuned = common.load_model(tmp_path / "ft" / "model.pt")[0].backbone.state_dict()
     common.seed_everything(0)  # the random backbone both runs started from
-    start = common.build_transfer("resnet18", 3, "none")[0]
-    w = "backbone.conv1.weight"
-    assert torch.equal(frozen.state_dict()[w], start.state_dict()[w])
-    assert not torch.equal(tuned.state_dict()[w], start.state_dict()[w])
+    start = common.build_transfer("resnet18", 3, "none")[0].backbone.state_dict()
+    assert all(torch.equal(frozen[k], start[k]) for k in start)
+    for k in ("conv1.weight", "bn1.running_mean"):
+        assert not torch.equal(tuned[k], start[k])
+    net = common.build_transfer("resnet18", 3, "none")[0].train()
+    torch.nn.functional.cross_entropy(net(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)),
+                                      torch.tensor([0, 1])).backward()
+    assert all(p.grad is None for p in net.backbone.parameters())
+    assert all(p.grad is not None for p in net.head.parameters())
 
 
 def test_weights_from_local_state_dict(tiny_images, tmp_path, capsys):
