@@ -1,0 +1,177 @@
+"""GPU check in one command (a few minutes on one GPU): every training path of the suite on CUDA.
+
+    python bench/gpu_check.py                          # on a machine with an NVIDIA GPU
+    python bench/gpu_check.py --device cpu --quick     # the same steps, small, on the CPU
+
+Trains on data made here, so nothing is downloaded and librosa is not needed: spectrogram-like
+palette PNGs (10 classes, each brightening its own frequency band) and a features table.
+  - ConvolNeuNet at 512 px (the study's size, 201 M weights) with AMP
+  - transfer vgg16, googlenet and resnet50, frozen (the cached-features fast path) and
+    --finetune (random backbones: --weights none; the ImageNet path is tested on the CPU)
+  - the MLP on features
+  - train_cnn (SpecNet) under a 1-process torchrun (nccl)
+For each run it prints training images per second, peak GPU memory and the optimizer steps
+GradScaler skipped (a few at the start are normal: it halves its scale until gradients are
+finite), and exits 1 when any run fails.
+"""
+import argparse
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import common  # noqa: E402
+import train_cnn  # noqa: E402
+import train_mlp  # noqa: E402
+import train_transfer  # noqa: E402
+
+N_CLASSES = 10
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda", help="cuda (default) or cpu for a smoke test")
+    p.add_argument("--quick", action="store_true", help="small images, few epochs (CPU smoke test)")
+    p.add_argument("--per-class", type=int, default=16, help="images per class (default 16)")
+    p.add_argument("--epochs", type=int, default=3, help="epochs per run (default 3)")
+    return p
+
+
+def make_images(root, per_class, size, seed=0):
+    """Palette PNGs as data_conversion writes them; class k brightens its own band of rows."""
+    rng = np.random.default_rng(seed)
+    for k in range(N_CLASSES):
+        for i in range(per_class):
+            levels = rng.integers(0, 90, (size, size)).astype(np.uint8)
+            band = slice(k * size // N_CLASSES, (k + 1) * size // N_CLASSES)
+            levels[band] += 120
+            common.save_spectrogram_png(root / f"c{k}" / f"c{k}.{i:05d}.png", levels)
+    common.write_json(root / common.CONVERSION_FILE, {**common.CONVERSION_DEFAULTS, "size": size})
+    return root
+
+
+def make_features(path, per_class, seed=0):
+    rng = np.random.default_rng(seed)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["filename", *common.FEATURE_COLUMNS, "label"])
+        for k in range(N_CLASSES):
+            for i in range(per_class):
+                values = rng.normal(0, 1, len(common.FEATURE_COLUMNS))
+                values[k] += 3
+                w.writerow([f"c{k}.{i:05d}.wav", *values, f"c{k}"])
+    return path
+
+
+def figures(run_dir):
+    """(training images/s, backbone images/s or None, skipped steps, epochs) from a run folder."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    with open(run_dir / "history.csv") as f:
+        history = list(csv.DictReader(f))
+    epoch_seconds = float(history[-1]["seconds"])
+    images = metrics["n_train"] * len(history) / epoch_seconds
+    backbone_seconds = metrics["train_seconds"] - epoch_seconds
+    n_images = metrics["n_train"] + metrics["n_val"] + metrics["n_test"]
+    backbone = n_images / backbone_seconds if metrics.get("fast_path") and backbone_seconds > 0 else None
+    return images, backbone, metrics.get("amp_skipped_steps", 0), len(history)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        print("error: no CUDA device here; run with --device cpu --quick for a smoke test")
+        return 1
+    device_name = torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu"
+    print(f"gpu_check: {device_name}; torch {torch.__version__}, CUDA {torch.version.cuda}, "
+          f"built for {', '.join(torch.cuda.get_arch_list()) or '-'}"
+          + (f", capability {torch.cuda.get_device_capability(0)}" if cuda else ""), flush=True)
+    reason = common.cuda_unsupported_reason() if cuda else None
+    if reason:
+        print(f"error: {reason}")
+        return 1
+    with tempfile.TemporaryDirectory(prefix="gpu_check-") as tmp:
+        return check(Path(tmp), args, cuda, device_name)
+
+
+def check(tmp, args, cuda, device_name):
+    big = 64 if args.quick else 512
+    small = 32 if args.quick else 224
+    per_class = 4 if args.quick else args.per_class
+    epochs = 1 if args.quick else args.epochs
+    start = time.time()
+    images_big = make_images(tmp / f"img{big}", per_class, big)
+    images = make_images(tmp / f"img{small}", per_class, small)
+    features = make_features(tmp / "features.csv", per_class * 4)
+    runs_dir = tmp / "runs"
+    common_argv = ["--device", args.device, "--epochs", str(epochs), "--patience", str(epochs + 1),
+                   "--out", str(runs_dir), "--workers", "1"]
+    runs = [("ConvolNeuNet 512 px, AMP" if not args.quick else f"ConvolNeuNet {big} px",
+             train_cnn, ["--data", str(images_big), "--img-size", str(big), "--batch-size", "16"])]
+    for arch in ("vgg16", "googlenet", "resnet50"):
+        for finetune in (False, True):
+            runs.append((f"{arch} {'finetune' if finetune else 'frozen'}", train_transfer,
+                         ["--data", str(images), "--arch", arch, "--weights", "none",
+                          "--batch-size", "32", *(["--finetune"] if finetune else [])]))
+    runs.append(("MLP on features", train_mlp, ["--features", str(features), "--batch-size", "32"]))
+
+    rows, failures = [], []
+    for i, (label, script, run_argv) in enumerate(runs):
+        name = f"run{i}"
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        print(f"\n=== {label} ===", flush=True)
+        try:
+            code = script.main(run_argv + common_argv + ["--name", name])
+        except Exception:
+            traceback.print_exc()
+            code = "exception"
+        if code:
+            failures.append(f"{label}: exit {code}")
+            rows.append((label, "FAILED", "", "", ""))
+            continue
+        peak = torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else float("nan")
+        speed, backbone, skipped, n_epochs = figures(runs_dir / name)
+        rows.append((label, f"{speed:,.0f}", f"{backbone:,.0f}" if backbone else "-",
+                     f"{peak:.2f}", f"{skipped} / {n_epochs} epochs"))
+
+    label = "SpecNet, torchrun 1 process" + (" (nccl)" if cuda else " (gloo)")
+    print(f"\n=== {label} ===", flush=True)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+               str(ROOT / "train_cnn.py"), "--data", str(images), "--model", "specnet",
+               "--img-size", str(small), "--batch-size", "32", *common_argv, "--name", "torchrun"]
+    result = subprocess.run(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if result.returncode:
+        failures.append(f"{label}: exit {result.returncode}")
+        rows.append((label, "FAILED", "", "", ""))
+    else:
+        speed, _, skipped, n_epochs = figures(runs_dir / "torchrun")
+        rows.append((label, f"{speed:,.0f}", "-", "(own process)", f"{skipped} / {n_epochs} epochs"))
+
+    print(f"\ngpu_check on {device_name}: {per_class * N_CLASSES} images, {epochs} epochs per run, "
+          f"{time.time() - start:.0f} s in all")
+    header = ("run", "train images/s", "backbone images/s", "peak GPU GiB", "AMP skipped steps")
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    for failure in failures:
+        print(f"FAILED {failure}")
+    print("gpu_check: " + ("FAIL" if failures else "PASS"))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
