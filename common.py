@@ -542,33 +542,32 @@ def read_conversion(root):
 
 def claim_image_folder(out, settings, src, overwrite=False):
     """Make `out` the home of images with these settings, or refuse in one line: images made
-    with other settings (or of unknown settings) are replaced only with --overwrite, and
-    nothing is written inside the input folder."""
+    with other settings (or of unknown settings) are replaced only with --overwrite, a folder
+    holding other files is never used, and nothing is written inside the input folder."""
     out, src = Path(out).resolve(), Path(src).resolve()
     if out == src or src in out.parents:
         raise SuiteError(f"{out}: inside the input folder {src}; write the images elsewhere")
     check_output_folder(out, "output folder")
     recorded = out / CONVERSION_FILE
-    if recorded.exists():
-        before = read_conversion(out)
+    images = list(out.glob("*/*.png")) if out.is_dir() else []
+    foreign = [p for p in out.rglob("*") if p.is_file() and p.suffix != ".png"
+               and not p.name.startswith(".")  # interrupted writes (.x.png.123.tmp), .DS_Store
+               and p.name not in ("errors.csv", "split.json", CONVERSION_FILE)] if out.is_dir() else []
+    if foreign:
+        raise SuiteError(f"{out}: holds files that are not images of this suite (e.g. "
+                         f"{foreign[0].name}); convert into a new or empty folder")
+    if images:
+        before = read_conversion(out) if recorded.exists() else None
         if before == settings:
-            return
-        changed = ", ".join(f"--{k.replace('_', '-')} {before[k]} -> {settings[k]}"
-                            for k in settings if before[k] != settings[k])
+            return  # the same identity: convert what is missing or stale
         if not overwrite:
+            changed = "unknown settings, no " + CONVERSION_FILE if before is None else ", ".join(
+                f"--{k.replace('_', '-')} {before[k]} -> {settings[k]}"
+                for k in settings if before[k] != settings[k])
             raise SuiteError(f"{out} holds images made with other settings ({changed}); convert "
                              "into another folder, or add --overwrite to redo them all")
-    elif out.is_dir() and any(out.iterdir()):
-        foreign = [p for p in out.rglob("*") if p.is_file() and p.suffix != ".png"
-                   and p.name not in ("errors.csv", "split.json")]
-        if foreign:
-            raise SuiteError(f"{out}: not empty and not an image folder of this suite (no "
-                             f"{CONVERSION_FILE}, other files); convert into a new or empty folder")
-        if not overwrite:
-            raise SuiteError(f"{out} holds images of unknown settings (no {CONVERSION_FILE}); "
-                             "convert into a new folder, or add --overwrite to redo them all")
-    for png in out.glob("*/*.png"):  # --overwrite: another identity, every image is redone
-        png.unlink()
+        for png in images:  # --overwrite: another identity, every image is redone
+            png.unlink()
     write_json(recorded, settings)
 
 
@@ -1866,8 +1865,9 @@ def summarize_folds(group_dir, results):
 # Driver: the life of a training command. A trainer parses and checks its flags
 # (parse_run_args), loads its data, then
 #
-#     with start_run(args, argv, "train_cnn.py", model_name, classes) as run:
-#         for part in run.parts(clip_ids, labels, split_dir):    # the split, or each fold
+#     with start_run(args, argv, "train_cnn.py", model_name, classes=..., clip_ids=...,
+#                    labels=..., split_dir=...) as run:           # splits, folder, device
+#         for part in run.parts():                                # the split, or each fold
 #             ...build the model and the part's datasets...
 #             part.train_and_test(model, spec, train, val, test, criterion=...)
 #         run.finish()                                           # fold summary, predict, submit
@@ -1885,6 +1885,8 @@ class Run:
     classes: list
     dir: Path
     device: torch.device
+    splits: list    # (part name: "" or "foldK", split)
+    clip_ids: list  # of the items, to index the splits
     results: list = field(default_factory=list)
 
     def __enter__(self):
@@ -1909,24 +1911,10 @@ class Run:
         if DIST.main:
             write_json(path, {**config, **extra})
 
-    def parts(self, clip_ids, labels, split_dir):
-        """The parts still to train: the shared split (DATA/split.json, or the --split file), or
-        K folds; with --resume, the ones not finished before."""
-        args = self.args
-        if args.folds:
-            splits = [(f"fold{i}", s) for i, s in
-                      enumerate(kfold_splits(clip_ids, labels, args.folds, args.seed), 1)]
-        else:
-            path = args.split or split_location(split_dir, args.out)
-            splits = [("", load_or_make_split(path, clip_ids, labels, args.seed, bool(args.split)))]
-        hashes = [split_hash(s) for _, s in splits]
-        recorded = args.resume and json.loads((self.dir / "config.json").read_text()).get("split_hashes")
-        if recorded and recorded != hashes:
-            raise SuiteError(f"--resume {self.dir}: the data or its split changed since the run "
-                             "started; start a new run")
-        self.write_config(split_hash=hashes[0] if len(hashes) == 1 else "k-fold",
-                          split_hashes=hashes, split_seed=splits[0][1].get("seed"))
-        for name, split in splits:
+    def parts(self):
+        """The parts still to train, each started from --seed: the split, or the folds; with
+        --resume, those not finished before."""
+        for name, split in self.splits:
             folder = self.dir / name
             if (folder / "metrics.json").exists():  # --resume: finished before
                 metrics = json.loads((folder / "metrics.json").read_text())
@@ -1934,8 +1922,8 @@ class Run:
                       f"{metrics['test_balanced_accuracy']:.3f})")
                 self.results.append(metrics)
                 continue
-            seed_everything(args.seed)  # each part starts alike: a resumed fold inits as it did
-            yield Part(self, folder, split, split_indices(split, clip_ids), name)
+            seed_everything(self.args.seed)  # a resumed fold builds its model as it did
+            yield Part(self, folder, split, split_indices(split, self.clip_ids), name)
 
     def finish(self):
         """The K-fold summary; then, the other torchrun ranks gone (none waits on a timeout),
@@ -1954,17 +1942,43 @@ class Run:
         return self.results
 
 
-def start_run(args, argv, script, model_name, classes):
-    """The run folder (made, or replaced with --overwrite, or reopened with --resume), its
-    config.json, and the device (joining torchrun's process group)."""
+def resolve_splits(args, clip_ids, labels, split_dir):
+    """[(part name, split)]: the shared split (DATA/split.json, or the --split file), or the K
+    folds; each with training, validation and test clips."""
+    if args.folds:
+        splits = [(f"fold{i}", s) for i, s in
+                  enumerate(kfold_splits(clip_ids, labels, args.folds, args.seed), 1)]
+    else:
+        path = args.split or split_location(split_dir, args.out)
+        splits = [("", load_or_make_split(path, clip_ids, labels, args.seed, bool(args.split)))]
+    for name, split in splits:
+        indices = split_indices(split, clip_ids)
+        empty = [part for part in ("train", "val", "test") if not indices[part]]
+        if empty:
+            raise SuiteError(f"{name or 'the split'} has no {' or '.join(empty)} clips: each "
+                             "class needs at least 3 clips (to train, validate and test)")
+    return splits
+
+
+def start_run(args, argv, script, model_name, *, classes, clip_ids, labels, split_dir):
+    """The run's splits, then its folder (made, replaced with --overwrite, or reopened with
+    --resume) and config.json, and the device (joining torchrun's process group)."""
     device = DIST.setup(pick_device(args.device))
+    splits = resolve_splits(args, clip_ids, labels, split_dir)
+    hashes = [split_hash(s) for _, s in splits]
     name = args.name
     if not name:
         stamp = f"{script.removesuffix('.py').removeprefix('train_')}-{model_name}-{datetime.now():%Y%m%d-%H%M%S}"
         name = next(n for n in (stamp, *(f"{stamp}-{i}" for i in range(2, 1000)))
                     if not (Path(args.out) / n).exists())
         name = DIST.gather(name)[0]  # every rank uses rank 0's folder
-    run = Run(args, script, model_name, list(classes), Path(args.out) / name, device)
+    run = Run(args, script, model_name, list(classes), Path(args.out) / name, device, splits,
+              list(clip_ids))
+    if args.resume:
+        recorded = json.loads((run.dir / "config.json").read_text()).get("split_hashes")
+        if recorded and recorded != hashes:
+            raise SuiteError(f"--resume {run.dir}: the data or its split changed since the run "
+                             "started; start a new run")
     if DIST.main:
         if args.overwrite and run.dir.exists():
             shutil.rmtree(run.dir)
@@ -1973,7 +1987,9 @@ def start_run(args, argv, script, model_name, classes):
             command = " ".join([script, *(sys.argv[1:] if argv is None else argv)])
             run.write_config(script=script, model=model_name, command=command,
                              args=jsonable({**vars(args), "name": name}),
-                             versions=library_versions(), world_size=DIST.world)
+                             versions=library_versions(), world_size=DIST.world,
+                             split_hash=hashes[0] if len(hashes) == 1 else "k-fold",
+                             split_hashes=hashes, split_seed=splits[0][1].get("seed"))
         print(f"{script} {model_name}: {len(classes)} classes, device {device}"
               + (f", {DIST.world} processes" if DIST.active else "") + f" -> {run.dir}")
     return run

@@ -40,6 +40,8 @@ def build_parser():
                    help="vgg16 weights for the demo: imagenet (falls back to none offline), none, PATH")
     d.add_argument("--demo-epochs", type=common.number(int, minimum=1), default=20,
                    help="maximum epochs per model in the demo (default %(default)s)")
+    d.add_argument("--demo-clips", type=common.number(int, minimum=3), default=20,
+                   help="synthetic clips per genre in the demo (default %(default)s)")
     return p
 
 
@@ -166,6 +168,15 @@ def bar_chart(path, entries, key, label):
     common.save_figure(path, fig)
 
 
+def check_report_folder(out):
+    """The report folder is new, empty, or a report of ours (compare.md): never someone's."""
+    common.check_output_folder(out, "--out")
+    if out.is_dir() and any(out.iterdir()) and not (out / "compare.md").is_file():
+        raise common.SuiteError(f"--out {out}: not empty and not a report of compare.py (no "
+                                "compare.md); give a new or empty folder")
+    return out
+
+
 def write_report(entries, out):
     out = Path(out)
     table = markdown_table(entries)
@@ -195,6 +206,7 @@ def run_demo(args):
     import train_transfer
     demo = Path(args.demo_dir)
     common.check_output_folder(demo, "--demo-dir")
+    report_dir = check_report_folder(Path(args.out or demo / "report"))
     audio, images, features, runs = demo / "audio", demo / "images", demo / "features.csv", demo / "runs"
     start = time.time()
     epochs = str(args.demo_epochs)
@@ -206,7 +218,8 @@ def run_demo(args):
             raise common.SuiteError(f"demo step failed: {what}")
 
     step("1/6 synthetic demo audio (not music, not GTZAN)")
-    check(data_conversion.main(["--make-demo", str(audio), "--clips-per-genre", "20"]), "make demo")
+    check(data_conversion.main(["--make-demo", str(audio), "--clips-per-genre",
+                                str(args.demo_clips)]), "make demo")
     step("2/6 spectrogram images")
     check(data_conversion.main([str(audio), str(images), "--size", "64"]), "conversion")
     small = ["--data", str(images), "--img-size", "64", "--epochs", epochs, "--batch-size", "8",
@@ -232,7 +245,7 @@ def run_demo(args):
     check(train_mlp.main(mlp + ["--baseline", "svm", "--name", "demo-svm"]), "svm baseline")
     step("6/6 comparison")
     names = ["demo-cnn", "demo-vgg16", "demo-mlp", "demo-svm"]
-    report = write_report(load_runs(runs, names), Path(args.out or demo / "report"))
+    report = write_report(load_runs(runs, names), report_dir)
     note = f"\nDemo data is synthetic. VGG16 weights: {weights}.\n"
     common.atomic_write(report, lambda f: f.write(report.read_text() + note))
     print(f"\ndemo finished in {time.time() - start:.0f} s; VGG16 weights: {weights}; "
@@ -245,8 +258,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.demo:
         return run_demo(args)
-    out = Path(args.out or "report")
-    common.check_output_folder(out, "--out")
+    out = check_report_folder(Path(args.out or "report"))
     entries = load_runs(args.runs)
     if args.kaggle:
         fill_kaggle_scores(entries, args.kaggle)

@@ -55,8 +55,10 @@ def main(argv=None):
     spec.update(n_classes=len(data.classes), preprocess={
         "type": "image", **data.conversion, "img_size": img_size, "channels": channels})
     dataset = data.dataset
-    with common.start_run(args, argv, "train_cnn.py", args.model, data.classes) as run:
-        for part in run.parts(dataset.clip_ids, dataset.labels, args.data):
+    with common.start_run(args, argv, "train_cnn.py", args.model, classes=data.classes,
+                          clip_ids=dataset.clip_ids, labels=dataset.labels,
+                          split_dir=args.data) as run:
+        for part in run.parts():
             train, val, test = common.image_parts(dataset, part.indices, args.augment)
             part.train_and_test(common.build_model(spec), spec, train, val, test,
                                 criterion=common.make_criterion("ce", len(data.classes)),

@@ -254,8 +254,9 @@ def main(argv=None):
     name = args.baseline or f"mlp-{args.loss}"
     # batches of 32 x 57 features: a second thread only waits (measured 2x-30x slower)
     with common.torch_threads(1), \
-            common.start_run(args, argv, "train_mlp.py", name, classes) as run:
-        for part in run.parts(clip_ids, label_index, Path(args.data).parent):
+            common.start_run(args, argv, "train_mlp.py", name, classes=classes, clip_ids=clip_ids,
+                             labels=label_index, split_dir=Path(args.data).parent) as run:
+        for part in run.parts():
             train, val, test = (dataset.subset(part.indices[p]) for p in ("train", "val", "test"))
             if args.baseline:
                 fit_baseline(part, args, train, val, test, preprocess)

@@ -101,8 +101,10 @@ def main(argv=None):
     notes = {"weights": args.weights if args.weights in ("imagenet", "none") else "file",
              "fast_path": fast, "img_size": img_size, "augment": args.augment}
     features = None
-    with common.start_run(args, argv, "train_transfer.py", args.arch, classes) as run:
-        for part in run.parts(dataset.clip_ids, dataset.labels, args.data):
+    with common.start_run(args, argv, "train_transfer.py", args.arch, classes=classes,
+                          clip_ids=dataset.clip_ids, labels=dataset.labels,
+                          split_dir=args.data) as run:
+        for part in run.parts():
             model = copy.deepcopy(pristine)
             train, val, test = common.image_parts(dataset, part.indices, args.augment)
             criterion = common.make_criterion("ce", len(classes))

@@ -1,0 +1,340 @@
+"""User mistakes and bad input, table-driven: each case is one command line that must end with
+one line naming the culprit on stderr, the right exit code, no traceback, and nothing already
+there lost or changed. A new case is one line in CASES.
+
+The world every case runs in (built once): audio, images converted from it, a features table,
+a finished run with its model.pt, a folder made read-only, and files that are wrong in the ways
+users get them wrong.
+"""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import common
+import compare
+import data_conversion
+import train_cnn
+import train_mlp
+import train_transfer
+from conftest import make_images, write_tone
+
+SCRIPTS = {"convert": data_conversion.main, "cnn": train_cnn.main, "transfer": train_transfer.main,
+           "mlp": train_mlp.main, "compare": compare.main, "predict": common.main}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    w = tmp_path_factory.mktemp("world")
+    audio = w / "audio"
+    for g, base in (("blues", 200.0), ("metal", 2000.0), ("pop", 800.0)):
+        for i in range(3):
+            write_tone(audio / g / f"{g}.{i:05d}.wav", base * (1 + 0.1 * i), noise=0.01, seed=i)
+    assert data_conversion.main([str(audio), str(w / "images"), "--size", "16", "--workers", "1"]) == 0
+    assert train_mlp.main(["--extract", str(audio), "--features", str(w / "features.csv"),
+                           "--workers", "1"]) == 0
+    assert train_cnn.main(["--data", str(w / "images"), "--epochs", "1", "--out", str(w / "runs"),
+                           "--name", "r1", "--workers", "1"]) == 0
+    write_tone(w / "test" / "0001.wav", 300)
+    (w / "empty").mkdir()
+    (w / "readonly").mkdir()
+    (w / "readonly").chmod(0o555)
+    (w / "flat").mkdir()
+    write_tone(w / "flat" / "1.wav", 300)
+    write_tone(w / "flat" / "2.wav", 3000)
+    (w / "dup_labels.csv").write_text("id,label\n1,slow\n2,fast\n001,fast\n")
+    (w / "binary.bin").write_bytes(bytes(range(256)) * 8)
+    (w / "not_a_split.json").write_text("[1, 2")
+    split = json.loads((w / "images" / "split.json").read_text())
+    (w / "two_parts.json").write_text(json.dumps({**split, "val": split["val"] + split["test"][:1]}))
+    saved = torch.load(w / "runs" / "r1" / "model.pt", weights_only=True)
+    torch.save({**saved, "classes": saved["classes"] + ["rock"]}, w / "four_classes.pt")
+    (w / "junk.pt").write_bytes(b"junk")
+    one_class = (w / "features.csv").read_text().replace(",metal\n", ",blues\n").replace(",pop\n", ",blues\n")
+    (w / "one_class.csv").write_text(one_class)
+    write_tone(w / "short" / "rock" / "tiny.wav", 300, seconds=0.04)
+    write_tone(w / "short" / "jazz" / "tiny2.wav", 300, seconds=0.04)
+    (w / "sample.csv").write_bytes(b"\x00\x01")
+    shutil.copytree(w / "runs" / "r1", w / "runs_copy" / "r1")
+    (w / "a_file").write_text("x")
+    return w
+
+
+def snapshot(root):
+    """Every file with its size and time, every folder by name."""
+    return sorted((str(p.relative_to(root)), *((p.stat().st_size, p.stat().st_mtime_ns)
+                                                if p.is_file() else ()))
+                  for p in root.rglob("*") if "__pycache__" not in p.parts)
+
+
+# (id, script, arguments with {w} for the world folder, exit code, words the error line holds)
+CASES = [
+    # conversion
+    ("convert-missing-src", "convert", "{w}/nope {w}/out", 1, "nope"),
+    ("convert-other-size", "convert", "{w}/audio {w}/images --size 32", 1, "--size 16 -> 32"),
+    ("convert-add-segments", "convert", "{w}/audio {w}/images --size 16 --segment-seconds 0.5", 1, "--segment-seconds"),
+    ("convert-into-input", "convert", "{w}/audio {w}/audio/images", 1, "inside the input folder"),
+    ("convert-read-only-out", "convert", "{w}/audio {w}/readonly/out", 1, "not writable"),
+    ("convert-out-is-file", "convert", "{w}/audio {w}/a_file", 1, "is a file"),
+    ("convert-labels-missing", "convert", "{w}/flat {w}/o --labels {w}/nope.csv", 1, "--labels"),
+    ("convert-labels-binary", "convert", "{w}/flat {w}/o --labels {w}/binary.bin", 1, "--labels"),
+    ("convert-labels-twice", "convert", "{w}/flat {w}/o --labels {w}/dup_labels.csv", 1, "two labels"),
+    ("convert-bad-cmap", "convert", "{w}/audio {w}/o --cmap nope", 1, "--cmap"),
+    ("convert-sr-0", "convert", "{w}/audio {w}/o --sr 0", 1, "--sr"),
+    ("convert-negative-size", "convert", "{w}/audio {w}/o --size -4", 1, "--size"),
+    ("demo-into-other-folder", "convert", "--make-demo {w}/audio", 1, "not a demo folder"),
+    ("demo-zero-clips", "convert", "--make-demo {w}/d --clips-per-genre 0", 1, "--clips-per-genre"),
+    ("unknown-flag", "convert", "{w}/audio {w}/o --sise 32", 1, "--sise"),
+    # training: ranges
+    ("epochs-0", "cnn", "--data {w}/images --epochs 0", 1, "--epochs"),
+    ("lr-negative", "cnn", "--data {w}/images --lr -1", 1, "--lr"),
+    ("batch-size-0", "cnn", "--data {w}/images --batch-size 0", 1, "--batch-size"),
+    ("batch-size-negative", "cnn", "--data {w}/images --batch-size -4", 1, "--batch-size"),
+    ("folds-1", "cnn", "--data {w}/images --folds 1", 1, "--folds"),
+    ("folds-negative", "cnn", "--data {w}/images --folds -3", 1, "--folds"),
+    ("folds-too-many", "cnn", "--data {w}/images --folds 5 --out {w}/runs", 1, "--folds 5"),
+    ("patience-0", "cnn", "--data {w}/images --patience 0", 1, "--patience"),
+    ("workers-0", "cnn", "--data {w}/images --workers 0", 1, "--workers"),
+    ("img-size-0-convolneunet", "cnn", "--data {w}/images --img-size 0", 1, "--img-size 0"),
+    ("img-size-negative", "cnn", "--data {w}/images --img-size -4", 1, "--img-size"),
+    ("img-size-not-multiple-of-8", "cnn", "--data {w}/images --img-size 20", 1, "multiple of 8"),
+    ("transfer-img-size-8", "transfer", "--data {w}/images --weights none --img-size 8", 1, "--img-size 8"),
+    ("transfer-unknown-arch", "transfer", "--data {w}/images --arch vgg17", 1, "vgg17"),
+    ("transfer-weights-missing", "transfer", "--data {w}/images --arch resnet18 --weights {w}/nope.pth", 1, "--weights"),
+    ("transfer-weights-junk", "transfer", "--data {w}/images --arch resnet18 --weights {w}/junk.pt", 1, "--weights"),
+    ("head-dropout-1", "transfer", "--data {w}/images --head-dropout 1", 1, "--head-dropout"),
+    ("pca-1.5", "mlp", "--features {w}/features.csv --pca 1.5", 1, "--pca"),
+    ("hidden-width-0", "mlp", "--features {w}/features.csv --hidden 0:relu", 1, "--hidden"),
+    ("hidden-bad-activation", "mlp", "--features {w}/features.csv --hidden 8:swish", 1, "--hidden"),
+    ("one-class-svm", "mlp", "--features {w}/one_class.csv --baseline svm --out {w}/runs", 1, "one class"),
+    ("one-class-mlp", "mlp", "--features {w}/one_class.csv --out {w}/runs", 1, "one class"),
+    ("features-binary", "mlp", "--features {w}/binary.bin --out {w}/runs", 1, "binary.bin"),
+    ("drop-unknown-column", "mlp", "--features {w}/features.csv --drop-columns nope --out {w}/runs", 1, "--drop-columns"),
+    ("extract-into-audio", "mlp", "--extract {w}/audio --features {w}/audio/f.csv", 1, "inside the audio folder"),
+    ("extract-not-csv", "mlp", "--extract {w}/audio --features {w}/f.txt", 1, "--features"),
+    ("extract-labels-missing", "mlp", "--extract {w}/flat --features {w}/f.csv --labels {w}/nope.csv", 1, "--labels"),
+    # training: paths, checked before the work
+    ("data-missing", "cnn", "--data {w}/nope", 1, "--data"),
+    ("data-is-audio", "cnn", "--data {w}/audio --out {w}/runs", 1, "PNG"),
+    ("data-file-for-folder", "cnn", "--data {w}/features.csv", 1, "--data"),
+    ("features-missing", "mlp", "--features {w}/nope.csv", 1, "--data"),
+    ("split-missing", "cnn", "--data {w}/images --split {w}/nope.json", 1, "--split"),
+    ("split-not-json", "cnn", "--data {w}/images --split {w}/not_a_split.json", 1, "not a split file"),
+    ("split-clip-twice", "cnn", "--data {w}/images --split {w}/two_parts.json", 1, "in two parts"),
+    ("split-and-folds", "cnn", "--data {w}/images --split {w}/two_parts.json --folds 3", 1, "--folds"),
+    ("predict-missing", "cnn", "--data {w}/images --out {w}/runs --predict {w}/nope", 1, "--predict"),
+    ("predict-empty", "cnn", "--data {w}/images --out {w}/runs --predict {w}/empty", 1, "--predict"),
+    ("predict-with-folds", "cnn", "--data {w}/images --folds 3 --predict {w}/test", 1, "--folds"),
+    ("submit-without-predict", "cnn", "--data {w}/images --submit comp", 1, "--predict"),
+    ("sample-without-predict", "cnn", "--data {w}/images --sample-submission {w}/sample.csv", 1, "--predict"),
+    ("sample-not-csv", "cnn", "--data {w}/images --predict {w}/test --sample-submission {w}/sample.csv", 1, "--sample-submission"),
+    ("out-read-only", "cnn", "--data {w}/images --out {w}/readonly", 1, "not writable"),
+    ("out-is-file", "cnn", "--data {w}/images --out {w}/a_file", 1, "is a file"),
+    ("name-exists", "cnn", "--data {w}/images --out {w}/runs --name r1", 1, "exists"),
+    ("name-with-slash", "cnn", "--data {w}/images --name ../x", 1, "--name"),
+    ("overwrite-non-run", "cnn", "--data {w}/images --out {w} --name audio --overwrite", 1, "not a run folder"),
+    ("device-unknown", "cnn", "--data {w}/images --device tpu", 1, "--device"),
+    ("resume-missing", "cnn", "--resume {w}/runs/nope", 1, "--resume"),
+    ("resume-other-script", "mlp", "--resume {w}/runs/r1", 1, "train_cnn.py"),
+    ("resume-with-flags", "cnn", "--resume {w}/runs/r1 --lr 0.5", 1, "--lr"),
+    ("submit-no-credentials", "cnn", "--data {w}/images --out {w}/runs --predict {w}/test --submit comp", 2, "credentials"),
+    # prediction from a saved model
+    ("predict-model-missing", "predict", "predict {w}/nope.pt {w}/test", 1, "nope.pt"),
+    ("predict-model-junk", "predict", "predict {w}/junk.pt {w}/test", 1, "junk.pt"),
+    ("predict-classes-outputs", "predict", "predict {w}/four_classes.pt {w}/test", 1, "4 classes for 3 outputs"),
+    ("predict-audio-missing", "predict", "predict {w}/runs/r1/model.pt {w}/nope", 1, "nope"),
+    ("predict-output-read-only", "predict", "predict {w}/runs/r1/model.pt {w}/test --output {w}/readonly/s.csv", 1, "not writable"),
+    ("predict-workers-0", "predict", "predict {w}/runs/r1/model.pt {w}/test --workers 0", 1, "--workers"),
+    ("predict-no-credentials", "predict", "predict {w}/runs/r1/model.pt {w}/test --submit comp", 2, "credentials"),
+    # comparison
+    ("compare-runs-missing", "compare", "--runs {w}/nope", 1, "--runs"),
+    ("compare-no-metrics", "compare", "--runs {w}/empty", 1, "no metrics.json"),
+    ("compare-out-read-only", "compare", "--runs {w}/runs --out {w}/readonly/r", 1, "not writable"),
+    ("compare-out-not-report", "compare", "--runs {w}/runs --out {w}/audio", 1, "not a report"),
+    ("compare-kaggle-no-credentials", "compare", "--runs {w}/runs --out {w}/report --kaggle comp", 2, "credentials"),
+    ("demo-dir-read-only", "compare", "--demo --demo-dir {w}/readonly", 1, "not writable"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(case, world, no_kaggle_credentials, capsys, monkeypatch):
+    name, script, argv, code, words = case
+    monkeypatch.chdir(world / "empty")  # relative defaults (runs/, report/) land in a known place
+    before = snapshot(world)
+    result = SCRIPTS[script](argv.format(w=world).split())
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error")]
+    assert result == code, err
+    assert len(errors) == 1 and words in errors[0], err
+    assert "Traceback" not in err
+    assert snapshot(world) == before  # nothing lost, changed or left behind
+
+
+def test_read_only_data_keeps_its_split_elsewhere(world, tmp_path):
+    """A data folder that is not ours to write (read-only; as root too): the split goes under the
+    runs folder, the data folder is untouched, no traceback."""
+    data = tmp_path / "data"
+    shutil.copytree(world / "images", data)
+    (data / "split.json").unlink()
+    data.chmod(0o555)
+    before = snapshot(data)
+    assert train_cnn.main(["--data", str(data), "--epochs", "1", "--out", str(tmp_path / "runs"),
+                           "--name", "r", "--workers", "1"]) == 0
+    assert snapshot(data) == before
+    assert len(list((tmp_path / "runs" / "splits").glob("data-*.json"))) == 1
+
+
+def test_overwrite_replaces_the_whole_run(world, tmp_path):
+    """--overwrite: the old run folder goes, so no file of it (its submission.csv) lies beside
+    the new model."""
+    shutil.copytree(world / "runs" / "r1", tmp_path / "runs" / "r1")
+    (tmp_path / "runs" / "r1" / "submission.csv").write_text("id,class\nold.wav,pop\n")
+    assert train_cnn.main(["--data", str(world / "images"), "--epochs", "1", "--out",
+                           str(tmp_path / "runs"), "--name", "r1", "--overwrite", "--workers", "1"]) == 0
+    assert not (tmp_path / "runs" / "r1" / "submission.csv").exists()
+    assert (tmp_path / "runs" / "r1" / "model.pt").exists()
+
+
+def test_failed_run_leaves_no_folder(tmp_path, capsys):
+    """A run that cannot start (two clips a class: no test clip) makes no folder."""
+    data = make_images(tmp_path / "img", n_per_class=2)
+    assert train_cnn.main(["--data", str(data), "--img-size", "16", "--out", str(tmp_path / "runs"),
+                           "--name", "r"]) == 1
+    assert "at least 3 clips" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "r").exists()
+
+
+@pytest.mark.parametrize("at_epoch", [1, 3])
+def test_ctrl_c_keeps_only_what_can_resume(at_epoch, tiny_images, tmp_path, capsys, monkeypatch):
+    """Ctrl-C in epoch 1 (no checkpoint yet): exit 130 and no run folder left holding only
+    config.json. In epoch 3: the folder and its checkpoint stay, and the line says how to go on."""
+    real, epochs = common.train_epoch, []
+
+    def interrupted(*args, **kwargs):
+        epochs.append(1)
+        if len(epochs) == at_epoch:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(common, "train_epoch", interrupted)
+    run = tmp_path / "runs" / "r"
+    assert train_cnn.main(["--data", str(tiny_images), "--img-size", "16", "--epochs", "5",
+                           "--out", str(tmp_path / "runs"), "--name", "r"]) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    if at_epoch == 1:
+        assert not run.exists()
+    else:
+        assert (run / "checkpoint.pt").exists() and f"--resume {run}" in err
+
+
+@pytest.mark.parametrize("cache_mb", ["4096", "0"])
+def test_corrupt_png_is_skipped_with_a_warning(cache_mb, world, tmp_path, capsys):
+    """In memory or decoded per batch by 2 workers: the damaged image is named, left out, and
+    training goes on."""
+    data = tmp_path / "img"
+    shutil.copytree(world / "images", data)
+    (data / "pop" / "pop.00002.png").write_bytes((data / "pop" / "pop.00002.png").read_bytes()[:60])
+    assert train_cnn.main(["--data", str(data), "--epochs", "1", "--cache-mb", cache_mb,
+                           "--workers", "2", "--out", str(tmp_path / "runs"), "--name", "r",
+                           "--split", str(world / "images" / "split.json")]) == 0
+    err = capsys.readouterr().err
+    assert "pop.00002.png" in err and "Traceback" not in err
+
+
+def test_text_column_is_named_not_silently_dropped(world, tmp_path, capsys):
+    path = tmp_path / "f.csv"
+    lines = (world / "features.csv").read_text().splitlines()
+    path.write_text("\n".join([lines[0] + ",mood"] + [line + ",calm" for line in lines[1:]]) + "\n")
+    assert train_mlp.main(["--features", str(path), "--baseline", "logreg", "--out",
+                           str(tmp_path / "runs")]) == 0
+    assert "mood" in capsys.readouterr().err
+
+
+def test_split_file_with_unknown_clips_says_so(world, tmp_path, capsys):
+    split = json.loads((world / "images" / "split.json").read_text())
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({**split, "train": split["train"] + ["rock.09999"]}))
+    assert train_cnn.main(["--data", str(world / "images"), "--epochs", "1", "--split", str(path),
+                           "--out", str(tmp_path / "runs")]) == 0
+    assert "1 of its" in capsys.readouterr().err
+
+
+def test_default_image_size_is_the_datas(world, tmp_path):
+    """The images are 16 px: ConvolNeuNet is built for 16 px, not upscaled into 512 px."""
+    assert train_cnn.main(["--data", str(world / "images"), "--epochs", "1", "--out",
+                           str(tmp_path), "--name", "r"]) == 0
+    _, saved = common.load_model(tmp_path / "r" / "model.pt")
+    assert saved["spec"]["img_size"] == 16
+
+
+def test_time_to_converge_counts_training_only(world, tmp_path):
+    """MLP: seconds to the best epoch are the training seconds up to it (history), not imports
+    or fitting the scaler."""
+    assert train_mlp.main(["--features", str(world / "features.csv"), "--epochs", "3", "--out",
+                           str(tmp_path), "--name", "m"]) == 0
+    m = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    import csv
+    with open(tmp_path / "m" / "history.csv") as f:
+        history = list(csv.DictReader(f))
+    assert m["seconds_to_best"] == pytest.approx(float(history[m["best_epoch"] - 1]["seconds"]))
+
+
+def test_predict_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit):
+        common.main(["predict", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--output", "--device", "--workers", "--id-col", "--label-col",
+                   "--sample-submission", "--submit", "--message", "--dry-run"):
+        line = next(line for line in text.splitlines() if option in line)
+        assert len(line.split(option, 1)[1].strip()) > 3 or "help" in text, option
+
+
+def test_compare_marks_random_backbones(tmp_path, capsys):
+    run = tmp_path / "runs" / "t"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({
+        "model": "vgg16", "weights": "none", "test_balanced_accuracy": 0.2, "test_accuracy": 0.2,
+        "test_macro_f1": 0.1, "split_hash": "s", "run": "t"}))
+    assert compare.main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "r")]) == 0
+    assert "vgg16 (random weights)" in capsys.readouterr().out
+
+
+def test_ctrl_c_in_the_demo_exits_130(tmp_path):
+    """SIGINT while the demo trains: exit code 130, one line, no traceback."""
+    import signal
+    import subprocess
+    import sys
+    from conftest import ROOT
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+    demo = subprocess.Popen([sys.executable, str(ROOT / "compare.py"), "--demo", "--demo-dir",
+                             str(tmp_path / "d"), "--demo-clips", "3"], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for line in demo.stdout:
+        if "=== 3/6" in line:
+            demo.send_signal(signal.SIGINT)
+            break
+    _, err = demo.communicate(timeout=120)
+    assert demo.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "interrupted" in err
+
+
+def test_short_clip_is_bad_input_for_images_and_features(tmp_path):
+    """0.04 s is less than one STFT frame: both converters reject it, with the same reason."""
+    path = write_tone(tmp_path / "tiny.wav", 300, seconds=0.04)
+    with pytest.raises(common.BadAudio, match="shorter than one 2048-sample frame"):
+        common.load_audio(path)
+    with pytest.raises(common.BadAudio, match="shorter than one 2048-sample frame"):
+        common.audio_features(path)
+    assert np.isfinite(common.load_audio(write_tone(tmp_path / "ok.wav", 300, seconds=0.1))).all()
+
+
+def test_nothing_converted_is_an_error_with_the_reasons_listed(world, tmp_path, capsys):
+    assert data_conversion.main([str(world / "short"), str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "nothing converted" in err and "Traceback" not in err
+    assert (tmp_path / "o" / "errors.csv").read_text().count("shorter than one") == 2
+    # nothing was made with those settings: other settings may use the folder
+    assert data_conversion.main([str(world / "audio"), str(tmp_path / "o"), "--size", "8"]) == 0
