@@ -540,6 +540,18 @@ def read_conversion(root):
     return {**CONVERSION_DEFAULTS, **{k: v for k, v in recorded.items() if k in CONVERSION_DEFAULTS}}
 
 
+def audio_source(data):
+    """The audio folder a data set was made from (recorded by data_conversion.py in
+    conversion.json, by train_mlp.py --extract beside its CSV), or None."""
+    data = Path(data)
+    record = data / CONVERSION_FILE if data.is_dir() else data.with_suffix(".json")
+    try:
+        source = json.loads(record.read_text()).get("source")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(source) if source and Path(source).is_dir() else None
+
+
 def claim_image_folder(out, settings, src, overwrite=False):
     """Make `out` the home of images with these settings, or refuse in one line: images made
     with other settings (or of unknown settings) are replaced only with --overwrite, a folder
@@ -568,7 +580,7 @@ def claim_image_folder(out, settings, src, overwrite=False):
                              "into another folder, or add --overwrite to redo them all")
         for png in images:  # --overwrite: another identity, every image is redone
             png.unlink()
-    write_json(recorded, settings)
+    write_json(recorded, {**settings, "source": str(src)})
 
 
 def convert_folder(src, out, settings, workers=1, labels_csv=None, labeled=True,
@@ -1927,19 +1939,38 @@ class Run:
 
     def finish(self):
         """The K-fold summary; then, the other torchrun ranks gone (none waits on a timeout),
-        prediction of --predict DIR and --submit."""
+        the audio-to-label time, prediction of --predict DIR and --submit."""
         args = self.args
         if DIST.main and len(self.results) > 1:
             summarize_folds(self.dir, self.results)
         DIST.finish()
-        if DIST.main and args.predict:
-            model_file = next(p for p in (self.dir / "model.pt", self.dir / "model.joblib")
-                              if p.exists())
+        if not DIST.main or args.folds:
+            return self.results
+        model_file = next(p for p in (self.dir / "model.pt", self.dir / "model.joblib")
+                          if p.exists())
+        self.time_audio_to_label(model_file)
+        if args.predict:
             predict_and_submit(model_file, args.predict, device=self.device, workers=args.workers,
                                id_col=args.id_col, label_col=args.label_col,
                                sample_submission=args.sample_submission, submit=args.submit,
                                message=args.message, dry_run=args.dry_run)
         return self.results
+
+    def time_audio_to_label(self, model_file, n_clips=10):
+        """Seconds per clip from audio file to label (decode, spectrogram or features, model),
+        one process, on up to n_clips test clips of the audio the data was made from; into
+        metrics.json beside the model-only time. Unknown when that audio is not at hand."""
+        source = audio_source(self.args.data)
+        if source is None:
+            return
+        audio = {p.stem: p for p in source.rglob("*") if p.is_file() and is_audio(p)}
+        files = [audio[c] for c in self.splits[0][1]["test"] if c in audio][:n_clips]
+        if not files:
+            return
+        seconds = predict_files(model_file, files, self.device).seconds_per_clip
+        metrics = json.loads((self.dir / "metrics.json").read_text())
+        write_json(self.dir / "metrics.json", {**metrics, "audio_to_label_seconds_per_clip": seconds})
+        print(f"audio to label: {seconds:.3f} s per clip ({len(files)} test clips of {source})")
 
 
 def resolve_splits(args, clip_ids, labels, split_dir):
@@ -2137,13 +2168,12 @@ class Predictions:
     seconds_per_clip: float  # audio file to label, readable files
 
 
-def predict_folder(model_path, audio_dir, device="cpu", workers=1, batch_size=32):
-    """Label every audio file in audio_dir; an unreadable one gets the model's fallback class
-    (the training set's most common) with a warning, so a submission has every id."""
+def predict_files(model_path, files, device="cpu", workers=1, batch_size=32):
+    """Label audio files; an unreadable one gets the model's fallback class (the training
+    set's most common) with a warning, so a submission has every id."""
     predict, saved = load_predictor(model_path, device)
     classes, preprocess = saved["classes"], saved["spec"]["preprocess"]
     fallback = saved.get("fallback_class", classes[0])
-    files = list_audio(audio_dir)
     start = time.time()
     labels, bad = {}, []
     warm = FEATURE_MODULES if preprocess["type"] == "features" else CONVERSION_MODULES
@@ -2158,8 +2188,13 @@ def predict_folder(model_path, audio_dir, device="cpu", workers=1, batch_size=32
                                  for i in range(0, len(inputs), batch_size)])
         labels[path.name] = classes[int(scores.mean(0).argmax())]  # segments vote
     if len(bad) == len(files):
-        raise SuiteError(f"{audio_dir}: no file could be read ({len(bad)} bad)")
+        raise SuiteError(f"{Path(files[0]).parent}: no file could be read ({len(bad)} bad)")
     return Predictions(labels, bad, fallback, (time.time() - start) / (len(files) - len(bad)))
+
+
+def predict_folder(model_path, audio_dir, device="cpu", workers=1, batch_size=32):
+    """predict_files() for every audio file in a flat folder."""
+    return predict_files(model_path, list_audio(audio_dir), device, workers, batch_size)
 
 
 def read_sample_submission(path):

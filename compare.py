@@ -2,11 +2,13 @@
 
     python compare.py                              # runs/*/metrics.json -> report/
     python compare.py --runs runs --out report --kaggle my-genre-competition
+    python compare.py --ensemble mlp-run cnn-mel-run   # + their averaged probabilities as a row
     python compare.py --demo                       # synthetic data, every model, CPU, minutes
 
 The table: model, balanced accuracy, accuracy, macro F1, epochs, time to converge (seconds to the
-best epoch), prediction time per clip, Kaggle score. K-fold runs appear once, as mean +- std.
-Runs tested on different splits or data are flagged: their figures are not comparable.
+best epoch), prediction time per clip (the model alone, and audio file to label), Kaggle score.
+K-fold runs appear once, as mean +- std. Runs tested on different splits or data are flagged:
+their figures are not comparable.
 """
 import json
 import sys
@@ -17,12 +19,14 @@ import numpy as np
 
 import common
 
-CHARTS = {  # file -> (metric key, axis label)
-    "balanced_accuracy.png": ("test_balanced_accuracy", "test balanced accuracy"),
-    "time_to_converge.png": ("seconds_to_best", "seconds to best epoch"),
-    "predict_time.png": ("predict_seconds_per_clip", "prediction seconds per clip"),
-    "kaggle_score.png": ("kaggle_score", "Kaggle score"),
+CHARTS = {  # file -> [(metric key, axis label)]: one panel each
+    "balanced_accuracy.png": [("test_balanced_accuracy", "test balanced accuracy")],
+    "time_to_converge.png": [("seconds_to_best", "seconds to best epoch")],
+    "predict_time.png": [("predict_ms", "model only: ms per clip"),
+                         ("audio_to_label_seconds_per_clip", "audio file to label: s per clip")],
+    "kaggle_score.png": [("kaggle_score", "Kaggle score")],
 }
+SUMMED = ("seconds_to_best", "predict_seconds_per_clip", "audio_to_label_seconds_per_clip")
 
 
 def build_parser():
@@ -31,6 +35,10 @@ def build_parser():
     p.add_argument("--out", help="report folder (default: report, or DEMO_DIR/report with --demo)")
     p.add_argument("--kaggle", metavar="COMPETITION",
                    help="fill kaggle_score from your submissions whose message names the run")
+    p.add_argument("--ensemble", nargs="+", metavar="RUN",
+                   help="runs (names under --runs, or paths) whose clip probabilities are averaged "
+                        "into one more row: made on one split, or K-fold runs on the same folds")
+    p.add_argument("--ensemble-name", default="ensemble", help="its name (default %(default)s)")
     d = p.add_argument_group("demo")
     d.add_argument("--demo", action="store_true", help="make demo data, train every model family, "
                                                        "then compare (offline, CPU, a few minutes)")
@@ -74,18 +82,113 @@ def load_runs(runs_dir, names=None):
         entry = {"name": f"{Path(group_dir).name} ({len(folds)}-fold)", "folds": folds,
                  "model": folds[0]["model"], "split_hash": "k-fold", "data": folds[0].get("data"),
                  "weights": folds[0].get("weights"), "kaggle_score": None}
-        for key in ("test_balanced_accuracy", "test_accuracy", "test_macro_f1", "epochs_run",
-                    "seconds_to_best", "predict_seconds_per_clip"):
-            values = np.array([f[key] for f in folds], dtype=float)
-            entry[key], entry[key + "_std"] = float(values.mean()), float(values.std(ddof=1))
+        entry.update(fold_means(folds, ("test_balanced_accuracy", "test_accuracy",
+                                        "test_macro_f1", "epochs_run", "seconds_to_best",
+                                        "predict_seconds_per_clip")))
         entries.append(entry)
     if not entries:
         raise common.SuiteError(f"{runs_dir}: no metrics.json found (train a model first)")
+    return entries
+
+
+def fold_means(folds, keys):
+    """{key: mean, key_std: sample std} over the folds, for the keys all of them have."""
+    out = {}
+    for key in keys:
+        if all(f.get(key) is not None for f in folds):
+            values = np.array([f[key] for f in folds], dtype=float)
+            out[key], out[key + "_std"] = float(values.mean()), float(values.std(ddof=1))
+    return out
+
+
+def sort_entries(entries):
     for e in entries:
         for suffix in ("", "_std"):
             if e.get("predict_seconds_per_clip" + suffix) is not None:
                 e["predict_ms" + suffix] = e["predict_seconds_per_clip" + suffix] * 1000
     return sorted(entries, key=lambda e: -e["test_balanced_accuracy"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Ensemble: the mean of the members' clip probabilities (predictions.csv), per split or fold
+
+def run_parts(run_dir):
+    """A run's folders with results: itself, or its folds in order."""
+    if (run_dir / "metrics.json").is_file():
+        return [run_dir]
+    folds = sorted(run_dir.glob("fold*/metrics.json"), key=lambda p: int(p.parent.name[4:]))
+    if not folds:
+        raise common.SuiteError(f"--ensemble {run_dir}: no metrics.json (not a finished run)")
+    return [p.parent for p in folds]
+
+
+def read_predictions(part_dir):
+    """({clip id: (true class, probabilities)}, classes) from a run's predictions.csv."""
+    import csv
+    path = part_dir / "predictions.csv"
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            classes = [c[2:] for c in reader.fieldnames if c.startswith("p_")]
+            rows = {r["clip_id"]: (r["true"], np.array([float(r[f"p_{c}"]) for c in classes]))
+                    for r in reader}
+    except (OSError, KeyError, ValueError, TypeError):
+        raise common.SuiteError(f"--ensemble {path}: no class probabilities (made by an older "
+                                "version? train the run again)") from None
+    if not classes:
+        raise common.SuiteError(f"--ensemble {path}: no class probabilities")
+    return rows, classes
+
+
+def ensemble_entry(runs_dir, members, name, out):
+    """The ensemble as a table entry; its per-part metrics, predictions and confusion chart
+    are written to OUT/NAME/."""
+    dirs = [Path(m) if Path(m).is_dir() else Path(runs_dir) / m for m in members]
+    missing = [str(d) for d in dirs if not d.is_dir()]
+    if missing or len(dirs) < 2:
+        raise common.SuiteError(f"--ensemble: give two runs or more ({', '.join(missing)}: no such run)"
+                                if missing else "--ensemble: give two runs or more")
+    parts = [run_parts(d) for d in dirs]
+    if len({len(p) for p in parts}) != 1:
+        raise common.SuiteError("--ensemble: the runs have different numbers of folds")
+    results, member_metrics = [], [[json.loads((p / "metrics.json").read_text()) for p in run]
+                                   for run in parts]
+    for i in range(len(parts[0])):
+        if len({m[i].get("split_hash") for m in member_metrics}) != 1:
+            raise common.SuiteError(f"--ensemble: {', '.join(map(str, dirs))} were tested on "
+                                    "different clips (split hash); ensemble runs of one split")
+        predictions = [read_predictions(run[i]) for run in parts]
+        classes = predictions[0][1]
+        clips = sorted(predictions[0][0])
+        if any(c != classes or sorted(rows) != clips for rows, c in predictions):
+            raise common.SuiteError("--ensemble: the runs differ in classes or test clips")
+        mean = np.mean([[rows[c][1] for c in clips] for rows, _ in predictions], axis=0)
+        truth = [classes.index(predictions[0][0][c][0]) for c in clips]
+        s = common.scores(truth, mean.argmax(1), len(classes))
+        metrics = {"model": name, "members": [str(d.name) for d in dirs], "classes": classes,
+                   "data": " + ".join(sorted({str(m[i].get("data")) for m in member_metrics})),
+                   "test_accuracy": s["accuracy"], "test_balanced_accuracy": s["balanced_accuracy"],
+                   "test_macro_f1": s["macro_f1"], "confusion": s["confusion"],
+                   "n_test": len(clips), "split_hash": member_metrics[0][i].get("split_hash")}
+        for key in SUMMED:  # every member runs: their times add up
+            values = [m[i].get(key) for m in member_metrics]
+            metrics[key] = sum(values) if None not in values else None
+        folder = out / name / (parts[0][i].name if len(parts[0]) > 1 else "")
+        common.write_json(folder / "metrics.json", metrics)
+        common.write_csv(folder / "predictions.csv", ["clip_id", "true", "predicted",
+                                                      *(f"p_{c}" for c in classes)],
+                         [(c, classes[t], classes[p], *(f"{q:.6f}" for q in probs))
+                          for c, t, p, probs in zip(clips, truth, mean.argmax(1), mean)])
+        common.plot_confusion(folder / "confusion.png", s["confusion"], classes,
+                              f"{name}: balanced accuracy {s['balanced_accuracy']:.3f}")
+        results.append(metrics)
+    if len(results) == 1:
+        return {**results[0], "name": name, "epochs_run": None}
+    entry = {"name": f"{name} ({len(results)}-fold)", "model": name, "split_hash": "k-fold",
+             "folds": results}
+    entry.update(fold_means(results, ("test_balanced_accuracy", "test_accuracy", "test_macro_f1",
+                                      *SUMMED)))
+    return entry
 
 
 def fill_kaggle_scores(entries, competition):
@@ -124,14 +227,16 @@ def cell(entry, key, fmt):
 
 def markdown_table(entries):
     header = ["run", "model", "balanced acc", "accuracy", "macro F1", "epochs",
-              "time to converge (s)", "predict (ms/clip)", "Kaggle", "split"]
+              "time to converge (s)", "model (ms/clip)", "audio to label (s/clip)", "Kaggle",
+              "split"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for e in entries:
         model = e["model"] + (" (random weights)" if e.get("weights") == "none" else "")
         row = [e["name"], model, cell(e, "test_balanced_accuracy", "{:.3f}"),
                cell(e, "test_accuracy", "{:.3f}"), cell(e, "test_macro_f1", "{:.3f}"),
                cell(e, "epochs_run", "{:.0f}"), cell(e, "seconds_to_best", "{:.2f}"),
-               cell(e, "predict_ms", "{:.2f}"), cell(e, "kaggle_score", "{:.3f}"),
+               cell(e, "predict_ms", "{:.2f}"), cell(e, "audio_to_label_seconds_per_clip", "{:.3f}"),
+               cell(e, "kaggle_score", "{:.3f}"),
                str(e.get("split_hash", "-"))[:8]]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -148,22 +253,25 @@ def comparability_notes(entries):
             f"`split`; data: {', '.join(data)}): compare figures only between runs of one split."]
 
 
-def bar_chart(path, entries, key, label):
+def bar_chart(path, entries, panels):
+    """One bar panel per (metric key, label); runs without that figure are left out of it."""
     plt = common.pyplot()
-    shown = [e for e in entries if e.get(key) is not None]
-    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(entries) + 2), 4))
-    if shown:
-        ax.bar(range(len(shown)), [e[key] for e in shown],
-               yerr=[e.get(key + "_std") or 0 for e in shown], capsize=4, color="tab:blue")
-        ax.set_xticks(range(len(shown)), [e["name"] for e in shown], rotation=30, ha="right")
-        for i, e in enumerate(shown):
-            ax.annotate(f"{e[key]:.3g}", (i, e[key]), ha="center", va="bottom", fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "no run has this figure yet", ha="center", va="center",
-                transform=ax.transAxes)
-        ax.set_xticks([])
-    ax.set(ylabel=label, xlabel="run", title=label)
-    ax.grid(axis="y", alpha=0.3)
+    fig, axes = plt.subplots(1, len(panels), figsize=(len(panels) * max(5, 1.1 * len(entries) + 2), 4),
+                             squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels):
+        shown = [e for e in entries if e.get(key) is not None]
+        if shown:
+            ax.bar(range(len(shown)), [e[key] for e in shown],
+                   yerr=[e.get(key + "_std") or 0 for e in shown], capsize=4, color="tab:blue")
+            ax.set_xticks(range(len(shown)), [e["name"] for e in shown], rotation=30, ha="right")
+            for i, e in enumerate(shown):
+                ax.annotate(f"{e[key]:.3g}", (i, e[key]), ha="center", va="bottom", fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no run has this figure yet", ha="center", va="center",
+                    transform=ax.transAxes)
+            ax.set_xticks([])
+        ax.set(ylabel=label, xlabel="run", title=label)
+        ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     common.save_figure(path, fig)
 
@@ -184,8 +292,8 @@ def write_report(entries, out):
     text = "# Model comparison\n\n" + table + "\n\n" + "".join(n + "\n\n" for n in notes)
     text += "Charts: " + ", ".join(f"[{name}]({name})" for name in CHARTS) + "\n"
     common.atomic_write(out / "compare.md", lambda f: f.write(text))
-    for name, (key, label) in CHARTS.items():
-        bar_chart(out / name, entries, key, label)
+    for name, panels in CHARTS.items():
+        bar_chart(out / name, entries, panels)
     print(table)
     for n in notes:
         print(n.replace("**", ""))
@@ -245,7 +353,9 @@ def run_demo(args):
     check(train_mlp.main(mlp + ["--baseline", "svm", "--name", "demo-svm"]), "svm baseline")
     step("6/6 comparison")
     names = ["demo-cnn", "demo-vgg16", "demo-mlp", "demo-svm"]
-    report = write_report(load_runs(runs, names), report_dir)
+    entries = load_runs(runs, names) + [ensemble_entry(runs, ["demo-cnn", "demo-mlp"],
+                                                       "demo-cnn+mlp", report_dir)]
+    report = write_report(sort_entries(entries), report_dir)
     note = f"\nDemo data is synthetic. VGG16 weights: {weights}.\n"
     common.atomic_write(report, lambda f: f.write(report.read_text() + note))
     print(f"\ndemo finished in {time.time() - start:.0f} s; VGG16 weights: {weights}; "
@@ -262,7 +372,9 @@ def main(argv=None):
     entries = load_runs(args.runs)
     if args.kaggle:
         fill_kaggle_scores(entries, args.kaggle)
-    report = write_report(entries, out)
+    if args.ensemble:
+        entries.append(ensemble_entry(args.runs, args.ensemble, args.ensemble_name, out))
+    report = write_report(sort_entries(entries), out)
     print(f"\nreport: {report}")
     return 0
 

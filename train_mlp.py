@@ -115,6 +115,8 @@ def extract_features(src, out_csv, feature_set="standard", workers=1, labels_csv
                       for p, (label, row) in sorted(rows.items())])
     common.write_csv(out_csv.with_name(out_csv.stem + "_errors.csv"), ["file", "reason"],
                      sorted(errors))
+    common.write_json(out_csv.with_suffix(".json"), {"source": str(Path(src).resolve()),
+                                                     "feature_set": feature_set})
     return len(rows), errors
 
 

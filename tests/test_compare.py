@@ -1,5 +1,8 @@
 import json
 
+import numpy as np
+import pytest
+
 import compare
 
 
@@ -53,3 +56,51 @@ def test_kaggle_without_credentials_exit_2(tmp_path, no_kaggle_credentials, caps
     assert compare.main(["--runs", str(tmp_path / "runs"), "--kaggle", "x"]) == 2
     err = capsys.readouterr().err
     assert "Kaggle credentials not found" in err and err.count("\n") == 1
+
+
+def test_ensemble_averages_clip_probabilities_of_two_families(tiny_audio, tmp_path, capsys):
+    """A CNN on the images and an MLP on the features of the same clips share a split; the
+    ensemble row is the balanced accuracy of their mean probabilities, and both runs timed
+    audio to label on the audio they were made from."""
+    import csv
+    import data_conversion
+    import train_cnn
+    import train_mlp
+    from sklearn.metrics import balanced_accuracy_score
+    runs = tmp_path / "runs"
+    assert data_conversion.main([str(tiny_audio), str(tmp_path / "img"), "--size", "16",
+                                 "--workers", "1"]) == 0
+    assert train_cnn.main(["--data", str(tmp_path / "img"), "--epochs", "3", "--out", str(runs),
+                           "--name", "cnn", "--workers", "1"]) == 0
+    assert train_mlp.main(["--extract", str(tiny_audio), "--features", str(tmp_path / "f.csv"),
+                           "--workers", "1"]) == 0
+    assert train_mlp.main(["--features", str(tmp_path / "f.csv"), "--epochs", "3", "--out",
+                           str(runs), "--name", "mlp", "--workers", "1"]) == 0
+    capsys.readouterr()
+    assert compare.main(["--runs", str(runs), "--out", str(tmp_path / "r"), "--ensemble", "cnn",
+                         "mlp", "--ensemble-name", "both"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| both"))
+    probabilities = []
+    for name in ("cnn", "mlp"):
+        with open(runs / name / "predictions.csv") as f:
+            rows = sorted(csv.DictReader(f), key=lambda r: r["clip_id"])
+        classes = [c[2:] for c in rows[0] if c.startswith("p_")]
+        probabilities.append(np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows]))
+        metrics = json.loads((runs / name / "metrics.json").read_text())
+        assert metrics["audio_to_label_seconds_per_clip"] > 0
+    predicted = [classes[i] for i in np.mean(probabilities, axis=0).argmax(1)]
+    expected = balanced_accuracy_score([r["true"] for r in rows], predicted)
+    assert f"| {expected:.3f} |" in row
+    saved = json.loads((tmp_path / "r" / "both" / "metrics.json").read_text())
+    assert saved["test_balanced_accuracy"] == pytest.approx(expected)
+    assert (tmp_path / "r" / "both" / "confusion.png").stat().st_size > 1000
+
+
+def test_ensemble_of_runs_on_other_clips_is_refused(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    fake_run(runs, "cnn-a", 0.5, split="aaa")
+    fake_run(runs, "cnn-b", 0.6, split="bbb")
+    assert compare.main(["--runs", str(runs), "--out", str(tmp_path / "r"), "--ensemble",
+                         "cnn-a", "cnn-b"]) == 1
+    err = capsys.readouterr().err
+    assert "different clips" in err and err.count("\n") == 1
