@@ -157,7 +157,7 @@ def check_output_folder(folder, what):
 
 
 # ----------------------------------------------------------------------------------------------
-# Processes: torchrun's ranks, worker pools for audio, thread counts
+# Processes: torchrun's ranks, worker pools for audio
 
 class Dist:
     """torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), or a single process."""
@@ -166,6 +166,7 @@ class Dist:
         self.world = int(os.environ.get("WORLD_SIZE", 1))
         self.rank = int(os.environ.get("RANK", 0))
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        self.launched = "WORLD_SIZE" in os.environ  # by torchrun, even with one process
 
     @property
     def main(self):
@@ -173,7 +174,7 @@ class Dist:
 
     @property
     def active(self):
-        return self.world > 1
+        return self.launched
 
     def setup(self, device):
         """Join the process group (nccl on CUDA, gloo on CPU); returns this rank's device."""
@@ -226,8 +227,9 @@ FEATURE_MODULES = CONVERSION_MODULES + ("feature", "effects", "beat", "onset", "
 def warm_imports(names=CONVERSION_MODULES):
     """Import the librosa parts a worker will use (librosa imports them lazily), so forked
     workers inherit them instead of each importing them again."""
+    import importlib
     import librosa
-    import soundfile  # noqa: F401
+    importlib.import_module("soundfile")
     for name in names:
         getattr(librosa, name)
 
@@ -260,17 +262,6 @@ def parallel_map(fn, items, workers, desc, warm=CONVERSION_MODULES):
         for out in tqdm(pool.imap_unordered(fn, items, chunksize=chunk), total=len(items),
                         desc=desc, unit="file", disable=None):
             yield out
-
-
-@contextlib.contextmanager
-def torch_threads(n):
-    """Run a block with n torch threads, then restore the caller's setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -561,7 +552,7 @@ def claim_image_folder(out, settings, src, overwrite=False):
         raise SuiteError(f"{out}: inside the input folder {src}; write the images elsewhere")
     check_output_folder(out, "output folder")
     recorded = out / CONVERSION_FILE
-    images = list(out.glob("*/*.png")) if out.is_dir() else []
+    images = list(out.rglob("*.png")) if out.is_dir() else []
     foreign = [p for p in out.rglob("*") if p.is_file() and p.suffix != ".png"
                and not p.name.startswith(".")  # interrupted writes (.x.png.123.tmp), .DS_Store
                and p.name not in ("errors.csv", "split.json", CONVERSION_FILE)] if out.is_dir() else []
@@ -764,16 +755,23 @@ class ArrayDataset:
 
 
 class LazyImageDataset(ArrayDataset):
-    """Decodes PNGs per batch: for image sets larger than the memory budget."""
+    """Decodes PNGs per batch: for image sets larger than the memory budget. An image that
+    cannot be decoded then (in a loader worker) is named in a warning and read as silence."""
 
-    def __init__(self, paths, labels, clip_ids, img_size, channels):
+    def __init__(self, paths, labels, clip_ids, img_size, channels, shape):
         super().__init__(None, labels, clip_ids)
-        self.paths, self.img_size, self.channels = list(paths), img_size, channels
+        self.paths, self.img_size, self.channels, self.shape = list(paths), img_size, channels, shape
+
+    def decode(self, path):
+        try:
+            return decode_image(path, self.img_size, self.channels)
+        except SuiteError as e:
+            print(f"warning: {e}; read as silence", file=sys.stderr)
+            return torch.zeros(self.shape, dtype=torch.uint8)
 
     def inputs(self, index):
         rows = index if self.rows is None else self.rows[index]
-        return torch.stack([decode_image(self.paths[i], self.img_size, self.channels)
-                            for i in rows.tolist()])
+        return torch.stack([self.decode(self.paths[i]) for i in rows.tolist()])
 
 
 @dataclass
@@ -800,6 +798,11 @@ def load_image_data(data_dir, img_size, channels="rgb", cache_mb=4096):
     from tqdm import tqdm
     paths, labels, classes = list_images(data_dir)
     conversion = read_conversion(data_dir)
+    if channels == "levels":
+        with Image.open(paths[0]) as im:
+            if im.mode != "P":
+                raise SuiteError(f"--input levels reads the palette PNGs of data_conversion.py; "
+                                 f"{paths[0]} is {im.mode}: use --input rgb")
     shape = (1 if channels == "levels" else 3, *((img_size, img_size) if img_size else native_size(paths)))
     mb = len(paths) * math.prod(shape) / 2 ** 20
     lazy = mb > cache_mb
@@ -833,7 +836,7 @@ def load_image_data(data_dir, img_size, channels="rgb", cache_mb=4096):
     label_index = [classes.index(labels[i]) for i in good]
     clip_ids = [clip_id_of(p.name) for p in paths]
     if lazy:
-        dataset = LazyImageDataset(paths, label_index, clip_ids, img_size, channels)
+        dataset = LazyImageDataset(paths, label_index, clip_ids, img_size, channels, shape)
     else:
         dataset = ArrayDataset(x[:len(good)], label_index, clip_ids)
         dataset.paths = paths
@@ -1216,21 +1219,6 @@ ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.
                "elu": nn.ELU, "leaky_relu": nn.LeakyReLU, "silu": nn.SiLU}
 
 
-def parse_hidden(text):
-    """'512:tanh,256:relu' -> [(512, 'tanh'), (256, 'relu')]."""
-    layers = []
-    for part in filter(None, text.split(",")):
-        width, _, act = part.partition(":")
-        act = act or "relu"
-        if not width.strip().isdigit() or int(width) < 1 or act not in ACTIVATIONS:
-            raise SuiteError(f"--hidden {text!r}: expected width:activation items, widths >= 1, "
-                             f"activations {', '.join(ACTIVATIONS)}")
-        layers.append((int(width), act))
-    if not layers:
-        raise SuiteError("--hidden needs at least one layer")
-    return layers
-
-
 class FeatureMLP(nn.Module):
     """StandardScaler and PCA (fitted with scikit-learn on training rows, stored as buffers)
     followed by Linear/activation/dropout layers."""
@@ -1359,7 +1347,7 @@ def make_loader(dataset, batch_size, shuffle, seed, workers, device):
     return DataLoader(dataset, batch_size=max(1, batch_size // DIST.world), sampler=sampler,
                       collate_fn=batch_collate, num_workers=workers,
                       generator=torch.Generator().manual_seed(seed),
-                      pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+                      pin_memory=device.type == "cuda")
 
 
 def unwrap(model):
@@ -1439,7 +1427,6 @@ def evaluate(model, loader, criterion, autocast, device):
 class FitResult:
     history: list        # a dict per epoch: HISTORY_COLUMNS
     best_epoch: int      # the epoch whose weights the model holds now
-    best_score: float    # its validation balanced accuracy
     skipped_steps: int   # optimizer steps GradScaler skipped (AMP on CUDA)
 
 
@@ -1491,6 +1478,9 @@ def fit(model, train_set, val_set, *, criterion, epochs, lr, batch_size, patienc
     history, best_epoch, best_score, best_state, skipped = [], 0, -1.0, None, 0
     if checkpoint and Path(checkpoint).exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if state["device_type"] != device.type:  # AMP and kernels differ: not the same run
+            raise SuiteError(f"{checkpoint}: trained on {state['device_type']}; resume it with "
+                             f"--device {state['device_type']}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -1503,6 +1493,7 @@ def fit(model, train_set, val_set, *, criterion, epochs, lr, batch_size, patienc
                 f"{best_score:.3f})")
     for epoch in range(len(history) + 1, epochs + 1):
         train_loader.sampler.set_epoch(epoch)
+        train_loader.generator.manual_seed(seed * 100003 + epoch)  # loader workers' draws
         lr_now = optimizer.param_groups[0]["lr"]
         tr = train_epoch(net, train_loader, criterion, optimizer, scaler, autocast, device,
                          desc=f"epoch {epoch}/{epochs}", mixup=mixup)
@@ -1521,7 +1512,8 @@ def fit(model, train_set, val_set, *, criterion, epochs, lr, batch_size, patienc
                 state = {"model": best_state, "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                          "history": history, "best_epoch": best_epoch, "best_score": best_score,
-                         "skipped_steps": skipped, "rng": rng_state()}
+                         "skipped_steps": skipped, "rng": rng_state(),
+                         "device_type": device.type}
                 atomic_write(checkpoint, lambda f: torch.save(state, f), mode="wb")
         if DIST.main:
             log(f"epoch {epoch:3d}  train loss {tr['loss']:.4f} acc {tr['acc']:.3f}  "
@@ -1533,7 +1525,7 @@ def fit(model, train_set, val_set, *, criterion, epochs, lr, batch_size, patienc
                     f"best epoch {best_epoch} ({best_score:.3f})")
             break
     model.load_state_dict(best_state)
-    return FitResult(history, best_epoch, best_score, skipped)
+    return FitResult(history, best_epoch, skipped)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1594,11 +1586,21 @@ def test_metrics(model_name, classes, logits, test_set, probabilities=None):
         warnings.simplefilter("ignore")
         report = classification_report(clip_labels, predicted, labels=list(range(len(classes))),
                                        target_names=list(classes), zero_division=0)
-    if probabilities is None:
-        probabilities = softmax(clip_logits)
-    predictions = [(c, classes[t], classes[p], *(f"{q:.6f}" for q in probs))
-                   for c, t, p, probs in zip(clips, clip_labels, predicted, probabilities)]
+    predictions = (clips, clip_labels, softmax(clip_logits) if probabilities is None else probabilities)
     return metrics, report, predictions
+
+
+def write_predictions(path, classes, clip_ids, truth, probabilities):
+    """predictions.csv: per test clip its id, true and predicted class, and each class's
+    probability (what compare.py --ensemble averages)."""
+    write_csv(path, ["clip_id", "true", "predicted", *(f"p_{c}" for c in classes)],
+              [(c, classes[t], classes[int(np.argmax(p))], *(f"{q:.6f}" for q in p))
+               for c, t, p in zip(clip_ids, truth, probabilities)])
+
+
+def majority_class(classes, labels):
+    """The most common class of a training part: the label of a test file that cannot be read."""
+    return classes[int(np.bincount(labels).argmax())]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1607,7 +1609,7 @@ def test_metrics(model_name, classes, logits, test_set, probabilities=None):
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc",
                    "lr", "seconds"]
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-RESUME_FLAGS = ("resume", "device", "workers")  # what may be given beside --resume
+RESUME_FLAGS = ("resume", "device")  # what may be given beside --resume
 
 
 def add_common_args(parser, *, data_default, data_help, epochs=20, batch_size=32, lr=1e-3):
@@ -1642,10 +1644,21 @@ def add_common_args(parser, *, data_default, data_help, epochs=20, batch_size=32
     r.add_argument("--overwrite", action="store_true", help="replace an existing run of this name")
     r.add_argument("--resume", metavar="RUN_DIR",
                    help="continue a run that was killed or interrupted, from its checkpoint, with "
-                        "its recorded arguments (only --device and --workers may change)")
+                        "its recorded arguments (only --device may be given, of the same kind)")
     r.add_argument("--seed", type=int, default=0, help="seed for split, init and order (default 0)")
     r.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
     add_submission_args(parser.add_argument_group("prediction and Kaggle"), predict_flag=True)
+
+
+def add_image_args(group, img_size_help, img_size_minimum):
+    """The flags of the trainers that read spectrogram images."""
+    group.add_argument("--img-size", type=number(int, minimum=img_size_minimum), help=img_size_help)
+    group.add_argument("--augment", nargs="?", const="rotate", default="none", choices=AUGMENTATIONS,
+                       help="training images only: rotate is the study's RandomRotation(15) "
+                            "(--augment alone), specaugment masks and shifts (default none)")
+    group.add_argument("--cache-mb", type=number(int, minimum=0), default=4096,
+                       help="decode all images into memory up to this size, else per batch "
+                            "(default %(default)s)")
 
 
 def add_submission_args(group, predict_flag=False):
@@ -1664,13 +1677,13 @@ def add_submission_args(group, predict_flag=False):
     group.add_argument("--dry-run", action="store_true", help="show what --submit would send")
 
 
-def parse_run_args(parser, argv, data_is_file=False):
+def parse_run_args(parser, argv, data_is_file=False, data_flag="--data"):
     """A trainer's arguments, all checked before any work starts. With --resume RUN_DIR, the
     run's recorded ones (config.json) instead."""
     args = parser.parse_args(argv)
     if args.resume:
         args = resumed_args(parser, args)
-    check_run_args(args, data_is_file)
+    check_run_args(args, data_is_file, data_flag)
     return args
 
 
@@ -1702,11 +1715,11 @@ def is_run_folder(folder):
         (folder / name).exists() for name in ("config.json", "metrics.json", "checkpoint.pt")))
 
 
-def check_run_args(args, data_is_file):
+def check_run_args(args, data_is_file, data_flag):
     """Every path and combination of flags, before any work: one line naming the flag."""
     data = Path(args.data)
     if not (data.is_file() if data_is_file else data.is_dir()):
-        raise SuiteError(f"--data {data}: no such {'file' if data_is_file else 'folder'}")
+        raise SuiteError(f"{data_flag} {data}: no such {'file' if data_is_file else 'folder'}")
     if args.split:
         if args.folds:
             raise SuiteError("--split and --folds: give one (the folds make their own splits)")
@@ -1848,8 +1861,7 @@ def write_results(run_dir, metrics, history, report, predictions, classes):
     """Everything of a run folder but config.json and model.pt (rank 0 only)."""
     write_csv(run_dir / "history.csv", HISTORY_COLUMNS,
               [[h[c] for c in HISTORY_COLUMNS] for h in history])
-    write_csv(run_dir / "predictions.csv", ["clip_id", "true", "predicted",
-                                            *(f"p_{c}" for c in classes)], predictions)
+    write_predictions(run_dir / "predictions.csv", classes, *predictions)
     atomic_write(run_dir / "report.txt", lambda f: f.write(report))
     write_json(run_dir / "metrics.json", metrics)
     if history:
@@ -1899,29 +1911,38 @@ class Run:
     device: torch.device
     splits: list    # (part name: "" or "foldK", split)
     clip_ids: list  # of the items, to index the splits
+    replaced: Path = None  # --overwrite: the old run, kept aside until this one has results
     results: list = field(default_factory=list)
 
     def __enter__(self):
         return self
 
     def __exit__(self, kind, error, traceback):
-        """A run that failed before its first checkpoint leaves nothing behind; one that has a
-        checkpoint or finished parts says how to go on."""
+        """A run that failed before its first checkpoint leaves nothing behind (a run it was to
+        replace comes back); one with a checkpoint says how to go on."""
         if kind is None or not DIST.main:
             return False
-        kept = any(self.dir.rglob("checkpoint.pt")) or any(self.dir.rglob("metrics.json"))
-        if kept:
+        saved = any(self.dir.rglob("checkpoint.pt")) or any(self.dir.rglob("metrics.json"))
+        if not saved and not self.args.resume:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            if self.replaced:
+                self.replaced.rename(self.dir)
+        if saved:
+            self.forget_replaced()
+        if any(self.dir.rglob("checkpoint.pt")):
             print(f"the run stopped; continue it with: python {self.script} --resume {self.dir}",
                   file=sys.stderr)
-        elif not self.args.resume:
-            shutil.rmtree(self.dir, ignore_errors=True)
         return False
 
+    def forget_replaced(self):
+        if self.replaced and self.replaced.exists():
+            shutil.rmtree(self.replaced)
+
     def write_config(self, **extra):
+        """Add to config.json (rank 0)."""
         path = self.dir / "config.json"
-        config = json.loads(path.read_text()) if path.exists() else {}
         if DIST.main:
-            write_json(path, {**config, **extra})
+            write_json(path, {**(json.loads(path.read_text()) if path.exists() else {}), **extra})
 
     def parts(self):
         """The parts still to train, each started from --seed: the split, or the folds; with
@@ -1944,7 +1965,10 @@ class Run:
         if DIST.main and len(self.results) > 1:
             summarize_folds(self.dir, self.results)
         DIST.finish()
-        if not DIST.main or args.folds:
+        if not DIST.main:
+            return self.results
+        self.forget_replaced()
+        if args.folds:
             return self.results
         model_file = next(p for p in (self.dir / "model.pt", self.dir / "model.joblib")
                           if p.exists())
@@ -2011,8 +2035,10 @@ def start_run(args, argv, script, model_name, *, classes, clip_ids, labels, spli
             raise SuiteError(f"--resume {run.dir}: the data or its split changed since the run "
                              "started; start a new run")
     if DIST.main:
-        if args.overwrite and run.dir.exists():
-            shutil.rmtree(run.dir)
+        if args.overwrite and run.dir.exists():  # aside until the new run has results
+            run.replaced = run.dir.with_name(f".{name}.replaced")
+            shutil.rmtree(run.replaced, ignore_errors=True)
+            run.dir.rename(run.replaced)
         run.dir.mkdir(parents=True, exist_ok=True)
         if not args.resume:
             command = " ".join([script, *(sys.argv[1:] if argv is None else argv)])
@@ -2062,10 +2088,9 @@ class Part:
                               predict_seconds=time.time() - start,
                               notes={**(notes or {}), "amp_skipped_steps": result.skipped_steps})
         if DIST.main:
-            fallback = self.run.classes[int(np.bincount(train.labels).argmax())]
             save_model(self.dir / "model.pt", model, spec, self.run.classes,
                        {"best_epoch": result.best_epoch, "run": str(self.dir),
-                        "fallback_class": fallback})
+                        "fallback_class": majority_class(self.run.classes, train.labels)})
             (self.dir / "checkpoint.pt").unlink(missing_ok=True)  # model.pt has the weights
         return metrics
 
@@ -2109,7 +2134,7 @@ def image_inputs(images, preprocess):
             image = Image.fromarray(levels)
         else:
             image = Image.fromarray(np.take(colormap_lut(preprocess["cmap"]), levels, axis=0))
-        if image.size != (size, size):
+        if size and image.size != (size, size):
             image = image.resize((size, size), Image.BILINEAR)
         array = np.asarray(image)
         out.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
@@ -2154,10 +2179,12 @@ def load_predictor(path, device="cpu"):
     import joblib
     try:
         saved = joblib.load(path)
-        estimator, _, _ = saved["estimator"], saved["spec"]["preprocess"], saved["classes"]
-    except Exception as e:
-        raise SuiteError(f"{path}: not a model.joblib of this suite ({type(e).__name__})") from None
-    return functools.partial(estimator_scores, estimator), saved
+        ours = {"estimator", "spec", "classes"} <= set(saved) and "preprocess" in saved["spec"]
+    except Exception:
+        ours = False
+    if not ours:
+        raise SuiteError(f"{path}: not a model.joblib of this suite")
+    return functools.partial(estimator_scores, saved["estimator"]), saved
 
 
 @dataclass
@@ -2174,9 +2201,10 @@ def predict_files(model_path, files, device="cpu", workers=1, batch_size=32):
     predict, saved = load_predictor(model_path, device)
     classes, preprocess = saved["classes"], saved["spec"]["preprocess"]
     fallback = saved.get("fallback_class", classes[0])
+    warm = FEATURE_MODULES if preprocess["type"] == "features" else CONVERSION_MODULES
+    warm_imports(warm)  # librosa imports lazily: not part of a clip's time
     start = time.time()
     labels, bad = {}, []
-    warm = FEATURE_MODULES if preprocess["type"] == "features" else CONVERSION_MODULES
     for path, inputs, error in parallel_map(model_inputs, [(p, preprocess) for p in files],
                                             workers, "predict", warm):
         if error:
@@ -2190,11 +2218,6 @@ def predict_files(model_path, files, device="cpu", workers=1, batch_size=32):
     if len(bad) == len(files):
         raise SuiteError(f"{Path(files[0]).parent}: no file could be read ({len(bad)} bad)")
     return Predictions(labels, bad, fallback, (time.time() - start) / (len(files) - len(bad)))
-
-
-def predict_folder(model_path, audio_dir, device="cpu", workers=1, batch_size=32):
-    """predict_files() for every audio file in a flat folder."""
-    return predict_files(model_path, list_audio(audio_dir), device, workers, batch_size)
 
 
 def read_sample_submission(path):
@@ -2240,7 +2263,7 @@ def predict_and_submit(model_path, audio_dir, *, output=None, device="cpu", work
     check_output_folder(out.parent, "--output")
     if submit and not dry_run:
         kaggle_api()  # credentials now, not after predicting
-    result = predict_folder(model_path, audio_dir, device, workers)
+    result = predict_files(model_path, list_audio(audio_dir), device, workers)
     header, rows = submission_table(result.labels, result.fallback, id_col, label_col,
                                     sample_submission)
     write_csv(out, header, rows)
@@ -2300,10 +2323,9 @@ def kaggle_error(action, error):
         reason = (f"Kaggle rejected the credentials ({status}): the token is invalid or expired; "
                   "create a new one at https://www.kaggle.com/settings/api")
     elif status is not None:
-        reason = f"Kaggle answered {status} {getattr(response, 'reason', '') or ''}".rstrip()
-        detail = str(error).split(" for url:")[0]
-        if detail and str(status) not in detail:
-            reason += f" ({detail})"
+        reason = f"Kaggle answered {status} {response.reason or ''}".rstrip()
+        with contextlib.suppress(ValueError, AttributeError):  # its JSON error body, if any
+            reason += f" ({response.json()['message']})"
         if status in (401, 403):
             reason += ": check that this account may do this (joined the competition, accepted "
             reason += "its rules) and that the token is valid"
@@ -2356,27 +2378,6 @@ def kaggle_api():
     except Exception as e:
         raise kaggle_error("authentication", e) from None
     return api
-
-
-def kaggle_submissions(api, competition):
-    """Every submission of the user to a competition, newest first: all pages, which the
-    package's competition_submissions() cannot give (it drops the next-page token)."""
-    from kagglesdk.competitions.types.competition_api_service import ApiListSubmissionsRequest
-
-    def list_all():
-        submissions, token = [], ""
-        with api.build_kaggle_client() as client:
-            for _ in range(1000):  # a guard against a server that never stops paging
-                request = ApiListSubmissionsRequest()
-                request.competition_name, request.page_size = competition, 100
-                request.page_token = token
-                response = client.competitions.competition_api_client.list_submissions(request)
-                submissions += response.submissions or []
-                token = response.next_page_token
-                if not token:
-                    break
-        return submissions
-    return kaggle_call(f"reading the submissions of {competition}", list_all)
 
 
 def kaggle_submit(csv_path, competition, message, dry_run=False):

@@ -64,8 +64,9 @@ def load_runs(runs_dir, names=None):
         raise common.SuiteError(f"--runs {runs_dir}: no such runs folder (train a model first)")
     entries, groups = [], {}
     for path in sorted(runs_dir.rglob("metrics.json")):
-        if names is not None and path.relative_to(runs_dir).parts[0] not in names:
-            continue
+        parts = path.relative_to(runs_dir).parts
+        if any(p.startswith(".") for p in parts) or (names is not None and parts[0] not in names):
+            continue  # .cache, a run being replaced
         try:
             m = json.loads(path.read_text())
             m["test_balanced_accuracy"]
@@ -175,10 +176,7 @@ def ensemble_entry(runs_dir, members, name, out):
             metrics[key] = sum(values) if None not in values else None
         folder = out / name / (parts[0][i].name if len(parts[0]) > 1 else "")
         common.write_json(folder / "metrics.json", metrics)
-        common.write_csv(folder / "predictions.csv", ["clip_id", "true", "predicted",
-                                                      *(f"p_{c}" for c in classes)],
-                         [(c, classes[t], classes[p], *(f"{q:.6f}" for q in probs))
-                          for c, t, p, probs in zip(clips, truth, mean.argmax(1), mean)])
+        common.write_predictions(folder / "predictions.csv", classes, clips, truth, mean)
         common.plot_confusion(folder / "confusion.png", s["confusion"], classes,
                               f"{name}: balanced accuracy {s['balanced_accuracy']:.3f}")
         results.append(metrics)
@@ -191,9 +189,30 @@ def ensemble_entry(runs_dir, members, name, out):
     return entry
 
 
+def kaggle_submissions(api, competition):
+    """Every submission of the user to a competition, newest first: all pages, which the
+    package's competition_submissions() cannot give (it drops the next-page token)."""
+    from kagglesdk.competitions.types.competition_api_service import ApiListSubmissionsRequest
+
+    def list_all():
+        submissions, token = [], ""
+        with api.build_kaggle_client() as client:
+            for _ in range(1000):  # a guard against a server that never stops paging
+                request = ApiListSubmissionsRequest()
+                request.competition_name, request.page_size = competition, 100
+                request.page_token = token
+                response = client.competitions.competition_api_client.list_submissions(request)
+                submissions += response.submissions or []
+                token = response.next_page_token
+                if not token:
+                    break
+        return submissions
+    return common.kaggle_call(f"reading the submissions of {competition}", list_all)
+
+
 def fill_kaggle_scores(entries, competition):
     """Kaggle's public score of the newest scored submission whose message names the run."""
-    submissions = common.kaggle_submissions(common.kaggle_api(), competition)
+    submissions = kaggle_submissions(common.kaggle_api(), competition)
     filled = 0
     for entry in entries:
         if "folds" in entry:

@@ -16,6 +16,7 @@ Images of <clip>__sNN segments are scored per clip (mean of the segment logits).
 runs/<name>/ with config, history, metrics, curves, confusion, model.pt; --resume continues it.
 """
 import sys
+from pathlib import Path
 
 import common
 
@@ -30,15 +31,18 @@ def build_parser():
     m.add_argument("--input", choices=["auto", "rgb", "levels"], default="auto",
                    help="rgb: the colormap picture (the study's); levels: the dB level the PNG "
                         "stores, one channel (default auto: rgb for convolneunet, levels for specnet)")
-    m.add_argument("--img-size", type=common.number(int, minimum=0),
-                   help="resize images to this square side; 0 keeps their size (default: the "
-                        "size the images were made at)")
-    m.add_argument("--augment", nargs="?", const="rotate", default="none",
-                   choices=common.AUGMENTATIONS, help="training images only: rotate is the "
-                   "study's RandomRotation(15) (--augment alone), specaugment masks and shifts")
-    m.add_argument("--cache-mb", type=common.number(int, minimum=0), default=4096,
-                   help="decode all images into memory up to this size, else per batch")
+    common.add_image_args(m, "resize images to this square side; 0 keeps their size (default: "
+                             "the size the images were made at)", img_size_minimum=0)
     return p
+
+
+def images_size(data):
+    """The side the images were made at (conversion.json), else their own side when square,
+    else 0 (each its own size)."""
+    if (Path(data) / common.CONVERSION_FILE).exists():
+        return common.read_conversion(data)["size"]
+    height, width = common.native_size(common.list_images(data)[0])
+    return height if height == width else 0
 
 
 @common.user_errors
@@ -46,8 +50,7 @@ def main(argv=None):
     args = common.parse_run_args(build_parser(), argv)
     channels = args.input if args.input != "auto" else \
         ("rgb" if args.model == "convolneunet" else "levels")
-    conversion = common.read_conversion(args.data)
-    img_size = conversion["size"] if args.img_size is None else args.img_size
+    img_size = args.img_size if args.img_size is not None else images_size(args.data)
     spec = {"kind": "cnn", "model": args.model, "img_size": img_size,
             "in_channels": 1 if channels == "levels" else 3}
     common.build_model({**spec, "n_classes": 2})  # a bad --img-size fails now, in one line

@@ -12,6 +12,7 @@ share of variance kept) are fitted on the training part only and stored inside m
 The split is the shared clip-level split (split.json beside the CSV), so the MLP is tested on the
 same clips as the CNNs when they see the same clips.
 """
+import contextlib
 import csv
 import json
 import sys
@@ -199,6 +200,32 @@ def extract(args):
 # ----------------------------------------------------------------------------------------------
 # Models: the MLP through the common driver; scikit-learn baselines beside it
 
+def parse_hidden(text):
+    """'512:tanh,256:relu' -> [(512, 'tanh'), (256, 'relu')]."""
+    layers = []
+    for part in filter(None, text.split(",")):
+        width, _, act = part.partition(":")
+        act = act or "relu"
+        if not width.strip().isdigit() or int(width) < 1 or act not in common.ACTIVATIONS:
+            raise common.SuiteError(f"--hidden {text!r}: expected width:activation items, widths >= 1, "
+                             f"activations {', '.join(common.ACTIVATIONS)}")
+        layers.append((int(width), act))
+    if not layers:
+        raise common.SuiteError("--hidden needs at least one layer")
+    return layers
+
+
+@contextlib.contextmanager
+def torch_threads(n):
+    """Run a block with n torch threads, then restore the caller's setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def make_estimator(args):
     model = SVC(kernel="rbf", C=args.svm_c, gamma="scale") if args.baseline == "svm" \
         else LogisticRegression(max_iter=5000)
@@ -229,8 +256,7 @@ def fit_baseline(part, args, train, val, test, preprocess):
     if common.DIST.main:
         classes = part.run.classes
         saved = {"estimator": estimator, "spec": {"kind": args.baseline, "preprocess": preprocess},
-                 "classes": classes,
-                 "fallback_class": classes[int(np.bincount(train.labels).argmax())]}
+                 "classes": classes, "fallback_class": common.majority_class(classes, train.labels)}
         common.atomic_write(part.dir / "model.joblib", lambda f: joblib.dump(saved, f), mode="wb")
 
 
@@ -240,8 +266,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.extract:
         return extract(args)
-    args = common.parse_run_args(parser, argv, data_is_file=True)
-    hidden = common.parse_hidden(args.hidden)
+    args = common.parse_run_args(parser, argv, data_is_file=True, data_flag="--features")
+    hidden = parse_hidden(args.hidden)
     x, columns, clip_ids, labels = read_features_csv(args.data, args.label_column)
     drop = set(filter(None, args.drop_columns.split(",")))
     if drop - set(columns):
@@ -255,7 +281,7 @@ def main(argv=None):
     preprocess = {"type": "features", "columns": columns, "feature_set": feature_set}
     name = args.baseline or f"mlp-{args.loss}"
     # batches of 32 x 57 features: a second thread only waits (measured 2x-30x slower)
-    with common.torch_threads(1), \
+    with torch_threads(1), \
             common.start_run(args, argv, "train_mlp.py", name, classes=classes, clip_ids=clip_ids,
                              labels=label_index, split_dir=Path(args.data).parent) as run:
         for part in run.parts():

@@ -40,19 +40,16 @@ def build_parser():
                    help="also train the backbone, at lr/10 (default: frozen, as in the study)")
     m.add_argument("--head-dropout", type=common.number(float, minimum=0, below=1), default=0.5,
                    help="dropout in the new head (default %(default)s)")
-    m.add_argument("--img-size", type=common.number(int, minimum=1),
-                   help="input side in pixels (default: the weights' own, 224 for most)")
-    m.add_argument("--augment", nargs="?", const="rotate", default="none",
-                   choices=common.AUGMENTATIONS, help="training images only: rotate is the "
-                   "study's RandomRotation(15) (--augment alone), specaugment masks and shifts")
-    m.add_argument("--cache-mb", type=common.number(int, minimum=0), default=4096,
-                   help="decode all images into memory up to this size, else per batch")
+    common.add_image_args(m, "input side in pixels (default: the weights' own, 224 for most)",
+                          img_size_minimum=1)
     return p
 
 
 def feature_cache_key(args, paths, img_size):
-    """Same backbone, weights, size and image files -> same cached features."""
-    h = hashlib.sha256(f"{args.arch}|{args.weights}|{img_size}|{args.seed}".encode())
+    """Same backbone, weights, size and image files -> same cached features (the seed matters
+    only to a random backbone)."""
+    seed = args.seed if args.weights == "none" else ""
+    h = hashlib.sha256(f"{args.arch}|{args.weights}|{img_size}|{seed}".encode())
     weights = Path(args.weights)
     if weights.is_file():
         h.update(f"{weights.resolve()}|{weights.stat().st_mtime_ns}".encode())
@@ -63,19 +60,24 @@ def feature_cache_key(args, paths, img_size):
 
 
 def backbone_features(net, dataset, args, img_size, device):
-    """Run the frozen backbone once over every image (each rank its share), cached on disk."""
+    """Run the frozen backbone once over every image (each rank its share), cached on disk.
+    Returns (features, seconds the pass took: part of the time to converge, cached or not)."""
     cache = Path(args.out) / ".cache" / f"features-{feature_cache_key(args, dataset.paths, img_size)}.pt"
     if cache.exists():
         print(f"features from {cache}")
-        return torch.load(cache, weights_only=True)
+        saved = torch.load(cache, weights_only=True)
+        return saved["features"], saved["seconds"]
+    start = time.time()
     autocast, _ = common.amp_tools(device)
     loader = common.make_loader(dataset, args.batch_size, False, args.seed, 0, device)
     net = net.to(device)
     features = torch.from_numpy(common.predict_logits(net, loader, autocast, device, net.features,
                                                       desc=f"{args.arch} backbone"))
+    seconds = time.time() - start
     if common.DIST.main:
-        common.atomic_write(cache, lambda f: torch.save(features, f), mode="wb")
-    return features
+        common.atomic_write(cache, lambda f: torch.save({"features": features, "seconds": seconds},
+                                                        f), mode="wb")
+    return features, seconds
 
 
 @common.user_errors
@@ -116,11 +118,9 @@ def main(argv=None):
                                     param_groups=groups, notes=notes)
                 continue
             if features is None:  # once for all folds
-                start = time.time()
-                features = common.ArrayDataset(
-                    backbone_features(model, dataset, args, img_size, run.device),
-                    dataset.labels, dataset.clip_ids)
-                backbone_seconds = time.time() - start
+                outputs, backbone_seconds = backbone_features(model, dataset, args, img_size,
+                                                              run.device)
+                features = common.ArrayDataset(outputs, dataset.labels, dataset.clip_ids)
             part.train_and_test(model, spec, train, val, test, criterion=criterion,
                                 fit_model=model.head, fit_train=features.subset(part.indices["train"]),
                                 fit_val=features.subset(part.indices["val"]),

@@ -18,8 +18,8 @@ ImageNet weights from an attached dataset (--weights-dataset) holding torchvisio
 the architecture (vgg16-397923af.pth). They ask for Kaggle's GPU, "NvidiaTeslaT4" (a T4 x2
 machine; --gpus 2 trains on both under torchrun).
 
-Options not given are taken from the kernels generated before (their kernel-metadata.json and
-SETTINGS), else the defaults, so a plain rerun after editing common.py only refreshes the code.
+Options not given are taken from the last generation (kernels/options.json), else the
+defaults, so a plain rerun after editing common.py only refreshes the code.
 The output is deterministic: same sources and options, byte-identical files.
 """
 import argparse
@@ -33,6 +33,7 @@ KERNELS_DIR = Path(__file__).resolve().parent
 ROOT = KERNELS_DIR.parent
 DEFAULT_USER = "your-kaggle-username"
 MACHINE_SHAPE = "NvidiaTeslaT4"
+OPTIONS_FILE = "options.json"  # the options last generated with, for a plain rerun
 
 # name -> what differs between the kernels. The slug is the title lowercased with dashes, as
 # Kaggle links the two.
@@ -199,7 +200,7 @@ def kernel_script(name, options):
 
 def render(options):
     """{path relative to the kernels folder: text} for every generated file."""
-    files = {}
+    files = {OPTIONS_FILE: json.dumps(options, indent=2, sort_keys=True) + "\n"}
     for name in KERNELS:
         files[f"{name}/kernel-metadata.json"] = json.dumps(metadata(name, options), indent=2) + "\n"
         files[f"{name}/kernel.py"] = kernel_script(name, options)
@@ -223,22 +224,9 @@ def write_files(files, out_dir):
 
 
 def recorded_options(out_dir):
-    """The options the kernels in out_dir were generated with (from the transfer kernel, the one
-    that records every option, else the first found)."""
-    for name in sorted(KERNELS, key=lambda n: KERNELS[n]["trainer"] != "train_transfer"):
-        meta_path, script_path = Path(out_dir) / name / "kernel-metadata.json", Path(out_dir) / name / "kernel.py"
-        if not (meta_path.is_file() and script_path.is_file()):
-            continue
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        found = re.search(r"^SETTINGS = (.*)$", script_path.read_text(encoding="utf-8"), re.M)
-        recorded = json.loads(found.group(1)) if found else {}
-        datasets = meta.get("dataset_sources") or []
-        competition = (meta.get("competition_sources") or [None])[0]
-        dataset = next((d for d in datasets if d in recorded.get("sources", [])), None)
-        weights = next((d for d in datasets if d != dataset), None)
-        return {"user": meta["id"].split("/")[0], "competition": competition, "dataset": dataset,
-                "weights_dataset": weights, "gpus": recorded.get("gpus", 1)}
-    return {}
+    """The options the kernels in out_dir were generated with (options.json), or {}."""
+    path = Path(out_dir) / OPTIONS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def resolve_options(args, out_dir):

@@ -124,9 +124,8 @@ def find_data(args, settings):
     if not labels and (train.parent / "train.csv").is_file() and has_audio(train, labeled=False):
         labels = str(train.parent / "train.csv")
     sample = args.sample_submission
-    if not sample and test is not None:
-        sample = next((str(p) for p in (test.parent / "sample_submission.csv",)
-                       if p.is_file()), None)
+    if not sample and test is not None and (test.parent / "sample_submission.csv").is_file():
+        sample = str(test.parent / "sample_submission.csv")
     return train, labels, test, sample
 
 
@@ -222,18 +221,18 @@ def main(argv, settings):
             data_argv = prepare_images(args, train_dir, labels, temp)
         else:
             data_argv = prepare_features(args, train_dir, labels, temp, trainer, passthrough)
+        run_name = settings["run_name"]
+        trainer_argv = [*data_argv, "--out", str(temp / "runs"), "--name", run_name,
+                        "--overwrite", *settings["trainer_defaults"], *passthrough]
+        if test is not None:
+            trainer_argv += ["--predict", str(test)]
+            if sample:
+                trainer_argv += ["--sample-submission", sample]
+        if settings["trainer"] == "train_transfer":
+            trainer_argv += find_weights(args.input, trainer_argv, trainer)
     except common.SuiteError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.code
-    run_name = settings["run_name"]
-    trainer_argv = [*data_argv, "--out", str(temp / "runs"), "--name", run_name, "--overwrite",
-                    *settings["trainer_defaults"], *passthrough]
-    if test is not None:
-        trainer_argv += ["--predict", str(test)]
-        if sample:
-            trainer_argv += ["--sample-submission", sample]
-    if settings["trainer"] == "train_transfer":
-        trainer_argv += find_weights(args.input, trainer_argv, trainer)
     code = train(trainer, trainer_argv, args.gpus)
     if code:
         return code

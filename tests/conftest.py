@@ -36,8 +36,10 @@ def tiny_audio(tmp_path):
     return root
 
 
-def make_images(root, n_per_class=6, size=16, classes=("a", "b", "c"), segments=0, seed=0):
-    """Class-separable tiny PNGs: each class brightens its own third of the image."""
+def make_images(root, n_per_class=6, size=16, classes=("a", "b", "c"), segments=0, seed=0,
+                palette=False):
+    """Class-separable tiny PNGs: each class brightens its own third of the image. RGB, or
+    (palette) levels in a palette PNG as data_conversion.py writes them."""
     from PIL import Image
     rng = np.random.default_rng(seed)
     for k, c in enumerate(classes):
@@ -45,10 +47,13 @@ def make_images(root, n_per_class=6, size=16, classes=("a", "b", "c"), segments=
         for i in range(n_per_class):
             names = [f"{c}{i:03d}"] if not segments else [f"{c}{i:03d}__s{s:02d}" for s in range(segments)]
             for name in names:
-                img = rng.integers(0, 80, (size, size, 3), dtype=np.uint8)
+                img = rng.integers(0, 80, (size, size) if palette else (size, size, 3), dtype=np.uint8)
                 band = slice(k * size // len(classes), (k + 1) * size // len(classes))
                 img[band] += 150
-                Image.fromarray(img).save(root / c / f"{name}.png")
+                if palette:
+                    common.save_spectrogram_png(root / c / f"{name}.png", img)
+                else:
+                    Image.fromarray(img).save(root / c / f"{name}.png")
     return root
 
 

@@ -189,3 +189,36 @@ def test_spectrogram_db_equals_librosa_amplitude_to_db(tmp_path):
     ours = common.spectrogram_db(y)
     assert ours.shape == expected.shape and np.abs(ours - expected).max() < 1e-4
     assert ours.max() == 0 and ours.min() == -80
+
+
+def test_mel_levels_are_librosas_log_mel(tmp_path, capsys):
+    """--mel N: N log-mel rows (librosa.power_to_db of its melspectrogram, ref max, 80 dB), low
+    frequencies at the bottom; the PNG's palette index is the level, its colours the colormap's."""
+    import librosa
+    path = write_tone(tmp_path / "a" / "pop" / "pop.00000.wav", 300, seconds=2, noise=0.01)
+    assert run([tmp_path / "a", tmp_path / "o", "--size", "0", "--mel", "64", "--workers", "1"], capsys)[0] == 0
+    with Image.open(tmp_path / "o" / "pop" / "pop.00000.png") as png:
+        assert png.mode == "P"
+        levels = np.asarray(png)
+        rgb = np.asarray(png.convert("RGB"))
+    y = common.load_audio(path)
+    mel = librosa.feature.melspectrogram(y=y, sr=common.SR, n_fft=2048, hop_length=512, n_mels=64)
+    db = librosa.power_to_db(mel, ref=np.max, top_db=80)
+    expected = np.clip((db + 80) * 255 / 80 + 0.5, 0, 255).astype(np.uint8)[::-1]
+    assert levels.shape == (64, 1 + 2 * common.SR // 512)
+    assert np.abs(levels.astype(int) - expected).max() <= 1
+    assert levels[-8:].mean() > levels[:8].mean() + 50  # 300 Hz: the bottom rows are loud
+    assert np.array_equal(rgb, common.colormap_lut("magma")[levels])
+    assert json.loads((tmp_path / "o" / "conversion.json").read_text())["mel"] == 64
+
+
+def test_conversion_settings_are_the_folders_identity(tiny_audio, tmp_path, capsys):
+    out = tmp_path / "img"
+    assert run([tiny_audio, out, "--size", "16", "--workers", "1"], capsys)[0] == 0
+    code, cap = run([tiny_audio, out, "--size", "32", "--workers", "1"], capsys)
+    assert code == 1 and "--size 16 -> 32" in cap.err
+    assert Image.open(out / "pop" / "pop.00000.png").size == (16, 16)  # nothing redone
+    code, cap = run([tiny_audio, out, "--size", "32", "--overwrite", "--workers", "1"], capsys)
+    assert code == 0 and "9 clips converted" in cap.out
+    assert Image.open(out / "pop" / "pop.00000.png").size == (32, 32)
+    assert json.loads((out / "conversion.json").read_text())["size"] == 32

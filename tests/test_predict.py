@@ -94,3 +94,23 @@ def test_bad_model_file(tmp_path, test_dir, capsys):
     (tmp_path / "model.pt").write_bytes(b"junk")
     assert common.main(["predict", str(tmp_path / "model.pt"), str(test_dir)]) == 1
     assert "not a model.pt" in capsys.readouterr().err
+
+
+def test_prediction_repeats_mel_levels_preprocessing(tiny_audio, tmp_path):
+    """A SpecNet on 0.5-s log-mel segments read as levels: prediction's input from the audio
+    equals the decoded training PNGs."""
+    import numpy as np
+    import torch
+    images = tmp_path / "mel"
+    assert data_conversion.main([str(tiny_audio), str(images), "--size", "0", "--mel", "32",
+                                 "--segment-seconds", "0.5", "--workers", "1"]) == 0
+    assert train_cnn.main(["--data", str(images), "--model", "specnet", "--epochs", "1",
+                           "--out", str(tmp_path / "runs"), "--name", "m"]) == 0
+    _, ckpt = common.load_model(tmp_path / "runs" / "m" / "model.pt")
+    pre = ckpt["spec"]["preprocess"]
+    assert (pre["mel"], pre["channels"], pre["img_size"]) == (32, "levels", 0)
+    path = tiny_audio / "pop" / "pop.00002.wav"
+    _, inputs, error = common.model_inputs((path, pre))
+    decoded = torch.stack([common.decode_image(p, 0, "levels")
+                           for p in sorted((images / "pop").glob("pop.00002__s*.png"))])
+    assert error is None and np.array_equal(inputs, decoded.numpy())

@@ -225,8 +225,9 @@ def test_gpu_too_old_for_this_torch_build_falls_back_to_cpu(capability, supporte
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
-    """A real training process killed with SIGKILL after epoch 3, then --resume: the history
-    and weights of a run that was never stopped."""
+    """A real training process (SpecAugment, mixup, images decoded per batch by 2 loader
+    workers) killed with SIGKILL after an epoch that did not improve, so the resumed run must
+    replay epochs after its checkpoint: the history and weights of a run never stopped."""
     import os
     import signal
     import subprocess
@@ -235,27 +236,29 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     data = make_images(tmp_path / "img", n_per_class=8, size=64)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
     train = [sys.executable, str(ROOT / "train_cnn.py"), "--data", str(data), "--img-size", "64",
-             "--epochs", "10", "--patience", "10", "--lr", "3e-4", "--workers", "1",
-             "--out", str(tmp_path / "runs")]
+             "--epochs", "10", "--patience", "10", "--lr", "3e-4", "--augment", "specaugment",
+             "--mixup", "0.2", "--cache-mb", "0", "--workers", "2", "--out", str(tmp_path / "runs")]
+
+    def history(name):
+        with open(tmp_path / "runs" / name / "history.csv") as f:
+            return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
     subprocess.run(train + ["--name", "whole"], env=env, check=True, capture_output=True)
+    scores = [float(h["val_balanced_acc"]) for h in history("whole")]
+    kill_after = next(e for e in range(3, 10) if scores[e - 1] <= max(scores[:e - 1]))
     killed = subprocess.Popen(train + ["--name", "killed"], env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     for line in killed.stdout:
-        if line.startswith("epoch   3"):
+        if line.startswith(f"epoch {kill_after:3d}"):
             killed.send_signal(signal.SIGKILL)
             break
     killed.communicate(timeout=60)
     run = tmp_path / "runs" / "killed"
     assert killed.returncode == -signal.SIGKILL and not (run / "metrics.json").exists()
-    assert (run / "checkpoint.pt").exists()
     resumed = subprocess.run([sys.executable, str(ROOT / "train_cnn.py"), "--resume", str(run)],
                              env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming from" in resumed.stdout
-
-    def history(name):
-        with open(tmp_path / "runs" / name / "history.csv") as f:
-            return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+    checkpoint_epoch = int(resumed.stdout.split("after epoch ")[1].split()[0])
+    assert checkpoint_epoch < kill_after  # epochs were replayed
     assert history("killed") == history("whole") and len(history("whole")) == 10
     weights = [torch.load(tmp_path / "runs" / n / "model.pt", weights_only=True)["state_dict"]
                for n in ("whole", "killed")]

@@ -161,7 +161,7 @@ def test_public_csv_accepted_unchanged_and_read_only_folder_untouched(tmp_path):
 
 @pytest.mark.parametrize("case,message", [
     ("nan", "NaN"), ("no_label", "missing column(s) label"), ("label_col", "missing column(s) genre"),
-    ("missing", "no such file"), ("hidden", "width:activation")])
+    ("missing", "--features"), ("hidden", "width:activation")])
 def test_bad_csv_one_line(case, message, tmp_path, capsys):
     data = synthetic_csv(tmp_path / "f.csv", nan=case == "nan")
     extra = []

@@ -170,8 +170,20 @@ def test_unknown_arch_lists_valid_names(tiny_images, tmp_path, capsys):
 
 
 def test_feature_cache_reused(tiny_images, tmp_path, capsys):
+    """The second run reads the backbone's features from the cache and trains exactly as the
+    first, and its time to converge still counts the backbone pass."""
+    import csv
     assert run(tiny_images, tmp_path, "--arch", "resnet18", "--weights", "none", name="c1") == 0
     assert len(list((tmp_path / ".cache").glob("features-*.pt"))) == 1
     capsys.readouterr()
     assert run(tiny_images, tmp_path, "--arch", "resnet18", "--weights", "none", name="c2") == 0
     assert "features from" in capsys.readouterr().out
+    histories, backbone_seconds = [], []
+    for name in ("c1", "c2"):
+        with open(tmp_path / name / "history.csv") as f:
+            rows = list(csv.DictReader(f))
+        histories.append([{k: v for k, v in r.items() if k != "seconds"} for r in rows])
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        backbone_seconds.append(metrics["train_seconds"] - float(rows[-1]["seconds"]))
+    assert histories[0] == histories[1]
+    assert backbone_seconds[1] == pytest.approx(backbone_seconds[0]) and backbone_seconds[0] > 0

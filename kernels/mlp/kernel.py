@@ -196,7 +196,7 @@ def check_output_folder(folder, what):
 
 
 # ----------------------------------------------------------------------------------------------
-# Processes: torchrun's ranks, worker pools for audio, thread counts
+# Processes: torchrun's ranks, worker pools for audio
 
 class Dist:
     """torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), or a single process."""
@@ -205,6 +205,7 @@ class Dist:
         self.world = int(os.environ.get("WORLD_SIZE", 1))
         self.rank = int(os.environ.get("RANK", 0))
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        self.launched = "WORLD_SIZE" in os.environ  # by torchrun, even with one process
 
     @property
     def main(self):
@@ -212,7 +213,7 @@ class Dist:
 
     @property
     def active(self):
-        return self.world > 1
+        return self.launched
 
     def setup(self, device):
         """Join the process group (nccl on CUDA, gloo on CPU); returns this rank's device."""
@@ -265,8 +266,9 @@ FEATURE_MODULES = CONVERSION_MODULES + ("feature", "effects", "beat", "onset", "
 def warm_imports(names=CONVERSION_MODULES):
     """Import the librosa parts a worker will use (librosa imports them lazily), so forked
     workers inherit them instead of each importing them again."""
+    import importlib
     import librosa
-    import soundfile  # noqa: F401
+    importlib.import_module("soundfile")
     for name in names:
         getattr(librosa, name)
 
@@ -299,17 +301,6 @@ def parallel_map(fn, items, workers, desc, warm=CONVERSION_MODULES):
         for out in tqdm(pool.imap_unordered(fn, items, chunksize=chunk), total=len(items),
                         desc=desc, unit="file", disable=None):
             yield out
-
-
-@contextlib.contextmanager
-def torch_threads(n):
-    """Run a block with n torch threads, then restore the caller's setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -579,6 +570,18 @@ def read_conversion(root):
     return {**CONVERSION_DEFAULTS, **{k: v for k, v in recorded.items() if k in CONVERSION_DEFAULTS}}
 
 
+def audio_source(data):
+    """The audio folder a data set was made from (recorded by data_conversion.py in
+    conversion.json, by train_mlp.py --extract beside its CSV), or None."""
+    data = Path(data)
+    record = data / CONVERSION_FILE if data.is_dir() else data.with_suffix(".json")
+    try:
+        source = json.loads(record.read_text()).get("source")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(source) if source and Path(source).is_dir() else None
+
+
 def claim_image_folder(out, settings, src, overwrite=False):
     """Make `out` the home of images with these settings, or refuse in one line: images made
     with other settings (or of unknown settings) are replaced only with --overwrite, a folder
@@ -588,7 +591,7 @@ def claim_image_folder(out, settings, src, overwrite=False):
         raise SuiteError(f"{out}: inside the input folder {src}; write the images elsewhere")
     check_output_folder(out, "output folder")
     recorded = out / CONVERSION_FILE
-    images = list(out.glob("*/*.png")) if out.is_dir() else []
+    images = list(out.rglob("*.png")) if out.is_dir() else []
     foreign = [p for p in out.rglob("*") if p.is_file() and p.suffix != ".png"
                and not p.name.startswith(".")  # interrupted writes (.x.png.123.tmp), .DS_Store
                and p.name not in ("errors.csv", "split.json", CONVERSION_FILE)] if out.is_dir() else []
@@ -607,7 +610,7 @@ def claim_image_folder(out, settings, src, overwrite=False):
                              "into another folder, or add --overwrite to redo them all")
         for png in images:  # --overwrite: another identity, every image is redone
             png.unlink()
-    write_json(recorded, settings)
+    write_json(recorded, {**settings, "source": str(src)})
 
 
 def convert_folder(src, out, settings, workers=1, labels_csv=None, labeled=True,
@@ -791,16 +794,23 @@ class ArrayDataset:
 
 
 class LazyImageDataset(ArrayDataset):
-    """Decodes PNGs per batch: for image sets larger than the memory budget."""
+    """Decodes PNGs per batch: for image sets larger than the memory budget. An image that
+    cannot be decoded then (in a loader worker) is named in a warning and read as silence."""
 
-    def __init__(self, paths, labels, clip_ids, img_size, channels):
+    def __init__(self, paths, labels, clip_ids, img_size, channels, shape):
         super().__init__(None, labels, clip_ids)
-        self.paths, self.img_size, self.channels = list(paths), img_size, channels
+        self.paths, self.img_size, self.channels, self.shape = list(paths), img_size, channels, shape
+
+    def decode(self, path):
+        try:
+            return decode_image(path, self.img_size, self.channels)
+        except SuiteError as e:
+            print(f"warning: {e}; read as silence", file=sys.stderr)
+            return torch.zeros(self.shape, dtype=torch.uint8)
 
     def inputs(self, index):
         rows = index if self.rows is None else self.rows[index]
-        return torch.stack([decode_image(self.paths[i], self.img_size, self.channels)
-                            for i in rows.tolist()])
+        return torch.stack([self.decode(self.paths[i]) for i in rows.tolist()])
 
 
 @dataclass
@@ -827,6 +837,11 @@ def load_image_data(data_dir, img_size, channels="rgb", cache_mb=4096):
     from tqdm import tqdm
     paths, labels, classes = list_images(data_dir)
     conversion = read_conversion(data_dir)
+    if channels == "levels":
+        with Image.open(paths[0]) as im:
+            if im.mode != "P":
+                raise SuiteError(f"--input levels reads the palette PNGs of data_conversion.py; "
+                                 f"{paths[0]} is {im.mode}: use --input rgb")
     shape = (1 if channels == "levels" else 3, *((img_size, img_size) if img_size else native_size(paths)))
     mb = len(paths) * math.prod(shape) / 2 ** 20
     lazy = mb > cache_mb
@@ -860,7 +875,7 @@ def load_image_data(data_dir, img_size, channels="rgb", cache_mb=4096):
     label_index = [classes.index(labels[i]) for i in good]
     clip_ids = [clip_id_of(p.name) for p in paths]
     if lazy:
-        dataset = LazyImageDataset(paths, label_index, clip_ids, img_size, channels)
+        dataset = LazyImageDataset(paths, label_index, clip_ids, img_size, channels, shape)
     else:
         dataset = ArrayDataset(x[:len(good)], label_index, clip_ids)
         dataset.paths = paths
@@ -1243,21 +1258,6 @@ ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.
                "elu": nn.ELU, "leaky_relu": nn.LeakyReLU, "silu": nn.SiLU}
 
 
-def parse_hidden(text):
-    """'512:tanh,256:relu' -> [(512, 'tanh'), (256, 'relu')]."""
-    layers = []
-    for part in filter(None, text.split(",")):
-        width, _, act = part.partition(":")
-        act = act or "relu"
-        if not width.strip().isdigit() or int(width) < 1 or act not in ACTIVATIONS:
-            raise SuiteError(f"--hidden {text!r}: expected width:activation items, widths >= 1, "
-                             f"activations {', '.join(ACTIVATIONS)}")
-        layers.append((int(width), act))
-    if not layers:
-        raise SuiteError("--hidden needs at least one layer")
-    return layers
-
-
 class FeatureMLP(nn.Module):
     """StandardScaler and PCA (fitted with scikit-learn on training rows, stored as buffers)
     followed by Linear/activation/dropout layers."""
@@ -1386,7 +1386,7 @@ def make_loader(dataset, batch_size, shuffle, seed, workers, device):
     return DataLoader(dataset, batch_size=max(1, batch_size // DIST.world), sampler=sampler,
                       collate_fn=batch_collate, num_workers=workers,
                       generator=torch.Generator().manual_seed(seed),
-                      pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+                      pin_memory=device.type == "cuda")
 
 
 def unwrap(model):
@@ -1466,7 +1466,6 @@ def evaluate(model, loader, criterion, autocast, device):
 class FitResult:
     history: list        # a dict per epoch: HISTORY_COLUMNS
     best_epoch: int      # the epoch whose weights the model holds now
-    best_score: float    # its validation balanced accuracy
     skipped_steps: int   # optimizer steps GradScaler skipped (AMP on CUDA)
 
 
@@ -1518,6 +1517,9 @@ def fit(model, train_set, val_set, *, criterion, epochs, lr, batch_size, patienc
     history, best_epoch, best_score, best_state, skipped = [], 0, -1.0, None, 0
     if checkpoint and Path(checkpoint).exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if state["device_type"] != device.type:  # AMP and kernels differ: not the same run
+            raise SuiteError(f"{checkpoint}: trained on {state['device_type']}; resume it with "
+                             f"--device {state['device_type']}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -1530,6 +1532,7 @@ def fit(model, train_set, val_set, *, criterion, epochs, lr, batch_size, patienc
                 f"{best_score:.3f})")
     for epoch in range(len(history) + 1, epochs + 1):
         train_loader.sampler.set_epoch(epoch)
+        train_loader.generator.manual_seed(seed * 100003 + epoch)  # loader workers' draws
         lr_now = optimizer.param_groups[0]["lr"]
         tr = train_epoch(net, train_loader, criterion, optimizer, scaler, autocast, device,
                          desc=f"epoch {epoch}/{epochs}", mixup=mixup)
@@ -1548,7 +1551,8 @@ def fit(model, train_set, val_set, *, criterion, epochs, lr, batch_size, patienc
                 state = {"model": best_state, "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                          "history": history, "best_epoch": best_epoch, "best_score": best_score,
-                         "skipped_steps": skipped, "rng": rng_state()}
+                         "skipped_steps": skipped, "rng": rng_state(),
+                         "device_type": device.type}
                 atomic_write(checkpoint, lambda f: torch.save(state, f), mode="wb")
         if DIST.main:
             log(f"epoch {epoch:3d}  train loss {tr['loss']:.4f} acc {tr['acc']:.3f}  "
@@ -1560,7 +1564,7 @@ def fit(model, train_set, val_set, *, criterion, epochs, lr, batch_size, patienc
                     f"best epoch {best_epoch} ({best_score:.3f})")
             break
     model.load_state_dict(best_state)
-    return FitResult(history, best_epoch, best_score, skipped)
+    return FitResult(history, best_epoch, skipped)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1621,11 +1625,21 @@ def test_metrics(model_name, classes, logits, test_set, probabilities=None):
         warnings.simplefilter("ignore")
         report = classification_report(clip_labels, predicted, labels=list(range(len(classes))),
                                        target_names=list(classes), zero_division=0)
-    if probabilities is None:
-        probabilities = softmax(clip_logits)
-    predictions = [(c, classes[t], classes[p], *(f"{q:.6f}" for q in probs))
-                   for c, t, p, probs in zip(clips, clip_labels, predicted, probabilities)]
+    predictions = (clips, clip_labels, softmax(clip_logits) if probabilities is None else probabilities)
     return metrics, report, predictions
+
+
+def write_predictions(path, classes, clip_ids, truth, probabilities):
+    """predictions.csv: per test clip its id, true and predicted class, and each class's
+    probability (what compare.py --ensemble averages)."""
+    write_csv(path, ["clip_id", "true", "predicted", *(f"p_{c}" for c in classes)],
+              [(c, classes[t], classes[int(np.argmax(p))], *(f"{q:.6f}" for q in p))
+               for c, t, p in zip(clip_ids, truth, probabilities)])
+
+
+def majority_class(classes, labels):
+    """The most common class of a training part: the label of a test file that cannot be read."""
+    return classes[int(np.bincount(labels).argmax())]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1634,7 +1648,7 @@ def test_metrics(model_name, classes, logits, test_set, probabilities=None):
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc",
                    "lr", "seconds"]
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-RESUME_FLAGS = ("resume", "device", "workers")  # what may be given beside --resume
+RESUME_FLAGS = ("resume", "device")  # what may be given beside --resume
 
 
 def add_common_args(parser, *, data_default, data_help, epochs=20, batch_size=32, lr=1e-3):
@@ -1669,10 +1683,21 @@ def add_common_args(parser, *, data_default, data_help, epochs=20, batch_size=32
     r.add_argument("--overwrite", action="store_true", help="replace an existing run of this name")
     r.add_argument("--resume", metavar="RUN_DIR",
                    help="continue a run that was killed or interrupted, from its checkpoint, with "
-                        "its recorded arguments (only --device and --workers may change)")
+                        "its recorded arguments (only --device may be given, of the same kind)")
     r.add_argument("--seed", type=int, default=0, help="seed for split, init and order (default 0)")
     r.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
     add_submission_args(parser.add_argument_group("prediction and Kaggle"), predict_flag=True)
+
+
+def add_image_args(group, img_size_help, img_size_minimum):
+    """The flags of the trainers that read spectrogram images."""
+    group.add_argument("--img-size", type=number(int, minimum=img_size_minimum), help=img_size_help)
+    group.add_argument("--augment", nargs="?", const="rotate", default="none", choices=AUGMENTATIONS,
+                       help="training images only: rotate is the study's RandomRotation(15) "
+                            "(--augment alone), specaugment masks and shifts (default none)")
+    group.add_argument("--cache-mb", type=number(int, minimum=0), default=4096,
+                       help="decode all images into memory up to this size, else per batch "
+                            "(default %(default)s)")
 
 
 def add_submission_args(group, predict_flag=False):
@@ -1691,13 +1716,13 @@ def add_submission_args(group, predict_flag=False):
     group.add_argument("--dry-run", action="store_true", help="show what --submit would send")
 
 
-def parse_run_args(parser, argv, data_is_file=False):
+def parse_run_args(parser, argv, data_is_file=False, data_flag="--data"):
     """A trainer's arguments, all checked before any work starts. With --resume RUN_DIR, the
     run's recorded ones (config.json) instead."""
     args = parser.parse_args(argv)
     if args.resume:
         args = resumed_args(parser, args)
-    check_run_args(args, data_is_file)
+    check_run_args(args, data_is_file, data_flag)
     return args
 
 
@@ -1729,11 +1754,11 @@ def is_run_folder(folder):
         (folder / name).exists() for name in ("config.json", "metrics.json", "checkpoint.pt")))
 
 
-def check_run_args(args, data_is_file):
+def check_run_args(args, data_is_file, data_flag):
     """Every path and combination of flags, before any work: one line naming the flag."""
     data = Path(args.data)
     if not (data.is_file() if data_is_file else data.is_dir()):
-        raise SuiteError(f"--data {data}: no such {'file' if data_is_file else 'folder'}")
+        raise SuiteError(f"{data_flag} {data}: no such {'file' if data_is_file else 'folder'}")
     if args.split:
         if args.folds:
             raise SuiteError("--split and --folds: give one (the folds make their own splits)")
@@ -1875,8 +1900,7 @@ def write_results(run_dir, metrics, history, report, predictions, classes):
     """Everything of a run folder but config.json and model.pt (rank 0 only)."""
     write_csv(run_dir / "history.csv", HISTORY_COLUMNS,
               [[h[c] for c in HISTORY_COLUMNS] for h in history])
-    write_csv(run_dir / "predictions.csv", ["clip_id", "true", "predicted",
-                                            *(f"p_{c}" for c in classes)], predictions)
+    write_predictions(run_dir / "predictions.csv", classes, *predictions)
     atomic_write(run_dir / "report.txt", lambda f: f.write(report))
     write_json(run_dir / "metrics.json", metrics)
     if history:
@@ -1926,29 +1950,38 @@ class Run:
     device: torch.device
     splits: list    # (part name: "" or "foldK", split)
     clip_ids: list  # of the items, to index the splits
+    replaced: Path = None  # --overwrite: the old run, kept aside until this one has results
     results: list = field(default_factory=list)
 
     def __enter__(self):
         return self
 
     def __exit__(self, kind, error, traceback):
-        """A run that failed before its first checkpoint leaves nothing behind; one that has a
-        checkpoint or finished parts says how to go on."""
+        """A run that failed before its first checkpoint leaves nothing behind (a run it was to
+        replace comes back); one with a checkpoint says how to go on."""
         if kind is None or not DIST.main:
             return False
-        kept = any(self.dir.rglob("checkpoint.pt")) or any(self.dir.rglob("metrics.json"))
-        if kept:
+        saved = any(self.dir.rglob("checkpoint.pt")) or any(self.dir.rglob("metrics.json"))
+        if not saved and not self.args.resume:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            if self.replaced:
+                self.replaced.rename(self.dir)
+        if saved:
+            self.forget_replaced()
+        if any(self.dir.rglob("checkpoint.pt")):
             print(f"the run stopped; continue it with: python {self.script} --resume {self.dir}",
                   file=sys.stderr)
-        elif not self.args.resume:
-            shutil.rmtree(self.dir, ignore_errors=True)
         return False
 
+    def forget_replaced(self):
+        if self.replaced and self.replaced.exists():
+            shutil.rmtree(self.replaced)
+
     def write_config(self, **extra):
+        """Add to config.json (rank 0)."""
         path = self.dir / "config.json"
-        config = json.loads(path.read_text()) if path.exists() else {}
         if DIST.main:
-            write_json(path, {**config, **extra})
+            write_json(path, {**(json.loads(path.read_text()) if path.exists() else {}), **extra})
 
     def parts(self):
         """The parts still to train, each started from --seed: the split, or the folds; with
@@ -1966,19 +1999,41 @@ class Run:
 
     def finish(self):
         """The K-fold summary; then, the other torchrun ranks gone (none waits on a timeout),
-        prediction of --predict DIR and --submit."""
+        the audio-to-label time, prediction of --predict DIR and --submit."""
         args = self.args
         if DIST.main and len(self.results) > 1:
             summarize_folds(self.dir, self.results)
         DIST.finish()
-        if DIST.main and args.predict:
-            model_file = next(p for p in (self.dir / "model.pt", self.dir / "model.joblib")
-                              if p.exists())
+        if not DIST.main:
+            return self.results
+        self.forget_replaced()
+        if args.folds:
+            return self.results
+        model_file = next(p for p in (self.dir / "model.pt", self.dir / "model.joblib")
+                          if p.exists())
+        self.time_audio_to_label(model_file)
+        if args.predict:
             predict_and_submit(model_file, args.predict, device=self.device, workers=args.workers,
                                id_col=args.id_col, label_col=args.label_col,
                                sample_submission=args.sample_submission, submit=args.submit,
                                message=args.message, dry_run=args.dry_run)
         return self.results
+
+    def time_audio_to_label(self, model_file, n_clips=10):
+        """Seconds per clip from audio file to label (decode, spectrogram or features, model),
+        one process, on up to n_clips test clips of the audio the data was made from; into
+        metrics.json beside the model-only time. Unknown when that audio is not at hand."""
+        source = audio_source(self.args.data)
+        if source is None:
+            return
+        audio = {p.stem: p for p in source.rglob("*") if p.is_file() and is_audio(p)}
+        files = [audio[c] for c in self.splits[0][1]["test"] if c in audio][:n_clips]
+        if not files:
+            return
+        seconds = predict_files(model_file, files, self.device).seconds_per_clip
+        metrics = json.loads((self.dir / "metrics.json").read_text())
+        write_json(self.dir / "metrics.json", {**metrics, "audio_to_label_seconds_per_clip": seconds})
+        print(f"audio to label: {seconds:.3f} s per clip ({len(files)} test clips of {source})")
 
 
 def resolve_splits(args, clip_ids, labels, split_dir):
@@ -2019,8 +2074,10 @@ def start_run(args, argv, script, model_name, *, classes, clip_ids, labels, spli
             raise SuiteError(f"--resume {run.dir}: the data or its split changed since the run "
                              "started; start a new run")
     if DIST.main:
-        if args.overwrite and run.dir.exists():
-            shutil.rmtree(run.dir)
+        if args.overwrite and run.dir.exists():  # aside until the new run has results
+            run.replaced = run.dir.with_name(f".{name}.replaced")
+            shutil.rmtree(run.replaced, ignore_errors=True)
+            run.dir.rename(run.replaced)
         run.dir.mkdir(parents=True, exist_ok=True)
         if not args.resume:
             command = " ".join([script, *(sys.argv[1:] if argv is None else argv)])
@@ -2070,10 +2127,9 @@ class Part:
                               predict_seconds=time.time() - start,
                               notes={**(notes or {}), "amp_skipped_steps": result.skipped_steps})
         if DIST.main:
-            fallback = self.run.classes[int(np.bincount(train.labels).argmax())]
             save_model(self.dir / "model.pt", model, spec, self.run.classes,
                        {"best_epoch": result.best_epoch, "run": str(self.dir),
-                        "fallback_class": fallback})
+                        "fallback_class": majority_class(self.run.classes, train.labels)})
             (self.dir / "checkpoint.pt").unlink(missing_ok=True)  # model.pt has the weights
         return metrics
 
@@ -2117,7 +2173,7 @@ def image_inputs(images, preprocess):
             image = Image.fromarray(levels)
         else:
             image = Image.fromarray(np.take(colormap_lut(preprocess["cmap"]), levels, axis=0))
-        if image.size != (size, size):
+        if size and image.size != (size, size):
             image = image.resize((size, size), Image.BILINEAR)
         array = np.asarray(image)
         out.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
@@ -2162,10 +2218,12 @@ def load_predictor(path, device="cpu"):
     import joblib
     try:
         saved = joblib.load(path)
-        estimator, _, _ = saved["estimator"], saved["spec"]["preprocess"], saved["classes"]
-    except Exception as e:
-        raise SuiteError(f"{path}: not a model.joblib of this suite ({type(e).__name__})") from None
-    return functools.partial(estimator_scores, estimator), saved
+        ours = {"estimator", "spec", "classes"} <= set(saved) and "preprocess" in saved["spec"]
+    except Exception:
+        ours = False
+    if not ours:
+        raise SuiteError(f"{path}: not a model.joblib of this suite")
+    return functools.partial(estimator_scores, saved["estimator"]), saved
 
 
 @dataclass
@@ -2176,16 +2234,16 @@ class Predictions:
     seconds_per_clip: float  # audio file to label, readable files
 
 
-def predict_folder(model_path, audio_dir, device="cpu", workers=1, batch_size=32):
-    """Label every audio file in audio_dir; an unreadable one gets the model's fallback class
-    (the training set's most common) with a warning, so a submission has every id."""
+def predict_files(model_path, files, device="cpu", workers=1, batch_size=32):
+    """Label audio files; an unreadable one gets the model's fallback class (the training
+    set's most common) with a warning, so a submission has every id."""
     predict, saved = load_predictor(model_path, device)
     classes, preprocess = saved["classes"], saved["spec"]["preprocess"]
     fallback = saved.get("fallback_class", classes[0])
-    files = list_audio(audio_dir)
+    warm = FEATURE_MODULES if preprocess["type"] == "features" else CONVERSION_MODULES
+    warm_imports(warm)  # librosa imports lazily: not part of a clip's time
     start = time.time()
     labels, bad = {}, []
-    warm = FEATURE_MODULES if preprocess["type"] == "features" else CONVERSION_MODULES
     for path, inputs, error in parallel_map(model_inputs, [(p, preprocess) for p in files],
                                             workers, "predict", warm):
         if error:
@@ -2197,7 +2255,7 @@ def predict_folder(model_path, audio_dir, device="cpu", workers=1, batch_size=32
                                  for i in range(0, len(inputs), batch_size)])
         labels[path.name] = classes[int(scores.mean(0).argmax())]  # segments vote
     if len(bad) == len(files):
-        raise SuiteError(f"{audio_dir}: no file could be read ({len(bad)} bad)")
+        raise SuiteError(f"{Path(files[0]).parent}: no file could be read ({len(bad)} bad)")
     return Predictions(labels, bad, fallback, (time.time() - start) / (len(files) - len(bad)))
 
 
@@ -2244,7 +2302,7 @@ def predict_and_submit(model_path, audio_dir, *, output=None, device="cpu", work
     check_output_folder(out.parent, "--output")
     if submit and not dry_run:
         kaggle_api()  # credentials now, not after predicting
-    result = predict_folder(model_path, audio_dir, device, workers)
+    result = predict_files(model_path, list_audio(audio_dir), device, workers)
     header, rows = submission_table(result.labels, result.fallback, id_col, label_col,
                                     sample_submission)
     write_csv(out, header, rows)
@@ -2304,10 +2362,9 @@ def kaggle_error(action, error):
         reason = (f"Kaggle rejected the credentials ({status}): the token is invalid or expired; "
                   "create a new one at https://www.kaggle.com/settings/api")
     elif status is not None:
-        reason = f"Kaggle answered {status} {getattr(response, 'reason', '') or ''}".rstrip()
-        detail = str(error).split(" for url:")[0]
-        if detail and str(status) not in detail:
-            reason += f" ({detail})"
+        reason = f"Kaggle answered {status} {response.reason or ''}".rstrip()
+        with contextlib.suppress(ValueError, AttributeError):  # its JSON error body, if any
+            reason += f" ({response.json()['message']})"
         if status in (401, 403):
             reason += ": check that this account may do this (joined the competition, accepted "
             reason += "its rules) and that the token is valid"
@@ -2360,27 +2417,6 @@ def kaggle_api():
     except Exception as e:
         raise kaggle_error("authentication", e) from None
     return api
-
-
-def kaggle_submissions(api, competition):
-    """Every submission of the user to a competition, newest first: all pages, which the
-    package's competition_submissions() cannot give (it drops the next-page token)."""
-    from kagglesdk.competitions.types.competition_api_service import ApiListSubmissionsRequest
-
-    def list_all():
-        submissions, token = [], ""
-        with api.build_kaggle_client() as client:
-            for _ in range(1000):  # a guard against a server that never stops paging
-                request = ApiListSubmissionsRequest()
-                request.competition_name, request.page_size = competition, 100
-                request.page_token = token
-                response = client.competitions.competition_api_client.list_submissions(request)
-                submissions += response.submissions or []
-                token = response.next_page_token
-                if not token:
-                    break
-        return submissions
-    return kaggle_call(f"reading the submissions of {competition}", list_all)
 
 
 def kaggle_submit(csv_path, competition, message, dry_run=False):
@@ -2469,6 +2505,7 @@ share of variance kept) are fitted on the training part only and stored inside m
 The split is the shared clip-level split (split.json beside the CSV), so the MLP is tested on the
 same clips as the CNNs when they see the same clips.
 """
+import contextlib
 import csv
 import json
 import sys
@@ -2572,6 +2609,8 @@ def extract_features(src, out_csv, feature_set="standard", workers=1, labels_csv
                       for p, (label, row) in sorted(rows.items())])
     common.write_csv(out_csv.with_name(out_csv.stem + "_errors.csv"), ["file", "reason"],
                      sorted(errors))
+    common.write_json(out_csv.with_suffix(".json"), {"source": str(Path(src).resolve()),
+                                                     "feature_set": feature_set})
     return len(rows), errors
 
 
@@ -2654,6 +2693,32 @@ def extract(args):
 # ----------------------------------------------------------------------------------------------
 # Models: the MLP through the common driver; scikit-learn baselines beside it
 
+def parse_hidden(text):
+    """'512:tanh,256:relu' -> [(512, 'tanh'), (256, 'relu')]."""
+    layers = []
+    for part in filter(None, text.split(",")):
+        width, _, act = part.partition(":")
+        act = act or "relu"
+        if not width.strip().isdigit() or int(width) < 1 or act not in common.ACTIVATIONS:
+            raise common.SuiteError(f"--hidden {text!r}: expected width:activation items, widths >= 1, "
+                             f"activations {', '.join(common.ACTIVATIONS)}")
+        layers.append((int(width), act))
+    if not layers:
+        raise common.SuiteError("--hidden needs at least one layer")
+    return layers
+
+
+@contextlib.contextmanager
+def torch_threads(n):
+    """Run a block with n torch threads, then restore the caller's setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def make_estimator(args):
     model = SVC(kernel="rbf", C=args.svm_c, gamma="scale") if args.baseline == "svm" \
         else LogisticRegression(max_iter=5000)
@@ -2684,8 +2749,7 @@ def fit_baseline(part, args, train, val, test, preprocess):
     if common.DIST.main:
         classes = part.run.classes
         saved = {"estimator": estimator, "spec": {"kind": args.baseline, "preprocess": preprocess},
-                 "classes": classes,
-                 "fallback_class": classes[int(np.bincount(train.labels).argmax())]}
+                 "classes": classes, "fallback_class": common.majority_class(classes, train.labels)}
         common.atomic_write(part.dir / "model.joblib", lambda f: joblib.dump(saved, f), mode="wb")
 
 
@@ -2695,8 +2759,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.extract:
         return extract(args)
-    args = common.parse_run_args(parser, argv, data_is_file=True)
-    hidden = common.parse_hidden(args.hidden)
+    args = common.parse_run_args(parser, argv, data_is_file=True, data_flag="--features")
+    hidden = parse_hidden(args.hidden)
     x, columns, clip_ids, labels = read_features_csv(args.data, args.label_column)
     drop = set(filter(None, args.drop_columns.split(",")))
     if drop - set(columns):
@@ -2710,7 +2774,7 @@ def main(argv=None):
     preprocess = {"type": "features", "columns": columns, "feature_set": feature_set}
     name = args.baseline or f"mlp-{args.loss}"
     # batches of 32 x 57 features: a second thread only waits (measured 2x-30x slower)
-    with common.torch_threads(1), \
+    with torch_threads(1), \
             common.start_run(args, argv, "train_mlp.py", name, classes=classes, clip_ids=clip_ids,
                              labels=label_index, split_dir=Path(args.data).parent) as run:
         for part in run.parts():
@@ -2865,9 +2929,8 @@ def find_data(args, settings):
     if not labels and (train.parent / "train.csv").is_file() and has_audio(train, labeled=False):
         labels = str(train.parent / "train.csv")
     sample = args.sample_submission
-    if not sample and test is not None:
-        sample = next((str(p) for p in (test.parent / "sample_submission.csv",)
-                       if p.is_file()), None)
+    if not sample and test is not None and (test.parent / "sample_submission.csv").is_file():
+        sample = str(test.parent / "sample_submission.csv")
     return train, labels, test, sample
 
 
@@ -2963,18 +3026,18 @@ def main(argv, settings):
             data_argv = prepare_images(args, train_dir, labels, temp)
         else:
             data_argv = prepare_features(args, train_dir, labels, temp, trainer, passthrough)
+        run_name = settings["run_name"]
+        trainer_argv = [*data_argv, "--out", str(temp / "runs"), "--name", run_name,
+                        "--overwrite", *settings["trainer_defaults"], *passthrough]
+        if test is not None:
+            trainer_argv += ["--predict", str(test)]
+            if sample:
+                trainer_argv += ["--sample-submission", sample]
+        if settings["trainer"] == "train_transfer":
+            trainer_argv += find_weights(args.input, trainer_argv, trainer)
     except common.SuiteError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.code
-    run_name = settings["run_name"]
-    trainer_argv = [*data_argv, "--out", str(temp / "runs"), "--name", run_name, "--overwrite",
-                    *settings["trainer_defaults"], *passthrough]
-    if test is not None:
-        trainer_argv += ["--predict", str(test)]
-        if sample:
-            trainer_argv += ["--sample-submission", sample]
-    if settings["trainer"] == "train_transfer":
-        trainer_argv += find_weights(args.input, trainer_argv, trainer)
     code = train(trainer, trainer_argv, args.gpus)
     if code:
         return code
