@@ -7,7 +7,7 @@ import torch
 
 import common
 import train_mlp
-from conftest import SHARED_GTZAN, write_tone
+from conftest import SHARED_GTZAN
 
 PUBLIC_CSV = SHARED_GTZAN / "features_30_sec.csv"
 
