@@ -264,3 +264,27 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
                for n in ("whole", "killed")]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert not (run / "checkpoint.pt").exists()  # done: model.pt holds the weights
+
+
+def test_another_seed_gives_another_run(tiny_images, tmp_path):
+    """--seed changes the initial weights and the batch order (here on the same split)."""
+    histories = []
+    for seed, split in (("0", []), ("1", ["--split", str(tiny_images / "split.json")])):
+        assert train_cnn.main(["--data", str(tiny_images), "--img-size", "16", "--epochs", "2",
+                               "--seed", seed, *split, "--out", str(tmp_path), "--name", seed]) == 0
+        with open(tmp_path / seed / "history.csv") as f:
+            histories.append([r["train_loss"] for r in csv.DictReader(f)])
+    assert histories[0] != histories[1]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_amp_on_cuda(tmp_path):
+    """On CUDA the loop runs under autocast (float16) with a GradScaler; the run records how
+    many steps the scaler skipped, and the saved weights are float32."""
+    data = make_images(tmp_path / "img", n_per_class=8, size=32)
+    assert train_cnn.main(["--data", str(data), "--img-size", "32", "--epochs", "2", "--device",
+                           "cuda", "--out", str(tmp_path), "--name", "amp"]) == 0
+    m = json.loads((tmp_path / "amp" / "metrics.json").read_text())
+    assert m["amp_skipped_steps"] >= 0
+    state = torch.load(tmp_path / "amp" / "model.pt", weights_only=True)["state_dict"]
+    assert all(v.dtype in (torch.float32, torch.int64) for v in state.values())

@@ -7,7 +7,7 @@ import torch
 
 import common
 import train_mlp
-from conftest import SHARED_GTZAN
+from conftest import SHARED_GTZAN, write_tone
 
 PUBLIC_CSV = SHARED_GTZAN / "features_30_sec.csv"
 
@@ -45,14 +45,25 @@ def test_extract_writes_gtzan_columns_caches_and_skips_bad(tiny_audio, tmp_path,
     # a rerun reads every good clip from the cache: extraction is never called for them
     calls = []
 
+    real = common.audio_features
+
     def counting(path, *a):
         calls.append(path)
-        raise common.BadAudio(f"{path}: still broken")
+        return real(path, *a)
     monkeypatch.setattr(common, "audio_features", counting)
     assert run("--extract", tiny_audio, "--features", out, "--workers", "1") == 0
     assert [p.name for p in calls] == ["broken.wav"]
     with open(out) as f:
         assert list(csv.reader(f))[1:] == rows
+    # a changed clip is extracted again, and only it
+    write_tone(tiny_audio / "pop" / "pop.00001.wav", 3000)
+    calls.clear()
+    assert run("--extract", tiny_audio, "--features", out, "--workers", "1") == 0
+    assert sorted(p.name for p in calls) == ["broken.wav", "pop.00001.wav"]
+    with open(out) as f:
+        new_rows = list(csv.reader(f))[1:]
+    changed = [r[0] for r, n in zip(rows, new_rows) if r != n]
+    assert changed == ["pop.00001.wav"]
 
 
 @pytest.mark.skipif(not PUBLIC_CSV.exists(), reason="../shared/gtzan not present")
