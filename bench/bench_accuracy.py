@@ -7,8 +7,8 @@ every row (a fold is a pure function of the clip set and --seed), clip-level bal
 Rows: the study's ConvolNeuNet (RGB linear spectrograms, 128 px, 3-s segments); SpecNet on
 the linear and on the log-mel spectrogram (dB levels), without and with SpecAugment; with the
 default early stopping and with a minimum number of epochs; the study's MLP, an RBF SVM and
-logistic regression on the audio features; and the ensemble (mean clip probabilities of
-SpecNet on mel, the MLP and logistic regression, fold by fold). Runs already in --work are
+logistic regression on the audio features; and the ensemble of every model but the study's
+CNN and the ablations (mean clip probabilities, fold by fold). Runs already in --work are
 reused (delete them, or --fresh, to train again). Prints a markdown table and the targets.
 """
 import argparse
@@ -40,7 +40,7 @@ ROWS = {  # name -> (label, trainer, data, arguments)
     "svm": ("SVM (RBF, C=10)", train_mlp, "features", ["--baseline", "svm", "--pca", "0"]),
     "logreg": ("logistic regression", train_mlp, "features", ["--baseline", "logreg", "--pca", "0"]),
 }
-ENSEMBLE = ["specnet-mel-sa", "mlp", "logreg"]
+ENSEMBLE = ["specnet-linear", "specnet-mel-sa", "mlp", "svm", "logreg"]
 
 
 def build_parser():
