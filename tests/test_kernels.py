@@ -254,3 +254,18 @@ def test_kernel_on_kaggle_tree(layout, name, kaggle_runs):
     assert [r[0] for r in rows[1:]] == test_ids[layout]  # its ids, its order: every test file
     assert {r[1] for r in rows[1:]} <= set(GENRES)
     assert "00004.wav" in output and "00005.wav" in output  # unreadable: warned, fallback label
+
+
+@pytest.mark.parametrize("tree,words", [("none", "--input"), ("empty", "no training audio"),
+                                        ("bad-flag", "--size")])
+def test_kernel_mistakes_are_one_line(tree, words, tmp_path, monkeypatch, capsys):
+    settings = {"kernel": "cnn", "trainer": "train_cnn", "pipeline": "images", "sources": [],
+                "gpus": 1, "trainer_defaults": [], "run_name": "kaggle"}
+    monkeypatch.setenv("KAGGLE_ROOT", str(tmp_path / "kaggle"))
+    monkeypatch.delenv("KERNEL_ARGS", raising=False)
+    if tree != "none":
+        (tmp_path / "kaggle" / "input" / "some-data" / "docs").mkdir(parents=True)
+    argv = ["--size", "big"] if tree == "bad-flag" else []
+    assert kernel_main.main(argv, settings) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err and "Traceback" not in err

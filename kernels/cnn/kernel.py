@@ -2600,8 +2600,7 @@ KEEP_MODEL_MB = 200  # a larger model.pt stays in temp/: Kaggle saves all of wor
 
 def build_parser(settings):
     root = Path(os.environ.get("KAGGLE_ROOT", "/kaggle"))
-    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.ArgumentParser(prog="kernel.py", description=__doc__, allow_abbrev=False)
     p.add_argument("--input", default=str(root / "input"),
                    help="where the data sources are mounted (default %(default)s)")
     p.add_argument("--train", help="labeled audio (default: found under --input)")
@@ -2680,6 +2679,9 @@ def find_folder(roots, names, labeled, depth=6):
 
 def find_data(args, settings):
     """(train folder, labels CSV or None, test folder or None, sample submission or None)."""
+    if not args.train and not Path(args.input).is_dir():
+        raise common.SuiteError(f"--input {args.input}: no such folder (not on Kaggle? give "
+                                "--train DIR, and --test DIR to predict)")
     roots = source_roots(args.input, settings["sources"])
     train = Path(args.train) if args.train else find_folder(roots, TRAIN_NAMES, labeled=True)
     if train is None:
@@ -2773,35 +2775,43 @@ def save_outputs(run_dir, working):
 
 
 def main(argv, settings):
+    """The kernel; a mistake (no data found, a bad flag) is one line and an exit code."""
+    try:
+        return run_kernel(argv, settings)
+    except common.SuiteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def run_kernel(argv, settings):
     trainer = importlib.import_module(settings["trainer"])
     args, passthrough = split_argv(argv, settings)
     if args.train_only:  # one torchrun process: the parent already made the data
         return trainer.main(passthrough)
     temp, working = Path(args.temp), Path(args.working)
-    try:
-        train_dir, labels, test, sample = find_data(args, settings)
-        print(f"train: {train_dir}" + (f" (labels {labels})" if labels else "")
-              + f"; test: {test or 'none'}" + (f"; sample submission: {sample}" if sample else ""))
-        if test is not None:
-            common.list_audio(test)  # a bad test folder fails now, not after training
-        common.check_output_folder(temp, "--temp")
-        common.check_output_folder(working, "--working")
-        if settings["pipeline"] == "images":
-            data_argv = prepare_images(args, train_dir, labels, temp)
-        else:
-            data_argv = prepare_features(args, train_dir, labels, temp, trainer, passthrough)
-        run_name = settings["run_name"]
-        trainer_argv = [*data_argv, "--out", str(temp / "runs"), "--name", run_name,
-                        "--overwrite", *settings["trainer_defaults"], *passthrough]
-        if test is not None:
-            trainer_argv += ["--predict", str(test)]
-            if sample:
-                trainer_argv += ["--sample-submission", sample]
-        if settings["trainer"] == "train_transfer":
-            trainer_argv += find_weights(args.input, trainer_argv, trainer)
-    except common.SuiteError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.code
+    train_dir, labels, test, sample = find_data(args, settings)
+    print(f"train: {train_dir}" + (f" (labels {labels})" if labels else "")
+          + f"; test: {test or 'none'}" + (f"; sample submission: {sample}" if sample else ""))
+    if test is not None:
+        common.list_audio(test)  # a bad test folder fails now, not after training
+    common.check_output_folder(temp, "--temp")
+    common.check_output_folder(working, "--working")
+    if settings["pipeline"] == "images":
+        data_argv = prepare_images(args, train_dir, labels, temp)
+    else:
+        data_argv = prepare_features(args, train_dir, labels, temp, trainer, passthrough)
+    run_name = settings["run_name"]
+    trainer_argv = [*data_argv, "--out", str(temp / "runs"), "--name", run_name, "--overwrite",
+                    *settings["trainer_defaults"], *passthrough]
+    if test is not None:
+        trainer_argv += ["--predict", str(test)]
+        if sample:
+            trainer_argv += ["--sample-submission", sample]
+    if settings["trainer"] == "train_transfer":
+        trainer_argv += find_weights(args.input, trainer_argv, trainer)
     code = train(trainer, trainer_argv, args.gpus)
     if code:
         return code
