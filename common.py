@@ -1448,25 +1448,32 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def fit(model, train_set, val_set, *, criterion, epochs, lr, batch_size, patience, seed, device,
-        min_epochs=0, weight_decay=0.0, mixup=0.0, param_groups=None, workers=1,
-        checkpoint=None, log=print):
-    """Train `model`, choosing the epoch by validation balanced accuracy; returns a FitResult.
+SCHEDULES = ("plateau", "cosine")
 
-    Adam (param_groups may give parts of the model their own lr) with ReduceLROnPlateau on the
-    validation loss (x0.1, patience 3); early stopping once `patience` epochs pass without a
-    better validation balanced accuracy (not before min_epochs), the best weights restored.
-    AMP on CUDA; one device or torchrun (DDP). checkpoint: a file written atomically at every
-    improvement with all that training depends on (weights, optimizer, scheduler, scaler,
-    early-stopping state, random generators, history); if it exists, training goes on from it
-    and ends as an uninterrupted run would."""
+
+def fit(model, train_set, val_set, *, criterion, epochs, lr, batch_size, patience, seed, device,
+        schedule="plateau", min_epochs=0, weight_decay=0.0, mixup=0.0, param_groups=None,
+        workers=1, checkpoint=None, log=print):
+    """Train `model` with Adam (param_groups may give parts of the model their own lr); returns
+    a FitResult.
+
+    schedule "plateau" (the study's): ReduceLROnPlateau on the validation loss (x0.1, patience
+    3); early stopping once `patience` epochs pass without a better validation balanced accuracy
+    (not before min_epochs), the best weights restored. "cosine": the lr falls from `lr` to 0
+    over `epochs` epochs, all of them trained, the last weights kept (choosing an epoch on a
+    few validation clips picks noise). AMP on CUDA; one device or torchrun (DDP). checkpoint: a
+    file written atomically at every improvement (cosine: every epoch) with all that training
+    depends on (weights, optimizer, scheduler, scaler, early-stopping state, random generators,
+    history); if it exists, training goes on from it and ends as an uninterrupted run would."""
     if not len(train_set) or not len(val_set):
         raise SuiteError(f"{len(train_set)} training and {len(val_set)} validation items: each "
                          "class needs at least 3 clips (one to train, validate and test)")
     model = model.to(device)
     trainable = param_groups or [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=3)
+    cosine = schedule == "cosine"
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs) if cosine \
+        else torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=3)
     autocast, scaler = amp_tools(device)
     net = model
     if DIST.active:
@@ -1498,13 +1505,16 @@ def fit(model, train_set, val_set, *, criterion, epochs, lr, batch_size, patienc
         tr = train_epoch(net, train_loader, criterion, optimizer, scaler, autocast, device,
                          desc=f"epoch {epoch}/{epochs}", mixup=mixup)
         va = evaluate(net, val_loader, criterion, autocast, device)
-        scheduler.step(va["loss"])  # every rank sees the same gathered val loss: same decision
+        if cosine:
+            scheduler.step()
+        else:
+            scheduler.step(va["loss"])  # every rank sees the same gathered val loss: same decision
         skipped += tr["skipped"]
         seconds = (history[-1]["seconds"] if history else 0.0) + tr["seconds"]
         history.append({"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
                         "val_loss": va["loss"], "val_acc": va["acc"],
                         "val_balanced_acc": va["balanced_acc"], "lr": lr_now, "seconds": seconds})
-        improved = va["balanced_acc"] > best_score
+        improved = cosine or va["balanced_acc"] > best_score
         if improved:
             best_score, best_epoch = va["balanced_acc"], epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -1518,8 +1528,8 @@ def fit(model, train_set, val_set, *, criterion, epochs, lr, batch_size, patienc
         if DIST.main:
             log(f"epoch {epoch:3d}  train loss {tr['loss']:.4f} acc {tr['acc']:.3f}  "
                 f"val loss {va['loss']:.4f} acc {va['acc']:.3f} bal {va['balanced_acc']:.3f}  "
-                f"lr {lr_now:.1e}  {tr['seconds']:.1f}s{'  *' if improved else ''}")
-        if epoch - best_epoch >= patience and epoch >= min_epochs:
+                f"lr {lr_now:.1e}  {tr['seconds']:.1f}s{'  *' if improved and not cosine else ''}")
+        if epoch - best_epoch >= patience and epoch >= min_epochs:  # never with cosine
             if DIST.main:
                 log(f"early stop: no better validation balanced accuracy for {patience} epochs; "
                     f"best epoch {best_epoch} ({best_score:.3f})")
@@ -1631,11 +1641,15 @@ def add_common_args(parser, *, data_default, data_help, epochs=20, batch_size=32
                    help="Adam learning rate (default %(default)s)")
     o.add_argument("--weight-decay", type=number(float, minimum=0), default=0.0,
                    help="Adam weight decay (default 0)")
+    o.add_argument("--schedule", choices=SCHEDULES, default="plateau",
+                   help="plateau: lr x0.1 when the validation loss stalls, early stopping, the "
+                        "best epoch's weights (the study's); cosine: lr from --lr to 0 over "
+                        "--epochs, every epoch trained, the last weights (default %(default)s)")
     o.add_argument("--patience", type=number(int, minimum=1), default=5,
-                   help="early stopping: epochs without a better validation balanced accuracy "
-                        "(default %(default)s)")
+                   help="plateau: early stopping after this many epochs without a better "
+                        "validation balanced accuracy (default %(default)s)")
     o.add_argument("--min-epochs", type=number(int, minimum=0), default=0,
-                   help="epochs to train before early stopping may stop (default 0)")
+                   help="plateau: epochs to train before early stopping may stop (default 0)")
     o.add_argument("--mixup", type=number(float, minimum=0), default=0.0,
                    help="mixup: train on mixes of pairs, weights ~ Beta(a, a); 0 = off (default)")
     r = parser.add_argument_group("run")
@@ -1683,6 +1697,12 @@ def parse_run_args(parser, argv, data_is_file=False, data_flag="--data"):
     args = parser.parse_args(argv)
     if args.resume:
         args = resumed_args(parser, args)
+    if args.schedule == "cosine":
+        for flag in ("patience", "min_epochs"):
+            if getattr(args, flag) != parser.get_default(flag):
+                raise SuiteError(f"--{flag.replace('_', '-')}: no early stopping with --schedule "
+                                 "cosine (every epoch trained, the last kept); add --schedule "
+                                 "plateau to stop early")
     check_run_args(args, data_is_file, data_flag)
     return args
 
@@ -2076,9 +2096,9 @@ class Part:
                      train if fit_train is None else fit_train, val if fit_val is None else fit_val,
                      criterion=criterion, epochs=args.epochs, lr=args.lr,
                      batch_size=args.batch_size, patience=args.patience, seed=args.seed,
-                     device=device, min_epochs=args.min_epochs, weight_decay=args.weight_decay,
-                     mixup=args.mixup, param_groups=param_groups, workers=args.workers,
-                     checkpoint=self.dir / "checkpoint.pt")
+                     device=device, schedule=args.schedule, min_epochs=args.min_epochs,
+                     weight_decay=args.weight_decay, mixup=args.mixup, param_groups=param_groups,
+                     workers=args.workers, checkpoint=self.dir / "checkpoint.pt")
         autocast, _ = amp_tools(device)
         loader = make_loader(test, args.batch_size, False, args.seed, 0, device)
         start = time.time()

@@ -1,17 +1,22 @@
-"""Accuracy benchmark: 5-fold clip-level cross-validation on real clips, the same folds for
-every row (a fold is a pure function of the clip set and --seed), clip-level balanced accuracy.
+"""Accuracy benchmark: 5-fold clip-level cross-validation on real clips, repeated for a few
+seeds (a seed's folds are a pure function of the clip set and the seed, the same for every
+row), clip-level balanced accuracy.
 
-    python bench/bench_accuracy.py ../shared/gtzan/genres            # about an hour on 2 cores
-    python bench/bench_accuracy.py ../shared/gtzan/genres --only mlp svm --work /tmp/acc
+    python bench/bench_accuracy.py ../shared/gtzan/genres            # about 2 hours on 2 cores
+    python bench/bench_accuracy.py ../shared/gtzan/genres --only mlp svm logreg --seeds 0
 
-Rows: the study's ConvolNeuNet (RGB linear spectrograms, 128 px, 3-s segments); SpecNet on
-the linear and on the log-mel spectrogram (dB levels), without and with SpecAugment; with the
-default early stopping and with a minimum number of epochs; the study's MLP, an RBF SVM and
-logistic regression on the audio features; and the ensemble of every model but the study's
-CNN and the ablations (mean clip probabilities, fold by fold). Runs already in --work are
-reused (delete them, or --fresh, to train again). Prints a markdown table and the targets.
+Rows: the study's ConvolNeuNet (RGB linear spectrograms, 128 px, 3-s segments); SpecNet with
+its defaults (cosine schedule over 30 epochs, mixup 0.2, last weights) on the log-mel and on the
+linear spectrogram (dB levels), on mel with SpecAugment, and on mel with the study's stopping
+(plateau, early stopping on validation, no mixup); the study's MLP, an RBF SVM and logistic
+regression on the audio features; and the ensemble chosen before the run (ENSEMBLE: mean clip
+probabilities, fold by fold). With 10 test clips a fold, one fold's balanced accuracy moves in
+steps of 0.1: the table gives the mean over every fold of every seed, its sample std, and each
+seed's mean. Runs already in --work are reused (delete them, or --fresh, to train again).
 """
 import argparse
+import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -23,24 +28,22 @@ import data_conversion  # noqa: E402
 import train_cnn  # noqa: E402
 import train_mlp  # noqa: E402
 
-SPECNET = ["--model", "specnet", "--epochs", "60"]
-LONGER = ["--min-epochs", "20", "--patience", "10"]
+SPECNET = ["--model", "specnet"]
 ROWS = {  # name -> (label, trainer, data, arguments)
     "convolneunet": ("ConvolNeuNet (study), linear RGB, 128 px", train_cnn, "linear",
                      ["--img-size", "128"]),
-    "specnet-linear": ("SpecNet, linear levels, 128 px", train_cnn, "linear", SPECNET + LONGER),
-    "specnet-linear-sa": ("SpecNet, linear levels, 128 px, SpecAugment", train_cnn, "linear",
-                          SPECNET + LONGER + ["--augment", "specaugment"]),
-    "specnet-mel-p5": ("SpecNet, mel 128, patience 5 (default stopping)", train_cnn, "mel",
-                       SPECNET),
-    "specnet-mel": ("SpecNet, mel 128", train_cnn, "mel", SPECNET + LONGER),
+    "specnet-mel": ("SpecNet, mel 128", train_cnn, "mel", SPECNET),
     "specnet-mel-sa": ("SpecNet, mel 128, SpecAugment", train_cnn, "mel",
-                       SPECNET + LONGER + ["--augment", "specaugment"]),
+                       SPECNET + ["--augment", "specaugment"]),
+    "specnet-mel-plateau": ("SpecNet, mel 128, the study's stopping (plateau, patience 5, no "
+                            "mixup)", train_cnn, "mel",
+                            SPECNET + ["--schedule", "plateau", "--epochs", "60", "--mixup", "0"]),
+    "specnet-linear": ("SpecNet, linear levels, 128 px", train_cnn, "linear", SPECNET),
     "mlp": ("MLP (study: 512 tanh/relu/tanh, PCA 0.95)", train_mlp, "features", []),
     "svm": ("SVM (RBF, C=10)", train_mlp, "features", ["--baseline", "svm", "--pca", "0"]),
     "logreg": ("logistic regression", train_mlp, "features", ["--baseline", "logreg", "--pca", "0"]),
 }
-ENSEMBLE = ["specnet-linear", "specnet-mel-sa", "mlp", "svm", "logreg"]
+ENSEMBLE = ["specnet-mel", "specnet-linear", "mlp", "svm", "logreg"]
 
 
 def build_parser():
@@ -48,10 +51,27 @@ def build_parser():
     p.add_argument("audio", help="labeled real audio, e.g. ../shared/gtzan/genres")
     p.add_argument("--work", default="/tmp/bench_accuracy", help="data and runs (default %(default)s)")
     p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--only", nargs="+", choices=list(ROWS), help="train these rows only")
     p.add_argument("--fresh", action="store_true", help="train every row again")
     return p
+
+
+def fold_scores(runs, name, seeds):
+    """{seed: [balanced accuracy of each fold]} for the seeds this row has finished."""
+    scores = {}
+    for seed in seeds:
+        summary = runs / f"{name}-s{seed}" / "summary.json"
+        if summary.exists():
+            scores[seed] = json.loads(summary.read_text())["per_fold_balanced_accuracy"]
+    return scores
+
+
+def row(label, scores):
+    folds = [v for values in scores.values() for v in values]
+    per_seed = ", ".join(f"{statistics.mean(v):.2f}" for v in scores.values())
+    return (f"| {label} | {statistics.mean(folds):.3f} ± {statistics.stdev(folds):.3f} | "
+            f"{per_seed} |")
 
 
 def main(argv=None):
@@ -66,41 +86,46 @@ def main(argv=None):
                             "--workers", "2"]):
         return 1
     runs = work / "runs"
-    for name in args.only or ROWS:
-        label, trainer, source, extra = ROWS[name]
-        if (runs / name / "summary.json").exists() and not args.fresh:
-            print(f"{name}: reusing {runs / name}")
-            continue
-        print(f"\n=== {label} ===", flush=True)
-        flag = "--features" if trainer is train_mlp else "--data"
-        code = trainer.main([flag, str(data[source]), "--folds", str(args.folds), "--seed",
-                             str(args.seed), "--out", str(runs), "--name", name, "--overwrite",
-                             "--workers", "2", *extra])
-        if code:
-            return code
-    entries = {e["name"].split(" (")[0]: e for e in compare.load_runs(runs, list(ROWS))}
-    ensemble = compare.ensemble_entry(runs, ENSEMBLE, "ensemble", work / "report") \
-        if set(ENSEMBLE) <= set(entries) else None
-    print(f"\n{args.folds}-fold cross-validation on {args.audio}, seed {args.seed}: clip-level "
-          "balanced accuracy, mean ± sample std over the folds\n")
-    print("| model | balanced accuracy | accuracy | epochs | seconds to best |\n|---|---|---|---|---|")
-    for name, (label, *_rest) in ROWS.items():
-        if name in entries:
-            e = entries[name]
-            print(f"| {label} | {e['test_balanced_accuracy']:.3f} ± {e['test_balanced_accuracy_std']:.3f}"
-                  f" | {e['test_accuracy']:.3f} | {e['epochs_run']:.0f} | {e['seconds_to_best']:.1f} |")
-    if ensemble:
-        print(f"| ensemble: {' + '.join(ENSEMBLE)} | {ensemble['test_balanced_accuracy']:.3f} ± "
-              f"{ensemble['test_balanced_accuracy_std']:.3f} | {ensemble['test_accuracy']:.3f} | - | - |")
-    bal = {name: e["test_balanced_accuracy"] for name, e in entries.items()}
-    if {"specnet-mel", "specnet-mel-sa", "convolneunet", "logreg"} <= set(bal):
-        best_mel = max(bal["specnet-mel"], bal["specnet-mel-sa"])
-        print(f"\nSpecNet on mel (best of the two) - ConvolNeuNet: {best_mel - bal['convolneunet']:+.3f} "
-              f"(target >= +0.15): {'PASS' if best_mel - bal['convolneunet'] >= 0.15 else 'FAIL'}")
-        print(f"SpecNet on mel - logistic regression: {best_mel - bal['logreg']:+.3f} (target >= 0): "
-              f"{'PASS' if best_mel >= bal['logreg'] else 'FAIL'}")
-    if ensemble:
-        margin = ensemble["test_balanced_accuracy"] - max(bal[m] for m in ENSEMBLE)
+    for seed in args.seeds:
+        for name in args.only or ROWS:
+            label, trainer, source, extra = ROWS[name]
+            run = f"{name}-s{seed}"
+            if (runs / run / "summary.json").exists() and not args.fresh:
+                print(f"{run}: reusing {runs / run}")
+                continue
+            print(f"\n=== {label}, seed {seed} ===", flush=True)
+            flag = "--features" if trainer is train_mlp else "--data"
+            code = trainer.main([flag, str(data[source]), "--folds", str(args.folds), "--seed",
+                                 str(seed), "--out", str(runs), "--name", run, "--overwrite",
+                                 "--workers", "2", *extra])
+            if code:
+                return code
+    scores = {name: fold_scores(runs, name, args.seeds) for name in ROWS}
+    scores = {name: s for name, s in scores.items() if s}
+    if set(ENSEMBLE) <= set(scores):
+        seeds = [s for s in args.seeds if all(s in scores[m] for m in ENSEMBLE)]
+        entries = [compare.ensemble_entry(runs, [f"{m}-s{s}" for m in ENSEMBLE], f"ensemble-s{s}",
+                                          work / "report") for s in seeds]
+        scores["ensemble"] = {s: [f["test_balanced_accuracy"] for f in e["folds"]]
+                              for s, e in zip(seeds, entries)}
+    print(f"\n{args.folds}-fold cross-validation on {args.audio}, seeds "
+          f"{' '.join(map(str, args.seeds))}: clip-level balanced accuracy, mean ± sample std "
+          "over every fold of every seed, and each seed's mean\n")
+    print("| model | balanced accuracy | per seed |\n|---|---|---|")
+    for name, s in scores.items():
+        label = ROWS[name][0] if name in ROWS else f"ensemble: {' + '.join(ENSEMBLE)}"
+        print(row(label, s))
+    mean = {name: statistics.mean(v for values in s.values() for v in values)
+            for name, s in scores.items()}
+    if {"specnet-mel", "convolneunet", "logreg"} <= set(mean):
+        gain = mean["specnet-mel"] - mean["convolneunet"]
+        print(f"\nSpecNet on mel - ConvolNeuNet: {gain:+.3f} (target >= +0.15): "
+              f"{'PASS' if gain >= 0.15 else 'FAIL'}")
+        gap = mean["specnet-mel"] - mean["logreg"]
+        print(f"SpecNet on mel - logistic regression: {gap:+.3f} (target >= 0): "
+              f"{'PASS' if gap >= 0 else 'FAIL'}")
+    if "ensemble" in mean:
+        margin = mean["ensemble"] - max(mean[m] for m in ENSEMBLE)
         print(f"ensemble - best member: {margin:+.3f} (target > 0): {'PASS' if margin > 0 else 'FAIL'}")
     return 0
 

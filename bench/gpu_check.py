@@ -116,16 +116,19 @@ def check(tmp, args, cuda, device_name):
     images = make_images(tmp / f"img{small}", per_class, small)
     features = make_features(tmp / "features.csv", per_class * 4)
     runs_dir = tmp / "runs"
-    common_argv = ["--device", args.device, "--epochs", str(epochs), "--patience", str(epochs + 1),
-                   "--out", str(runs_dir), "--workers", "1"]
+    common_argv = ["--device", args.device, "--epochs", str(epochs), "--out", str(runs_dir),
+                   "--workers", "1"]
+    whole = ["--patience", str(epochs + 1)]  # every epoch of the plateau runs too
     runs = [("ConvolNeuNet 512 px, AMP" if not args.quick else f"ConvolNeuNet {big} px",
-             train_cnn, ["--data", str(images_big), "--img-size", str(big), "--batch-size", "16"])]
+             train_cnn, ["--data", str(images_big), "--img-size", str(big), "--batch-size", "16",
+                         *whole])]
     for arch in ("vgg16", "googlenet", "resnet50"):
         for finetune in (False, True):
             runs.append((f"{arch} {'finetune' if finetune else 'frozen'}", train_transfer,
                          ["--data", str(images), "--arch", arch, "--weights", "none",
-                          "--batch-size", "32", *(["--finetune"] if finetune else [])]))
-    runs.append(("MLP on features", train_mlp, ["--features", str(features), "--batch-size", "32"]))
+                          "--batch-size", "32", *whole, *(["--finetune"] if finetune else [])]))
+    runs.append(("MLP on features", train_mlp, ["--features", str(features), "--batch-size", "32",
+                                                 *whole]))
 
     rows, failures = [], []
     for i, (label, script, run_argv) in enumerate(runs):
@@ -148,7 +151,7 @@ def check(tmp, args, cuda, device_name):
         rows.append((label, f"{speed:,.0f}", f"{backbone:,.0f}" if backbone else "-",
                      f"{peak:.2f}", f"{skipped} / {n_epochs} epochs"))
 
-    label = "SpecNet, torchrun 1 process" + (" (nccl)" if cuda else " (gloo)")
+    label = "SpecNet (cosine, mixup), torchrun 1 process" + (" (nccl)" if cuda else " (gloo)")
     print(f"\n=== {label} ===", flush=True)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
                str(ROOT / "train_cnn.py"), "--data", str(images), "--model", "specnet",

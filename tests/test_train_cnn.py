@@ -58,6 +58,64 @@ def test_early_stopping_restores_best_weights(monkeypatch):
     assert torch.equal(model.weight, snapshots[1]["weight"])
 
 
+def test_cosine_trains_every_epoch_and_keeps_the_last(monkeypatch):
+    """--schedule cosine: lr from lr to 0 over the epochs, no early stopping however the
+    validation goes, and the model ends with the last epoch's weights, not the best one's."""
+    train, val = tiny_sets()
+    model = torch.nn.Linear(6, 3)
+    scripted = iter([0.2, 0.9, 0.1, 0.1, 0.1, 0.1, 0.1])
+    snapshots = []
+    real_evaluate = common.evaluate
+
+    def fake_evaluate(net, *a, **k):
+        snapshots.append(model.weight.detach().clone())
+        return {**real_evaluate(net, *a, **k), "balanced_acc": next(scripted)}
+    monkeypatch.setattr(common, "evaluate", fake_evaluate)
+    result = fit(model, train, val, lr=0.1, epochs=7, patience=1, schedule="cosine")
+    assert len(result.history) == 7 and result.best_epoch == 7
+    expected = [0.05 * (1 + np.cos(np.pi * e / 7)) for e in range(7)]
+    assert [h["lr"] for h in result.history] == pytest.approx(expected)
+    assert torch.equal(model.weight, snapshots[-1]) and not torch.equal(model.weight, snapshots[1])
+
+
+def test_cosine_run_resumes_from_its_last_epoch(tmp_path):
+    """A cosine run checkpoints every epoch: stopped after epoch 4, it goes on from epoch 5 and
+    ends as the run that was never stopped (history, lr and weights)."""
+    train, val = tiny_sets()
+
+    def run(checkpoint, log=lambda *_: None):
+        common.seed_everything(0)
+        model = torch.nn.Sequential(torch.nn.Dropout(0.2), torch.nn.Linear(6, 3))
+        result = fit(model, train, val, epochs=8, schedule="cosine", mixup=0.2, lr=0.05,
+                     checkpoint=checkpoint, log=log)
+        return result, model
+
+    whole, whole_model = run(None)
+
+    def stop_after_4(line):
+        if line.startswith("epoch   4"):
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "checkpoint.pt", stop_after_4)
+    logged = []
+    resumed, resumed_model = run(tmp_path / "checkpoint.pt", logged.append)
+    assert "after epoch 4" in logged[0]
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in whole.history]
+    assert [{k: v for k, v in h.items() if k != "seconds"} for h in resumed.history] == strip
+    assert all(torch.equal(a, b) for a, b in zip(whole_model.state_dict().values(),
+                                                 resumed_model.state_dict().values()))
+
+
+def test_specnet_has_its_own_defaults_and_flags_win(tiny_images):
+    def parsed(*flags):
+        args = train_cnn.parse_args(["--data", str(tiny_images), *flags])
+        return args.schedule, args.epochs, args.mixup
+    assert parsed() == ("plateau", 20, 0.0)  # the study's ConvolNeuNet
+    assert parsed("--model", "specnet") == ("cosine", 30, 0.2)
+    assert parsed("--model", "specnet", "--epochs", "5", "--mixup", "0") == ("cosine", 5, 0.0)
+    assert parsed("--model", "specnet", "--schedule", "plateau") == ("plateau", 30, 0.2)
+
+
 def test_same_seed_same_history(tiny_images, tmp_path):
     histories = []
     for name in ("a", "b"):
