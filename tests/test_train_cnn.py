@@ -248,7 +248,12 @@ def test_mixup_mixes_pairs_and_their_losses(monkeypatch):
     with torch.no_grad():
         expected = sum((w * ce(model(m), y) + (1 - w) * ce(model(m), py)).item() * len(y)
                        for m, y, py, w in seen)
+        # accuracy: the label of the larger share (a w of 0.1 makes it the partner's)
+        right = sum((model(m).argmax(1) == (y if w >= 0.5 else py)).sum().item()
+                    for m, y, py, w in seen)
     assert len(seen) == 2 and out["loss"] == pytest.approx(expected / len(train), rel=1e-6)
+    assert {w >= 0.5 for *_, w in seen} == {True, False}  # seed 1 draws a weight each side
+    assert out["acc"] == right / len(train)
 
 
 def test_lazy_loading_above_memory_budget_gives_same_run(tiny_images, tmp_path, capsys):

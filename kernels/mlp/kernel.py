@@ -1405,14 +1405,17 @@ def train_epoch(model, loader, criterion, optimizer, scaler, autocast, device, d
                 mixup=0.0):
     """One pass over this rank's share; loss and accuracy over all ranks, and the optimizer
     steps GradScaler skipped (inf/NaN gradients under AMP). mixup > 0 trains on mixed pairs,
-    the loss mixed with the same weight."""
+    the loss mixed with the same weight; a mix is predicted right when it gets the label of
+    the larger share."""
     from tqdm import tqdm
     model.train()
     total_loss, correct, count, skipped, start = 0.0, 0, 0, 0, time.time()
     for x, y, _ in tqdm(loader, desc=desc, leave=False, disable=None if DIST.main else True):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        target = y
         if mixup:
             x, y_partner, weight = mixup_pairs(x, y, mixup)
+            target = y if weight >= 0.5 else y_partner
         with autocast():
             logits = model(x)
             loss = criterion(logits, y)
@@ -1425,7 +1428,7 @@ def train_epoch(model, loader, criterion, optimizer, scaler, autocast, device, d
         scaler.update()
         skipped += scaler.is_enabled() and scaler.get_scale() < scale  # the scale drops on a skip
         total_loss += loss.item() * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
+        correct += (logits.argmax(1) == target).sum().item()
         count += len(y)
     total_loss, correct, count, skipped = DIST.sum([total_loss, correct, count, skipped], device)
     return {"loss": total_loss / count, "acc": correct / count, "skipped": int(skipped),
