@@ -74,6 +74,16 @@ def row(label, scores):
             f"{per_seed} |")
 
 
+def paired(scores, a, b):
+    """a - b fold by fold over the seeds both have: 'mean ± standard error; wins/ties/losses'."""
+    seeds = [s for s in scores[a] if s in scores[b]]
+    diffs = [x - y for s in seeds for x, y in zip(scores[a][s], scores[b][s])]
+    se = statistics.stdev(diffs) / len(diffs) ** 0.5
+    return (f"fold by fold {statistics.mean(diffs):+.3f} ± {se:.3f} (standard error); better on "
+            f"{sum(d > 1e-9 for d in diffs)}, equal on {sum(abs(d) <= 1e-9 for d in diffs)}, worse "
+            f"on {sum(d < -1e-9 for d in diffs)} of {len(diffs)} folds")
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     work = Path(args.work)
@@ -123,7 +133,7 @@ def main(argv=None):
               f"{'PASS' if gain >= 0.15 else 'FAIL'}")
         gap = mean["specnet-mel"] - mean["logreg"]
         print(f"SpecNet on mel - logistic regression: {gap:+.3f} (target >= 0): "
-              f"{'PASS' if gap >= 0 else 'FAIL'}")
+              f"{'PASS' if gap >= 0 else 'FAIL'}; {paired(scores, 'specnet-mel', 'logreg')}")
     if "ensemble" in mean:
         margin = mean["ensemble"] - max(mean[m] for m in ENSEMBLE)
         print(f"ensemble - best member: {margin:+.3f} (target > 0): {'PASS' if margin > 0 else 'FAIL'}")
