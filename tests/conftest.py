@@ -15,6 +15,11 @@ import torch  # noqa: E402
 torch.set_num_threads(1)  # tiny models: a second thread only adds waiting (36x slower under load)
 
 
+def without_seconds(history):
+    """History rows (from history.csv or FitResult) without their timings, which never repeat."""
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
 def write_tone(path, freq=440.0, seconds=1.0, sr=common.SR, channels=1, noise=0.0, seed=0):
     import soundfile
     t = np.arange(int(seconds * sr)) / sr

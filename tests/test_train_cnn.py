@@ -8,7 +8,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 import common
 import train_cnn
-from conftest import make_images
+from conftest import make_images, without_seconds
 
 
 def fit(model, train, val, **kw):
@@ -100,8 +100,7 @@ def test_cosine_run_resumes_from_its_last_epoch(tmp_path):
     logged = []
     resumed, resumed_model = run(tmp_path / "checkpoint.pt", logged.append)
     assert "after epoch 4" in logged[0]
-    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in whole.history]
-    assert [{k: v for k, v in h.items() if k != "seconds"} for h in resumed.history] == strip
+    assert without_seconds(resumed.history) == without_seconds(whole.history)
     assert all(torch.equal(a, b) for a, b in zip(whole_model.state_dict().values(),
                                                  resumed_model.state_dict().values()))
 
@@ -122,7 +121,7 @@ def test_same_seed_same_history(tiny_images, tmp_path):
         assert train_cnn.main(["--data", str(tiny_images), "--img-size", "16", "--epochs", "3",
                                "--out", str(tmp_path), "--name", name]) == 0
         with open(tmp_path / name / "history.csv") as f:
-            histories.append([{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)])
+            histories.append(without_seconds(csv.DictReader(f)))
     assert histories[0] == histories[1] and len(histories[0]) == 3
 
 
@@ -262,7 +261,7 @@ def test_lazy_loading_above_memory_budget_gives_same_run(tiny_images, tmp_path, 
         assert train_cnn.main(["--data", str(tiny_images), "--img-size", "16", "--epochs", "2",
                                "--cache-mb", budget, "--out", str(tmp_path), "--name", name]) == 0
         with open(tmp_path / name / "history.csv") as f:
-            histories.append([{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)])
+            histories.append(without_seconds(csv.DictReader(f)))
     assert "decoding per batch instead" in capsys.readouterr().err
     assert histories[0] == histories[1]
 
@@ -304,7 +303,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
 
     def history(name):
         with open(tmp_path / "runs" / name / "history.csv") as f:
-            return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+            return without_seconds(csv.DictReader(f))
     subprocess.run(train + ["--name", "whole"], env=env, check=True, capture_output=True)
     scores = [float(h["val_balanced_acc"]) for h in history("whole")]
     kill_after = next(e for e in range(3, 10) if scores[e - 1] <= max(scores[:e - 1]))

@@ -8,7 +8,7 @@ import torchvision
 import common
 import data_conversion
 import train_transfer
-from conftest import write_tone
+from conftest import without_seconds, write_tone
 
 
 def run(data, tmp_path, *extra, name="t"):
@@ -182,7 +182,7 @@ def test_feature_cache_reused(tiny_images, tmp_path, capsys):
     for name in ("c1", "c2"):
         with open(tmp_path / name / "history.csv") as f:
             rows = list(csv.DictReader(f))
-        histories.append([{k: v for k, v in r.items() if k != "seconds"} for r in rows])
+        histories.append(without_seconds(rows))
         metrics = json.loads((tmp_path / name / "metrics.json").read_text())
         backbone_seconds.append(metrics["train_seconds"] - float(rows[-1]["seconds"]))
     assert histories[0] == histories[1]
