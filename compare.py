@@ -26,7 +26,7 @@ CHARTS = {  # file -> [(metric key, axis label)]: one panel each
                          ("audio_to_label_seconds_per_clip", "audio file to label: s per clip")],
     "kaggle_score.png": [("kaggle_score", "Kaggle score")],
 }
-SUMMED = ("seconds_to_best", "predict_seconds_per_clip", "audio_to_label_seconds_per_clip")
+SUMMED = ("seconds_to_best", "predict_seconds_per_clip")  # an ensemble's members all run
 
 
 def build_parser():
@@ -74,6 +74,7 @@ def load_runs(runs_dir, names=None):
             print(f"warning: skipped {path}: not a metrics.json of this suite", file=sys.stderr)
             continue
         m["_path"] = path
+        m.setdefault("audio_to_label_seconds_per_clip", audio_to_label([prediction_record(path.parent)]))
         if m.get("group"):
             groups.setdefault(str(path.parent.parent), []).append(m)
         else:
@@ -90,6 +91,25 @@ def load_runs(runs_dir, names=None):
     if not entries:
         raise common.SuiteError(f"{runs_dir}: no metrics.json found (train a model first)")
     return entries
+
+
+def prediction_record(part_dir):
+    """What predict.py (or --predict) recorded beside the run's submission.csv, or None."""
+    try:
+        return json.loads((Path(part_dir) / "submission.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def audio_to_label(records):
+    """Seconds per clip from audio file to label, in one process, for models predicting
+    together: decoding and preprocessing counted once per distinct preprocessing (an MLP and an
+    SVM on the same features extract them once), every model's own time added."""
+    if not records or None in records:
+        return None
+    preprocessing = {json.dumps(r["preprocess"], sort_keys=True): r["preprocess_seconds_per_clip"]
+                     for r in records}
+    return sum(preprocessing.values()) + sum(r["model_seconds_per_clip"] for r in records)
 
 
 def fold_means(folds, keys):
@@ -174,6 +194,8 @@ def ensemble_entry(runs_dir, members, name, out):
         for key in SUMMED:  # every member runs: their times add up
             values = [m[i].get(key) for m in member_metrics]
             metrics[key] = sum(values) if None not in values else None
+        metrics["audio_to_label_seconds_per_clip"] = audio_to_label(
+            [prediction_record(run[i]) for run in parts])
         folder = out / name / (parts[0][i].name if len(parts[0]) > 1 else "")
         common.write_json(folder / "metrics.json", metrics)
         common.write_predictions(folder / "predictions.csv", classes, clips, truth, mean)
@@ -185,7 +207,7 @@ def ensemble_entry(runs_dir, members, name, out):
     entry = {"name": f"{name} ({len(results)}-fold)", "model": name, "split_hash": "k-fold",
              "folds": results}
     entry.update(fold_means(results, ("test_balanced_accuracy", "test_accuracy", "test_macro_f1",
-                                      *SUMMED)))
+                                      *SUMMED, "audio_to_label_seconds_per_clip")))
     return entry
 
 

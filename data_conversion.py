@@ -14,6 +14,7 @@ The settings are the folder's identity (OUT/conversion.json): other settings int
 folder are refused, or redo everything with --overwrite. Up-to-date outputs are skipped; bad
 files are reported, listed in OUT/errors.csv and skipped.
 """
+import math
 import sys
 import time
 from pathlib import Path
@@ -58,6 +59,123 @@ def build_parser():
     d.add_argument("--seed", type=int, default=0, help="demo seed (default 0)")
     d.add_argument("--download", metavar="DIR", help="download GTZAN from Kaggle into DIR and exit")
     return p
+
+
+# ----------------------------------------------------------------------------------------------
+# Conversion: audio -> PNG files. A folder's settings are its identity (conversion.json).
+
+def save_spectrogram_png(path, levels, cmap="magma"):
+    """An indexed-colour PNG whose palette is the colormap and whose index is the dB level: it
+    decodes to exactly the RGB image (every viewer, PIL's .convert("RGB"), torchvision), and
+    its index array is the level itself (--input levels). 2.3x smaller and 4x faster to write
+    than 24-bit RGB."""
+    from PIL import Image
+    image = Image.frombytes("P", levels.shape[::-1], np.ascontiguousarray(levels).tobytes())
+    image.putpalette(common.colormap_lut(cmap).tobytes())
+    common.atomic_write(path, lambda f: image.save(f, format="PNG", compress_level=1), mode="wb")
+
+
+def expected_segment_count(path, sr, segment_seconds):
+    """How many segments a clip gives, from its header only (None when unknown)."""
+    if not segment_seconds:
+        return 1
+    try:
+        import soundfile
+        info = soundfile.info(str(path))
+        n_samples = math.ceil(info.frames * sr / info.samplerate)
+    except Exception:
+        return None
+    return n_samples // int(round(segment_seconds * sr))
+
+
+def conversion_outputs(path, out_dir, sr, segment_seconds):
+    """PNG paths a clip will produce, or None when it cannot be known without decoding."""
+    count = expected_segment_count(path, sr, segment_seconds)
+    if count is None:
+        return None
+    if not segment_seconds:
+        return [out_dir / f"{path.stem}.png"]
+    return [out_dir / f"{common.segment_name(path.stem, i)}.png" for i in range(count)]
+
+
+def convert_clip(job):
+    """Worker: one audio file -> PNG(s). Returns (path, n_written, n_skipped, error or None)."""
+    path, out_dir, settings = job
+    outputs = conversion_outputs(path, out_dir, settings["sr"], settings["segment_seconds"])
+    if outputs and all(o.exists() and o.stat().st_mtime >= path.stat().st_mtime for o in outputs):
+        return path, 0, len(outputs), None
+    try:
+        images = common.clip_images(path, settings)
+        for i, levels in enumerate(images):
+            name = common.segment_name(path.stem, i) if settings["segment_seconds"] else path.stem
+            save_spectrogram_png(out_dir / f"{name}.png", levels, settings["cmap"])
+        return path, len(images), 0, None
+    except common.BadAudio as e:
+        return path, 0, 0, e.reason
+    except Exception as e:  # a decoder crash must not stop the other files
+        return path, 0, 0, f"{type(e).__name__}: {e}"
+
+
+def claim_image_folder(out, settings, src, overwrite=False):
+    """Make `out` the home of images with these settings, or refuse in one line: images made
+    with other settings (or of unknown settings) are replaced only with --overwrite, a folder
+    holding other files is never used, and nothing is written inside the input folder."""
+    out, src = Path(out).resolve(), Path(src).resolve()
+    if out == src or src in out.parents:
+        raise common.SuiteError(f"{out}: inside the input folder {src}; write the images elsewhere")
+    common.check_output_folder(out, "output folder")
+    recorded = out / common.CONVERSION_FILE
+    images = list(out.rglob("*.png")) if out.is_dir() else []
+    foreign = [p for p in out.rglob("*") if p.is_file() and p.suffix != ".png"
+               and not p.name.startswith(".")  # interrupted writes (.x.png.123.tmp), .DS_Store
+               and p.name not in ("errors.csv", "split.json", common.CONVERSION_FILE)] if out.is_dir() else []
+    if foreign:
+        raise common.SuiteError(f"{out}: holds files that are not images of this suite (e.g. "
+                         f"{foreign[0].name}); convert into a new or empty folder")
+    if images:
+        before = common.read_conversion(out) if recorded.exists() else None
+        if before == settings:
+            return  # the same identity: convert what is missing or stale
+        if not overwrite:
+            changed = "unknown settings, no " + common.CONVERSION_FILE if before is None else ", ".join(
+                f"--{k.replace('_', '-')} {before[k]} -> {settings[k]}"
+                for k in settings if before[k] != settings[k])
+            raise common.SuiteError(f"{out} holds images made with other settings ({changed}); convert "
+                             "into another folder, or add --overwrite to redo them all")
+        for png in images:  # --overwrite: another identity, every image is redone
+            png.unlink()
+    common.write_json(recorded, {**settings, "source": str(src)})
+
+
+def convert_folder(src, out, settings, workers=1, labels_csv=None, labeled=True,
+                   overwrite=False):
+    """Convert a labeled tree (or a flat folder with labeled=False) to OUT/<genre>/<name>.png.
+
+    Bad files: a warning line each, a row in OUT/errors.csv, the rest converted.
+    Returns (converted files, skipped up-to-date files, errors) and raises when nothing converted.
+    """
+    settings = {**common.CONVERSION_DEFAULTS, **settings}
+    common.colormap_lut(settings["cmap"])  # fail fast on a bad name
+    out = Path(out)
+    if labeled:
+        items = common.list_labeled_audio(src, labels_csv)
+        jobs = [(p, out / label, settings) for p, label in items]
+    else:
+        jobs = [(p, out, settings) for p in common.list_audio(src)]
+    claim_image_folder(out, settings, src, overwrite)
+    for tmp in out.rglob(".*.tmp"):  # left by an interrupted run
+        tmp.unlink(missing_ok=True)
+    converted, skipped, errors = 0, 0, []
+    for path, n_written, n_skipped, error in common.parallel_map(convert_clip, jobs, workers, "convert"):
+        if error:
+            print(f"warning: skipped {path}: {error}", file=sys.stderr)
+            errors.append((str(path), error))
+        converted += n_written > 0
+        skipped += n_skipped > 0
+    common.write_csv(out / "errors.csv", ["file", "reason"], sorted(errors))
+    if converted + skipped == 0:
+        raise common.SuiteError(f"nothing converted: all {len(jobs)} files failed (see {out}/errors.csv)")
+    return converted, skipped, errors
 
 
 # The demo set: ten synthetic "genres" that differ in tempo, pitch range, timbre and noise.
@@ -140,7 +258,7 @@ def main(argv=None):
     start = time.time()
     settings = {"size": args.size, "sr": args.sr, "segment_seconds": args.segment_seconds,
                 "cmap": args.cmap, "mel": args.mel}
-    converted, skipped, errors = common.convert_folder(
+    converted, skipped, errors = convert_folder(
         args.src, args.out, settings, args.workers, args.labels, labeled=not args.unlabeled,
         overwrite=args.overwrite)
     print(f"{converted} clips converted, {skipped} up to date, {len(errors)} bad "

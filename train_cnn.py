@@ -3,7 +3,7 @@
     python train_cnn.py --data data/images --img-size 256               # the study's CNN
     python train_cnn.py --data data/seg3 --img-size 256 --augment       # + RandomRotation(15)
     python train_cnn.py --data data/mel3 --model specnet                 # the better CNN
-    python train_cnn.py --data data/seg3 --img-size 256 --folds 5
+    python train_cnn.py --data data/mel3 --model specnet --split gtzan-filtered
     torchrun --nproc_per_node 2 train_cnn.py --data data/images --img-size 256
 
 --model convolneunet (default) is the study's network on the RGB images, faithful to it.
@@ -11,13 +11,15 @@ At --img-size 512 its first FC layer alone has 96*64*64*512 = 201 M weights (0.8
 3.2 GB with gradients and Adam's state; 6.4 GB peak RSS measured on CPU at batch 16, with the
 best-weights copy and activations); 256 needs a quarter (2.1 GB peak) and trains 4-6x faster.
 --model specnet is a small modern CNN (0.29 M weights, batch norm, pooling over frequency and
-time, so any image size) that reads the dB levels the PNGs store (--input levels), with its
-own defaults: --schedule cosine --epochs 30 --mixup 0.2 (MODEL_DEFAULTS; measured in the README).
+time, so any image size of 16 px or more) that reads the dB levels the PNGs store (--input
+levels), with its own defaults: --schedule cosine --epochs 30 --mixup 0.2 (MODEL_DEFAULTS).
 Images of <clip>__sNN segments are scored per clip (mean of the segment logits). Writes
 runs/<name>/ with config, history, metrics, curves, confusion, model.pt; --resume continues it.
 """
 import sys
 from pathlib import Path
+
+import torch
 
 import common
 
@@ -46,7 +48,35 @@ def build_parser(model="convolneunet"):
 def parse_args(argv):
     """--model first, for its defaults; then every flag, checked."""
     model = build_parser().parse_known_args(argv)[0].model
-    return common.parse_run_args(build_parser(model), argv)
+    return common.parse_run_args(build_parser(model), argv, check_model=check_model)
+
+
+def channels_of(args):
+    return args.input if args.input != "auto" else \
+        ("rgb" if args.model == "convolneunet" else "levels")
+
+
+def check_model(args, image_shape=None):
+    """The network can take the images: --img-size (else the data's (height, width), when
+    known) is checked by a forward pass of an empty batch, before any work."""
+    channels = 1 if channels_of(args) == "levels" else 3
+    if args.img_size is not None:
+        shape, what = (args.img_size, args.img_size), f"--img-size {args.img_size}"
+    elif image_shape is not None:
+        shape, what = image_shape, f"the images of {args.data} ({image_shape[0]}x{image_shape[1]}, no --img-size)"
+    else:
+        return
+    if args.model == "convolneunet" and (shape[0] != shape[1] or not shape[0] or shape[0] % 8):
+        raise common.SuiteError(f"{what}: ConvolNeuNet needs square images whose side is a "
+                                "multiple of 8: give --img-size 128 (or 256, 512), or use "
+                                "--model specnet, which takes any size")
+    model = common.CNN_MODELS[args.model](2, shape[0], channels)
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, channels, *shape, dtype=torch.uint8))
+    except RuntimeError:
+        raise common.SuiteError(f"{what}: too small for {args.model} (its four 2x2 poolings need "
+                                "16 px or more on each side)") from None
 
 
 def images_size(data):
@@ -61,25 +91,38 @@ def images_size(data):
 @common.user_errors
 def main(argv=None):
     args = parse_args(argv)
-    channels = args.input if args.input != "auto" else \
-        ("rgb" if args.model == "convolneunet" else "levels")
+    channels = channels_of(args)
     img_size = args.img_size if args.img_size is not None else images_size(args.data)
-    spec = {"kind": "cnn", "model": args.model, "img_size": img_size,
-            "in_channels": 1 if channels == "levels" else 3}
-    common.build_model({**spec, "n_classes": 2})  # a bad --img-size fails now, in one line
+    if args.img_size is None:  # the data's own size: check it as a given --img-size is
+        check_model(args, (img_size, img_size) if img_size else
+                    common.native_size(common.list_images(args.data)[0]))
+
+    # data: every image decoded once into memory (or per batch above --cache-mb)
     data = common.load_image_data(args.data, img_size, channels, args.cache_mb)
-    spec.update(n_classes=len(data.classes), preprocess={
-        "type": "image", **data.conversion, "img_size": img_size, "channels": channels})
-    dataset = data.dataset
-    with common.start_run(args, argv, "train_cnn.py", args.model, classes=data.classes,
-                          clip_ids=dataset.clip_ids, labels=dataset.labels,
-                          split_dir=args.data) as run:
-        for part in run.parts():
-            train, val, test = common.image_parts(dataset, part.indices, args.augment)
-            part.train_and_test(common.build_model(spec), spec, train, val, test,
-                                criterion=common.make_criterion("ce", len(data.classes)),
-                                notes={"input": channels, "augment": args.augment})
-        run.finish()
+    dataset, classes = data.dataset, data.classes
+    spec = {"kind": "cnn", "model": args.model, "img_size": img_size, "n_classes": len(classes),
+            "in_channels": 1 if channels == "levels" else 3,
+            "preprocess": {"type": "image", **data.conversion, "img_size": img_size,
+                           "channels": channels}}
+
+    dist = common.Dist.from_env()
+    with common.start_run(args, argv, "train_cnn.py", args.model, classes=classes,
+                          clip_ids=dataset.clip_ids, labels=dataset.labels, split_dir=args.data,
+                          dist=dist) as run:
+        for part in run.parts():  # the split, or each of the --folds
+            train, val, test = common.image_parts(dataset, part.indices, args.augment, args.seed)
+            model = common.build_model(spec)
+            result = common.fit(model, train, val, criterion=torch.nn.CrossEntropyLoss(),
+                                device=run.device, dist=dist, checkpoint=part.checkpoint,
+                                deadline=run.deadline, **common.fit_options(args))
+            tested = common.test_model(model, test, device=run.device, dist=dist,
+                                       batch_size=args.batch_size)
+            common.save(part, model, spec, tested, result, train=train, val=val, test=test,
+                        notes={"input": channels, "augment": args.augment})
+        common.summarize_folds(run)
+    if args.predict and dist.main:
+        common.predict_and_submit(run.model_file, args.predict, device=run.device,
+                                  **common.predict_options(args))
     return 0
 
 

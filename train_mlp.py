@@ -198,7 +198,12 @@ def extract(args):
 
 
 # ----------------------------------------------------------------------------------------------
-# Models: the MLP through the common driver; scikit-learn baselines beside it
+# Models: the MLP, its losses, and scikit-learn baselines beside it
+
+def check_model(args):
+    """--hidden and --drop-columns are well formed (before any work)."""
+    parse_hidden(args.hidden)
+
 
 def parse_hidden(text):
     """'512:tanh,256:relu' -> [(512, 'tanh'), (256, 'relu')]."""
@@ -213,6 +218,23 @@ def parse_hidden(text):
     if not layers:
         raise common.SuiteError("--hidden needs at least one layer")
     return layers
+
+
+def make_criterion(name, n_classes, smoothing=0.0):
+    """Cross entropy, multi-class hinge, or KL divergence to (smoothed) one-hot targets."""
+    if name == "ce":
+        return torch.nn.CrossEntropyLoss(label_smoothing=smoothing)
+    if name == "hinge":
+        return torch.nn.MultiMarginLoss()
+    if name == "kl":
+        kl = torch.nn.KLDivLoss(reduction="batchmean")
+
+        def kl_loss(logits, y):
+            target = torch.full_like(logits, smoothing / n_classes, dtype=torch.float32)
+            target.scatter_(1, y[:, None], 1 - smoothing + smoothing / n_classes)
+            return kl(torch.log_softmax(logits.float(), 1), target)
+        return kl_loss
+    raise common.SuiteError(f"unknown --loss {name!r}: ce, hinge or kl")
 
 
 @contextlib.contextmanager
@@ -233,31 +255,42 @@ def make_estimator(args):
     return make_pipeline(*steps, model)
 
 
-def fit_baseline(part, args, train, val, test, preprocess):
-    """A scikit-learn pipeline on the training rows (validation unused: nothing to stop early),
-    tested on the test rows, written to the part's folder with model.joblib."""
-    import joblib
-
+def fit_baseline(estimator, train, test):
+    """A scikit-learn pipeline fitted on the training rows (no validation: nothing to stop
+    early); returns its seconds and its scores on the test rows, clip probabilities when it
+    has them (logistic regression; the SVM's scores stand in through softmax)."""
     def rows(part_set):
         return part_set.inputs(torch.arange(len(part_set))).numpy()
-    estimator = make_estimator(args)
     start = time.time()
     estimator.fit(rows(train), train.labels)
     fit_seconds = time.time() - start
     start = time.time()
-    scores = common.estimator_scores(estimator, rows(test))
-    predict_seconds = time.time() - start
-    probabilities = None  # the SVM has none: softmax of its scores stands in
+    tested = common.Tested(common.estimator_scores(estimator, rows(test)), time.time() - start)
     if hasattr(estimator, "predict_proba"):
-        probabilities = common.clip_vote(estimator.predict_proba(rows(test)), test.labels,
-                                         test.clip_ids)[1]
-    part.report(scores, train=train, val=val, test=test, prepare_seconds=fit_seconds,
-                predict_seconds=predict_seconds, probabilities=probabilities)
-    if common.DIST.main:
-        classes = part.run.classes
-        saved = {"estimator": estimator, "spec": {"kind": args.baseline, "preprocess": preprocess},
-                 "classes": classes, "fallback_class": common.majority_class(classes, train.labels)}
-        common.atomic_write(part.dir / "model.joblib", lambda f: joblib.dump(saved, f), mode="wb")
+        tested.probabilities = common.clip_vote(estimator.predict_proba(rows(test)), test.labels,
+                                                test.clip_ids)[1]
+    return fit_seconds, tested
+
+
+def feature_set_of(path, columns):
+    """The feature set the CSV was extracted with (recorded beside it by --extract), else the
+    public table's (standard). Columns the set lacks, or has and the CSV lacks, are named: the
+    model trains on the CSV's columns, and predicts audio only when it can compute them all."""
+    record = Path(path).with_suffix(".json")
+    try:
+        feature_set = json.loads(record.read_text())["feature_set"]
+    except (OSError, ValueError, KeyError, TypeError):
+        feature_set = "standard"
+    expected = common.FEATURE_SETS[feature_set]
+    unknown = [c for c in columns if c not in expected]
+    missing = [c for c in expected if c not in columns]
+    if unknown:
+        print(f"warning: {path}: {len(unknown)} column(s) are not {feature_set} features (e.g. "
+              f"{unknown[0]}): the model cannot predict from audio files", file=sys.stderr)
+    elif missing:
+        print(f"warning: {path}: {len(missing)} {feature_set} feature column(s) missing (e.g. "
+              f"{missing[0]}); training on the other {len(columns)}", file=sys.stderr)
+    return feature_set
 
 
 @common.user_errors
@@ -266,29 +299,39 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.extract:
         return extract(args)
-    args = common.parse_run_args(parser, argv, data_is_file=True, data_flag="--features")
+    args = common.parse_run_args(parser, argv, data_is_file=True, data_flag="--features",
+                                 check_model=check_model)
     hidden = parse_hidden(args.hidden)
+
+    # data: the feature table, minus the columns left out
     x, columns, clip_ids, labels = read_features_csv(args.data, args.label_column)
     drop = set(filter(None, args.drop_columns.split(",")))
     if drop - set(columns):
         raise common.SuiteError(f"--drop-columns: no column(s) {', '.join(sorted(drop - set(columns)))}")
     keep = [i for i, c in enumerate(columns) if c not in drop]
     x, columns = x[:, keep], [columns[i] for i in keep]
+    preprocess = {"type": "features", "columns": columns,
+                  "feature_set": feature_set_of(args.data, columns + sorted(drop))}
     classes = sorted(set(labels))
     label_index = [classes.index(label) for label in labels]
     dataset = common.ArrayDataset(torch.from_numpy(x), label_index, clip_ids)
-    feature_set = "extended" if set(common.EXTENDED_COLUMNS) & set(columns) else "standard"
-    preprocess = {"type": "features", "columns": columns, "feature_set": feature_set}
     name = args.baseline or f"mlp-{args.loss}"
+
+    dist = common.Dist.from_env()
     # batches of 32 x 57 features: a second thread only waits (measured 2x-30x slower)
     with torch_threads(1), \
             common.start_run(args, argv, "train_mlp.py", name, classes=classes, clip_ids=clip_ids,
-                             labels=label_index, split_dir=Path(args.data).parent) as run:
-        for part in run.parts():
+                             labels=label_index, split_dir=Path(args.data).parent, dist=dist) as run:
+        for part in run.parts():  # the split, or each of the --folds
             train, val, test = (dataset.subset(part.indices[p]) for p in ("train", "val", "test"))
             if args.baseline:
-                fit_baseline(part, args, train, val, test, preprocess)
+                estimator = make_estimator(args)
+                fit_seconds, tested = fit_baseline(estimator, train, test)
+                common.save(part, estimator, {"kind": args.baseline, "preprocess": preprocess},
+                            tested, None, train=train, val=val, test=test,
+                            prepare_seconds=fit_seconds)
                 continue
+            # scaler and PCA fitted on the training rows only, stored inside the model
             train_rows = x[part.indices["train"]]
             scaler = StandardScaler().fit(train_rows)
             pca = PCA(args.pca, random_state=args.seed).fit(scaler.transform(train_rows)) \
@@ -299,10 +342,18 @@ def main(argv=None):
                     "dropout": args.dropout, "preprocess": preprocess}
             model = common.build_model(spec)
             model.set_preprocessing(scaler, pca)
-            part.train_and_test(model, spec, train, val, test,
-                                criterion=common.make_criterion(args.loss, len(classes), args.smoothing),
-                                notes={"pca_components": int(n_components)})
-        run.finish()
+            result = common.fit(model, train, val,
+                                criterion=make_criterion(args.loss, len(classes), args.smoothing),
+                                device=run.device, dist=dist, checkpoint=part.checkpoint,
+                                deadline=run.deadline, **common.fit_options(args))
+            tested = common.test_model(model, test, device=run.device, dist=dist,
+                                       batch_size=args.batch_size)
+            common.save(part, model, spec, tested, result, train=train, val=val, test=test,
+                        notes={"pca_components": int(n_components)})
+        common.summarize_folds(run)
+    if args.predict and dist.main:
+        common.predict_and_submit(run.model_file, args.predict, device=run.device,
+                                  **common.predict_options(args))
     return 0
 
 

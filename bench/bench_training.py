@@ -72,7 +72,7 @@ def bench_size(size, args):
     train, val = data.subset(range(args.n)), data.subset(range(args.n, args.n + args.n_val))
     batches = [(train.x[i:i + args.batch_size], train.y[i:i + args.batch_size])
                for i in range(0, args.n, args.batch_size)]  # views: no copy
-    criterion = common.make_criterion("ce", N_CLASSES)
+    criterion = torch.nn.CrossEntropyLoss()
     autocast, scaler = common.amp_tools(device)
 
     common.seed_everything(args.seed)

@@ -3,7 +3,7 @@
     python bench/bench_transfer.py
     python bench/bench_transfer.py --n 32 --epochs 20 --slow-epochs 1
 
-VGG16 built by common.build_transfer("vgg16", 10, "none") (random weights: no download; the
+VGG16 built by train_transfer.build_transfer("vgg16", 10, "none") (random weights: no download; the
 cost does not depend on the weights), random uint8 images in memory, timed side by side:
   (a) fast path: one batched backbone pass over the n images (common.predict_logits with
       forward=net.features, as train_transfer.backbone_features) + --epochs epochs of common.fit
@@ -56,13 +56,13 @@ def main(argv=None):
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     device = torch.device("cpu")
     common.seed_everything(args.seed)
-    net, _ = common.build_transfer(args.arch, N_CLASSES, "none")
+    net, _ = train_transfer.build_transfer(args.arch, N_CLASSES, "none")
     g = torch.Generator().manual_seed(args.seed)
     x = torch.randint(0, 256, (args.n, 3, args.img_size, args.img_size), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, N_CLASSES, (args.n,), generator=g).numpy()
     images = common.ArrayDataset(x, labels, [f"clip{i}" for i in range(args.n)])
     train_rows, val_rows = range(args.n - args.n_val), range(args.n - args.n_val, args.n)
-    criterion = common.make_criterion("ce", N_CLASSES)
+    criterion = torch.nn.CrossEntropyLoss()
     autocast, _ = common.amp_tools(device)
     fit_args = dict(criterion=criterion, lr=1e-3, epochs=args.epochs, batch_size=args.batch_size,
                     seed=args.seed, patience=args.epochs + 1, device=device, log=lambda *_: None)

@@ -57,7 +57,7 @@ def make_images(root, per_class, size, seed=0):
             levels = rng.integers(0, 90, (size, size)).astype(np.uint8)
             band = slice(k * size // N_CLASSES, (k + 1) * size // N_CLASSES)
             levels[band] += 120
-            common.save_spectrogram_png(root / f"c{k}" / f"c{k}.{i:05d}.png", levels)
+            data_conversion.save_spectrogram_png(root / f"c{k}" / f"c{k}.{i:05d}.png", levels)
     common.write_json(root / common.CONVERSION_FILE, {**common.CONVERSION_DEFAULTS, "size": size})
     return root
 

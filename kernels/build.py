@@ -168,20 +168,26 @@ def embed(name, source):
     return f"{variable} = {source!r}\n"
 
 
-def module_sources(trainer):
-    files = {"common": ROOT / "common.py", trainer: ROOT / f"{trainer}.py",
-             "kernel_main": KERNELS_DIR / "kernel_main.py"}
+PIPELINE_MODULES = {"images": ["data_conversion"], "features": []}  # beside common and the trainer
+
+
+def module_sources(trainer, pipeline):
+    """The modules a kernel imports, in import order: what it needs and nothing else."""
+    files = {"common": ROOT / "common.py",
+             **{m: ROOT / f"{m}.py" for m in PIPELINE_MODULES[pipeline]},
+             trainer: ROOT / f"{trainer}.py", "kernel_main": KERNELS_DIR / "kernel_main.py"}
     return {name: path.read_text(encoding="utf-8") for name, path in files.items()}
 
 
 def kernel_script(name, options):
     spec = KERNELS[name]
-    sources = module_sources(spec["trainer"])
+    sources = module_sources(spec["trainer"], spec["pipeline"])
     embedded = "".join(embed(m, text) + "\n" for m, text in sources.items())
     embedded += "SOURCES = [" + ", ".join(f'("{m}", {m.upper()}_PY)' for m in sources) + "]"
     values = {
         "TITLE": spec["title"], "WHAT": spec["what"], "NAME": name, "TRAINER": spec["trainer"],
-        "SOURCE_FILES": f"common.py, {spec['trainer']}.py and kernels/kernel_main.py",
+        "SOURCE_FILES": ", ".join(f"{m}.py" for m in sources if m != "kernel_main")
+                        + " and kernels/kernel_main.py",
         "STEPS": PIPELINE_STEPS[spec["pipeline"]], "EXAMPLE": spec["example"],
         "SETTINGS": json.dumps(settings(name, options)), "EMBEDDED": embedded,
     }

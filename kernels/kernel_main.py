@@ -152,9 +152,10 @@ def find_weights(input_dir, trainer_argv, trainer):
 # Steps
 
 def prepare_images(args, train, labels, temp):
+    import data_conversion  # inlined in image kernels only
     images = temp / "images"
     settings = {"size": args.size, "segment_seconds": args.segment_seconds, "mel": args.mel}
-    converted, skipped, errors = common.convert_folder(
+    converted, skipped, errors = data_conversion.convert_folder(
         train, images, settings, common.default_workers(), labels, overwrite=True)
     print(f"{converted} clips converted, {skipped} up to date, {len(errors)} bad -> {images}")
     return ["--data", str(images)]

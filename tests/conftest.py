@@ -56,7 +56,7 @@ def make_images(root, n_per_class=6, size=16, classes=("a", "b", "c"), segments=
                 band = slice(k * size // len(classes), (k + 1) * size // len(classes))
                 img[band] += 150
                 if palette:
-                    common.save_spectrogram_png(root / c / f"{name}.png", img)
+                    data_conversion.save_spectrogram_png(root / c / f"{name}.png", img)
                 else:
                     Image.fromarray(img).save(root / c / f"{name}.png")
     return root

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import common
+import predict
 import compare
 import data_conversion
 import train_cnn
@@ -23,7 +24,7 @@ import train_transfer
 from conftest import make_images, write_tone
 
 SCRIPTS = {"convert": data_conversion.main, "cnn": train_cnn.main, "transfer": train_transfer.main,
-           "mlp": train_mlp.main, "compare": compare.main, "predict": common.main}
+           "mlp": train_mlp.main, "compare": compare.main, "predict": predict.main}
 
 
 @pytest.fixture(scope="module")
@@ -147,13 +148,13 @@ CASES = [
     ("resume-with-flags", "cnn", "--resume {w}/runs/r1 --lr 0.5", 1, "--lr"),
     ("submit-no-credentials", "cnn", "--data {w}/images --out {w}/runs --predict {w}/test --submit comp", 2, "credentials"),
     # prediction from a saved model
-    ("predict-model-missing", "predict", "predict {w}/nope.pt {w}/test", 1, "nope.pt"),
-    ("predict-model-junk", "predict", "predict {w}/junk.pt {w}/test", 1, "junk.pt"),
-    ("predict-classes-outputs", "predict", "predict {w}/four_classes.pt {w}/test", 1, "4 classes for 3 outputs"),
-    ("predict-audio-missing", "predict", "predict {w}/runs/r1/model.pt {w}/nope", 1, "nope"),
-    ("predict-output-read-only", "predict", "predict {w}/runs/r1/model.pt {w}/test --output {w}/readonly/s.csv", 1, "not writable"),
-    ("predict-workers-0", "predict", "predict {w}/runs/r1/model.pt {w}/test --workers 0", 1, "--workers"),
-    ("predict-no-credentials", "predict", "predict {w}/runs/r1/model.pt {w}/test --submit comp", 2, "credentials"),
+    ("predict-model-missing", "predict", "{w}/nope.pt {w}/test", 1, "nope.pt"),
+    ("predict-model-junk", "predict", "{w}/junk.pt {w}/test", 1, "junk.pt"),
+    ("predict-classes-outputs", "predict", "{w}/four_classes.pt {w}/test", 1, "4 classes for 3 outputs"),
+    ("predict-audio-missing", "predict", "{w}/runs/r1/model.pt {w}/nope", 1, "nope"),
+    ("predict-output-read-only", "predict", "{w}/runs/r1/model.pt {w}/test --output {w}/readonly/s.csv", 1, "not writable"),
+    ("predict-workers-0", "predict", "{w}/runs/r1/model.pt {w}/test --workers 0", 1, "--workers"),
+    ("predict-no-credentials", "predict", "{w}/runs/r1/model.pt {w}/test --submit comp", 2, "credentials"),
     # comparison
     ("compare-runs-missing", "compare", "--runs {w}/nope", 1, "--runs"),
     ("compare-no-metrics", "compare", "--runs {w}/empty", 1, "no metrics.json"),
@@ -351,7 +352,7 @@ def test_time_to_converge_counts_training_only(world, tmp_path):
 
 def test_predict_help_explains_every_option(capsys):
     with pytest.raises(SystemExit):
-        common.main(["predict", "--help"])
+        predict.main(["--help"])
     text = capsys.readouterr().out
     for option in ("--output", "--device", "--workers", "--id-col", "--label-col",
                    "--sample-submission", "--submit", "--message", "--dry-run"):

@@ -61,7 +61,7 @@ def test_kaggle_without_credentials_exit_2(tmp_path, no_kaggle_credentials, caps
 def test_ensemble_averages_clip_probabilities_of_two_families(tiny_audio, tmp_path, capsys):
     """A CNN on the images and an MLP on the features of the same clips share a split; the
     ensemble row is the balanced accuracy of their mean probabilities, and both runs timed
-    audio to label on the audio they were made from."""
+    audio to label on the test audio they predicted."""
     import csv
     import data_conversion
     import train_cnn
@@ -70,12 +70,14 @@ def test_ensemble_averages_clip_probabilities_of_two_families(tiny_audio, tmp_pa
     runs = tmp_path / "runs"
     assert data_conversion.main([str(tiny_audio), str(tmp_path / "img"), "--size", "16",
                                  "--workers", "1"]) == 0
+    test_audio = tiny_audio / "pop"
     assert train_cnn.main(["--data", str(tmp_path / "img"), "--epochs", "3", "--out", str(runs),
-                           "--name", "cnn", "--workers", "1"]) == 0
+                           "--name", "cnn", "--workers", "1", "--predict", str(test_audio)]) == 0
     assert train_mlp.main(["--extract", str(tiny_audio), "--features", str(tmp_path / "f.csv"),
                            "--workers", "1"]) == 0
     assert train_mlp.main(["--features", str(tmp_path / "f.csv"), "--epochs", "3", "--out",
-                           str(runs), "--name", "mlp", "--workers", "1"]) == 0
+                           str(runs), "--name", "mlp", "--workers", "1", "--predict",
+                           str(test_audio)]) == 0
     capsys.readouterr()
     assert compare.main(["--runs", str(runs), "--out", str(tmp_path / "r"), "--ensemble", "cnn",
                          "mlp", "--ensemble-name", "both"]) == 0
@@ -86,13 +88,16 @@ def test_ensemble_averages_clip_probabilities_of_two_families(tiny_audio, tmp_pa
             rows = sorted(csv.DictReader(f), key=lambda r: r["clip_id"])
         classes = [c[2:] for c in rows[0] if c.startswith("p_")]
         probabilities.append(np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows]))
-        metrics = json.loads((runs / name / "metrics.json").read_text())
-        assert metrics["audio_to_label_seconds_per_clip"] > 0
+        record = json.loads((runs / name / "submission.json").read_text())
+        assert record["files"] == 3 and record["preprocess_seconds_per_clip"] > 0
     predicted = [classes[i] for i in np.mean(probabilities, axis=0).argmax(1)]
     expected = balanced_accuracy_score([r["true"] for r in rows], predicted)
     assert f"| {expected:.3f} |" in row
     saved = json.loads((tmp_path / "r" / "both" / "metrics.json").read_text())
     assert saved["test_balanced_accuracy"] == pytest.approx(expected)
+    records = [json.loads((runs / n / "submission.json").read_text()) for n in ("cnn", "mlp")]
+    assert saved["audio_to_label_seconds_per_clip"] == pytest.approx(sum(
+        r["preprocess_seconds_per_clip"] + r["model_seconds_per_clip"] for r in records))
     assert (tmp_path / "r" / "both" / "confusion.png").stat().st_size > 1000
 
 

@@ -75,10 +75,13 @@ def test_embedded_sources_are_the_files():
         tree = ast.parse((KERNELS_DIR / name / "kernel.py").read_text())
         values = {node.targets[0].id: node.value for node in tree.body
                   if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)}
-        for module, path in (("common", ROOT / "common.py"),
-                             (spec["trainer"], ROOT / f"{spec['trainer']}.py"),
-                             ("kernel_main", KERNELS_DIR / "kernel_main.py")):
-            assert ast.literal_eval(values[f"{module.upper()}_PY"]) == path.read_text()
+        modules = ["common", *build.PIPELINE_MODULES[spec["pipeline"]], spec["trainer"]]
+        for module in modules:
+            assert ast.literal_eval(values[f"{module.upper()}_PY"]) == (ROOT / f"{module}.py").read_text()
+        assert ast.literal_eval(values["KERNEL_MAIN_PY"]) == (KERNELS_DIR / "kernel_main.py").read_text()
+        others = {"DATA_CONVERSION_PY", "TRAIN_CNN_PY", "TRAIN_TRANSFER_PY", "TRAIN_MLP_PY"} - \
+            {f"{m.upper()}_PY" for m in modules}
+        assert not others & set(values)  # no kernel ships another pipeline
 
 
 def test_metadata_fields(tmp_path):

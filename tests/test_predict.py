@@ -4,6 +4,7 @@ import csv
 import pytest
 
 import common
+import predict
 import data_conversion
 import train_cnn
 from conftest import write_tone
@@ -30,7 +31,7 @@ def test_dir(tmp_path):
 
 def test_predict_writes_submission_and_lists_bad_files(trained, test_dir, tmp_path, capsys):
     out = tmp_path / "sub.csv"
-    assert common.main(["predict", str(trained), str(test_dir), "--output", str(out),
+    assert predict.main([str(trained), str(test_dir), "--output", str(out),
                         "--workers", "1", "--id-col", "file", "--label-col", "genre"]) == 0
     rows = list(csv.reader(open(out)))
     assert rows[0] == ["file", "genre"]
@@ -50,7 +51,7 @@ def test_prediction_uses_training_preprocessing(trained, tiny_audio):
     assert pre == {"type": "image", "size": 32, "sr": common.SR, "segment_seconds": 0.5,
                    "cmap": "magma", "mel": 0, "img_size": 16, "channels": "rgb"}
     path = tiny_audio / "metal" / "metal.00001.wav"
-    _, inputs, error = common.model_inputs((path, pre))
+    _, inputs, error, _ = common.model_inputs((path, pre))
     images_dir = trained.parents[2] / "img" / "metal"
     decoded = torch.stack([common.decode_image(p, 16) for p in sorted(images_dir.glob("metal.00001__s*.png"))])
     assert error is None and np.array_equal(inputs, decoded.numpy())
@@ -59,10 +60,10 @@ def test_prediction_uses_training_preprocessing(trained, tiny_audio):
 def test_predict_submit_dry_run_and_twin(trained, test_dir, kaggle_twin, capsys):
     """predict --submit sends the CSV it wrote through the real kaggle client (to the twin);
     --dry-run sends nothing."""
-    base = ["predict", str(trained), str(test_dir), "--workers", "1", "--submit", "comp"]
-    assert common.main(base + ["--dry-run"]) == 0
+    base = [str(trained), str(test_dir), "--workers", "1", "--submit", "comp"]
+    assert predict.main(base + ["--dry-run"]) == 0
     assert "dry run: would submit" in capsys.readouterr().out and not kaggle_twin.requests
-    assert common.main(base + ["-m", "first try"]) == 0
+    assert predict.main(base + ["-m", "first try"]) == 0
     sent = kaggle_twin.submissions[0]
     assert sent["content"] == (trained.parent / "submission.csv").read_bytes().decode()
     assert sent["competition"] == "comp" and sent["description"].startswith("first try")
@@ -70,7 +71,7 @@ def test_predict_submit_dry_run_and_twin(trained, test_dir, kaggle_twin, capsys)
 
 def test_refused_submission_exit_2_keeps_csv(trained, test_dir, kaggle_twin, capsys):
     kaggle_twin.refuse_upload = True
-    assert common.main(["predict", str(trained), str(test_dir), "--workers", "1", "--submit", "c"]) == 2
+    assert predict.main([str(trained), str(test_dir), "--workers", "1", "--submit", "c"]) == 2
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error")]
     assert len(errors) == 1 and "refused" in errors[0] and "Traceback" not in err
@@ -78,7 +79,7 @@ def test_refused_submission_exit_2_keeps_csv(trained, test_dir, kaggle_twin, cap
 
 
 def test_no_credentials_exit_2(trained, test_dir, no_kaggle_credentials, capsys):
-    assert common.main(["predict", str(trained), str(test_dir), "--workers", "1", "--submit", "c"]) == 2
+    assert predict.main([str(trained), str(test_dir), "--workers", "1", "--submit", "c"]) == 2
     assert "Kaggle credentials not found" in capsys.readouterr().err
 
 
@@ -92,7 +93,7 @@ def test_trainer_predict_flag(tiny_audio, test_dir, tmp_path):
 
 def test_bad_model_file(tmp_path, test_dir, capsys):
     (tmp_path / "model.pt").write_bytes(b"junk")
-    assert common.main(["predict", str(tmp_path / "model.pt"), str(test_dir)]) == 1
+    assert predict.main([str(tmp_path / "model.pt"), str(test_dir)]) == 1
     assert "not a model.pt" in capsys.readouterr().err
 
 
@@ -110,7 +111,7 @@ def test_prediction_repeats_mel_levels_preprocessing(tiny_audio, tmp_path):
     pre = ckpt["spec"]["preprocess"]
     assert (pre["mel"], pre["channels"], pre["img_size"]) == (32, "levels", 0)
     path = tiny_audio / "pop" / "pop.00002.wav"
-    _, inputs, error = common.model_inputs((path, pre))
+    _, inputs, error, _ = common.model_inputs((path, pre))
     decoded = torch.stack([common.decode_image(p, 0, "levels")
                            for p in sorted((images / "pop").glob("pop.00002__s*.png"))])
     assert error is None and np.array_equal(inputs, decoded.numpy())

@@ -111,7 +111,7 @@ def test_the_chosen_loss_is_what_training_minimizes(loss, tmp_path):
     classes = sorted(set(labels))
     y = torch.tensor([classes.index(labels[i]) for i in rows])
     with torch.no_grad():
-        expected = common.make_criterion(loss, 3, 0.1)(model(torch.from_numpy(x[rows])), y).item()
+        expected = train_mlp.make_criterion(loss, 3, 0.1)(model(torch.from_numpy(x[rows])), y).item()
     with open(tmp_path / loss / "history.csv") as f:
         recorded = float(next(csv.DictReader(f))["train_loss"])
     assert recorded == pytest.approx(expected, rel=1e-4)
@@ -139,9 +139,9 @@ def test_three_second_table_keeps_a_clips_rows_together(tmp_path):
 
 def test_kl_to_one_hot_equals_cross_entropy():
     logits, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1])
-    kl = common.make_criterion("kl", 4)(logits, y)
+    kl = train_mlp.make_criterion("kl", 4)(logits, y)
     assert torch.allclose(kl, torch.nn.functional.cross_entropy(logits, y))
-    smooth = common.make_criterion("kl", 4, smoothing=0.2)(logits, y)
+    smooth = train_mlp.make_criterion("kl", 4, smoothing=0.2)(logits, y)
     assert not torch.allclose(smooth, kl)
 
 

@@ -6,6 +6,7 @@ import torch
 import torchvision
 
 import common
+import predict
 import data_conversion
 import train_transfer
 from conftest import without_seconds, write_tone
@@ -58,7 +59,7 @@ def test_imagenet_weights_frozen_then_predict(arch, imagenet_twin, spectrograms,
     backbone = model.backbone.state_dict()
     same = [k for k in backbone if k in served and torch.equal(backbone[k], served[k])]
     assert len(same) >= 0.9 * len(backbone)  # all but the replaced classifier
-    assert common.main(["predict", str(tmp_path / "r" / "model.pt"), str(test_audio),
+    assert predict.main([str(tmp_path / "r" / "model.pt"), str(test_audio),
                         "--workers", "1"]) == 0
     with open(tmp_path / "r" / "submission.csv") as f:
         rows = list(csv.reader(f))
@@ -92,7 +93,7 @@ def test_fast_path_trains_what_the_full_frozen_model_would(tiny_images):
     runs = []
     for fast in (False, True):
         common.seed_everything(0)
-        net, _ = common.build_transfer("resnet18", 3, "none", head_dropout=0.5)
+        net, _ = train_transfer.build_transfer("resnet18", 3, "none", head_dropout=0.5)
         train, val = (data.dataset.subset(parts[p]) for p in ("train", "val"))
         if fast:
             with torch.no_grad():
@@ -122,11 +123,11 @@ def test_frozen_backbone_untouched_on_the_slow_path(tiny_images, tmp_path):
     frozen = common.load_model(tmp_path / "frozen" / "model.pt")[0].backbone.state_dict()
     tuned = common.load_model(tmp_path / "ft" / "model.pt")[0].backbone.state_dict()
     common.seed_everything(0)  # the random backbone both runs started from
-    start = common.build_transfer("resnet18", 3, "none")[0].backbone.state_dict()
+    start = train_transfer.build_transfer("resnet18", 3, "none")[0].backbone.state_dict()
     assert all(torch.equal(frozen[k], start[k]) for k in start)
     for k in ("conv1.weight", "bn1.running_mean"):
         assert not torch.equal(tuned[k], start[k])
-    net = common.build_transfer("resnet18", 3, "none")[0].train()
+    net = train_transfer.build_transfer("resnet18", 3, "none")[0].train()
     torch.nn.functional.cross_entropy(net(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)),
                                       torch.tensor([0, 1])).backward()
     assert all(p.grad is None for p in net.backbone.parameters())
@@ -147,11 +148,17 @@ def test_weights_from_local_state_dict(tiny_images, tmp_path, capsys):
     assert run(tiny_images, tmp_path, "--arch", "resnet18", "--weights", tmp_path / "other.pth") == 1
     err = capsys.readouterr().err
     assert "does not fit resnet18" in err and "missing keys" in err and err.count("\n") == 1
-    # same key names, other shapes (resnet34 has more blocks but resnet18's names are in it)
-    torch.save(torchvision.models.resnet18(num_classes=7).state_dict(), tmp_path / "seven.pth")
-    assert run(tiny_images, tmp_path, "--arch", "resnet18", "--weights", tmp_path / "seven.pth") == 1
+    # same key names, another shape in the backbone
+    state = reference.state_dict()
+    state["layer1.0.conv1.weight"] = torch.zeros(32, 64, 3, 3)
+    torch.save(state, tmp_path / "narrow.pth")
+    assert run(tiny_images, tmp_path, "--arch", "resnet18", "--weights", tmp_path / "narrow.pth") == 1
     err = capsys.readouterr().err
-    assert "other shape" in err and "fc.weight" in err and err.count("\n") == 1
+    assert "other shape" in err and "layer1.0.conv1.weight" in err and err.count("\n") == 1
+    # another classifier (7 classes) is no misfit: the classifier is replaced anyway
+    torch.save(torchvision.models.resnet18(num_classes=7).state_dict(), tmp_path / "seven.pth")
+    assert run(tiny_images, tmp_path, "--arch", "resnet18", "--weights", tmp_path / "seven.pth",
+               name="seven") == 0
 
 
 def test_download_failure_says_what_to_do(tiny_images, tmp_path, capsys, imagenet_twin):

@@ -40,12 +40,11 @@ def install_modules():
 COMMON_PY = r'''"""Shared code of the music-genre suite: what two or more of the scripts need.
 
 Infrastructure first (errors and command lines, files, processes), then in the order the data
-flows: audio -> spectrogram images -> audio features -> datasets -> split -> models -> training
-loop -> metrics -> flags -> run folder -> driver -> prediction and submission -> Kaggle.
+flows: audio -> spectrograms -> audio features -> datasets -> split -> models -> training loop
+-> metrics -> flags -> run folder -> prediction and submission -> Kaggle.
 
-The scripts (data_conversion.py, train_*.py, compare.py) are argparse front ends over this file;
-code that only one of them needs lives in that script.
-`python common.py predict RUN/model.pt AUDIO_DIR` predicts with any saved model.
+The scripts (data_conversion.py, train_*.py, predict.py, compare.py) are front ends over this
+file and show their own steps; code that only one of them needs lives in that script.
 """
 import argparse
 import contextlib
@@ -91,6 +90,13 @@ class SuiteError(Exception):
         self.code = code
 
 
+class NothingToDo(SuiteError):
+    """Not a mistake: there is nothing left to do (e.g. --resume of a finished run); exit 0."""
+
+    def __init__(self, message):
+        super().__init__(message, code=0)
+
+
 class BadAudio(SuiteError):
     """One unusable audio file; converters record it and go on."""
 
@@ -105,6 +111,9 @@ def user_errors(main):
     def wrapper(argv=None):
         try:
             return main(argv) or 0
+        except NothingToDo as e:
+            print(e)
+            return 0
         except SuiteError as e:
             print(f"error: {e}", file=sys.stderr)
             return e.code
@@ -144,6 +153,24 @@ def number(kind=int, minimum=None, above=None, below=None):
         return value
     parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse
+
+
+DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
+
+
+def duration(text):
+    """An argparse type: '90s', '45m', '11h30m', '2h', or plain seconds -> seconds (> 0)."""
+    match = DURATION.fullmatch(text.strip())
+    if text.strip().replace(".", "", 1).isdigit():
+        seconds = float(text)
+    elif match and any(match.groups()):
+        hours, minutes, secs = (float(g or 0) for g in match.groups())
+        seconds = 3600 * hours + 60 * minutes + secs
+    else:
+        seconds = 0
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 90s, 45m or 11h30m, got {text!r}")
+    return seconds
 
 
 # ----------------------------------------------------------------------------------------------
@@ -198,22 +225,24 @@ def check_output_folder(folder, what):
 # ----------------------------------------------------------------------------------------------
 # Processes: torchrun's ranks, worker pools for audio
 
+@dataclass(frozen=True)
 class Dist:
-    """torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), or a single process."""
+    """The processes of one training: torchrun's (Dist.from_env()), or one process (Dist()).
+    A trainer makes it once and passes it to what depends on it (split, loaders, fit)."""
+    world: int = 1
+    rank: int = 0
+    local_rank: int = 0
+    active: bool = False  # launched by torchrun, even with one process: DDP and a process group
 
-    def __init__(self):
-        self.world = int(os.environ.get("WORLD_SIZE", 1))
-        self.rank = int(os.environ.get("RANK", 0))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        self.launched = "WORLD_SIZE" in os.environ  # by torchrun, even with one process
+    @classmethod
+    def from_env(cls):
+        env = os.environ
+        return cls(int(env.get("WORLD_SIZE", 1)), int(env.get("RANK", 0)),
+                   int(env.get("LOCAL_RANK", 0)), "WORLD_SIZE" in env)
 
     @property
     def main(self):
         return self.rank == 0
-
-    @property
-    def active(self):
-        return self.launched
 
     def setup(self, device):
         """Join the process group (nccl on CUDA, gloo on CPU); returns this rank's device."""
@@ -252,9 +281,6 @@ class Dist:
             dist.destroy_process_group()
 
 
-DIST = Dist()
-
-
 def default_workers():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -275,7 +301,10 @@ def warm_imports(names=CONVERSION_MODULES):
 
 def one_thread():
     """Worker initializer: processes already give the parallelism; BLAS/FFT/numba threads would
-    oversubscribe the cores (measured 10x slower on 2 cores)."""
+    oversubscribe the cores (measured 10x slower on 2 cores). Ctrl-C is the parent's to handle:
+    a worker ignores it (else each prints its own traceback)."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from threadpoolctl import threadpool_limits
     threadpool_limits(1)
     with contextlib.suppress(Exception):  # numba's pool is sized at import: set it, not the env
@@ -482,23 +511,6 @@ def spectrogram_levels(y, size=512, sr=SR, mel=0):
     return level
 
 
-def spectrogram_image(y, size=512, cmap="magma", sr=SR, mel=0):
-    """RGB uint8 image of the log spectrogram, as librosa.display.specshow draws it without axes
-    (magma for all-negative dB), computed directly: dB -> 0..255 -> resize -> colormap table."""
-    return np.take(colormap_lut(cmap), spectrogram_levels(y, size, sr, mel), axis=0)
-
-
-def save_spectrogram_png(path, levels, cmap="magma"):
-    """An indexed-colour PNG whose palette is the colormap and whose index is the dB level: it
-    decodes to exactly the RGB image (every viewer, PIL's .convert("RGB"), torchvision), and
-    its index array is the level itself (--input levels). 2.3x smaller and 4x faster to write
-    than 24-bit RGB."""
-    from PIL import Image
-    image = Image.frombytes("P", levels.shape[::-1], np.ascontiguousarray(levels).tobytes())
-    image.putpalette(colormap_lut(cmap).tobytes())
-    atomic_write(path, lambda f: image.save(f, format="PNG", compress_level=1), mode="wb")
-
-
 def segment_name(stem, index):
     return f"{stem}{SEGMENT_TAG}{index:02d}"
 
@@ -507,29 +519,6 @@ def clip_id_of(name):
     """File name -> clip id: 'blues.00000__s03.png' -> 'blues.00000'."""
     stem = Path(name).stem if Path(name).suffix.lower() in AUDIO_EXTS | {".png"} else Path(name).name
     return stem.split(SEGMENT_TAG)[0]
-
-
-def expected_segment_count(path, sr, segment_seconds):
-    """How many segments a clip gives, from its header only (None when unknown)."""
-    if not segment_seconds:
-        return 1
-    try:
-        import soundfile
-        info = soundfile.info(str(path))
-        n_samples = math.ceil(info.frames * sr / info.samplerate)
-    except Exception:
-        return None
-    return n_samples // int(round(segment_seconds * sr))
-
-
-def conversion_outputs(path, out_dir, sr, segment_seconds):
-    """PNG paths a clip will produce, or None when it cannot be known without decoding."""
-    count = expected_segment_count(path, sr, segment_seconds)
-    if count is None:
-        return None
-    if not segment_seconds:
-        return [out_dir / f"{path.stem}.png"]
-    return [out_dir / f"{segment_name(path.stem, i)}.png" for i in range(count)]
 
 
 def clip_images(path, settings):
@@ -542,24 +531,6 @@ def clip_images(path, settings):
     return [spectrogram_levels(part, settings["size"], sr, settings["mel"]) for part in parts]
 
 
-def convert_clip(job):
-    """Worker: one audio file -> PNG(s). Returns (path, n_written, n_skipped, error or None)."""
-    path, out_dir, settings = job
-    outputs = conversion_outputs(path, out_dir, settings["sr"], settings["segment_seconds"])
-    if outputs and all(o.exists() and o.stat().st_mtime >= path.stat().st_mtime for o in outputs):
-        return path, 0, len(outputs), None
-    try:
-        images = clip_images(path, settings)
-        for i, levels in enumerate(images):
-            name = segment_name(path.stem, i) if settings["segment_seconds"] else path.stem
-            save_spectrogram_png(out_dir / f"{name}.png", levels, settings["cmap"])
-        return path, len(images), 0, None
-    except BadAudio as e:
-        return path, 0, 0, e.reason
-    except Exception as e:  # a decoder crash must not stop the other files
-        return path, 0, 0, f"{type(e).__name__}: {e}"
-
-
 def read_conversion(root):
     """How the images in root were made (conversion.json); the defaults when absent."""
     path = Path(root) / CONVERSION_FILE
@@ -568,80 +539,6 @@ def read_conversion(root):
     except ValueError:
         raise SuiteError(f"{path}: not readable JSON; convert again with --overwrite") from None
     return {**CONVERSION_DEFAULTS, **{k: v for k, v in recorded.items() if k in CONVERSION_DEFAULTS}}
-
-
-def audio_source(data):
-    """The audio folder a data set was made from (recorded by data_conversion.py in
-    conversion.json, by train_mlp.py --extract beside its CSV), or None."""
-    data = Path(data)
-    record = data / CONVERSION_FILE if data.is_dir() else data.with_suffix(".json")
-    try:
-        source = json.loads(record.read_text()).get("source")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return Path(source) if source and Path(source).is_dir() else None
-
-
-def claim_image_folder(out, settings, src, overwrite=False):
-    """Make `out` the home of images with these settings, or refuse in one line: images made
-    with other settings (or of unknown settings) are replaced only with --overwrite, a folder
-    holding other files is never used, and nothing is written inside the input folder."""
-    out, src = Path(out).resolve(), Path(src).resolve()
-    if out == src or src in out.parents:
-        raise SuiteError(f"{out}: inside the input folder {src}; write the images elsewhere")
-    check_output_folder(out, "output folder")
-    recorded = out / CONVERSION_FILE
-    images = list(out.rglob("*.png")) if out.is_dir() else []
-    foreign = [p for p in out.rglob("*") if p.is_file() and p.suffix != ".png"
-               and not p.name.startswith(".")  # interrupted writes (.x.png.123.tmp), .DS_Store
-               and p.name not in ("errors.csv", "split.json", CONVERSION_FILE)] if out.is_dir() else []
-    if foreign:
-        raise SuiteError(f"{out}: holds files that are not images of this suite (e.g. "
-                         f"{foreign[0].name}); convert into a new or empty folder")
-    if images:
-        before = read_conversion(out) if recorded.exists() else None
-        if before == settings:
-            return  # the same identity: convert what is missing or stale
-        if not overwrite:
-            changed = "unknown settings, no " + CONVERSION_FILE if before is None else ", ".join(
-                f"--{k.replace('_', '-')} {before[k]} -> {settings[k]}"
-                for k in settings if before[k] != settings[k])
-            raise SuiteError(f"{out} holds images made with other settings ({changed}); convert "
-                             "into another folder, or add --overwrite to redo them all")
-        for png in images:  # --overwrite: another identity, every image is redone
-            png.unlink()
-    write_json(recorded, {**settings, "source": str(src)})
-
-
-def convert_folder(src, out, settings, workers=1, labels_csv=None, labeled=True,
-                   overwrite=False):
-    """Convert a labeled tree (or a flat folder with labeled=False) to OUT/<genre>/<name>.png.
-
-    Bad files: a warning line each, a row in OUT/errors.csv, the rest converted.
-    Returns (converted files, skipped up-to-date files, errors) and raises when nothing converted.
-    """
-    settings = {**CONVERSION_DEFAULTS, **settings}
-    colormap_lut(settings["cmap"])  # fail fast on a bad name
-    out = Path(out)
-    if labeled:
-        items = list_labeled_audio(src, labels_csv)
-        jobs = [(p, out / label, settings) for p, label in items]
-    else:
-        jobs = [(p, out, settings) for p in list_audio(src)]
-    claim_image_folder(out, settings, src, overwrite)
-    for tmp in out.rglob(".*.tmp"):  # left by an interrupted run
-        tmp.unlink(missing_ok=True)
-    converted, skipped, errors = 0, 0, []
-    for path, n_written, n_skipped, error in parallel_map(convert_clip, jobs, workers, "convert"):
-        if error:
-            print(f"warning: skipped {path}: {error}", file=sys.stderr)
-            errors.append((str(path), error))
-        converted += n_written > 0
-        skipped += n_skipped > 0
-    write_csv(out / "errors.csv", ["file", "reason"], sorted(errors))
-    if converted + skipped == 0:
-        raise SuiteError(f"nothing converted: all {len(jobs)} files failed (see {out}/errors.csv)")
-    return converted, skipped, errors
 
 
 # ----------------------------------------------------------------------------------------------
@@ -758,12 +655,15 @@ def batch_collate(batch):
 
 class ArrayDataset:
     """Inputs already in memory (uint8 images, cached features, feature rows) + integer labels.
-    __getitems__ returns a whole batch (x, y, index) so an epoch costs one gather per batch."""
+    __getitems__ returns a whole batch (x, y, index) so an epoch costs one gather per batch.
+    An augmentation draws from a generator seeded by (augment_seed, epoch, item): the same
+    draws in this process, in loader workers, on any number of ranks, and after --resume."""
 
     def __init__(self, x, labels, clip_ids, transform=None, rows=None):
         self.x, self.y = x, torch.as_tensor(np.asarray(labels), dtype=torch.long)
         self.labels, self.clip_ids, self.transform = np.asarray(labels), list(clip_ids), transform
         self.rows = rows  # positions in x (a view of a larger set without copying it)
+        self.augment_seed, self.epoch = 0, 0
 
     def __len__(self):
         return len(self.y)
@@ -775,8 +675,13 @@ class ArrayDataset:
         index = torch.as_tensor(indices, dtype=torch.long)
         x = self.inputs(index)
         if self.transform is not None:
-            x = torch.stack([self.transform(item) for item in x])
+            x = torch.stack([self.transform(item, self.item_generator(i))
+                             for item, i in zip(x, index.tolist())])
         return x, self.y[index], index
+
+    def item_generator(self, i):
+        return torch.Generator().manual_seed(
+            (self.augment_seed * 1_000_003 + self.epoch) * 1_000_003 + i)
 
     def subset(self, indices, transform=None):
         """The items at `indices` (a train/val/test part), sharing memory with this set."""
@@ -885,38 +790,39 @@ def load_image_data(data_dir, img_size, channels="rgb", cache_mb=4096):
 class SpecAugment:
     """SpecAugment on one spectrogram image (uint8, C x freq x time): two frequency masks and two
     time masks of up to 15 % each (set to level 0, i.e. -80 dB), and a random circular shift in
-    time. Draws from torch's generator, so --seed repeats it."""
+    time."""
 
     def __init__(self, masks=2, max_fraction=0.15):
         self.masks, self.max_fraction = masks, max_fraction
 
-    def __call__(self, image):
+    def __call__(self, image, generator):
         image = image.clone()
         _, height, width = image.shape
         for axis, size in ((1, height), (2, width)):
             for _ in range(self.masks):
-                length = int(torch.randint(0, int(size * self.max_fraction) + 1, ()))
-                start = int(torch.randint(0, size - length + 1, ()))
+                length = int(torch.randint(0, int(size * self.max_fraction) + 1, (), generator=generator))
+                start = int(torch.randint(0, size - length + 1, (), generator=generator))
                 image.narrow(axis, start, length).zero_()
-        return torch.roll(image, int(torch.randint(0, width, ())), dims=2)
+        return torch.roll(image, int(torch.randint(0, width, (), generator=generator)), dims=2)
 
 
-AUGMENTATIONS = ("none", "rotate", "specaugment")
+def rotate(image, generator, degrees=15.0):
+    """The study's augmentation: torchvision's RandomRotation(15) (nearest, no expansion, black
+    corners), its angle drawn from `generator`."""
+    from torchvision.transforms import functional
+    angle = float(torch.empty(()).uniform_(-degrees, degrees, generator=generator))
+    return functional.rotate(image, angle)
 
 
-def image_parts(dataset, indices, augment="none"):
-    """train/val/test views; the augmentation on the training part only: rotate is the study's
-    RandomRotation(15), specaugment masks and shifts (SpecAugment)."""
-    transform = None
-    if augment == "rotate":
-        from torchvision.transforms import RandomRotation
-        transform = RandomRotation(15)
-    elif augment == "specaugment":
-        transform = SpecAugment()
-    return (dataset.subset(indices["train"], transform), dataset.subset(indices["val"]),
-            dataset.subset(indices["test"]))
+AUGMENTATIONS = {"none": None, "rotate": rotate, "specaugment": SpecAugment()}
 
 
+def image_parts(dataset, indices, augment="none", seed=0):
+    """train/val/test views; the augmentation (AUGMENTATIONS) on the training part only, its
+    draws seeded by `seed`."""
+    train = dataset.subset(indices["train"], AUGMENTATIONS[augment])
+    train.augment_seed = seed
+    return train, dataset.subset(indices["val"]), dataset.subset(indices["test"])
 # ----------------------------------------------------------------------------------------------
 # Split: clip-level, stratified, seeded, shared by every model family through split.json
 
@@ -976,7 +882,7 @@ def read_split(split_path):
     return split
 
 
-def load_or_make_split(split_path, clip_ids, labels, seed=0, given=False):
+def load_or_make_split(split_path, clip_ids, labels, seed=0, given=False, log=print):
     """Read split_path (made there once, then reused); `given` (--split) leaves out unlisted clips."""
     split_path = Path(split_path)
     present = set(clip_ids)
@@ -990,8 +896,8 @@ def load_or_make_split(split_path, clip_ids, labels, seed=0, given=False):
                 "make a new split, or pass --split FILE")
         unknown = sorted(listed - present)
         if unknown:
-            print(f"warning: {split_path}: {len(unknown)} of its {len(listed)} clips are not in "
-                  f"the data (first: {unknown[0]})", file=sys.stderr)
+            log(f"warning: {split_path.name}: {len(unknown)} of its {len(listed)} clips are not in "
+                f"the data and are left out (first: {unknown[0]})")
         for part in ("train", "val", "test"):
             split[part] = [c for c in split[part] if c in present]
         if not split["train"] or not split["test"]:
@@ -1001,9 +907,8 @@ def load_or_make_split(split_path, clip_ids, labels, seed=0, given=False):
         raise SuiteError(f"--split {split_path}: no such split file")
     split = make_split(clip_ids, labels, seed)
     write_json(split_path, split)  # every torchrun rank may get here: same bytes, atomic
-    if DIST.main:
-        print(f"wrote {split_path}: {len(split['train'])} train, {len(split['val'])} val, "
-              f"{len(split['test'])} test clips")
+    log(f"wrote {split_path}: {len(split['train'])} train, {len(split['val'])} val, "
+        f"{len(split['test'])} test clips")
     return split
 
 
@@ -1047,23 +952,43 @@ def split_location(data_dir, runs_dir):
     return Path(runs_dir) / "splits" / f"{data_dir.name}-{key}.json"
 
 
+# Splits shipped with the suite, by name (--split NAME): GTZAN's artist-filtered lists (Kereliuk,
+# Sturm and Larsen 2015; 443 / 197 / 290 clips), the honest way to report GTZAN accuracy.
+NAMED_SPLITS = {"gtzan-filtered": Path(__file__).resolve().parent / "splits" / "gtzan-filtered.json"}
+
+
+def split_file(name):
+    """--split NAME or FILE -> the file."""
+    return NAMED_SPLITS.get(name, Path(name))
+
+
+def split_label(args):
+    """What every report says about where its test clips come from."""
+    if args.folds:
+        return f"{args.folds}-fold (seed {args.seed})"
+    if args.split:
+        return args.split if args.split in NAMED_SPLITS else f"file {Path(args.split).name}"
+    return f"random 80/10/10 (seed {args.seed})"
+
+
+def resolve_splits(args, clip_ids, labels, split_dir, log=print):
+    """[(part name, split)]: the shared split (DATA/split.json, or --split NAME|FILE), or the K
+    folds; each with training, validation and test clips."""
+    if args.folds:
+        splits = [(f"fold{i}", s) for i, s in
+                  enumerate(kfold_splits(clip_ids, labels, args.folds, args.seed), 1)]
+    else:
+        path = split_file(args.split) if args.split else split_location(split_dir, args.out)
+        splits = [("", load_or_make_split(path, clip_ids, labels, args.seed, bool(args.split), log))]
+    for name, split in splits:
+        indices = split_indices(split, clip_ids)
+        empty = [part for part in ("train", "val", "test") if not indices[part]]
+        if empty:
+            raise SuiteError(f"{name or 'the split'} has no {' or '.join(empty)} clips: each "
+                             "class needs at least 3 clips (to train, validate and test)")
+    return splits
 # ----------------------------------------------------------------------------------------------
 # Models: every model starts with its own input preprocessing, so model.pt is all predict needs
-
-def build_model(spec):
-    """Rebuild a model from the plain-dict spec stored in model.pt."""
-    kind = spec["kind"]
-    if kind == "cnn":
-        model = CNN_MODELS[spec.get("model", "convolneunet")]
-        return model(spec["n_classes"], spec["img_size"], spec.get("in_channels", 3))
-    if kind == "transfer":
-        return build_transfer(spec["arch"], spec["n_classes"], "none", spec["head_dropout"],
-                              finetune=spec.get("finetune", False))[0]
-    if kind == "mlp":
-        return FeatureMLP(spec["n_inputs"], spec["n_components"], spec["hidden"],
-                          spec["n_classes"], spec["dropout"])
-    raise SuiteError(f"unknown model kind {kind!r} in model file")
-
 
 class InputNorm(nn.Module):
     """uint8 or float input -> float, scaled to 0..1 for images, then (x - mean) / std."""
@@ -1172,49 +1097,38 @@ def classification_archs():
 AUX_ARCHS = {"googlenet": ("aux1", "aux2"), "inception_v3": ("AuxLogits",)}
 
 
-def build_transfer(arch, n_classes, weights="imagenet", head_dropout=0.5, finetune=False):
-    """(TransferNet, input size) for any torchvision classification model by name.
-    weights: 'imagenet' (torchvision's enum, downloaded once), 'none', or a state-dict PATH.
-    Input size, mean and std are the weights' own transforms' (their crop size; the image is
-    resized to it, not cropped: a spectrogram's edges are data)."""
+def transfer_network(arch, n_classes, head_dropout=0.5, finetune=False):
+    """(TransferNet with random weights, input size) for any torchvision classification model by
+    name, built as torchvision builds it for its ImageNet weights. train_transfer.py loads the
+    pretrained weights into it; model.pt rebuilds it. Input size, mean and std are the weights'
+    own transforms' (their crop size; the image is resized to it, not cropped: a
+    spectrogram's edges are data)."""
     import torchvision
     archs = classification_archs()
     if arch not in archs:
         raise SuiteError(f"unknown --arch {arch!r}; choose from: {', '.join(archs)}")
-    enum = torchvision.models.get_model_weights(arch).DEFAULT
-    kwargs = {"transform_input": True} if arch in AUX_ARCHS else {}
-    if weights == "imagenet":
-        try:
-            model = torchvision.models.get_model(arch, weights=enum, **kwargs)
-        except Exception as e:
-            raise SuiteError(
-                f"could not download ImageNet weights for {arch} ({type(e).__name__}: {e}); "
-                f"pass --weights PATH (a torchvision state dict for {arch}, e.g. attached to a "
-                "Kaggle kernel as a dataset) or --weights none", code=2) from None
-    else:
-        if arch in AUX_ARCHS:
-            kwargs.update(aux_logits=False, init_weights=True)
-        model = torchvision.models.get_model(arch, weights=None, **kwargs)
-        if weights != "none":
-            load_backbone_weights(model, arch, weights)
+    kwargs = {"transform_input": True, "aux_logits": False, "init_weights": True} \
+        if arch in AUX_ARCHS else {}
+    model = torchvision.models.get_model(arch, weights=None, **kwargs)
     for name in AUX_ARCHS.get(arch, ()):
         model.aux_logits = False
         setattr(model, name, None)
-    in_features = replace_classifier(model, arch)
-    transforms = enum.transforms()
+    in_features, classifier = replace_classifier(model, arch)
+    transforms = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
     net = TransferNet(model, mlp_head(in_features, n_classes, head_dropout),
                       transforms.mean, transforms.std, frozen=not finetune)
+    net.replaced_classifier = classifier  # its pretrained weights have no place here
     return net, transforms.crop_size[0]
 
 
 def replace_classifier(model, arch):
-    """Swap the classifier for Identity; return the feature width it received. For VGG and
-    AlexNet the whole FC block goes (the study kept only the convolutional part); otherwise the
-    last Linear layer."""
+    """Swap the classifier for Identity; return (the feature width it received, its name in the
+    model). For VGG and AlexNet the whole FC block goes (the study kept only the convolutional
+    part); otherwise the last Linear layer."""
     if arch.startswith(("vgg", "alexnet")):
         in_features = next(m for m in model.classifier if isinstance(m, nn.Linear)).in_features
         model.classifier = nn.Identity()
-        return in_features
+        return in_features, "classifier"
     linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise SuiteError(f"--arch {arch}: no Linear classifier to replace; pick another model")
@@ -1222,36 +1136,7 @@ def replace_classifier(model, arch):
     owner = model.get_submodule(".".join(parents)) if parents else model
     in_features = getattr(owner, leaf).in_features
     setattr(owner, leaf, nn.Identity())
-    return in_features
-
-
-def load_backbone_weights(model, arch, path):
-    path = Path(path)
-    if not path.is_file():
-        raise SuiteError(f"--weights {path}: no such file (or use imagenet / none)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise SuiteError(f"--weights {path}: not a loadable state dict ({type(e).__name__})") from None
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    if not isinstance(state, dict):
-        raise SuiteError(f"--weights {path}: expected a state dict of {arch}")
-    aux = AUX_ARCHS.get(arch, ())  # torchvision's files hold the auxiliary heads: not used here
-    state = {k: v for k, v in state.items() if k.split(".")[0] not in aux}
-    own = model.state_dict()
-    wrong = [k for k, v in state.items() if k in own and getattr(v, "shape", None) != own[k].shape]
-    if wrong:
-        raise SuiteError(f"--weights {path} does not fit {arch}: {len(wrong)} tensors of another "
-                         f"shape (e.g. {wrong[0]}: {tuple(getattr(state[wrong[0]], 'shape', ()))} "
-                         f"there, {tuple(own[wrong[0]].shape)} in {arch})")
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys]
-    if missing:
-        raise SuiteError(f"--weights {path} does not fit {arch}: {len(missing)} missing keys "
-                         f"(e.g. {', '.join(missing[:3])}), {len(result.unexpected_keys)} unexpected")
-    if result.unexpected_keys:
-        print(f"warning: --weights {path}: ignored {len(result.unexpected_keys)} unexpected keys "
-              f"(e.g. {', '.join(result.unexpected_keys[:3])})", file=sys.stderr)
+    return in_features, linears[-1]
 
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid,
@@ -1290,26 +1175,25 @@ class FeatureMLP(nn.Module):
         return self.net(self.preprocess(x.float()))
 
 
-def make_criterion(name, n_classes, smoothing=0.0):
-    """Cross entropy, multi-class hinge, or KL divergence to (smoothed) one-hot targets."""
-    if name == "ce":
-        return nn.CrossEntropyLoss(label_smoothing=smoothing)
-    if name == "hinge":
-        return nn.MultiMarginLoss()
-    if name == "kl":
-        kl = nn.KLDivLoss(reduction="batchmean")
-
-        def kl_loss(logits, y):
-            target = torch.full_like(logits, smoothing / n_classes, dtype=torch.float32)
-            target.scatter_(1, y[:, None], 1 - smoothing + smoothing / n_classes)
-            return kl(torch.log_softmax(logits.float(), 1), target)
-        return kl_loss
-    raise SuiteError(f"unknown --loss {name!r}: ce, hinge or kl")
+# Model kinds: model.pt's spec["kind"] -> the function that rebuilds the network from the spec.
+MODEL_KINDS = {
+    "cnn": lambda spec: CNN_MODELS[spec.get("model", "convolneunet")](spec["n_classes"], spec["img_size"],
+                                                  spec.get("in_channels", 3)),
+    "transfer": lambda spec: transfer_network(spec["arch"], spec["n_classes"], spec["head_dropout"],
+                                              spec.get("finetune", False))[0],
+    "mlp": lambda spec: FeatureMLP(spec["n_inputs"], spec["n_components"], spec["hidden"],
+                                   spec["n_classes"], spec["dropout"]),
+}
 
 
+def build_model(spec):
+    """Rebuild a model from the plain-dict spec stored in model.pt (random weights)."""
+    if spec.get("kind") not in MODEL_KINDS:
+        raise SuiteError(f"unknown model kind {spec.get('kind')!r}; known: {', '.join(MODEL_KINDS)}")
+    return MODEL_KINDS[spec["kind"]](spec)
 # ----------------------------------------------------------------------------------------------
-# Training loop: one for every trainer (plateau LR, early stopping, AMP on CUDA, DDP, seeds,
-# a checkpoint at every improvement to resume from)
+# Training loop: one for every trainer (plateau LR, early stopping or cosine, AMP on CUDA, DDP,
+# seeds, a checkpoint at every improvement to resume from, a time limit)
 
 def cuda_unsupported_reason(index=0):
     """Why this torch build cannot run on CUDA device `index` (None when it can). A card older
@@ -1375,15 +1259,15 @@ def amp_tools(device):
     return autocast, torch.amp.GradScaler("cuda", enabled=cuda)
 
 
-def make_loader(dataset, batch_size, shuffle, seed, workers, device):
+def make_loader(dataset, batch_size, shuffle, seed, workers, device, dist=Dist()):
     """Batches of this rank's share. The sampler is DistributedSampler even for one process, so
     one process and N processes see the same global batches for the same seed. The loader's
-    own generator keeps its draws out of the global one: dropout and mixup draw the same with
-    or without loader workers."""
+    own generator keeps its draws out of the global one: dropout draws the same with or
+    without loader workers."""
     from torch.utils.data import DataLoader, DistributedSampler
-    sampler = DistributedSampler(dataset, num_replicas=DIST.world, rank=DIST.rank,
+    sampler = DistributedSampler(dataset, num_replicas=dist.world, rank=dist.rank,
                                  shuffle=shuffle, seed=seed, drop_last=False)
-    return DataLoader(dataset, batch_size=max(1, batch_size // DIST.world), sampler=sampler,
+    return DataLoader(dataset, batch_size=max(1, batch_size // dist.world), sampler=sampler,
                       collate_fn=batch_collate, num_workers=workers,
                       generator=torch.Generator().manual_seed(seed),
                       pin_memory=device.type == "cuda")
@@ -1393,28 +1277,28 @@ def unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
-def mixup_pairs(x, y, alpha):
+def mixup_pairs(x, y, alpha, rng):
     """Convex mixes of the batch with a shuffled copy of itself: (mixed x, partner labels,
-    weight of the original), weight ~ Beta(alpha, alpha)."""
-    weight = float(np.random.beta(alpha, alpha))
-    partner = torch.randperm(len(y), device=x.device)
+    weight of the original), weight ~ Beta(alpha, alpha); draws from the NumPy generator rng."""
+    weight = float(rng.beta(alpha, alpha))
+    partner = torch.from_numpy(rng.permutation(len(y))).to(x.device)
     return weight * x.float() + (1 - weight) * x[partner].float(), y[partner], weight
 
 
 def train_epoch(model, loader, criterion, optimizer, scaler, autocast, device, desc="train",
-                mixup=0.0):
+                mixup=0.0, rng=None, dist=Dist()):
     """One pass over this rank's share; loss and accuracy over all ranks, and the optimizer
-    steps GradScaler skipped (inf/NaN gradients under AMP). mixup > 0 trains on mixed pairs,
-    the loss mixed with the same weight; a mix is predicted right when it gets the label of
-    the larger share."""
+    steps GradScaler skipped (inf/NaN gradients under AMP). mixup > 0 trains on mixed pairs
+    drawn from rng, the loss mixed with the same weight; a mix is predicted right when it gets
+    the label of the larger share."""
     from tqdm import tqdm
     model.train()
     total_loss, correct, count, skipped, start = 0.0, 0, 0, 0, time.time()
-    for x, y, _ in tqdm(loader, desc=desc, leave=False, disable=None if DIST.main else True):
+    for x, y, _ in tqdm(loader, desc=desc, leave=False, disable=None if dist.main else True):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         target = y
         if mixup:
-            x, y_partner, weight = mixup_pairs(x, y, mixup)
+            x, y_partner, weight = mixup_pairs(x, y, mixup, rng)
             target = y if weight >= 0.5 else y_partner
         with autocast():
             logits = model(x)
@@ -1430,24 +1314,24 @@ def train_epoch(model, loader, criterion, optimizer, scaler, autocast, device, d
         total_loss += loss.item() * len(y)
         correct += (logits.argmax(1) == target).sum().item()
         count += len(y)
-    total_loss, correct, count, skipped = DIST.sum([total_loss, correct, count, skipped], device)
+    total_loss, correct, count, skipped = dist.sum([total_loss, correct, count, skipped], device)
     return {"loss": total_loss / count, "acc": correct / count, "skipped": int(skipped),
             "seconds": time.time() - start}
 
 
 @torch.no_grad()
-def predict_logits(model, loader, autocast, device, forward=None, desc=None):
+def predict_logits(model, loader, autocast, device, forward=None, desc=None, dist=Dist()):
     """Outputs (logits, or `forward`'s features) for the whole dataset in its order, each rank
     computing its share and all of them gathered. desc: show a progress bar."""
     from tqdm import tqdm
     model.eval()
     parts = []
     for x, _, index in tqdm(loader, desc=desc, unit="batch", leave=False,
-                            disable=True if desc is None or not DIST.main else None):
+                            disable=True if desc is None or not dist.main else None):
         with autocast():
             logits = (forward or model)(x.to(device, non_blocking=True))
         parts.append((index.numpy(), logits.float().cpu().numpy()))
-    gathered = [p for rank_parts in DIST.gather(parts) for p in rank_parts]
+    gathered = [p for rank_parts in dist.gather(parts) for p in rank_parts]
     n = len(loader.dataset)
     out = np.zeros((n, gathered[0][1].shape[1]), dtype=np.float32)
     for index, logits in gathered:  # DistributedSampler pads with repeats: same rows, same values
@@ -1455,10 +1339,10 @@ def predict_logits(model, loader, autocast, device, forward=None, desc=None):
     return out
 
 
-def evaluate(model, loader, criterion, autocast, device):
+def evaluate(model, loader, criterion, autocast, device, dist=Dist()):
     """Loss over items; accuracy and balanced accuracy at clip level (segments vote)."""
     dataset = loader.dataset
-    logits = predict_logits(model, loader, autocast, device)
+    logits = predict_logits(model, loader, autocast, device, dist=dist)
     loss = criterion(torch.from_numpy(logits), dataset.y).item()
     scores = clip_scores(logits, dataset.labels, dataset.clip_ids)
     return {"loss": loss, "acc": scores["accuracy"], "balanced_acc": scores["balanced_accuracy"],
@@ -1470,22 +1354,18 @@ class FitResult:
     history: list        # a dict per epoch: HISTORY_COLUMNS
     best_epoch: int      # the epoch whose weights the model holds now
     skipped_steps: int   # optimizer steps GradScaler skipped (AMP on CUDA)
+    complete: bool = True  # False: stopped by the time limit, to be resumed from its checkpoint
 
 
 def rng_state():
-    """Every random generator training draws from, as tensors and plain values (the checkpoint
-    loads with weights_only=True)."""
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"python": random.getstate(), "torch": torch.get_rng_state(),
-            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+    """The random generators training draws from outside its own seeded ones (dropout: torch's),
+    as tensors (the checkpoint loads with weights_only=True)."""
+    return {"torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def set_rng_state(state):
-    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
     torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -1493,9 +1373,17 @@ def set_rng_state(state):
 SCHEDULES = ("plateau", "cosine")
 
 
+def fit_options(args):
+    """fit()'s keyword arguments from a trainer's flags."""
+    return {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
+            "patience": args.patience, "seed": args.seed, "schedule": args.schedule,
+            "min_epochs": args.min_epochs, "weight_decay": args.weight_decay,
+            "mixup": args.mixup, "workers": args.workers}
+
+
 def fit(model, train_set, val_set, *, criterion, epochs, lr, batch_size, patience, seed, device,
         schedule="plateau", min_epochs=0, weight_decay=0.0, mixup=0.0, param_groups=None,
-        workers=1, checkpoint=None, log=print):
+        workers=1, checkpoint=None, deadline=None, dist=Dist(), log=print):
     """Train `model` with Adam (param_groups may give parts of the model their own lr); returns
     a FitResult.
 
@@ -1503,10 +1391,12 @@ def fit(model, train_set, val_set, *, criterion, epochs, lr, batch_size, patienc
     3); early stopping once `patience` epochs pass without a better validation balanced accuracy
     (not before min_epochs), the best weights restored. "cosine": the lr falls from `lr` to 0
     over `epochs` epochs, all of them trained, the last weights kept (choosing an epoch on a
-    few validation clips picks noise). AMP on CUDA; one device or torchrun (DDP). checkpoint: a
-    file written atomically at every improvement (cosine: every epoch) with all that training
-    depends on (weights, optimizer, scheduler, scaler, early-stopping state, random generators,
-    history); if it exists, training goes on from it and ends as an uninterrupted run would."""
+    few validation clips picks noise). AMP on CUDA; one device or torchrun (DDP, `dist`).
+    checkpoint: a file written atomically at every improvement (cosine: every epoch) with all
+    that training depends on (weights, optimizer, scheduler, scaler, early-stopping state,
+    random generators, history); if it exists, training goes on from it and ends as an
+    uninterrupted run would. deadline (time.time() seconds): no epoch is started that would
+    end after it; the state is checkpointed and the result says it is not complete."""
     if not len(train_set) or not len(val_set):
         raise SuiteError(f"{len(train_set)} training and {len(val_set)} validation items: each "
                          "class needs at least 3 clips (one to train, validate and test)")
@@ -1518,13 +1408,22 @@ def fit(model, train_set, val_set, *, criterion, epochs, lr, batch_size, patienc
         else torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=3)
     autocast, scaler = amp_tools(device)
     net = model
-    if DIST.active:
+    if dist.active:
         from torch.nn.parallel import DistributedDataParallel
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     loader_workers = workers if isinstance(train_set, LazyImageDataset) and workers > 1 else 0
-    train_loader = make_loader(train_set, batch_size, True, seed, loader_workers, device)
-    val_loader = make_loader(val_set, batch_size, False, seed, loader_workers, device)
+    train_loader = make_loader(train_set, batch_size, True, seed, loader_workers, device, dist)
+    val_loader = make_loader(val_set, batch_size, False, seed, loader_workers, device, dist)
     history, best_epoch, best_score, best_state, skipped = [], 0, -1.0, None, 0
+
+    def save_checkpoint(best_state):
+        state = {"model": model.state_dict(), "best_model": best_state,
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "scaler": scaler.state_dict(), "history": history, "best_epoch": best_epoch,
+                 "best_score": best_score, "skipped_steps": skipped, "rng": rng_state(),
+                 "device_type": device.type}
+        atomic_write(checkpoint, lambda f: torch.save(state, f), mode="wb")
+
     if checkpoint and Path(checkpoint).exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         if state["device_type"] != device.type:  # AMP and kernels differ: not the same run
@@ -1535,18 +1434,33 @@ def fit(model, train_set, val_set, *, criterion, epochs, lr, batch_size, patienc
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         history, best_epoch, best_score = state["history"], state["best_epoch"], state["best_score"]
-        skipped, best_state = state["skipped_steps"], state["model"]
+        skipped, best_state = state["skipped_steps"], state["best_model"] or state["model"]
         set_rng_state(state["rng"])
-        if DIST.main:
-            log(f"resuming from {checkpoint} after epoch {best_epoch} (best so far: "
-                f"{best_score:.3f})")
+        if dist.main:
+            log(f"resuming from {checkpoint} after epoch {len(history)} (best so far: epoch "
+                f"{best_epoch}, {best_score:.3f})")
+    epoch_seconds = [b["seconds"] - a["seconds"] for a, b in zip([{"seconds": 0.0}] + history, history)]
     for epoch in range(len(history) + 1, epochs + 1):
+        started = time.time()
+        # the longest epoch so far, with a margin, must fit before the deadline (all ranks agree)
+        if deadline and dist.sum([started + 1.2 * max(epoch_seconds, default=0.0) > deadline],
+                                 device)[0]:
+            if dist.main:
+                log(f"time limit: stopping before epoch {epoch} (an epoch takes about "
+                    f"{max(epoch_seconds):.0f} s); continue with --resume")
+                if checkpoint:  # where it stands, and the best weights when they differ
+                    save_checkpoint(None if best_epoch == len(history) else best_state)
+            if best_state is not None:
+                model.load_state_dict(best_state)
+            return FitResult(history, best_epoch, skipped, complete=False)
         train_loader.sampler.set_epoch(epoch)
         train_loader.generator.manual_seed(seed * 100003 + epoch)  # loader workers' draws
+        train_set.epoch = epoch  # augmentations' draws
         lr_now = optimizer.param_groups[0]["lr"]
         tr = train_epoch(net, train_loader, criterion, optimizer, scaler, autocast, device,
-                         desc=f"epoch {epoch}/{epochs}", mixup=mixup)
-        va = evaluate(net, val_loader, criterion, autocast, device)
+                         desc=f"epoch {epoch}/{epochs}", mixup=mixup,
+                         rng=np.random.default_rng([seed, epoch]), dist=dist)
+        va = evaluate(net, val_loader, criterion, autocast, device, dist)
         if cosine:
             scheduler.step()
         else:
@@ -1560,19 +1474,15 @@ def fit(model, train_set, val_set, *, criterion, epochs, lr, batch_size, patienc
         if improved:
             best_score, best_epoch = va["balanced_acc"], epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if checkpoint and DIST.main:
-                state = {"model": best_state, "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                         "history": history, "best_epoch": best_epoch, "best_score": best_score,
-                         "skipped_steps": skipped, "rng": rng_state(),
-                         "device_type": device.type}
-                atomic_write(checkpoint, lambda f: torch.save(state, f), mode="wb")
-        if DIST.main:
+            if checkpoint and dist.main:
+                save_checkpoint(None)  # the model is the best one
+        epoch_seconds.append(time.time() - started)
+        if dist.main:
             log(f"epoch {epoch:3d}  train loss {tr['loss']:.4f} acc {tr['acc']:.3f}  "
                 f"val loss {va['loss']:.4f} acc {va['acc']:.3f} bal {va['balanced_acc']:.3f}  "
                 f"lr {lr_now:.1e}  {tr['seconds']:.1f}s{'  *' if improved and not cosine else ''}")
         if epoch - best_epoch >= patience and epoch >= min_epochs:  # never with cosine
-            if DIST.main:
+            if dist.main:
                 log(f"early stop: no better validation balanced accuracy for {patience} epochs; "
                     f"best epoch {best_epoch} ({best_score:.3f})")
             break
@@ -1661,14 +1571,15 @@ def majority_class(classes, labels):
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc",
                    "lr", "seconds"]
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-RESUME_FLAGS = ("resume", "device")  # what may be given beside --resume
+RESUME_FLAGS = ("resume", "device", "workers", "time_limit")  # what may change on --resume
 
 
 def add_common_args(parser, *, data_default, data_help, epochs=20, batch_size=32, lr=1e-3):
     d = parser.add_argument_group("data")
     d.add_argument("--data", default=data_default, help=f"{data_help} (default %(default)s)")
-    d.add_argument("--split", metavar="FILE", help="split file to use instead of the shared one "
-                   "(DATA/split.json); clips it does not list are left out")
+    d.add_argument("--split", metavar="NAME|FILE", help="gtzan-filtered (GTZAN's artist-filtered "
+                   "split: the honest GTZAN figure) or a split file to use instead of the shared "
+                   "random one (DATA/split.json); clips it does not list are left out")
     d.add_argument("--folds", type=number(int, minimum=2), metavar="K",
                    help="stratified K-fold cross-validation at clip level (mean and std reported)")
     d.add_argument("--workers", type=number(int, minimum=1), default=default_workers(),
@@ -1699,8 +1610,13 @@ def add_common_args(parser, *, data_default, data_help, epochs=20, batch_size=32
     r.add_argument("--name", help="run name: the folder OUT/NAME (default script-model-time)")
     r.add_argument("--overwrite", action="store_true", help="replace an existing run of this name")
     r.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue a run that was killed or interrupted, from its checkpoint, with "
-                        "its recorded arguments (only --device may be given, of the same kind)")
+                   help="continue a run that was killed, interrupted or stopped by --time-limit, "
+                        "from its checkpoint, with its recorded arguments (only --device of the "
+                        "same kind, --workers and --time-limit may be given)")
+    r.add_argument("--time-limit", type=duration, metavar="DURATION",
+                   help="stop training cleanly before this much time has passed since the start "
+                        "(90s, 45m, 11h30m): checkpoint, report and predictions of the model so "
+                        "far; --resume continues it")
     r.add_argument("--seed", type=int, default=0, help="seed for split, init and order (default 0)")
     r.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
     add_submission_args(parser.add_argument_group("prediction and Kaggle"), predict_flag=True)
@@ -1709,7 +1625,7 @@ def add_common_args(parser, *, data_default, data_help, epochs=20, batch_size=32
 def add_image_args(group, img_size_help, img_size_minimum):
     """The flags of the trainers that read spectrogram images."""
     group.add_argument("--img-size", type=number(int, minimum=img_size_minimum), help=img_size_help)
-    group.add_argument("--augment", nargs="?", const="rotate", default="none", choices=AUGMENTATIONS,
+    group.add_argument("--augment", nargs="?", const="rotate", default="none", choices=list(AUGMENTATIONS),
                        help="training images only: rotate is the study's RandomRotation(15) "
                             "(--augment alone), specaugment masks and shifts (default none)")
     group.add_argument("--cache-mb", type=number(int, minimum=0), default=4096,
@@ -1733,20 +1649,39 @@ def add_submission_args(group, predict_flag=False):
     group.add_argument("--dry-run", action="store_true", help="show what --submit would send")
 
 
-def parse_run_args(parser, argv, data_is_file=False, data_flag="--data"):
-    """A trainer's arguments, all checked before any work starts. With --resume RUN_DIR, the
-    run's recorded ones (config.json) instead."""
+def parse_run_args(parser, argv, data_is_file=False, data_flag="--data", check_model=None):
+    """A trainer's arguments, all checked before any work starts: the flags (check_flags, and
+    the trainer's own check_model(args)), then the paths. With --resume RUN_DIR, the run's
+    recorded ones (config.json) instead."""
     args = parser.parse_args(argv)
     if args.resume:
         args = resumed_args(parser, args)
+    check_flags(parser, args)
+    if check_model:
+        check_model(args)
+    check_paths(args, data_is_file, data_flag)
+    return args
+
+
+def check_flags(parser, args):
+    """Combinations of flags that cannot work, whatever the data: one line naming the flag."""
     if args.schedule == "cosine":
         for flag in ("patience", "min_epochs"):
             if getattr(args, flag) != parser.get_default(flag):
                 raise SuiteError(f"--{flag.replace('_', '-')}: no early stopping with --schedule "
                                  "cosine (every epoch trained, the last kept); add --schedule "
                                  "plateau to stop early")
-    check_run_args(args, data_is_file, data_flag)
-    return args
+    if args.split and args.folds:
+        raise SuiteError("--split and --folds: give one (the folds make their own splits)")
+    if args.predict and args.folds:
+        raise SuiteError("--predict with --folds: train without --folds, or predict with one "
+                         "fold's model: python predict.py RUN/foldK/model.pt DIR")
+    for flag, value in (("--sample-submission", args.sample_submission), ("--submit", args.submit)):
+        if value and not args.predict:
+            raise SuiteError(f"{flag} needs --predict DIR (the submission is its predictions)")
+    if args.name and not RUN_NAME.fullmatch(args.name):
+        raise SuiteError(f"--name {args.name!r}: letters, digits, '.', '_' and '-' only (it "
+                         "names a folder under --out)")
 
 
 def resumed_args(parser, args):
@@ -1777,39 +1712,32 @@ def is_run_folder(folder):
         (folder / name).exists() for name in ("config.json", "metrics.json", "checkpoint.pt")))
 
 
-def check_run_args(args, data_is_file, data_flag):
-    """Every path and combination of flags, before any work: one line naming the flag."""
+def check_paths(args, data_is_file, data_flag):
+    """Every path the flags name, before any work: one line naming the flag."""
     data = Path(args.data)
+    if data_is_file and data.is_dir():
+        raise SuiteError(f"{data_flag} {data}: a folder, not a file; give the CSV file")
     if not (data.is_file() if data_is_file else data.is_dir()):
         raise SuiteError(f"{data_flag} {data}: no such {'file' if data_is_file else 'folder'}")
     if args.split:
-        if args.folds:
-            raise SuiteError("--split and --folds: give one (the folds make their own splits)")
-        if not Path(args.split).is_file():
-            raise SuiteError(f"--split {args.split}: no such file")
-        read_split(args.split)
+        if not split_file(args.split).is_file():
+            raise SuiteError(f"--split {args.split}: no such file (or a named split: "
+                             f"{', '.join(NAMED_SPLITS)})")
+        read_split(split_file(args.split))
     if args.predict:
-        if args.folds:
-            raise SuiteError("--predict with --folds: train without --folds, or predict with one "
-                             "fold's model: python common.py predict RUN/foldK/model.pt DIR")
         try:
             list_audio(args.predict)
         except SuiteError as e:
             raise SuiteError(f"--predict {e}") from None
-    for flag, value in (("--sample-submission", args.sample_submission), ("--submit", args.submit)):
-        if value and not args.predict:
-            raise SuiteError(f"{flag} needs --predict DIR (the submission is its predictions)")
     if args.sample_submission:
         read_sample_submission(args.sample_submission)
-    if args.name and not RUN_NAME.fullmatch(args.name):
-        raise SuiteError(f"--name {args.name!r}: letters, digits, '.', '_' and '-' only (it "
-                         "names a folder under --out)")
     check_output_folder(args.out, "--out")
     if args.name and not args.resume:
         run_dir = Path(args.out) / args.name
         if run_dir.exists() and not args.overwrite:
-            raise SuiteError(f"{run_dir} exists: choose another --name, continue it with --resume "
-                             f"{run_dir}, or replace it with --overwrite")
+            resume = "" if run_finished(run_dir) else f", continue it with --resume {run_dir}"
+            raise SuiteError(f"{run_dir} exists{' (a finished run)' if not resume else ''}: "
+                             f"choose another --name{resume}, or replace it with --overwrite")
         if run_dir.exists() and not is_run_folder(run_dir):
             raise SuiteError(f"--overwrite: {run_dir} is not a run folder of this suite; not "
                              "replacing it")
@@ -1817,11 +1745,20 @@ def check_run_args(args, data_is_file, data_flag):
         pick_device(args.device)
     if args.submit and not args.dry_run:
         kaggle_api()  # credentials now, not after hours of training
-
-
 # ----------------------------------------------------------------------------------------------
 # Run folder: config.json, history.csv, metrics.json, predictions.csv, report.txt, curves.png,
-# confusion.png, model.pt (and checkpoint.pt while training)
+# confusion.png, model.pt (and checkpoint.pt while training). A trainer's run:
+#
+#     with start_run(args, argv, "train_cnn.py", model_name, ...) as run:  # splits, folder, device
+#         for part in run.parts():                      # the split, or each fold not finished yet
+#             model = build_model(spec)
+#             result = fit(model, train, val, checkpoint=part.checkpoint, ...)
+#             tested = test_model(model, test, ...)
+#             save(part, model, spec, tested, result, ...)  # model.pt, then the report
+#         summarize_folds(run)
+#
+# A part is finished when it has its model and metrics.json and no checkpoint.pt; --resume
+# carries on with the parts that are not.
 
 def library_versions():
     import sklearn
@@ -1845,11 +1782,14 @@ def jsonable(value):
     return str(value)
 
 
-def save_model(path, model, spec, classes, extra=None):
+MODEL_FILES = ("model.pt", "model.joblib")  # a network, or a scikit-learn baseline
+
+
+def save_model(path, model, spec, classes, **extra):
     """A plain dict that torch.load(..., weights_only=True) reads back: spec rebuilds the model
     (build_model), spec["preprocess"] says how audio becomes its input."""
     state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
-    checkpoint = {"spec": spec, "classes": list(classes), "state_dict": state, **(extra or {})}
+    checkpoint = {"spec": spec, "classes": list(classes), "state_dict": state, **extra}
     atomic_write(path, lambda f: torch.save(checkpoint, f), mode="wb")
 
 
@@ -1862,6 +1802,8 @@ def load_model(path, device="cpu"):
         model = build_model(checkpoint["spec"])
         model.load_state_dict(checkpoint["state_dict"])
         n_outputs, classes = checkpoint["spec"]["n_classes"], checkpoint["classes"]
+    except SuiteError:
+        raise
     except Exception as e:  # torch.load raises many kinds on a foreign or damaged file
         raise SuiteError(f"{path}: not a model.pt of this suite ({type(e).__name__})") from None
     if len(classes) != n_outputs:
@@ -1919,70 +1861,63 @@ def plot_confusion(path, confusion, classes, title):
     save_figure(path, fig)
 
 
-def write_results(run_dir, metrics, history, report, predictions, classes):
-    """Everything of a run folder but config.json and model.pt (rank 0 only)."""
-    write_csv(run_dir / "history.csv", HISTORY_COLUMNS,
+def write_results(part_dir, metrics, history, report, predictions, classes):
+    """Everything of a part's folder but config.json and the model; metrics.json last: it says
+    the part was tested (rank 0 only)."""
+    write_csv(part_dir / "history.csv", HISTORY_COLUMNS,
               [[h[c] for c in HISTORY_COLUMNS] for h in history])
-    write_predictions(run_dir / "predictions.csv", classes, *predictions)
-    atomic_write(run_dir / "report.txt", lambda f: f.write(report))
-    write_json(run_dir / "metrics.json", metrics)
+    write_predictions(part_dir / "predictions.csv", classes, *predictions)
+    atomic_write(part_dir / "report.txt", lambda f: f.write(report))
     if history:
-        plot_curves(run_dir / "curves.png", history)
-    plot_confusion(run_dir / "confusion.png", metrics["confusion"], classes,
+        plot_curves(part_dir / "curves.png", history)
+    plot_confusion(part_dir / "confusion.png", metrics["confusion"], classes,
                    f"{metrics['model']}: balanced accuracy {metrics['test_balanced_accuracy']:.3f}")
+    write_json(part_dir / "metrics.json", metrics)
 
 
-def summarize_folds(group_dir, results):
-    """Mean and sample standard deviation (ddof=1: K is small) over the folds."""
-    bal = np.array([m["test_balanced_accuracy"] for m in results])
-    acc = np.array([m["test_accuracy"] for m in results])
-    summary = {"model": results[0]["model"], "folds": len(results),
-               "balanced_accuracy_mean": float(bal.mean()), "balanced_accuracy_std": float(bal.std(ddof=1)),
-               "accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std(ddof=1)),
-               "per_fold_balanced_accuracy": bal.tolist()}
-    write_json(group_dir / "summary.json", summary)
-    print(f"{len(results)}-fold: balanced accuracy {summary['balanced_accuracy_mean']:.3f} +- "
-          f"{summary['balanced_accuracy_std']:.3f}, accuracy {summary['accuracy_mean']:.3f} +- "
-          f"{summary['accuracy_std']:.3f} -> {group_dir}/summary.json")
-    return summary
+def part_finished(folder):
+    """A part (a run, or one fold) whose model and report are written and whose training is over
+    (no checkpoint left): the order save() writes them in makes this true only at the end."""
+    folder = Path(folder)
+    return ((folder / "metrics.json").is_file() and not (folder / "checkpoint.pt").exists()
+            and any((folder / name).is_file() for name in MODEL_FILES))
 
 
-# ----------------------------------------------------------------------------------------------
-# Driver: the life of a training command. A trainer parses and checks its flags
-# (parse_run_args), loads its data, then
-#
-#     with start_run(args, argv, "train_cnn.py", model_name, classes=..., clip_ids=...,
-#                    labels=..., split_dir=...) as run:           # splits, folder, device
-#         for part in run.parts():                                # the split, or each fold
-#             ...build the model and the part's datasets...
-#             part.train_and_test(model, spec, train, val, test, criterion=...)
-#         run.finish()                                           # fold summary, predict, submit
-#
-# A part that finished has its metrics.json; one that was killed has its checkpoint.pt, and
-# --resume carries on from there.
+def run_finished(run_dir):
+    """A finished run: its one part finished, or its folds summarized."""
+    return part_finished(run_dir) or (Path(run_dir) / "summary.json").is_file()
+
 
 @dataclass
 class Run:
-    """A training command: its arguments, folder, device and classes, and the metrics of the
-    parts (the split, or the folds) done so far."""
+    """A training command: its arguments, folder, device and processes, its parts (the split,
+    or the folds), and the metrics of the parts done so far."""
     args: argparse.Namespace
     script: str
     model_name: str
     classes: list
     dir: Path
     device: torch.device
-    splits: list    # (part name: "" or "foldK", split)
-    clip_ids: list  # of the items, to index the splits
-    replaced: Path = None  # --overwrite: the old run, kept aside until this one has results
+    dist: Dist
+    splits: list              # (part name: "" or "foldK", split)
+    clip_ids: list            # of the items, to index the splits
+    deadline: float = None    # --time-limit: time.time() at which training must have stopped
+    replaced: Path = None     # --overwrite: the old run, kept aside until this one has results
     results: list = field(default_factory=list)
+    stopped: bool = False     # a part stopped at the time limit: the others wait for --resume
 
     def __enter__(self):
         return self
 
     def __exit__(self, kind, error, traceback):
-        """A run that failed before its first checkpoint leaves nothing behind (a run it was to
-        replace comes back); one with a checkpoint says how to go on."""
-        if kind is None or not DIST.main:
+        """Success: every rank waits for the others, leaves the process group, and the replaced
+        run goes. Failure before the first checkpoint: nothing is left behind (a replaced run
+        comes back); after it: a line says how to go on."""
+        if kind is None:
+            self.dist.finish()
+            self.forget_replaced()
+            return False
+        if not self.dist.main:
             return False
         saved = any(self.dir.rglob("checkpoint.pt")) or any(self.dir.rglob("metrics.json"))
         if not saved and not self.args.resume:
@@ -1997,121 +1932,35 @@ class Run:
         return False
 
     def forget_replaced(self):
-        if self.replaced and self.replaced.exists():
+        if self.dist.main and self.replaced and self.replaced.exists():
             shutil.rmtree(self.replaced)
 
-    def write_config(self, **extra):
-        """Add to config.json (rank 0)."""
-        path = self.dir / "config.json"
-        if DIST.main:
-            write_json(path, {**(json.loads(path.read_text()) if path.exists() else {}), **extra})
+    @property
+    def model_file(self):
+        return next((self.dir / n for n in MODEL_FILES if (self.dir / n).is_file()), None)
+
+    def log(self, *args, **kwargs):
+        if self.dist.main:
+            print(*args, **kwargs)
 
     def parts(self):
-        """The parts still to train, each started from --seed: the split, or the folds; with
-        --resume, those not finished before."""
+        """The parts still to train (each built from --seed): the split, or the folds; with
+        --resume, those not finished before; none after a part stopped at the time limit."""
         for name, split in self.splits:
             folder = self.dir / name
-            if (folder / "metrics.json").exists():  # --resume: finished before
+            if part_finished(folder):  # --resume: finished before
                 metrics = json.loads((folder / "metrics.json").read_text())
-                print(f"{folder}: finished before (balanced accuracy "
-                      f"{metrics['test_balanced_accuracy']:.3f})")
+                self.log(f"{folder}: finished before (balanced accuracy "
+                         f"{metrics['test_balanced_accuracy']:.3f})")
                 self.results.append(metrics)
                 continue
+            if self.stopped:
+                return
             seed_everything(self.args.seed)  # a resumed fold builds its model as it did
-            yield Part(self, folder, split, split_indices(split, self.clip_ids), name)
-
-    def finish(self):
-        """The K-fold summary; then, the other torchrun ranks gone (none waits on a timeout),
-        the audio-to-label time, prediction of --predict DIR and --submit."""
-        args = self.args
-        if DIST.main and len(self.results) > 1:
-            summarize_folds(self.dir, self.results)
-        DIST.finish()
-        if not DIST.main:
-            return self.results
-        self.forget_replaced()
-        if args.folds:
-            return self.results
-        model_file = next(p for p in (self.dir / "model.pt", self.dir / "model.joblib")
-                          if p.exists())
-        self.time_audio_to_label(model_file)
-        if args.predict:
-            predict_and_submit(model_file, args.predict, device=self.device, workers=args.workers,
-                               id_col=args.id_col, label_col=args.label_col,
-                               sample_submission=args.sample_submission, submit=args.submit,
-                               message=args.message, dry_run=args.dry_run)
-        return self.results
-
-    def time_audio_to_label(self, model_file, n_clips=10):
-        """Seconds per clip from audio file to label (decode, spectrogram or features, model),
-        one process, on up to n_clips test clips of the audio the data was made from; into
-        metrics.json beside the model-only time. Unknown when that audio is not at hand."""
-        source = audio_source(self.args.data)
-        if source is None:
-            return
-        audio = {p.stem: p for p in source.rglob("*") if p.is_file() and is_audio(p)}
-        files = [audio[c] for c in self.splits[0][1]["test"] if c in audio][:n_clips]
-        if not files:
-            return
-        seconds = predict_files(model_file, files, self.device).seconds_per_clip
-        metrics = json.loads((self.dir / "metrics.json").read_text())
-        write_json(self.dir / "metrics.json", {**metrics, "audio_to_label_seconds_per_clip": seconds})
-        print(f"audio to label: {seconds:.3f} s per clip ({len(files)} test clips of {source})")
-
-
-def resolve_splits(args, clip_ids, labels, split_dir):
-    """[(part name, split)]: the shared split (DATA/split.json, or the --split file), or the K
-    folds; each with training, validation and test clips."""
-    if args.folds:
-        splits = [(f"fold{i}", s) for i, s in
-                  enumerate(kfold_splits(clip_ids, labels, args.folds, args.seed), 1)]
-    else:
-        path = args.split or split_location(split_dir, args.out)
-        splits = [("", load_or_make_split(path, clip_ids, labels, args.seed, bool(args.split)))]
-    for name, split in splits:
-        indices = split_indices(split, clip_ids)
-        empty = [part for part in ("train", "val", "test") if not indices[part]]
-        if empty:
-            raise SuiteError(f"{name or 'the split'} has no {' or '.join(empty)} clips: each "
-                             "class needs at least 3 clips (to train, validate and test)")
-    return splits
-
-
-def start_run(args, argv, script, model_name, *, classes, clip_ids, labels, split_dir):
-    """The run's splits, then its folder (made, replaced with --overwrite, or reopened with
-    --resume) and config.json, and the device (joining torchrun's process group)."""
-    device = DIST.setup(pick_device(args.device))
-    splits = resolve_splits(args, clip_ids, labels, split_dir)
-    hashes = [split_hash(s) for _, s in splits]
-    name = args.name
-    if not name:
-        stamp = f"{script.removesuffix('.py').removeprefix('train_')}-{model_name}-{datetime.now():%Y%m%d-%H%M%S}"
-        name = next(n for n in (stamp, *(f"{stamp}-{i}" for i in range(2, 1000)))
-                    if not (Path(args.out) / n).exists())
-        name = DIST.gather(name)[0]  # every rank uses rank 0's folder
-    run = Run(args, script, model_name, list(classes), Path(args.out) / name, device, splits,
-              list(clip_ids))
-    if args.resume:
-        recorded = json.loads((run.dir / "config.json").read_text()).get("split_hashes")
-        if recorded and recorded != hashes:
-            raise SuiteError(f"--resume {run.dir}: the data or its split changed since the run "
-                             "started; start a new run")
-    if DIST.main:
-        if args.overwrite and run.dir.exists():  # aside until the new run has results
-            run.replaced = run.dir.with_name(f".{name}.replaced")
-            shutil.rmtree(run.replaced, ignore_errors=True)
-            run.dir.rename(run.replaced)
-        run.dir.mkdir(parents=True, exist_ok=True)
-        if not args.resume:
-            command = " ".join([script, *(sys.argv[1:] if argv is None else argv)])
-            run.write_config(script=script, model=model_name, command=command,
-                             args=jsonable({**vars(args), "name": name}),
-                             versions=library_versions(), world_size=DIST.world,
-                             split_hash=hashes[0] if len(hashes) == 1 else "k-fold",
-                             split_hashes=hashes, split_seed=splits[0][1].get("seed"))
-        print(f"{script} {model_name}: {len(classes)} classes, device {device}"
-              + (f", {DIST.world} processes" if DIST.active else "") + f" -> {run.dir}")
-    return run
+            part = Part(self, folder, split, split_indices(split, self.clip_ids), name)
+            self.log(f"{name or 'split'}: {sum(map(len, part.indices.values()))} items: "
+                     + ", ".join(f"{len(part.indices[p])} {p}" for p in ("train", "val", "test")))
+            yield part
 
 
 @dataclass
@@ -2123,64 +1972,182 @@ class Part:
     indices: dict   # train/val/test -> item indices
     name: str       # "" or "foldK"
 
-    def train_and_test(self, model, spec, train, val, test, *, criterion, fit_model=None,
-                       fit_train=None, fit_val=None, param_groups=None, prepare_seconds=0.0,
-                       notes=None):
-        """Fit, test `model` on the test part, write the part's folder and model.pt.
-        fit_model/fit_train/fit_val, when given, are what fit() trains instead (the transfer
-        fast path: the head on cached backbone features; prepare_seconds is that pass)."""
-        args, device = self.run.args, self.run.device
-        seed_everything(args.seed)
-        if DIST.main:
-            print(f"{self.name or 'split'}: {len(train)} train, {len(val)} val, {len(test)} test "
-                  "items")
-        result = fit(model if fit_model is None else fit_model,
-                     train if fit_train is None else fit_train, val if fit_val is None else fit_val,
-                     criterion=criterion, epochs=args.epochs, lr=args.lr,
-                     batch_size=args.batch_size, patience=args.patience, seed=args.seed,
-                     device=device, schedule=args.schedule, min_epochs=args.min_epochs,
-                     weight_decay=args.weight_decay, mixup=args.mixup, param_groups=param_groups,
-                     workers=args.workers, checkpoint=self.dir / "checkpoint.pt")
-        autocast, _ = amp_tools(device)
-        loader = make_loader(test, args.batch_size, False, args.seed, 0, device)
-        start = time.time()
-        logits = predict_logits(model.to(device), loader, autocast, device)
-        metrics = self.report(logits, train=train, val=val, test=test, history=result.history,
-                              best_epoch=result.best_epoch, prepare_seconds=prepare_seconds,
-                              predict_seconds=time.time() - start,
-                              notes={**(notes or {}), "amp_skipped_steps": result.skipped_steps})
-        if DIST.main:
-            save_model(self.dir / "model.pt", model, spec, self.run.classes,
-                       {"best_epoch": result.best_epoch, "run": str(self.dir),
-                        "fallback_class": majority_class(self.run.classes, train.labels)})
-            (self.dir / "checkpoint.pt").unlink(missing_ok=True)  # model.pt has the weights
-        return metrics
+    @property
+    def checkpoint(self):
+        return self.dir / "checkpoint.pt"
 
-    def report(self, logits, *, train, val, test, history=(), best_epoch=0, prepare_seconds=0.0,
-               predict_seconds=0.0, probabilities=None, notes=None):
-        """Score the test part's logits and write the part's results; returns its metrics."""
-        args, classes = self.run.args, self.run.classes
-        metrics, report, predictions = test_metrics(self.run.model_name, classes, logits, test,
-                                                    probabilities)
-        seconds = [h["seconds"] for h in history] or [0.0]
-        metrics.update({
-            "n_train": len(set(train.clip_ids)), "n_val": len(set(val.clip_ids)),
-            "epochs_run": len(history), "best_epoch": best_epoch,
-            "train_seconds": prepare_seconds + seconds[-1],
-            "seconds_to_best": prepare_seconds + seconds[max(best_epoch, 1) - 1],
-            "predict_seconds_per_clip": predict_seconds / metrics["n_test"],
-            "split_hash": split_hash(self.split), "data": str(args.data),
-            "run": self.run.dir.name + (f"/{self.name}" if self.name else ""), **(notes or {})})
-        if self.name:
-            metrics.update({"group": self.run.dir.name, "fold": int(self.name[4:]),
-                            "folds": args.folds})
-        if DIST.main:
-            write_results(self.dir, metrics, list(history), report, predictions, classes)
-            print(f"test: balanced accuracy {metrics['test_balanced_accuracy']:.3f}, accuracy "
-                  f"{metrics['test_accuracy']:.3f}, macro F1 {metrics['test_macro_f1']:.3f} on "
-                  f"{metrics['n_test']} clips -> {self.dir}")
-        self.run.results.append(metrics)
-        return metrics
+
+STARTED = time.time()  # --time-limit counts from here: this process's start
+
+
+def claim_run_folder(out, name, overwrite):
+    """Make OUT/NAME for this run, atomically: of two runs started at once under one name, one
+    gets the folder and the other a one-line error before it trains. --overwrite moves the old
+    run aside (it comes back if the new one fails before its first checkpoint)."""
+    run_dir, replaced = Path(out) / name, None
+    if overwrite and run_dir.exists():
+        replaced = run_dir.with_name(f".{name}.replaced")
+        shutil.rmtree(replaced, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):  # another run moved it first
+            run_dir.rename(replaced)
+    try:
+        run_dir.mkdir(parents=True)
+    except FileExistsError:
+        raise SuiteError(f"{run_dir} was just made by another run; choose another --name") from None
+    return run_dir, replaced
+
+
+def start_run(args, argv, script, model_name, *, classes, clip_ids, labels, split_dir, dist):
+    """The run's device (joining torchrun's process group), splits, then its folder (claimed, or
+    reopened with --resume) and config.json. --resume of a finished run: nothing to do."""
+    device = dist.setup(pick_device(args.device))
+    if args.resume and run_finished(args.resume):
+        raise NothingToDo(f"{args.resume}: finished before; nothing to do (predict with: python "
+                          f"predict.py {args.resume}/model.pt AUDIO_DIR)")
+    splits = resolve_splits(args, clip_ids, labels, split_dir,
+                            log=lambda line: dist.main and print(line, file=sys.stderr
+                                                                 if line.startswith("warning") else sys.stdout))
+    hashes = [split_hash(s) for _, s in splits]
+    replaced = None
+    if args.resume:
+        run_dir = Path(args.resume)
+        recorded = json.loads((run_dir / "config.json").read_text()).get("split_hashes")
+        if recorded and recorded != hashes:
+            raise SuiteError(f"--resume {run_dir}: the data or its split changed since the run "
+                             "started; start a new run")
+    elif dist.main:
+        name = args.name
+        if name:
+            run_dir, replaced = claim_run_folder(args.out, name, args.overwrite)
+        else:
+            stamp = f"{script.removesuffix('.py').removeprefix('train_')}-{model_name}-{datetime.now():%Y%m%d-%H%M%S}"
+            for name in (stamp, *(f"{stamp}-{i}" for i in range(2, 1000))):
+                with contextlib.suppress(SuiteError):
+                    run_dir, replaced = claim_run_folder(args.out, name, False)
+                    break
+    if not args.resume:
+        run_dir = Path(args.out) / dist.gather(run_dir.name if dist.main else None)[0]
+    deadline = STARTED + args.time_limit if args.time_limit else None
+    run = Run(args, script, model_name, list(classes), run_dir, device, dist, splits,
+              list(clip_ids), deadline, replaced)
+    if dist.main:
+        if not args.resume:
+            command = " ".join([script, *(sys.argv[1:] if argv is None else argv)])
+            write_json(run_dir / "config.json", {
+                "script": script, "model": model_name, "command": command,
+                "args": jsonable({**vars(args), "name": run_dir.name}),
+                "versions": library_versions(), "world_size": dist.world,
+                "split": split_label(args), "split_hash": hashes[0] if len(hashes) == 1 else "k-fold",
+                "split_hashes": hashes, "split_seed": splits[0][1].get("seed")})
+        print(f"{script} {model_name}: {len(classes)} classes, device {device}"
+              + (f", {dist.world} processes" if dist.active else "") + f" -> {run_dir}")
+    return run
+
+
+@dataclass
+class Tested:
+    logits: np.ndarray    # per test item (segments: per segment)
+    seconds: float        # the model's time on them
+    probabilities: np.ndarray = None  # per clip, when the model has its own (else softmax)
+
+
+def test_model(model, test_set, *, device, batch_size, dist=Dist()):
+    """The model's logits on the test part (each rank its share, gathered), and their time."""
+    autocast, _ = amp_tools(device)
+    loader = make_loader(test_set, batch_size, False, 0, 0, device, dist)
+    start = time.time()
+    logits = predict_logits(model.to(device), loader, autocast, device, dist=dist)
+    return Tested(logits, time.time() - start)
+
+
+def clip_counts(part):
+    """Clips per class in a part (classes present only)."""
+    labels = dict(zip(part.clip_ids, part.labels.tolist()))
+    return np.unique(list(labels.values()), return_counts=True)[1]
+
+
+def small_part_note(per_class):
+    """Why a part's figure means little when it is small (under 20 clips, or under 3 clips of a
+    class), or None: the size of one clip in balanced accuracy."""
+    n_clips, smallest = int(per_class.sum()), int(per_class.min())
+    if n_clips >= 20 and smallest >= 3:
+        return None
+    return (f"{n_clips} clips, {smallest} in the smallest class: one clip moves balanced accuracy "
+            f"by up to {1 / (len(per_class) * smallest):.3f}; --folds K tests every clip once")
+
+
+def save(part, model, spec, tested, result, *, train, val, test, prepare_seconds=0.0, notes=None):
+    """Write the part's model (model.pt, or model.joblib for a scikit-learn estimator), then its
+    report (metrics.json last), then drop the checkpoint unless training stopped at the time
+    limit (then --resume goes on from it). Returns the metrics."""
+    run, classes = part.run, part.run.classes
+    history = result.history if result else []
+    best_epoch = result.best_epoch if result else 0
+    metrics, report, predictions = test_metrics(run.model_name, classes, tested.logits, test,
+                                                tested.probabilities)
+    seconds = [h["seconds"] for h in history] or [0.0]
+    metrics.update({
+        "split": split_label(run.args), "n_train": len(set(train.clip_ids)),
+        "n_val": len(set(val.clip_ids)), "epochs_run": len(history), "best_epoch": best_epoch,
+        "train_seconds": prepare_seconds + seconds[-1],
+        "seconds_to_best": prepare_seconds + seconds[max(best_epoch, 1) - 1],
+        "predict_seconds_per_clip": tested.seconds / metrics["n_test"],
+        "split_hash": split_hash(part.split), "data": str(run.args.data),
+        "run": run.dir.name + (f"/{part.name}" if part.name else ""),
+        "complete": result.complete if result else True,
+        "small_test": small_part_note(clip_counts(test)), "small_val": small_part_note(clip_counts(val)),
+        **({"amp_skipped_steps": result.skipped_steps} if result else {}), **(notes or {})})
+    if part.name:
+        metrics.update({"group": run.dir.name, "fold": int(part.name[4:]), "folds": run.args.folds})
+    if run.dist.main:
+        extra = {"run": str(part.dir), "fallback_class": majority_class(classes, train.labels)}
+        if isinstance(model, nn.Module):
+            save_model(part.dir / "model.pt", model, spec, classes, best_epoch=best_epoch, **extra)
+        else:
+            import joblib
+            saved = {"estimator": model, "spec": spec, "classes": classes, **extra}
+            atomic_write(part.dir / "model.joblib", lambda f: joblib.dump(saved, f), mode="wb")
+        write_results(part.dir, metrics, history, report, predictions, classes)
+        if metrics["complete"]:
+            part.checkpoint.unlink(missing_ok=True)  # the model file has the weights
+        print(f"test: balanced accuracy {metrics['test_balanced_accuracy']:.3f}, accuracy "
+              f"{metrics['test_accuracy']:.3f}, macro F1 {metrics['test_macro_f1']:.3f} on "
+              f"{metrics['n_test']} clips ({metrics['split']}) -> {part.dir}")
+        for part_name in ("test", "val"):
+            if metrics[f"small_{part_name}"]:
+                print(f"note: a small {part_name} part: {metrics[f'small_{part_name}']}")
+        if not metrics["complete"]:
+            print(f"note: stopped at the time limit after epoch {len(history)} of "
+                  f"{run.args.epochs}; continue with: python {run.script} --resume {run.dir}")
+    run.stopped = run.stopped or not metrics["complete"]
+    run.results.append(metrics)
+    return metrics
+
+
+def summarize_folds(run):
+    """--folds K: mean and sample standard deviation (ddof=1: K is small) over the folds, into
+    RUN/summary.json (once every fold is finished)."""
+    results = run.results
+    if not run.args.folds or not run.dist.main or run.stopped or len(results) < run.args.folds:
+        return None
+    bal = np.array([m["test_balanced_accuracy"] for m in results])
+    acc = np.array([m["test_accuracy"] for m in results])
+    summary = {"model": results[0]["model"], "folds": len(results), "split": split_label(run.args),
+               "balanced_accuracy_mean": float(bal.mean()), "balanced_accuracy_std": float(bal.std(ddof=1)),
+               "accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std(ddof=1)),
+               "per_fold_balanced_accuracy": bal.tolist()}
+    write_json(run.dir / "summary.json", summary)
+    print(f"{len(results)}-fold: balanced accuracy {summary['balanced_accuracy_mean']:.3f} +- "
+          f"{summary['balanced_accuracy_std']:.3f}, accuracy {summary['accuracy_mean']:.3f} +- "
+          f"{summary['accuracy_std']:.3f} -> {run.dir}/summary.json")
+    return summary
+
+
+def predict_options(args):
+    """predict_and_submit()'s keyword arguments from a trainer's flags."""
+    return {"workers": args.workers, "id_col": args.id_col, "label_col": args.label_col,
+            "sample_submission": args.sample_submission, "submit": args.submit,
+            "message": args.message, "dry_run": args.dry_run}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -2203,20 +2170,33 @@ def image_inputs(images, preprocess):
     return np.stack(out)
 
 
+def image_clip_inputs(path, preprocess):
+    """One audio file -> its spectrogram images as the model was trained on them."""
+    return image_inputs(clip_images(path, {**CONVERSION_DEFAULTS, **preprocess}), preprocess)
+
+
+def feature_clip_inputs(path, preprocess):
+    """One audio file -> its row of features, the columns the model was trained on."""
+    row = audio_features(path, preprocess.get("feature_set", "standard"))
+    return np.array([[row[c] for c in preprocess["columns"]]], np.float32)
+
+
+# Input kinds: model spec["preprocess"]["type"] -> (audio file -> the model's input batch, the
+# librosa parts its workers use).
+INPUT_KINDS = {"image": (image_clip_inputs, CONVERSION_MODULES),
+               "features": (feature_clip_inputs, FEATURE_MODULES)}
+
+
 def model_inputs(job):
-    """Worker: one audio file -> (path, model input array or None, error). Images are made
-    exactly as data_conversion + training made them; features as train_mlp --extract did."""
+    """Worker: one audio file -> (path, model input array or None, error, seconds it took)."""
     path, preprocess = job
+    start = time.time()
     try:
-        if preprocess["type"] == "features":
-            row = audio_features(path, preprocess.get("feature_set", "standard"))
-            return path, np.array([[row[c] for c in preprocess["columns"]]], np.float32), None
-        return path, image_inputs(clip_images(path, {**CONVERSION_DEFAULTS, **preprocess}),
-                                  preprocess), None
+        return path, INPUT_KINDS[preprocess["type"]][0](path, preprocess), None, time.time() - start
     except BadAudio as e:
-        return path, None, e.reason
+        return path, None, e.reason, 0.0
     except Exception as e:
-        return path, None, f"{type(e).__name__}: {e}"
+        return path, None, f"{type(e).__name__}: {e}", 0.0
 
 
 def estimator_scores(estimator, x):
@@ -2226,27 +2206,40 @@ def estimator_scores(estimator, x):
 
 
 def load_predictor(path, device="cpu"):
-    """(function: model inputs -> class scores, the saved dict) for a run's model.pt or a
-    scikit-learn baseline's model.joblib."""
+    """(function: model inputs -> class scores, the saved dict) for a run's model.pt (a zip, as
+    torch.save writes) or a scikit-learn baseline's model.joblib."""
+    import zipfile
     path = Path(path)
-    if path.suffix != ".joblib":
-        model, checkpoint = load_model(path, device)
+    if not path.is_file():
+        raise SuiteError(f"{path}: no such model file")
+    if zipfile.is_zipfile(path):
+        model, saved = load_model(path, device)
         autocast, _ = amp_tools(device)
 
         @torch.no_grad()
         def predict(x):
             with autocast():
                 return model(torch.from_numpy(x).to(device)).float().cpu().numpy()
-        return predict, checkpoint
-    import joblib
-    try:
-        saved = joblib.load(path)
-        ours = {"estimator", "spec", "classes"} <= set(saved) and "preprocess" in saved["spec"]
-    except Exception:
-        ours = False
-    if not ours:
-        raise SuiteError(f"{path}: not a model.joblib of this suite")
-    return functools.partial(estimator_scores, saved["estimator"]), saved
+    else:
+        import joblib
+        try:
+            saved = joblib.load(path)
+            ours = {"estimator", "spec", "classes"} <= set(saved) and "preprocess" in saved["spec"]
+        except Exception:
+            ours = False
+        if not ours:
+            raise SuiteError(f"{path}: not a model.pt or model.joblib of this suite")
+        predict = functools.partial(estimator_scores, saved["estimator"])
+    preprocess = saved["spec"]["preprocess"]
+    if preprocess.get("type") not in INPUT_KINDS:
+        raise SuiteError(f"{path}: unknown input kind {preprocess.get('type')!r}; known: "
+                         f"{', '.join(INPUT_KINDS)}")
+    if preprocess["type"] == "features":
+        unknown = set(preprocess["columns"]) - set(FEATURE_SETS[preprocess.get("feature_set", "standard")])
+        if unknown:
+            raise SuiteError(f"{path}: trained on columns no audio file gives ({sorted(unknown)[0]}, "
+                             f"...): it cannot predict from audio")
+    return predict, saved
 
 
 @dataclass
@@ -2254,7 +2247,10 @@ class Predictions:
     labels: dict            # test file name -> class (unreadable files: the fallback class)
     bad: list               # (file name, reason) of the unreadable files
     fallback: str           # the class unreadable files get
-    seconds_per_clip: float  # audio file to label, readable files
+    seconds_per_clip: float  # audio file to label, wall clock, readable files
+    preprocess_seconds_per_clip: float  # decoding + spectrogram or features, one process
+    model_seconds_per_clip: float       # the model alone
+    preprocess: dict        # how audio became the model's input (model.pt's spec)
 
 
 def predict_files(model_path, files, device="cpu", workers=1, batch_size=32):
@@ -2263,23 +2259,28 @@ def predict_files(model_path, files, device="cpu", workers=1, batch_size=32):
     predict, saved = load_predictor(model_path, device)
     classes, preprocess = saved["classes"], saved["spec"]["preprocess"]
     fallback = saved.get("fallback_class", classes[0])
-    warm = FEATURE_MODULES if preprocess["type"] == "features" else CONVERSION_MODULES
+    warm = INPUT_KINDS[preprocess["type"]][1]
     warm_imports(warm)  # librosa imports lazily: not part of a clip's time
     start = time.time()
-    labels, bad = {}, []
-    for path, inputs, error in parallel_map(model_inputs, [(p, preprocess) for p in files],
-                                            workers, "predict", warm):
+    labels, bad, preprocess_seconds, model_seconds = {}, [], 0.0, 0.0
+    for path, inputs, error, seconds in parallel_map(model_inputs, [(p, preprocess) for p in files],
+                                                     workers, "predict", warm):
         if error:
             print(f"warning: {path}: {error}; labelled {fallback!r} (the fallback)", file=sys.stderr)
             bad.append((path.name, error))
             labels[path.name] = fallback
             continue
+        model_start = time.time()
         scores = np.concatenate([predict(inputs[i:i + batch_size])
                                  for i in range(0, len(inputs), batch_size)])
+        model_seconds += time.time() - model_start
+        preprocess_seconds += seconds
         labels[path.name] = classes[int(scores.mean(0).argmax())]  # segments vote
     if len(bad) == len(files):
         raise SuiteError(f"{Path(files[0]).parent}: no file could be read ({len(bad)} bad)")
-    return Predictions(labels, bad, fallback, (time.time() - start) / (len(files) - len(bad)))
+    n = len(files) - len(bad)
+    return Predictions(labels, bad, fallback, (time.time() - start) / n, preprocess_seconds / n,
+                       model_seconds / n, preprocess)
 
 
 def read_sample_submission(path):
@@ -2320,25 +2321,34 @@ def submission_table(labels, fallback, id_col="id", label_col="class", sample=No
 def predict_and_submit(model_path, audio_dir, *, output=None, device="cpu", workers=1,
                        id_col="id", label_col="class", sample_submission=None, submit=None,
                        message=None, dry_run=False):
-    """Predict audio_dir, write submission.csv (default: beside the model), then --submit it."""
+    """Predict audio_dir, write submission.csv (default: beside the model) and its record
+    submission.json (what was predicted, how long it took per clip), then --submit it."""
     out = Path(output) if output else Path(model_path).parent / "submission.csv"
     check_output_folder(out.parent, "--output")
     if submit and not dry_run:
         kaggle_api()  # credentials now, not after predicting
-    result = predict_files(model_path, list_audio(audio_dir), device, workers)
+    files = list_audio(audio_dir)
+    result = predict_files(model_path, files, device, workers)
     header, rows = submission_table(result.labels, result.fallback, id_col, label_col,
                                     sample_submission)
     write_csv(out, header, rows)
-    print(f"wrote {out}: {len(rows)} rows, {len(result.bad)} unreadable files labelled "
-          f"{result.fallback!r}, {result.seconds_per_clip:.3f} s per clip (audio to label)")
+    write_json(out.with_suffix(".json"), {
+        "model": str(model_path), "audio": str(audio_dir), "files": len(files),
+        "unreadable": len(result.bad), "workers": workers, "device": str(device),
+        "seconds_per_clip": result.seconds_per_clip,
+        "preprocess_seconds_per_clip": result.preprocess_seconds_per_clip,
+        "model_seconds_per_clip": result.model_seconds_per_clip,
+        "preprocess": result.preprocess})
+    print(f"wrote {out}: {len(rows)} rows, {result.seconds_per_clip:.3f} s per clip (audio to "
+          f"label, {workers} worker{'s' if workers > 1 else ''})")
     if result.bad:
+        print(f"{len(result.bad)} unreadable files labelled {result.fallback!r} (the fallback): "
+              f"{out.stem}_errors.csv")
         write_csv(out.with_name(out.stem + "_errors.csv"), ["file", "reason"], result.bad)
     if submit:
         kaggle_submit(out, submit, submission_message(message, Path(model_path).parent.name),
                       dry_run)
     return out, result
-
-
 # ----------------------------------------------------------------------------------------------
 # Kaggle: one authenticated client, or one clear line and exit code 2
 
@@ -2476,42 +2486,6 @@ def submission_message(message, run_name):
     if not message:
         return run_name
     return message if names_run(message, run_name) else f"{message} [{run_name}]"
-
-
-# ----------------------------------------------------------------------------------------------
-# `python common.py predict MODEL AUDIO_DIR`: predict with any saved model
-
-def build_predict_parser():
-    p = ArgumentParser(prog="common.py", description="Predict genres with a saved model.")
-    sub = p.add_subparsers(dest="command", required=True)
-    pr = sub.add_parser("predict", help="model.pt (or model.joblib) + folder of audio -> "
-                                        "submission.csv", description="Predict the genre of "
-                        "every audio file in a folder with a saved model and write submission.csv.")
-    pr.add_argument("model", help="a run's model.pt, or model.joblib of a scikit-learn baseline")
-    pr.add_argument("audio_dir", help="flat folder of audio files (e.g. a Kaggle test set)")
-    pr.add_argument("--output", help="CSV to write (default: submission.csv beside the model)")
-    pr.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
-    pr.add_argument("--workers", type=number(int, minimum=1), default=default_workers(),
-                    help="processes that decode the audio (default: the %(default)s cores)")
-    add_submission_args(pr)
-    return p
-
-
-@user_errors
-def main(argv=None):
-    args = build_predict_parser().parse_args(argv)
-    list_audio(args.audio_dir)  # before loading anything
-    if args.sample_submission:
-        read_sample_submission(args.sample_submission)
-    predict_and_submit(args.model, args.audio_dir, output=args.output,
-                       device=pick_device(args.device), workers=args.workers, id_col=args.id_col,
-                       label_col=args.label_col, sample_submission=args.sample_submission,
-                       submit=args.submit, message=args.message, dry_run=args.dry_run)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 '''
 
 TRAIN_MLP_PY = r'''"""Hand-made audio features -> an MLP (and scikit-learn baselines on the same split).
@@ -2714,7 +2688,12 @@ def extract(args):
 
 
 # ----------------------------------------------------------------------------------------------
-# Models: the MLP through the common driver; scikit-learn baselines beside it
+# Models: the MLP, its losses, and scikit-learn baselines beside it
+
+def check_model(args):
+    """--hidden and --drop-columns are well formed (before any work)."""
+    parse_hidden(args.hidden)
+
 
 def parse_hidden(text):
     """'512:tanh,256:relu' -> [(512, 'tanh'), (256, 'relu')]."""
@@ -2729,6 +2708,23 @@ def parse_hidden(text):
     if not layers:
         raise common.SuiteError("--hidden needs at least one layer")
     return layers
+
+
+def make_criterion(name, n_classes, smoothing=0.0):
+    """Cross entropy, multi-class hinge, or KL divergence to (smoothed) one-hot targets."""
+    if name == "ce":
+        return torch.nn.CrossEntropyLoss(label_smoothing=smoothing)
+    if name == "hinge":
+        return torch.nn.MultiMarginLoss()
+    if name == "kl":
+        kl = torch.nn.KLDivLoss(reduction="batchmean")
+
+        def kl_loss(logits, y):
+            target = torch.full_like(logits, smoothing / n_classes, dtype=torch.float32)
+            target.scatter_(1, y[:, None], 1 - smoothing + smoothing / n_classes)
+            return kl(torch.log_softmax(logits.float(), 1), target)
+        return kl_loss
+    raise common.SuiteError(f"unknown --loss {name!r}: ce, hinge or kl")
 
 
 @contextlib.contextmanager
@@ -2749,31 +2745,42 @@ def make_estimator(args):
     return make_pipeline(*steps, model)
 
 
-def fit_baseline(part, args, train, val, test, preprocess):
-    """A scikit-learn pipeline on the training rows (validation unused: nothing to stop early),
-    tested on the test rows, written to the part's folder with model.joblib."""
-    import joblib
-
+def fit_baseline(estimator, train, test):
+    """A scikit-learn pipeline fitted on the training rows (no validation: nothing to stop
+    early); returns its seconds and its scores on the test rows, clip probabilities when it
+    has them (logistic regression; the SVM's scores stand in through softmax)."""
     def rows(part_set):
         return part_set.inputs(torch.arange(len(part_set))).numpy()
-    estimator = make_estimator(args)
     start = time.time()
     estimator.fit(rows(train), train.labels)
     fit_seconds = time.time() - start
     start = time.time()
-    scores = common.estimator_scores(estimator, rows(test))
-    predict_seconds = time.time() - start
-    probabilities = None  # the SVM has none: softmax of its scores stands in
+    tested = common.Tested(common.estimator_scores(estimator, rows(test)), time.time() - start)
     if hasattr(estimator, "predict_proba"):
-        probabilities = common.clip_vote(estimator.predict_proba(rows(test)), test.labels,
-                                         test.clip_ids)[1]
-    part.report(scores, train=train, val=val, test=test, prepare_seconds=fit_seconds,
-                predict_seconds=predict_seconds, probabilities=probabilities)
-    if common.DIST.main:
-        classes = part.run.classes
-        saved = {"estimator": estimator, "spec": {"kind": args.baseline, "preprocess": preprocess},
-                 "classes": classes, "fallback_class": common.majority_class(classes, train.labels)}
-        common.atomic_write(part.dir / "model.joblib", lambda f: joblib.dump(saved, f), mode="wb")
+        tested.probabilities = common.clip_vote(estimator.predict_proba(rows(test)), test.labels,
+                                                test.clip_ids)[1]
+    return fit_seconds, tested
+
+
+def feature_set_of(path, columns):
+    """The feature set the CSV was extracted with (recorded beside it by --extract), else the
+    public table's (standard). Columns the set lacks, or has and the CSV lacks, are named: the
+    model trains on the CSV's columns, and predicts audio only when it can compute them all."""
+    record = Path(path).with_suffix(".json")
+    try:
+        feature_set = json.loads(record.read_text())["feature_set"]
+    except (OSError, ValueError, KeyError, TypeError):
+        feature_set = "standard"
+    expected = common.FEATURE_SETS[feature_set]
+    unknown = [c for c in columns if c not in expected]
+    missing = [c for c in expected if c not in columns]
+    if unknown:
+        print(f"warning: {path}: {len(unknown)} column(s) are not {feature_set} features (e.g. "
+              f"{unknown[0]}): the model cannot predict from audio files", file=sys.stderr)
+    elif missing:
+        print(f"warning: {path}: {len(missing)} {feature_set} feature column(s) missing (e.g. "
+              f"{missing[0]}); training on the other {len(columns)}", file=sys.stderr)
+    return feature_set
 
 
 @common.user_errors
@@ -2782,29 +2789,39 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.extract:
         return extract(args)
-    args = common.parse_run_args(parser, argv, data_is_file=True, data_flag="--features")
+    args = common.parse_run_args(parser, argv, data_is_file=True, data_flag="--features",
+                                 check_model=check_model)
     hidden = parse_hidden(args.hidden)
+
+    # data: the feature table, minus the columns left out
     x, columns, clip_ids, labels = read_features_csv(args.data, args.label_column)
     drop = set(filter(None, args.drop_columns.split(",")))
     if drop - set(columns):
         raise common.SuiteError(f"--drop-columns: no column(s) {', '.join(sorted(drop - set(columns)))}")
     keep = [i for i, c in enumerate(columns) if c not in drop]
     x, columns = x[:, keep], [columns[i] for i in keep]
+    preprocess = {"type": "features", "columns": columns,
+                  "feature_set": feature_set_of(args.data, columns + sorted(drop))}
     classes = sorted(set(labels))
     label_index = [classes.index(label) for label in labels]
     dataset = common.ArrayDataset(torch.from_numpy(x), label_index, clip_ids)
-    feature_set = "extended" if set(common.EXTENDED_COLUMNS) & set(columns) else "standard"
-    preprocess = {"type": "features", "columns": columns, "feature_set": feature_set}
     name = args.baseline or f"mlp-{args.loss}"
+
+    dist = common.Dist.from_env()
     # batches of 32 x 57 features: a second thread only waits (measured 2x-30x slower)
     with torch_threads(1), \
             common.start_run(args, argv, "train_mlp.py", name, classes=classes, clip_ids=clip_ids,
-                             labels=label_index, split_dir=Path(args.data).parent) as run:
-        for part in run.parts():
+                             labels=label_index, split_dir=Path(args.data).parent, dist=dist) as run:
+        for part in run.parts():  # the split, or each of the --folds
             train, val, test = (dataset.subset(part.indices[p]) for p in ("train", "val", "test"))
             if args.baseline:
-                fit_baseline(part, args, train, val, test, preprocess)
+                estimator = make_estimator(args)
+                fit_seconds, tested = fit_baseline(estimator, train, test)
+                common.save(part, estimator, {"kind": args.baseline, "preprocess": preprocess},
+                            tested, None, train=train, val=val, test=test,
+                            prepare_seconds=fit_seconds)
                 continue
+            # scaler and PCA fitted on the training rows only, stored inside the model
             train_rows = x[part.indices["train"]]
             scaler = StandardScaler().fit(train_rows)
             pca = PCA(args.pca, random_state=args.seed).fit(scaler.transform(train_rows)) \
@@ -2815,10 +2832,18 @@ def main(argv=None):
                     "dropout": args.dropout, "preprocess": preprocess}
             model = common.build_model(spec)
             model.set_preprocessing(scaler, pca)
-            part.train_and_test(model, spec, train, val, test,
-                                criterion=common.make_criterion(args.loss, len(classes), args.smoothing),
-                                notes={"pca_components": int(n_components)})
-        run.finish()
+            result = common.fit(model, train, val,
+                                criterion=make_criterion(args.loss, len(classes), args.smoothing),
+                                device=run.device, dist=dist, checkpoint=part.checkpoint,
+                                deadline=run.deadline, **common.fit_options(args))
+            tested = common.test_model(model, test, device=run.device, dist=dist,
+                                       batch_size=args.batch_size)
+            common.save(part, model, spec, tested, result, train=train, val=val, test=test,
+                        notes={"pca_components": int(n_components)})
+        common.summarize_folds(run)
+    if args.predict and dist.main:
+        common.predict_and_submit(run.model_file, args.predict, device=run.device,
+                                  **common.predict_options(args))
     return 0
 
 
@@ -2980,9 +3005,10 @@ def find_weights(input_dir, trainer_argv, trainer):
 # Steps
 
 def prepare_images(args, train, labels, temp):
+    import data_conversion  # inlined in image kernels only
     images = temp / "images"
     settings = {"size": args.size, "segment_seconds": args.segment_seconds, "mel": args.mel}
-    converted, skipped, errors = common.convert_folder(
+    converted, skipped, errors = data_conversion.convert_folder(
         train, images, settings, common.default_workers(), labels, overwrite=True)
     print(f"{converted} clips converted, {skipped} up to date, {len(errors)} bad -> {images}")
     return ["--data", str(images)]
