@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, f
 import numpy as np  # noqa: E402
 
 import common  # noqa: E402
+import data_conversion  # noqa: E402
 
 RATIO_TARGET, SPEEDUP_TARGET = 20.0, 1.7
 

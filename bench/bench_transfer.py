@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, f
 import torch  # noqa: E402
 
 import common  # noqa: E402
+import train_transfer  # noqa: E402
 
 TARGET = 1.5
 N_CLASSES = 10

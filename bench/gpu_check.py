@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import common  # noqa: E402
+import data_conversion  # noqa: E402
 import train_cnn  # noqa: E402
 import train_mlp  # noqa: E402
 import train_transfer  # noqa: E402
