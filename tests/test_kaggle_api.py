@@ -33,7 +33,15 @@ def test_submission_accepted(kaggle_twin, submission, capsys):
     sent = kaggle_twin.submissions[0]
     assert (sent["competition"], sent["description"]) == ("genre-comp", "run-a first try")
     assert sent["content"] == submission.read_text()
-    assert "submitted" in capsys.readouterr().out
+    assert "ref 1, 4 submissions left today" in capsys.readouterr().out  # as the CLI tells
+
+
+def test_refused_upload_relays_the_reason_the_package_printed(kaggle_twin, submission):
+    kaggle_twin.upload_url = "ftp://localhost/upload"  # requests cannot PUT there: it says why
+    with pytest.raises(common.SuiteError) as e:
+        common.kaggle_submit(submission, "genre-comp", "m")
+    assert e.value.code == 2 and "No connection adapters" in str(e.value)
+    assert "\n" not in str(e.value) and kaggle_twin.submissions == []
 
 
 def test_refused_upload_is_an_error_not_a_success(kaggle_twin, submission, capsys):
