@@ -6,9 +6,10 @@
     python compare.py --demo                       # synthetic data, every model, CPU, minutes
 
 The table: model, balanced accuracy, accuracy, macro F1, epochs, time to converge (seconds to the
-best epoch), prediction time per clip (the model alone, and audio file to label), Kaggle score.
-K-fold runs appear once, as mean +- std. Runs tested on different splits or data are flagged:
-their figures are not comparable.
+best epoch), prediction time per clip (the model alone, and audio file to label), Kaggle's public
+and private scores (private once Kaggle shows it). Runs brought home from a Kaggle kernel
+(kernels/kaggle_loop.py output) show its version. K-fold runs appear once, as mean +- std.
+Runs tested on different splits or data are flagged: their figures are not comparable.
 """
 import json
 import sys
@@ -24,9 +25,11 @@ CHARTS = {  # file -> [(metric key, axis label)]: one panel each
     "time_to_converge.png": [("seconds_to_best", "seconds to best epoch")],
     "predict_time.png": [("predict_ms", "model only: ms per clip"),
                          ("audio_to_label_seconds_per_clip", "audio file to label: s per clip")],
-    "kaggle_score.png": [("kaggle_score", "Kaggle score")],
+    "kaggle_score.png": [("kaggle_score", "Kaggle public score"),
+                         ("kaggle_private_score", "Kaggle private score")],
 }
 SUMMED = ("seconds_to_best", "predict_seconds_per_clip")  # an ensemble's members all run
+KAGGLE_KEYS = ("kaggle_score", "kaggle_private_score", "kaggle_kernel", "kaggle_version")
 
 
 def build_parser():
@@ -34,7 +37,8 @@ def build_parser():
     p.add_argument("--runs", default="runs", help="folder of run folders (default %(default)s)")
     p.add_argument("--out", help="report folder (default: report, or DEMO_DIR/report with --demo)")
     p.add_argument("--kaggle", metavar="COMPETITION",
-                   help="fill kaggle_score from your submissions whose message names the run")
+                   help="fill Kaggle's public and private scores from your newest scored "
+                        "submission whose message names the run")
     p.add_argument("--ensemble", nargs="+", metavar="RUN",
                    help="runs (names under --runs, or paths) whose clip probabilities are averaged "
                         "into one more row: made on one split, or K-fold runs on the same folds")
@@ -83,7 +87,8 @@ def load_runs(runs_dir, names=None):
     for group_dir, folds in groups.items():
         entry = {"name": f"{Path(group_dir).name} ({len(folds)}-fold)", "folds": folds,
                  "model": folds[0]["model"], "split_hash": "k-fold", "data": folds[0].get("data"),
-                 "weights": folds[0].get("weights"), "kaggle_score": None}
+                 "weights": folds[0].get("weights")}
+        entry.update({key: folds[0].get(key) for key in KAGGLE_KEYS})  # the run's, in every fold
         entry.update(fold_means(folds, ("test_balanced_accuracy", "test_accuracy",
                                         "test_macro_f1", "epochs_run", "seconds_to_best",
                                         "predict_seconds_per_clip")))
@@ -233,22 +238,28 @@ def kaggle_submissions(api, competition):
 
 
 def fill_kaggle_scores(entries, competition):
-    """Kaggle's public score of the newest scored submission whose message names the run."""
+    """Kaggle's public and private score (private: None until Kaggle shows it) of the newest
+    scored submission whose message names the run, into the entries and their metrics.json."""
     submissions = kaggle_submissions(common.kaggle_api(), competition)
     filled = 0
     for entry in entries:
-        if "folds" in entry:
+        parts = entry.get("folds", [entry])
+        run_name = (parts[0]["_path"].parent.parent if "folds" in entry
+                    else entry["_path"].parent).name
+        scored = next((s for s in submissions  # newest first
+                       if common.names_run(s.description, run_name)
+                       and s.public_score not in (None, "")), None)
+        if scored is None:
             continue
-        run_name = entry["_path"].parent.name
-        for sub in submissions:  # newest first
-            score = sub.public_score
-            if common.names_run(sub.description, run_name) and score not in (None, ""):
-                entry["kaggle_score"] = float(score)
-                metrics = json.loads(entry["_path"].read_text())
-                metrics["kaggle_score"] = float(score)
-                common.write_json(entry["_path"], metrics)
-                filled += 1
-                break
+        private = scored.private_score
+        scores = {"kaggle_score": float(scored.public_score),
+                  "kaggle_private_score": float(private) if private not in (None, "") else None}
+        entry.update(scores)
+        for part in parts:
+            metrics = json.loads(part["_path"].read_text())
+            metrics.update(scores)
+            common.write_json(part["_path"], metrics)
+        filled += 1
     print(f"Kaggle scores found for {filled} of {len(entries)} runs "
           f"({len(submissions)} submissions to {competition})")
 
@@ -268,16 +279,17 @@ def cell(entry, key, fmt):
 
 def markdown_table(entries):
     header = ["run", "model", "balanced acc", "accuracy", "macro F1", "epochs",
-              "time to converge (s)", "model (ms/clip)", "audio to label (s/clip)", "Kaggle",
-              "split"]
+              "time to converge (s)", "model (ms/clip)", "audio to label (s/clip)",
+              "Kaggle public", "Kaggle private", "split"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for e in entries:
         model = e["model"] + (" (random weights)" if e.get("weights") == "none" else "")
-        row = [e["name"], model, cell(e, "test_balanced_accuracy", "{:.3f}"),
+        name = e["name"] + (f" (Kaggle v{e['kaggle_version']})" if e.get("kaggle_version") else "")
+        row = [name, model, cell(e, "test_balanced_accuracy", "{:.3f}"),
                cell(e, "test_accuracy", "{:.3f}"), cell(e, "test_macro_f1", "{:.3f}"),
                cell(e, "epochs_run", "{:.0f}"), cell(e, "seconds_to_best", "{:.2f}"),
                cell(e, "predict_ms", "{:.2f}"), cell(e, "audio_to_label_seconds_per_clip", "{:.3f}"),
-               cell(e, "kaggle_score", "{:.3f}"),
+               cell(e, "kaggle_score", "{:.3f}"), cell(e, "kaggle_private_score", "{:.3f}"),
                str(e.get("split_hash", "-"))[:8]]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)

@@ -33,7 +33,15 @@ def test_submission_accepted(kaggle_twin, submission, capsys):
     sent = kaggle_twin.submissions[0]
     assert (sent["competition"], sent["description"]) == ("genre-comp", "run-a first try")
     assert sent["content"] == submission.read_text()
-    assert "submitted" in capsys.readouterr().out
+    assert "ref 1, 4 submissions left today" in capsys.readouterr().out  # as the CLI tells
+
+
+def test_refused_upload_relays_the_reason_the_package_printed(kaggle_twin, submission):
+    kaggle_twin.upload_url = "ftp://localhost/upload"  # requests cannot PUT there: it says why
+    with pytest.raises(common.SuiteError) as e:
+        common.kaggle_submit(submission, "genre-comp", "m")
+    assert e.value.code == 2 and "No connection adapters" in str(e.value)
+    assert "\n" not in str(e.value) and kaggle_twin.submissions == []
 
 
 def test_refused_upload_is_an_error_not_a_success(kaggle_twin, submission, capsys):
@@ -98,6 +106,36 @@ def test_compare_reads_every_page_and_matches_whole_run_names(kaggle_twin, tmp_p
              for n in ("cnn-a", "cnn-a2", "mlp")}
     assert score == {"cnn-a": 0.41, "cnn-a2": 0.55, "mlp": None}
     assert sum("ListSubmissions" in p for _, p in kaggle_twin.requests) == 3
+
+
+def test_compare_fills_public_and_private_scores_of_the_newest_scored(kaggle_twin, tmp_path,
+                                                                    capsys):
+    """Public and private score of the newest scored submission naming the run (private
+    hidden until the competition ends); a K-fold run's folds all get its scores, and the
+    run brought home from a Kaggle kernel shows its version."""
+    runs = tmp_path / "runs"
+    for folder in ("cnn", "mlp/fold1", "mlp/fold2"):
+        (runs / folder).mkdir(parents=True)
+        fold = ({"group": "mlp", "fold": int(folder[-1]), "kaggle_version": 4}
+                if "fold" in folder else {})
+        (runs / folder / "metrics.json").write_text(json.dumps({
+            "model": folder[:3], "test_balanced_accuracy": 0.5, "test_accuracy": 0.5,
+            "test_macro_f1": 0.5, "split_hash": "s", **fold}))
+    kaggle_twin.add_submission("c", "cnn try 1", "0.50", "0.40")
+    kaggle_twin.add_submission("c", "cnn try 2", "0.60")  # private hidden until the end
+    kaggle_twin.add_submission("c", "cnn try 3")          # not scored yet
+    kaggle_twin.add_submission("c", "mlp folds", "0.70", "0.65")
+    assert compare.main(["--runs", str(runs), "--out", str(tmp_path / "r"), "--kaggle", "c"]) == 0
+    rows = {line.split(" |")[0][2:]: line for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ")}
+    assert "| 0.600 | - |" in rows["cnn"]
+    assert "| 0.700 | 0.650 |" in rows["mlp (2-fold) (Kaggle v4)"]
+    cnn = json.loads((runs / "cnn" / "metrics.json").read_text())
+    assert (cnn["kaggle_score"], cnn["kaggle_private_score"]) == (0.6, None)
+    fold = json.loads((runs / "mlp" / "fold2" / "metrics.json").read_text())
+    assert (fold["kaggle_score"], fold["kaggle_private_score"]) == (0.7, 0.65)
+    assert compare.main(["--runs", str(runs), "--out", str(tmp_path / "r")]) == 0  # kept
+    assert "| 0.700 | 0.650 |" in capsys.readouterr().out
 
 
 def test_download_unpacks_and_names_the_corrupt_clip(kaggle_twin, tmp_path, capsys):
