@@ -2389,6 +2389,11 @@ def kaggle_error(action, error):
     """One line for a failed Kaggle call: which call, what Kaggle (or the network) said, and
     what to do. Never the token: messages come from status lines and URLs, and are redacted."""
     import requests
+    # kernels_status/kernels_output turn a 401/403 into a ValueError guessing at a wrong slug;
+    # the HTTP answer it replaced says what happened
+    replaced = error.__context__
+    if getattr(error, "response", None) is None and isinstance(replaced, requests.HTTPError):
+        error = replaced
     response = getattr(error, "response", None)
     status = getattr(response, "status_code", None)
     if status in (401, 403) and action == "authentication":
@@ -2396,11 +2401,16 @@ def kaggle_error(action, error):
                   "create a new one at https://www.kaggle.com/settings/api")
     elif status is not None:
         reason = f"Kaggle answered {status} {response.reason or ''}".rstrip()
-        with contextlib.suppress(ValueError, AttributeError):  # its JSON error body, if any
+        with contextlib.suppress(ValueError, AttributeError, KeyError, TypeError):  # its JSON error
             reason += f" ({response.json()['message']})"
-        if status in (401, 403):
+        if status == 429 or (status == 400 and "allowance" in reason.lower()):
+            reason += ": the daily submission limit is reached; it resets at midnight UTC"
+        elif status in (401, 403):
             reason += ": check that this account may do this (joined the competition, accepted "
             reason += "its rules) and that the token is valid"
+        elif status == 404:
+            reason += ": check the name (competition slug, USER/KERNEL-SLUG) and that this "
+            reason += "account can see it"
         elif status >= 500:
             reason += ": Kaggle's side; try again later"
     elif isinstance(error, (requests.ConnectionError, requests.Timeout)):
@@ -2408,14 +2418,20 @@ def kaggle_error(action, error):
                   "setting on for this")
     else:
         reason = f"{type(error).__name__}: {error}"
-    message = f"{action} failed: {reason}"
+    return SuiteError(kaggle_redacted(f"{action} failed: {reason}"), code=2)
+
+
+def kaggle_redacted(text):
+    """text without the API token, in case a message or a printed reason carries it."""
     from kagglesdk.kaggle_env import get_access_token_from_env
     token = get_access_token_from_env()[0]
-    return SuiteError(message.replace(token, "***") if token else message, code=2)
+    return text.replace(token, "***") if token else text
 
 
-def kaggle_call(action, fn, *args, **kwargs):
-    """fn(*args, **kwargs) with its printing captured and any failure turned into one line."""
+def kaggle_call(action, fn, *args, printed=None, **kwargs):
+    """fn(*args, **kwargs) with its printing captured and any failure turned into one line.
+    What the package printed is appended to the list `printed`, if given: it reports some
+    refusals (a failed upload) only by printing the reason."""
     captured = io.StringIO()
     try:
         with contextlib.redirect_stdout(captured):
@@ -2424,6 +2440,9 @@ def kaggle_call(action, fn, *args, **kwargs):
         raise
     except (Exception, SystemExit) as e:
         raise kaggle_error(action, e) from None
+    finally:
+        if printed is not None:
+            printed.append(captured.getvalue())
 
 
 def kaggle_credentials_present():
@@ -2464,15 +2483,35 @@ def kaggle_submit(csv_path, competition, message, dry_run=False):
               f"{message!r}")
         return None
     api = kaggle_api()
+    printed = []
     result = kaggle_call(f"submission of {csv_path} to {competition}", api.competition_submit,
-                         str(csv_path), message, competition, quiet=True)
+                         str(csv_path), message, competition, quiet=True, printed=printed)
+    return kaggle_submitted(api, competition, result, str(csv_path), "".join(printed))
+
+
+def kaggle_submitted(api, competition, result, what, printed=""):
+    """A submission's answer checked and told: its ref and the submissions left today, or one
+    line with the reason the package only printed (it answers a failed upload with a message)."""
     answer = getattr(result, "message", "") or ""
-    # The package reports a failed upload in the answer instead of raising.
-    if answer == api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE or not getattr(result, "ref", 1):
-        raise SuiteError(f"Kaggle refused the submission to {competition}: "
-                         f"{answer or 'no submission was created'} ({csv_path} is kept)", code=2)
-    print(f"submitted {csv_path} to {competition}: {answer or 'ok'}")
+    if answer == api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE or not getattr(result, "ref", None):
+        reason = " ".join(printed.split())[:300] or "the file upload was not accepted"
+        raise SuiteError(kaggle_redacted(f"Kaggle refused the submission of {what} to "
+                                         f"{competition}: {answer or 'no submission was created'}"
+                                         f" ({reason})"), code=2)
+    left = kaggle_submissions_left(api, competition)
+    print(f"submitted {what} to {competition}: ref {result.ref}"
+          + (f", {left} submissions left today" if left is not None else ""))
     return result
+
+
+def kaggle_submissions_left(api, competition):
+    """Submissions left today as `kaggle competitions submit` tells them (GetSubmissionLimits'
+    num_allowed_now), or None when Kaggle does not say: never a failure after submitting."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return api.competition_get_submission_limits(competition).num_allowed_now
+    except Exception:
+        return None
 
 
 def names_run(message, run_name):
