@@ -1407,8 +1407,9 @@ def fit(model, train_set, val_set, *, criterion, epochs, lr, batch_size, patienc
         if deadline and dist.sum([started + 1.2 * max(epoch_seconds, default=0.0) > deadline],
                                  device)[0]:
             if dist.main:
-                log(f"time limit: stopping before epoch {epoch} (an epoch takes about "
-                    f"{max(epoch_seconds):.0f} s); continue with --resume")
+                log(f"time limit: stopping before epoch {epoch} (" + (
+                    f"an epoch takes about {max(epoch_seconds):.0f} s" if epoch_seconds else
+                    "the time is up") + "); continue with --resume")
                 if checkpoint:  # where it stands, and the best weights when they differ
                     save_checkpoint(None if best_epoch == len(history) else best_state)
             if best_state is not None:
@@ -1610,17 +1611,19 @@ def add_submission_args(group, predict_flag=False):
     group.add_argument("--dry-run", action="store_true", help="show what --submit would send")
 
 
-def parse_run_args(parser, argv, data_is_file=False, data_flag="--data", check_model=None):
+def parse_run_args(parser, argv, data_is_file=False, data_flag="--data", check_model=None,
+                   paths=True):
     """A trainer's arguments, all checked before any work starts: the flags (check_flags, and
-    the trainer's own check_model(args)), then the paths. With --resume RUN_DIR, the run's
-    recorded ones (config.json) instead."""
+    the trainer's own check_model(args)), then the paths (paths=False: flags only, as a kernel
+    recipe is checked when built). With --resume RUN_DIR, the run's recorded ones instead."""
     args = parser.parse_args(argv)
-    if args.resume:
+    if args.resume and paths:
         args = resumed_args(parser, args)
     check_flags(parser, args)
     if check_model:
         check_model(args)
-    check_paths(args, data_is_file, data_flag)
+    if paths:
+        check_paths(args, data_is_file, data_flag)
     return args
 
 

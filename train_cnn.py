@@ -45,10 +45,11 @@ def build_parser(model="convolneunet"):
     return p
 
 
-def parse_args(argv):
-    """--model first, for its defaults; then every flag, checked."""
+def parse_args(argv, check_paths=True):
+    """--model first, for its defaults; then every flag, checked (and every path)."""
     model = build_parser().parse_known_args(argv)[0].model
-    return common.parse_run_args(build_parser(model), argv, check_model=check_model)
+    return common.parse_run_args(build_parser(model), argv, check_model=check_model,
+                                 paths=check_paths)
 
 
 def channels_of(args):

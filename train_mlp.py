@@ -200,8 +200,14 @@ def extract(args):
 # ----------------------------------------------------------------------------------------------
 # Models: the MLP, its losses, and scikit-learn baselines beside it
 
+def parse_args(argv, check_paths=True):
+    """Every training flag, checked (and every path)."""
+    return common.parse_run_args(build_parser(), argv, data_is_file=True, data_flag="--features",
+                                 check_model=check_model, paths=check_paths)
+
+
 def check_model(args):
-    """--hidden and --drop-columns are well formed (before any work)."""
+    """--hidden is well formed (before any work)."""
     parse_hidden(args.hidden)
 
 
@@ -295,12 +301,10 @@ def feature_set_of(path, columns):
 
 @common.user_errors
 def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.extract:
         return extract(args)
-    args = common.parse_run_args(parser, argv, data_is_file=True, data_flag="--features",
-                                 check_model=check_model)
+    args = parse_args(argv)  # training: every flag and path checked
     hidden = parse_hidden(args.hidden)
 
     # data: the feature table, minus the columns left out

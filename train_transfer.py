@@ -42,7 +42,14 @@ def build_parser():
                    help="dropout in the new head (default %(default)s)")
     common.add_image_args(m, "input side in pixels (default: the weights' own, 224 for most)",
                           img_size_minimum=1)
+    m.add_argument("--cache-dir", help="where the frozen backbone's features are cached "
+                                       "(default OUT/.cache)")
     return p
+
+
+def parse_args(argv, check_paths=True):
+    """Every flag, checked (and every path)."""
+    return common.parse_run_args(build_parser(), argv, check_model=check_model, paths=check_paths)
 
 
 def check_model(args):
@@ -133,7 +140,8 @@ def feature_cache_key(args, paths, img_size):
 def backbone_features(net, dataset, args, img_size, device, dist):
     """Run the frozen backbone once over every image (each rank its share), cached on disk.
     Returns (features, seconds the pass took: part of the time to converge, cached or not)."""
-    cache = Path(args.out) / ".cache" / f"features-{feature_cache_key(args, dataset.paths, img_size)}.pt"
+    folder = Path(args.cache_dir) if args.cache_dir else Path(args.out) / ".cache"
+    cache = folder / f"features-{feature_cache_key(args, dataset.paths, img_size)}.pt"
     if cache.exists():
         print(f"features from {cache}")
         saved = torch.load(cache, weights_only=True)
@@ -153,7 +161,7 @@ def backbone_features(net, dataset, args, img_size, device, dist):
 
 @common.user_errors
 def main(argv=None):
-    args = common.parse_run_args(build_parser(), argv, check_model=check_model)
+    args = parse_args(argv)
     classes = common.list_images(args.data)[2]
     common.seed_everything(args.seed)  # --weights none: the random backbone follows --seed
     pristine, crop = build_transfer(args.arch, len(classes), args.weights, args.head_dropout,

@@ -1,63 +1,76 @@
-"""What every generated Kaggle kernel runs: find the data under /kaggle/input, make images or
-features in /kaggle/temp, train, predict the test audio and write /kaggle/working/submission.csv.
+"""What every generated Kaggle kernel runs: find the data under /kaggle/input, pick up the run of
+the kernel's previous version when its output is attached, make images or features in
+/kaggle/temp, train into /kaggle/working/runs/NAME/ within the time limit, predict the test
+audio and write /kaggle/working/submission.csv.
 
-kernels/build.py inlines this file (with common.py and the trainer) into each kernel.py and
-calls main(argv, SETTINGS) with the kernel's settings:
-    {"kernel": "cnn", "trainer": "train_cnn", "pipeline": "images" | "features",
-     "sources": ["competition-slug", "owner/dataset-slug", ...], "gpus": 1,
-     "trainer_defaults": [...], "run_name": "kaggle"}
+kernels/build.py inlines this file (with the modules the kernel needs) into each kernel.py and
+calls main(argv, RECIPE) with the kernel's recipe (see build.py): its name, kind, conversion,
+trainer flags, sources, test folder, sample submission, time limit and GPUs.
 
-Kaggle's layout, under $KAGGLE_ROOT (default /kaggle): input/ (read-only: attached competitions
-and datasets, mounted as input/<slug>/, input/competitions/<slug>/ or
-input/datasets/<owner>/<slug>/), temp/ (scratch, not kept), working/ (saved as the output).
-Training data is a labeled folder: `train/` (one sub-folder per genre, or flat audio with
-train.csv beside it) or GTZAN's `Data/genres_original/`; `test/` (flat audio) and
-sample_submission.csv are used when present. Nothing is ever written under input/.
+Kaggle's layout, under $KAGGLE_ROOT (default /kaggle): input/ (read-only: attached competitions,
+datasets and kernel outputs, mounted as input/<slug>/, input/competitions/<slug>/,
+input/datasets/<owner>/<slug>/ or input/notebooks/<owner>/<slug>/), temp/ (scratch, not kept),
+working/ (saved as the version's output). Nothing is ever written under input/.
+
+The run lives in working/runs/NAME/ from the start, so every checkpoint is in the output as
+soon as it is written: a session killed at Kaggle's limit keeps the latest one, and the next
+version (with this kernel's output attached) resumes from it.
 """
 import argparse
 import importlib
+import json
 import os
 import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import common
 
+TRAINERS = {"cnn": "train_cnn", "transfer": "train_transfer", "mlp": "train_mlp"}  # by kind
 TRAIN_NAMES = ("train", "genres_original", "genres")  # a competition's, GTZAN's, GTZAN's older
-KEEP_MODEL_MB = 200  # a larger model.pt stays in temp/: Kaggle saves all of working/ as output
+KERNEL_FLAGS = ("data", "out", "name", "resume", "overwrite", "predict", "sample_submission",
+                "submit", "message", "dry_run", "time_limit")  # the trainer flags a kernel sets
 
 
-def build_parser(settings):
+def build_parser(recipe):
     root = Path(os.environ.get("KAGGLE_ROOT", "/kaggle"))
+    conversion = recipe["conversion"]
     p = common.ArgumentParser(prog="kernel.py", description=__doc__, allow_abbrev=False)
     p.add_argument("--input", default=str(root / "input"),
                    help="where the data sources are mounted (default %(default)s)")
     p.add_argument("--train", help="labeled audio (default: found under --input)")
-    p.add_argument("--test", help="flat folder of audio to predict (default: found under --input)")
+    p.add_argument("--test", help="flat folder of audio to predict (default: the folder named "
+                                  f"{recipe['test_folder']!r} found under --input)")
     p.add_argument("--labels", help="CSV id,label for a flat --train folder (default: train.csv "
                                     "beside it)")
     p.add_argument("--sample-submission", help="its columns and ids shape submission.csv "
-                                               "(default: found beside the test folder)")
+                                               f"(default: {recipe['sample_submission']!r} found "
+                                               "beside the test folder)")
     p.add_argument("--temp", default=str(root / "temp"),
-                   help="scratch for images, features and runs (default %(default)s)")
+                   help="scratch for images and features (default %(default)s)")
     p.add_argument("--working", default=str(root / "working"),
-                   help="saved output: submission.csv and the run's report (default %(default)s)")
-    if settings["pipeline"] == "images":
-        p.add_argument("--size", type=int, default=512,
+                   help="saved output: runs/NAME/ and submission.csv (default %(default)s)")
+    p.add_argument("--time-limit", type=common.duration, default=recipe["time_limit"],
+                   metavar="DURATION", help="stop training cleanly before this much time has "
+                   "passed since the kernel started, leaving time to predict (default "
+                   f"{recipe['time_limit']}: Kaggle kills a GPU session at 12 h)")
+    if recipe["kind"] != "mlp":
+        p.add_argument("--size", type=int, default=conversion["size"],
                        help="spectrogram image side for the conversion (default %(default)s)")
-        p.add_argument("--segment-seconds", type=float, default=0.0,
-                       help="cut clips into S-second segments, scored per clip (default 0)")
-        p.add_argument("--mel", type=int, default=0,
-                       help="N log-mel bands instead of the linear STFT (default 0)")
-    p.add_argument("--gpus", type=int, default=settings["gpus"],
+        p.add_argument("--segment-seconds", type=float, default=conversion["segment_seconds"],
+                       help="cut clips into S-second segments, scored per clip (default %(default)s)")
+        p.add_argument("--mel", type=int, default=conversion["mel"],
+                       help="N log-mel bands instead of the linear STFT (default %(default)s)")
+    p.add_argument("--gpus", type=int, default=recipe["gpus"],
                    help="train under torchrun on up to this many visible GPUs (default %(default)s)")
     p.add_argument("--train-only", action="store_true", help=argparse.SUPPRESS)  # torchrun's step
     return p
 
 
-def split_argv(argv, settings):
+def split_argv(argv, recipe):
     """(kernel args, trainer args): the trainer gets what follows `--` and any unknown flag.
     $KERNEL_ARGS is read as more arguments (local runs and tests; Kaggle passes none)."""
     ours, theirs = [], []
@@ -66,15 +79,15 @@ def split_argv(argv, settings):
         words = list(words)
         cut = words.index("--") if "--" in words else len(words)
         ours, theirs = ours + words[:cut], theirs + words[cut + 1:]
-    args, unknown = build_parser(settings).parse_known_args(ours)
+    args, unknown = build_parser(recipe).parse_known_args(ours)
     return args, unknown + theirs
 
 
 # ----------------------------------------------------------------------------------------------
-# Finding the data
+# Finding the data, and the previous version's run
 
 def source_roots(input_dir, sources):
-    """Folders where the attached sources are mounted, those named in the settings first; when
+    """Folders where the attached sources are mounted, those named in the recipe first; when
     none of them is there (data attached later, other names), every folder under input/."""
     input_dir = Path(input_dir)
     named = []
@@ -82,7 +95,7 @@ def source_roots(input_dir, sources):
         owner, _, slug = source.rpartition("/")
         named += [input_dir / slug, input_dir / "competitions" / slug]
         if owner:
-            named.append(input_dir / "datasets" / owner / slug)
+            named += [input_dir / "datasets" / owner / slug, input_dir / "notebooks" / owner / slug]
     found = [d for d in named if d.is_dir()]
     return found or [input_dir]
 
@@ -96,6 +109,11 @@ def has_audio(folder, labeled):
                            for d in children)
 
 
+def subfolders(folders):
+    return [d for folder in folders for d in sorted(folder.iterdir())
+            if d.is_dir() and not d.name.startswith(".")]
+
+
 def find_folder(roots, names, labeled, depth=6):
     """The first folder named one of `names` holding audio, under the roots (breadth first)."""
     level = list(roots)
@@ -103,44 +121,54 @@ def find_folder(roots, names, labeled, depth=6):
         for folder in level:
             if folder.name in names and has_audio(folder, labeled):
                 return folder
-        level = [d for folder in level for d in sorted(folder.iterdir())
-                 if d.is_dir() and not d.name.startswith(".")]
+        level = subfolders(level)
     return None
 
 
-def find_data(args, settings):
+def find_data(args, recipe):
     """(train folder, labels CSV or None, test folder or None, sample submission or None)."""
     if not args.train and not Path(args.input).is_dir():
         raise common.SuiteError(f"--input {args.input}: no such folder (not on Kaggle? give "
                                 "--train DIR, and --test DIR to predict)")
-    roots = source_roots(args.input, settings["sources"])
+    roots = source_roots(args.input, [recipe["competition"], *recipe["datasets"]] if
+                         recipe["competition"] else recipe["datasets"])
     train = Path(args.train) if args.train else find_folder(roots, TRAIN_NAMES, labeled=True)
     if train is None:
         raise common.SuiteError(
             f"no training audio under {', '.join(map(str, roots))}: expected a folder named "
             f"{' or '.join(TRAIN_NAMES)} with one sub-folder per genre (or flat audio and "
             "train.csv); attach the competition or GTZAN dataset, or pass --train DIR")
-    test = Path(args.test) if args.test else find_folder([train.parent, *roots], ("test",),
-                                                         labeled=False)
+    test = Path(args.test) if args.test else find_folder(
+        [train.parent, *roots], (recipe["test_folder"],), labeled=False)
     labels = args.labels
     if not labels and (train.parent / "train.csv").is_file() and has_audio(train, labeled=False):
         labels = str(train.parent / "train.csv")
     sample = args.sample_submission
-    if not sample and test is not None and (test.parent / "sample_submission.csv").is_file():
-        sample = str(test.parent / "sample_submission.csv")
+    if not sample and test is not None and (test.parent / recipe["sample_submission"]).is_file():
+        sample = str(test.parent / recipe["sample_submission"])
     return train, labels, test, sample
 
 
-def find_weights(input_dir, trainer_argv, trainer):
-    """--weights PATH for the transfer kernel: torchvision's own weights file for --arch
-    (e.g. vgg16-397923af.pth) in an attached dataset, so no internet is needed."""
-    run = trainer.build_parser().parse_known_args(trainer_argv)[0]
-    if getattr(run, "weights", None) != "imagenet":
+def previous_run(input_dir, name, depth=6):
+    """The run folder runs/NAME/ of this kernel's previous version, wherever its attached
+    output is mounted under input/ (Kaggle's mount paths have changed over time), or None."""
+    level = [Path(input_dir)] if Path(input_dir).is_dir() else []
+    for _ in range(depth + 1):
+        for folder in level:
+            run = folder / "runs" / name
+            if (run / "config.json").is_file():
+                return run
+        level = subfolders(level)
+    return None
+
+
+def find_weights(input_dir, args):
+    """--weights PATH for a transfer kernel: torchvision's own weights file for --arch (e.g.
+    vgg16-397923af.pth) in an attached dataset, so no internet is needed."""
+    if getattr(args, "weights", None) != "imagenet":
         return []
     import torchvision
-    if run.arch not in torchvision.models.list_models():
-        return []  # the trainer explains a bad --arch
-    name = Path(torchvision.models.get_model_weights(run.arch).DEFAULT.url).name
+    name = Path(torchvision.models.get_model_weights(args.arch).DEFAULT.url).name
     found = next(iter(sorted(Path(input_dir).rglob(name))), None)
     if found:
         print(f"weights: {found}")
@@ -161,55 +189,47 @@ def prepare_images(args, train, labels, temp):
     return ["--data", str(images)]
 
 
-def prepare_features(args, train, labels, temp, trainer, passthrough):
+def prepare_features(train, labels, temp, trainer, flags):
     features = temp / "features.csv"
-    extract = trainer.build_parser().parse_known_args(passthrough)[0]
     code = trainer.main(["--extract", str(train), "--features", str(features),
-                         "--feature-set", extract.feature_set,
+                         "--feature-set", flags.feature_set,
                          *(["--labels", labels] if labels else [])])
     if code:
         raise common.SuiteError("feature extraction failed (see above)", code)
     return ["--features", str(features)]
 
 
-def train(trainer, trainer_argv, gpus):
+def same_run(run_dir, trainer, trainer_argv):
+    """Whether the run in run_dir was started with these trainer flags (then it resumes). A
+    weights file counts by its name: the data set holding it may be mounted elsewhere now."""
+    def comparable(key, value):
+        return Path(value).name if key == "weights" and value else common.jsonable(value)
+    recorded = json.loads((run_dir / "config.json").read_text())["args"]
+    wanted = vars(trainer.parse_args(trainer_argv, check_paths=False))
+    return all(comparable(k, recorded.get(k)) == comparable(k, v) for k, v in wanted.items()
+               if k not in common.RESUME_FLAGS + KERNEL_FLAGS)
+
+
+def train(trainer, trainer_argv, gpus, budget):
     """The trainer in this process, or under torchrun (one process per GPU) when more than one
-    GPU is visible and allowed; common's driver reads torchrun's RANK/WORLD_SIZE."""
+    GPU is visible and allowed; common's driver reads torchrun's RANK/WORLD_SIZE. budget: the
+    seconds training may take from now (--time-limit counts from the process's start)."""
     import torch
     n = min(gpus, torch.cuda.device_count())
     if n <= 1:
-        return trainer.main(trainer_argv)
+        limit = time.time() - common.STARTED + budget
+        return trainer.main([*trainer_argv, "--time-limit", f"{limit:.0f}s"])
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={n}", os.path.abspath(sys.argv[0]), "--train-only", "--",
-               *trainer_argv]
+               *trainer_argv, "--time-limit", f"{max(budget, 1):.0f}s"]
     print(f"training on {n} GPUs: {' '.join(command)}", flush=True)
     return subprocess.call(command)
 
 
-def save_outputs(run_dir, working):
-    """The run's report into working/ (saved by Kaggle); checkpoints and a large model.pt stay
-    in temp/."""
-    out = working / "runs" / run_dir.name
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    for path in sorted(run_dir.rglob("*")):
-        if path.is_dir() or path.name == "checkpoint.pt":
-            continue
-        if path.name == "model.pt" and path.stat().st_size > KEEP_MODEL_MB * 2 ** 20:
-            print(f"note: {path} ({path.stat().st_size / 2 ** 20:.0f} MB) stays in temp/, not "
-                  f"saved as output (over {KEEP_MODEL_MB} MB)")
-            continue
-        target = out / path.relative_to(run_dir)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
-    return out
-
-
-def main(argv, settings):
+def main(argv, recipe):
     """The kernel; a mistake (no data found, a bad flag) is one line and an exit code."""
     try:
-        return run_kernel(argv, settings)
+        return run_kernel(argv, recipe)
     except common.SuiteError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.code
@@ -218,40 +238,59 @@ def main(argv, settings):
         return 130
 
 
-def run_kernel(argv, settings):
-    trainer = importlib.import_module(settings["trainer"])
-    args, passthrough = split_argv(argv, settings)
+def run_kernel(argv, recipe):
+    started = time.time()
+    trainer = importlib.import_module(TRAINERS[recipe["kind"]])
+    args, passthrough = split_argv(argv, recipe)
     if args.train_only:  # one torchrun process: the parent already made the data
         return trainer.main(passthrough)
-    temp, working = Path(args.temp), Path(args.working)
-    train_dir, labels, test, sample = find_data(args, settings)
+    name, temp, working = recipe["name"], Path(args.temp), Path(args.working)
+    run_dir = working / "runs" / name
+    flags = [*recipe["trainer_args"], *passthrough]
+    parsed = trainer.parse_args(flags, check_paths=False)  # a bad flag fails before any work
+    train_dir, labels, test, sample = find_data(args, recipe)
     print(f"train: {train_dir}" + (f" (labels {labels})" if labels else "")
           + f"; test: {test or 'none'}" + (f"; sample submission: {sample}" if sample else ""))
     if test is not None:
         common.list_audio(test)  # a bad test folder fails now, not after training
     common.check_output_folder(temp, "--temp")
     common.check_output_folder(working, "--working")
-    if settings["pipeline"] == "images":
-        data_argv = prepare_images(args, train_dir, labels, temp)
+    previous = previous_run(args.input, name)
+    if previous and not run_dir.exists():  # input/ is read-only: the run goes on in working/
+        print(f"the previous version's run is attached: {previous}; copying it to {run_dir}")
+        shutil.copytree(previous, run_dir, copy_function=shutil.copyfile)  # not input's modes
+        for folder in [run_dir, *run_dir.rglob("*")]:
+            if folder.is_dir():
+                folder.chmod(0o755)
+
+    if recipe["kind"] == "mlp":
+        data_argv = prepare_features(train_dir, labels, temp, trainer, parsed)
     else:
-        data_argv = prepare_features(args, train_dir, labels, temp, trainer, passthrough)
-    run_name = settings["run_name"]
-    trainer_argv = [*data_argv, "--out", str(temp / "runs"), "--name", run_name, "--overwrite",
-                    *settings["trainer_defaults"], *passthrough]
-    if test is not None:
-        trainer_argv += ["--predict", str(test)]
-        if sample:
-            trainer_argv += ["--sample-submission", sample]
-    if settings["trainer"] == "train_transfer":
-        trainer_argv += find_weights(args.input, trainer_argv, trainer)
-    code = train(trainer, trainer_argv, args.gpus)
+        data_argv = prepare_images(args, train_dir, labels, temp)
+    trainer_argv = [*data_argv, "--out", str(working / "runs"), "--name", name, *flags,
+                    *(["--cache-dir", str(temp / "cache")] if recipe["kind"] == "transfer" else []),
+                    *(find_weights(args.input, parsed) if recipe["kind"] == "transfer" else [])]
+    if run_dir.exists() and same_run(run_dir, trainer, trainer_argv):
+        print(f"resuming {run_dir} (its checkpoint, or nothing left to do when it finished)")
+        trainer_argv = ["--resume", str(run_dir)]
+    elif run_dir.exists():
+        print(f"{run_dir} was trained with other flags; training anew")
+        trainer_argv.append("--overwrite")
+    reserve = min(600.0, 0.1 * args.time_limit)  # to predict the test audio after training
+    code = train(trainer, trainer_argv, args.gpus, args.time_limit - reserve - (time.time() - started))
     if code:
         return code
-    report = save_outputs(temp / "runs" / run_name, working)
+    model = next((run_dir / m for m in common.MODEL_FILES if (run_dir / m).is_file()), None)
+    if model is None:  # --folds: one model per fold, no submission
+        print(f"{name}: report in {run_dir}; no single model to predict with (--folds)")
+        return 0
     if test is None:
         print(f"no test folder in the inputs: trained and evaluated on the split (report in "
-              f"{report}); no submission.csv written")
+              f"{run_dir}); no submission.csv written")
         return 0
-    shutil.copyfile(report / "submission.csv", working / "submission.csv")
-    print(f"{settings['kernel']}: {working / 'submission.csv'} (report in {report})")
+    common.predict_and_submit(model, test, output=run_dir / "submission.csv",
+                              workers=common.default_workers(), sample_submission=sample,
+                              device=common.pick_device("auto"))
+    shutil.copyfile(run_dir / "submission.csv", working / "submission.csv")
+    print(f"{name}: {working / 'submission.csv'} (report in {run_dir})")
     return 0

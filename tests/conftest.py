@@ -15,6 +15,11 @@ import torch  # noqa: E402
 torch.set_num_threads(1)  # tiny models: a second thread only adds waiting (36x slower under load)
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: end-to-end runs of whole scripts or kernels "
+                                       "(python -m pytest -m 'not slow' leaves them out)")
+
+
 def without_seconds(history):
     """History rows (from history.csv or FitResult) without their timings, which never repeat."""
     return [{k: v for k, v in row.items() if k != "seconds"} for row in history]

@@ -216,13 +216,12 @@ def test_no_network_one_line(no_kaggle_credentials, kernel, monkeypatch, capsys)
     assert one_line(err) and "could not reach Kaggle" in err
 
 
-def test_kernel_found_by_name_or_path(kaggle_twin, tmp_path, capsys):
+def test_kernel_found_by_name_or_path(kaggle_twin, kernel, tmp_path, capsys, monkeypatch):
     """NAME is kernels/NAME/ beside the script (whatever build.py made there); anything else
     is one line listing them."""
-    name = sorted(loop.KERNELS_DIR.glob("*/kernel-metadata.json"))[0].parent.name
-    kernel_id = json.loads((loop.KERNELS_DIR / name / "kernel-metadata.json").read_text())["id"]
-    assert loop.main(["status", name]) == 2  # not pushed to the twin
-    assert f"status of {kernel_id} failed" in capsys.readouterr().err
+    monkeypatch.setattr(loop, "KERNELS_DIR", kernel.parent)
+    assert loop.main(["status", "cnn"]) == 2  # not pushed to the twin
+    assert f"status of {KERNEL_ID} failed" in capsys.readouterr().err
     assert loop.main(["status", str(tmp_path / "nothing")]) == 1
     err = capsys.readouterr().err
-    assert one_line(err) and "not a kernel folder" in err and name in err
+    assert one_line(err) and "not a kernel folder" in err and "cnn" in err
