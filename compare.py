@@ -195,7 +195,9 @@ def ensemble_entry(runs_dir, members, name, out):
                    "data": " + ".join(sorted({str(m[i].get("data")) for m in member_metrics})),
                    "test_accuracy": s["accuracy"], "test_balanced_accuracy": s["balanced_accuracy"],
                    "test_macro_f1": s["macro_f1"], "confusion": s["confusion"],
-                   "n_test": len(clips), "split_hash": member_metrics[0][i].get("split_hash")}
+                   "n_test": len(clips), "split_hash": member_metrics[0][i].get("split_hash"),
+                   "split": member_metrics[0][i].get("split"),
+                   "small_test": member_metrics[0][i].get("small_test")}
         for key in SUMMED:  # every member runs: their times add up
             values = [m[i].get(key) for m in member_metrics]
             metrics[key] = sum(values) if None not in values else None
@@ -280,45 +282,71 @@ def cell(entry, key, fmt):
 def markdown_table(entries):
     header = ["run", "model", "balanced acc", "accuracy", "macro F1", "epochs",
               "time to converge (s)", "model (ms/clip)", "audio to label (s/clip)",
-              "Kaggle public", "Kaggle private", "split"]
+              "Kaggle public", "Kaggle private"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for e in entries:
         model = e["model"] + (" (random weights)" if e.get("weights") == "none" else "")
         name = e["name"] + (f" (Kaggle v{e['kaggle_version']})" if e.get("kaggle_version") else "")
-        row = [name, model, cell(e, "test_balanced_accuracy", "{:.3f}"),
+        small = " †" if e.get("small_test") else ""
+        row = [name, model, cell(e, "test_balanced_accuracy", "{:.3f}") + small,
                cell(e, "test_accuracy", "{:.3f}"), cell(e, "test_macro_f1", "{:.3f}"),
                cell(e, "epochs_run", "{:.0f}"), cell(e, "seconds_to_best", "{:.2f}"),
                cell(e, "predict_ms", "{:.2f}"), cell(e, "audio_to_label_seconds_per_clip", "{:.3f}"),
-               cell(e, "kaggle_score", "{:.3f}"), cell(e, "kaggle_private_score", "{:.3f}"),
-               str(e.get("split_hash", "-"))[:8]]
+               cell(e, "kaggle_score", "{:.3f}"), cell(e, "kaggle_private_score", "{:.3f}")]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
-def comparability_notes(entries):
-    """Runs are comparable when they were tested on the same clips: the same split hash (images
-    and features of the same clips share one). Otherwise say so, with the data sets involved."""
-    splits = {e.get("split_hash") for e in entries if "folds" not in e}
-    if len(splits) <= 1:
-        return []
-    data = sorted({str(e.get("data")) for e in entries})
-    return [f"**Warning:** these runs were tested on {len(splits)} different splits (column "
-            f"`split`; data: {', '.join(data)}): compare figures only between runs of one split."]
+def split_key(entry):
+    """Runs are comparable when they were tested on the same clips: the same split (images and
+    features of the same clips share one), or the same folds."""
+    parts = entry.get("folds", [entry])
+    return tuple(str(p.get("split_hash")) for p in parts)
 
 
-def bar_chart(path, entries, panels):
-    """One bar panel per (metric key, label); runs without that figure are left out of it."""
+def by_split(entries):
+    """[(heading, entries sorted best first)], one group per split: runs on different splits
+    are never ranked together."""
+    groups = {}
+    for e in entries:
+        groups.setdefault(split_key(e), []).append(e)
+    out = []
+    for key, group in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        label = next((e.get("folds", [e])[0].get("split") for e in group
+                      if e.get("folds", [e])[0].get("split")), "split not recorded")
+        n_test = max(sum(p.get("n_test") or 0 for p in e.get("folds", [e])) for e in group)
+        data = ", ".join(sorted({str(e.get("data")) for e in group}))
+        out.append((f"{label}: {n_test or '?'} test clips (split {key[0][:8]}"
+                    + (f" ...{len(key)} folds" if len(key) > 1 else "") + f"; data: {data})",
+                    sort_entries(group)))
+    return out
+
+
+def bar_chart(path, groups, panels):
+    """One bar panel per (metric key, label), runs grouped by split (a colour each, never
+    ranked together); runs without that figure are left out of it."""
     plt = common.pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(len(panels) * max(5, 1.1 * len(entries) + 2), 4),
+    n = sum(len(entries) for _, entries in groups) + len(groups) - 1
+    fig, axes = plt.subplots(1, len(panels), figsize=(len(panels) * max(5, 1.1 * n + 2), 4),
                              squeeze=False)
     for ax, (key, label) in zip(axes[0], panels):
-        shown = [e for e in entries if e.get(key) is not None]
-        if shown:
-            ax.bar(range(len(shown)), [e[key] for e in shown],
-                   yerr=[e.get(key + "_std") or 0 for e in shown], capsize=4, color="tab:blue")
-            ax.set_xticks(range(len(shown)), [e["name"] for e in shown], rotation=30, ha="right")
-            for i, e in enumerate(shown):
+        x, ticks, names = 0, [], []
+        for k, (heading, entries) in enumerate(groups):
+            shown = [e for e in entries if e.get(key) is not None]
+            if not shown:
+                continue
+            xs = list(range(x, x + len(shown)))
+            ax.bar(xs, [e[key] for e in shown], yerr=[e.get(key + "_std") or 0 for e in shown],
+                   capsize=4, color=f"C{k}", label=heading.split(":")[0] if len(groups) > 1 else None)
+            for i, e in zip(xs, shown):
                 ax.annotate(f"{e[key]:.3g}", (i, e[key]), ha="center", va="bottom", fontsize=8)
+            ticks += xs
+            names += [e["name"] for e in shown]
+            x += len(shown) + 1  # a gap between splits
+        if ticks:
+            ax.set_xticks(ticks, names, rotation=30, ha="right")
+            if len(groups) > 1:
+                ax.legend(fontsize=7, title="split")
         else:
             ax.text(0.5, 0.5, "no run has this figure yet", ha="center", va="center",
                     transform=ax.transAxes)
@@ -339,17 +367,23 @@ def check_report_folder(out):
 
 
 def write_report(entries, out):
+    """compare.md: a table per split (best first), the small test parts noted; the charts."""
     out = Path(out)
-    table = markdown_table(entries)
-    notes = comparability_notes(entries)
-    text = "# Model comparison\n\n" + table + "\n\n" + "".join(n + "\n\n" for n in notes)
+    groups = by_split(entries)
+    text = "# Model comparison\n\n"
+    if len(groups) > 1:
+        text += (f"These runs were tested on {len(groups)} different splits: each has its own "
+                 "table, and figures compare only within one.\n\n")
+    for heading, group in groups:
+        text += f"## {heading}\n\n{markdown_table(group)}\n\n"
+        small = [e for e in group if e.get("small_test")]
+        if small:
+            text += "".join(f"† {e['name']}: a small test part: {e['small_test']}\n" for e in small) + "\n"
     text += "Charts: " + ", ".join(f"[{name}]({name})" for name in CHARTS) + "\n"
     common.atomic_write(out / "compare.md", lambda f: f.write(text))
     for name, panels in CHARTS.items():
-        bar_chart(out / name, entries, panels)
-    print(table)
-    for n in notes:
-        print(n.replace("**", ""))
+        bar_chart(out / name, groups, panels)
+    print(text.split("Charts:")[0].replace("## ", "").rstrip())
     return out / "compare.md"
 
 
@@ -408,7 +442,7 @@ def run_demo(args):
     names = ["demo-cnn", "demo-vgg16", "demo-mlp", "demo-svm"]
     entries = load_runs(runs, names) + [ensemble_entry(runs, ["demo-cnn", "demo-mlp"],
                                                        "demo-cnn+mlp", report_dir)]
-    report = write_report(sort_entries(entries), report_dir)
+    report = write_report(entries, report_dir)
     note = f"\nDemo data is synthetic. VGG16 weights: {weights}.\n"
     common.atomic_write(report, lambda f: f.write(report.read_text() + note))
     print(f"\ndemo finished in {time.time() - start:.0f} s; VGG16 weights: {weights}; "
@@ -427,7 +461,7 @@ def main(argv=None):
         fill_kaggle_scores(entries, args.kaggle)
     if args.ensemble:
         entries.append(ensemble_entry(args.runs, args.ensemble, args.ensemble_name, out))
-    report = write_report(sort_entries(entries), out)
+    report = write_report(entries, out)
     print(f"\nreport: {report}")
     return 0
 

@@ -26,24 +26,38 @@ def test_table_charts_and_fold_groups(tmp_path, capsys):
         fake_run(runs, "mlp-k", bal, group="mlp-k", fold=fold, split=f"f{fold}")
     assert compare.main(["--runs", str(runs), "--out", str(tmp_path / "report")]) == 0
     out = capsys.readouterr().out
-    lines = [line for line in out.splitlines() if line.startswith("| ")]
-    assert len(lines) == 4  # header + 3 entries: the folds are one row
-    assert lines[1].startswith("| vgg16-b") and "0.800" in lines[1]
+    lines = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| run")]
+    assert len(lines) == 3  # the folds are one row (in a table of their own: other clips)
+    assert lines[0].startswith("| vgg16-b") and "0.800" in lines[0]
     fold_row = next(line for line in lines if "3-fold" in line)
     assert "0.700 ± 0.100" in fold_row  # sample standard deviation (ddof=1)
-    assert "4.00" in lines[1]  # 0.004 s per clip shown as ms
+    assert "4.00" in lines[0]  # 0.004 s per clip shown as ms
     for name in compare.CHARTS:
         assert (tmp_path / "report" / name).stat().st_size > 1000
     assert (tmp_path / "report" / "compare.md").read_text().count("| ") >= 4
 
 
-def test_different_splits_and_data_are_flagged(tmp_path, capsys):
+def test_runs_on_different_splits_are_never_ranked_together(tmp_path, capsys):
+    """Each split gets its own table, headed by what the split is and how many test clips it
+    has; a small test part is marked with what one clip is worth."""
     runs = tmp_path / "runs"
     fake_run(runs, "cnn-a", 0.5, split="aaa")
     fake_run(runs, "cnn-b", 0.6, split="bbb", data="other")
+    fake_run(runs, "mlp-c", 0.9, split="bbb", data="other")
+    metrics = json.loads((runs / "cnn-a" / "metrics.json").read_text())
+    metrics.update(split="gtzan-filtered", n_test=290, small_test=None)
+    (runs / "cnn-a" / "metrics.json").write_text(json.dumps(metrics))
+    metrics = json.loads((runs / "mlp-c" / "metrics.json").read_text())
+    metrics.update(split="random 80/10/10 (seed 0)", n_test=10, small_test="10 clips: one clip ...")
+    (runs / "mlp-c" / "metrics.json").write_text(json.dumps(metrics))
     assert compare.main(["--runs", str(runs), "--out", str(tmp_path / "r")]) == 0
     md = (tmp_path / "r" / "compare.md").read_text()
-    assert "2 different splits" in md and "data: d, other" in md
+    tables = md.split("## ")[1:]
+    assert "2 different splits" in md and len(tables) == 2
+    assert tables[0].startswith("random 80/10/10 (seed 0): 10 test clips (split bbb; data: other)")
+    assert tables[0].index("| mlp-c") < tables[0].index("| cnn-b") and "| cnn-a" not in tables[0]
+    assert tables[1].startswith("gtzan-filtered: 290 test clips") and "| cnn-a" in tables[1]
+    assert "0.900 †" in tables[0] and "† mlp-c: a small test part: 10 clips" in tables[0]
 
 
 def test_no_runs_one_line(tmp_path, capsys):
