@@ -14,7 +14,9 @@ The settings are the folder's identity (OUT/conversion.json): other settings int
 folder are refused, or redo everything with --overwrite. Up-to-date outputs are skipped; bad
 files are reported, listed in OUT/errors.csv and skipped.
 """
+import contextlib
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -116,22 +118,65 @@ def convert_clip(job):
         return path, 0, 0, f"{type(e).__name__}: {e}"
 
 
+def check_mel(mel, sr):
+    """Every mel band must get at least one STFT bin: an impossible --mel is one line."""
+    import warnings
+
+    def empty(n):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # librosa warns of empty filters: we say it once
+            return int((common.mel_filters(sr, n).max(axis=1) == 0).sum())
+    if mel and empty(mel):
+        low, high = 1, mel  # the most bands with none empty, by bisection
+        while high - low > 1:
+            low, high = ((low + high) // 2, high) if not empty((low + high) // 2) else (low, (low + high) // 2)
+        raise common.SuiteError(f"--mel {mel}: {empty(mel)} of the {mel} mel bands would be empty "
+                                f"(the {common.N_FFT}-sample STFT has {common.N_FFT // 2 + 1} "
+                                f"frequency bins at --sr {sr}); use at most {low}, e.g. 128")
+
+
+@contextlib.contextmanager
+def conversion_lock(out):
+    """One conversion at a time into a folder: a second one started meanwhile is refused in one
+    line (OUT/.converting holds the owner's pid; one left by a killed run is taken over). A
+    folder made here and left empty by a refusal goes again."""
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / ".converting"
+    try:
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                break
+            except FileExistsError:
+                owner = lock.read_text().strip()
+                if owner.isdigit() and Path(f"/proc/{owner}").exists():
+                    raise common.SuiteError(f"{out}: another conversion (process {owner}) is "
+                                            "writing into it; wait for it, or convert elsewhere") from None
+                lock.unlink(missing_ok=True)
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+    finally:
+        if made and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+
+
 def claim_image_folder(out, settings, src, overwrite=False):
     """Make `out` the home of images with these settings, or refuse in one line: images made
-    with other settings (or of unknown settings) are replaced only with --overwrite, a folder
-    holding other files is never used, and nothing is written inside the input folder."""
-    out, src = Path(out).resolve(), Path(src).resolve()
-    if out == src or src in out.parents:
-        raise common.SuiteError(f"{out}: inside the input folder {src}; write the images elsewhere")
-    common.check_output_folder(out, "output folder")
+    with other settings (or of unknown settings) are replaced only with --overwrite, and a
+    folder holding other files is never used."""
     recorded = out / common.CONVERSION_FILE
-    images = list(out.rglob("*.png")) if out.is_dir() else []
+    images = list(out.rglob("*.png"))
     foreign = [p for p in out.rglob("*") if p.is_file() and p.suffix != ".png"
-               and not p.name.startswith(".")  # interrupted writes (.x.png.123.tmp), .DS_Store
-               and p.name not in ("errors.csv", "split.json", common.CONVERSION_FILE)] if out.is_dir() else []
+               and not p.name.startswith(".")  # interrupted writes (.x.png.123.tmp), the lock
+               and p.name not in ("errors.csv", "split.json", common.CONVERSION_FILE)]
     if foreign:
         raise common.SuiteError(f"{out}: holds files that are not images of this suite (e.g. "
-                         f"{foreign[0].name}); convert into a new or empty folder")
+                                f"{foreign[0].name}); convert into a new or empty folder")
     if images:
         before = common.read_conversion(out) if recorded.exists() else None
         if before == settings:
@@ -140,11 +185,11 @@ def claim_image_folder(out, settings, src, overwrite=False):
             changed = "unknown settings, no " + common.CONVERSION_FILE if before is None else ", ".join(
                 f"--{k.replace('_', '-')} {before[k]} -> {settings[k]}"
                 for k in settings if before[k] != settings[k])
-            raise common.SuiteError(f"{out} holds images made with other settings ({changed}); convert "
-                             "into another folder, or add --overwrite to redo them all")
+            raise common.SuiteError(f"{out} holds images made with other settings ({changed}); "
+                                    "convert into another folder, or add --overwrite to redo them all")
         for png in images:  # --overwrite: another identity, every image is redone
             png.unlink()
-    common.write_json(recorded, {**settings, "source": str(src)})
+    common.write_json(recorded, {**settings, "source": str(Path(src).resolve())})
 
 
 def convert_folder(src, out, settings, workers=1, labels_csv=None, labeled=True,
@@ -156,23 +201,30 @@ def convert_folder(src, out, settings, workers=1, labels_csv=None, labeled=True,
     """
     settings = {**common.CONVERSION_DEFAULTS, **settings}
     common.colormap_lut(settings["cmap"])  # fail fast on a bad name
-    out = Path(out)
+    check_mel(settings["mel"], settings["sr"])
+    out = Path(out).resolve()
     if labeled:
         items = common.list_labeled_audio(src, labels_csv)
         jobs = [(p, out / label, settings) for p, label in items]
     else:
         jobs = [(p, out, settings) for p in common.list_audio(src)]
-    claim_image_folder(out, settings, src, overwrite)
-    for tmp in out.rglob(".*.tmp"):  # left by an interrupted run
-        tmp.unlink(missing_ok=True)
-    converted, skipped, errors = 0, 0, []
-    for path, n_written, n_skipped, error in common.parallel_map(convert_clip, jobs, workers, "convert"):
-        if error:
-            print(f"warning: skipped {path}: {error}", file=sys.stderr)
-            errors.append((str(path), error))
-        converted += n_written > 0
-        skipped += n_skipped > 0
-    common.write_csv(out / "errors.csv", ["file", "reason"], sorted(errors))
+    source = Path(src).resolve()
+    if out == source or source in out.parents:
+        raise common.SuiteError(f"{out}: inside the input folder {source}; write the images elsewhere")
+    common.check_output_folder(out, "output folder")
+    with conversion_lock(out):
+        claim_image_folder(out, settings, src, overwrite)
+        for tmp in out.rglob(".*.tmp"):  # left by an interrupted run
+            tmp.unlink(missing_ok=True)
+        converted, skipped, errors = 0, 0, []
+        for path, n_written, n_skipped, error in common.parallel_map(convert_clip, jobs, workers,
+                                                                     "convert"):
+            if error:
+                print(f"warning: skipped {path}: {error}", file=sys.stderr)
+                errors.append((str(path), error))
+            converted += n_written > 0
+            skipped += n_skipped > 0
+        common.write_csv(out / "errors.csv", ["file", "reason"], sorted(errors))
     if converted + skipped == 0:
         raise common.SuiteError(f"nothing converted: all {len(jobs)} files failed (see {out}/errors.csv)")
     return converted, skipped, errors

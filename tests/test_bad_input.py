@@ -35,10 +35,14 @@ def world(tmp_path_factory):
         for i in range(3):
             write_tone(audio / g / f"{g}.{i:05d}.wav", base * (1 + 0.1 * i), noise=0.01, seed=i)
     assert data_conversion.main([str(audio), str(w / "images"), "--size", "16", "--workers", "1"]) == 0
+    assert data_conversion.main([str(audio), str(w / "mel"), "--size", "0", "--mel", "16",
+                                 "--segment-seconds", "0.7", "--workers", "1"]) == 0  # 16 x 31
     assert train_mlp.main(["--extract", str(audio), "--features", str(w / "features.csv"),
                            "--workers", "1"]) == 0
     assert train_cnn.main(["--data", str(w / "images"), "--epochs", "1", "--out", str(w / "runs"),
                            "--name", "r1", "--workers", "1"]) == 0
+    shutil.copytree(w / "runs" / "r1", w / "runs" / "r2")  # a run killed before its end
+    (w / "runs" / "r2" / "checkpoint.pt").write_bytes(b"")
     write_tone(w / "test" / "0001.wav", 300)
     (w / "empty").mkdir()
     (w / "readonly").mkdir()
@@ -86,6 +90,7 @@ CASES = [
     ("convert-bad-cmap", "convert", "{w}/audio {w}/o --cmap nope", 1, "--cmap"),
     ("convert-sr-0", "convert", "{w}/audio {w}/o --sr 0", 1, "--sr"),
     ("convert-negative-size", "convert", "{w}/audio {w}/o --size -4", 1, "--size"),
+    ("convert-mel-more-than-bins", "convert", "{w}/audio {w}/o --mel 5000", 1, "--mel 5000"),
     ("demo-into-other-folder", "convert", "--make-demo {w}/audio", 1, "not a demo folder"),
     ("demo-zero-clips", "convert", "--make-demo {w}/d --clips-per-genre 0", 1, "--clips-per-genre"),
     ("unknown-flag", "convert", "{w}/audio {w}/o --sise 32", 1, "--sise"),
@@ -107,6 +112,9 @@ CASES = [
     ("img-size-0-convolneunet", "cnn", "--data {w}/images --img-size 0", 1, "--img-size 0"),
     ("img-size-negative", "cnn", "--data {w}/images --img-size -4", 1, "--img-size"),
     ("img-size-not-multiple-of-8", "cnn", "--data {w}/images --img-size 20", 1, "multiple of 8"),
+    ("specnet-img-size-7", "cnn", "--data {w}/images --model specnet --img-size 7", 1, "--img-size 7"),
+    ("specnet-img-size-12", "cnn", "--data {w}/images --model specnet --img-size 12", 1, "16 px"),
+    ("convolneunet-on-non-square", "cnn", "--data {w}/mel", 1, "(16x31, no --img-size)"),
     ("transfer-img-size-8", "transfer", "--data {w}/images --weights none --img-size 8", 1, "--img-size 8"),
     ("transfer-unknown-arch", "transfer", "--data {w}/images --arch vgg17", 1, "vgg17"),
     ("transfer-weights-missing", "transfer", "--data {w}/images --arch resnet18 --weights {w}/nope.pth", 1, "--weights"),
@@ -127,6 +135,7 @@ CASES = [
     ("data-is-audio", "cnn", "--data {w}/audio --out {w}/runs", 1, "PNG"),
     ("data-file-for-folder", "cnn", "--data {w}/features.csv", 1, "--data"),
     ("features-missing", "mlp", "--features {w}/nope.csv", 1, "--features"),
+    ("features-is-folder", "mlp", "--features {w}/audio --out {w}/runs", 1, "a folder, not a file"),
     ("split-missing", "cnn", "--data {w}/images --split {w}/nope.json", 1, "--split"),
     ("split-not-json", "cnn", "--data {w}/images --split {w}/not_a_split.json", 1, "not a split file"),
     ("split-clip-twice", "cnn", "--data {w}/images --split {w}/two_parts.json", 1, "in two parts"),
@@ -139,13 +148,15 @@ CASES = [
     ("sample-not-csv", "cnn", "--data {w}/images --predict {w}/test --sample-submission {w}/sample.csv", 1, "--sample-submission"),
     ("out-read-only", "cnn", "--data {w}/images --out {w}/readonly", 1, "not writable"),
     ("out-is-file", "cnn", "--data {w}/images --out {w}/a_file", 1, "is a file"),
-    ("name-exists", "cnn", "--data {w}/images --out {w}/runs --name r1", 1, "exists"),
+    ("name-exists", "cnn", "--data {w}/images --out {w}/runs --name r2", 1, "continue it with --resume"),
+    ("name-exists-finished", "cnn", "--data {w}/images --out {w}/runs --name r1", 1, "(a finished run)"),
     ("name-with-slash", "cnn", "--data {w}/images --name ../x", 1, "--name"),
     ("overwrite-non-run", "cnn", "--data {w}/images --out {w} --name audio --overwrite", 1, "not a run folder"),
     ("device-unknown", "cnn", "--data {w}/images --device tpu", 1, "--device"),
     ("resume-missing", "cnn", "--resume {w}/runs/nope", 1, "--resume"),
     ("resume-other-script", "mlp", "--resume {w}/runs/r1", 1, "train_cnn.py"),
     ("resume-with-flags", "cnn", "--resume {w}/runs/r1 --lr 0.5", 1, "--lr"),
+    ("split-unknown-name", "cnn", "--data {w}/images --split gtzan-unfiltered", 1, "gtzan-filtered"),
     ("submit-no-credentials", "cnn", "--data {w}/images --out {w}/runs --predict {w}/test --submit comp", 2, "credentials"),
     # prediction from a saved model
     ("predict-model-missing", "predict", "{w}/nope.pt {w}/test", 1, "nope.pt"),
@@ -413,3 +424,75 @@ def test_levels_of_rgb_images_is_one_line(tmp_path, capsys):
     assert train_cnn.main(["--data", str(data), "--model", "specnet", "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "--input rgb" in err and err.count("\n") == 1
+
+
+def test_a_run_folder_is_claimed_once(tmp_path):
+    """The claim is the folder's creation: a second claim of the name fails in one line."""
+    common.claim_run_folder(tmp_path, "r", overwrite=False)
+    with pytest.raises(common.SuiteError, match="just made by another run"):
+        common.claim_run_folder(tmp_path, "r", overwrite=False)
+
+
+def test_two_runs_of_one_name_at_once_one_wins(world, tmp_path):
+    """Started together under one --out/--name: one trains, the other is refused in one line
+    before training; the folder holds the winner's run."""
+    import subprocess
+    import sys
+    from conftest import ROOT
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    runs = [subprocess.Popen([sys.executable, str(ROOT / "train_cnn.py"), "--data",
+                              str(world / "images"), "--epochs", "2", "--lr", lr, "--out",
+                              str(tmp_path), "--name", "same", "--workers", "1"],
+                             env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for lr in ("0.001", "0.01")]
+    results = [p.communicate(timeout=300) + (p.returncode,) for p in runs]
+    assert sorted(code for *_, code in results) == [0, 1]
+    loser = next(err for _, err, code in results if code == 1)
+    assert loser.count("\n") == 1 and "same" in loser and "Traceback" not in loser
+    winner_lr = ("0.001", "0.01")[[code for *_, code in results].index(0)]
+    config = json.loads((tmp_path / "same" / "config.json").read_text())
+    assert str(config["args"]["lr"]) == str(float(winner_lr))
+    assert (tmp_path / "same" / "metrics.json").exists()
+
+
+def test_two_conversions_into_one_folder_at_once_one_is_refused(world, tmp_path):
+    import subprocess
+    import sys
+    from conftest import ROOT
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "img"
+    out.mkdir()
+    (out / ".converting").write_text(str(os.getpid()))  # a conversion under way (this process)
+    done = subprocess.run([sys.executable, str(ROOT / "data_conversion.py"), str(world / "audio"),
+                           str(out), "--size", "16"], env=env, capture_output=True, text=True)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1
+    assert f"another conversion (process {os.getpid()})" in done.stderr
+    assert not list(out.rglob("*.png"))
+    (out / ".converting").write_text("999999999")  # left by a killed conversion: taken over
+    assert data_conversion.main([str(world / "audio"), str(out), "--size", "16", "--workers", "1"]) == 0
+    assert len(list(out.rglob("*.png"))) == 9 and not (out / ".converting").exists()
+
+
+def test_ctrl_c_during_conversion_is_one_line(tmp_path):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) while 2 worker
+    processes convert: exit 130, `interrupted`, and no worker prints its own
+    `Process ForkPoolWorker-2:`."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from conftest import ROOT
+    for i in range(40):
+        write_tone(tmp_path / "audio" / ("a" if i % 2 else "b") / f"{i}.wav", 300 + i, seconds=8)
+    out = tmp_path / "img"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    conversion = subprocess.Popen([sys.executable, str(ROOT / "data_conversion.py"),
+                                   str(tmp_path / "audio"), str(out), "--workers", "2"], env=env,
+                                  text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  start_new_session=True)
+    while not list(out.rglob("*.png")) and conversion.poll() is None:
+        time.sleep(0.05)
+    os.killpg(conversion.pid, signal.SIGINT)
+    _, err = conversion.communicate(timeout=120)
+    assert conversion.returncode == 130, err[-2000:]
+    assert err.strip() == "interrupted"

@@ -1,5 +1,6 @@
 """Prediction from a saved model.pt and submission to Kaggle (through the Kaggle twin)."""
 import csv
+import json
 
 import pytest
 
@@ -40,6 +41,15 @@ def test_predict_writes_submission_and_lists_bad_files(trained, test_dir, tmp_pa
     assert rows[3][1] == saved["fallback_class"]  # unreadable: the fallback class
     assert "0003.wav" in capsys.readouterr().err
     assert "0003.wav" in (tmp_path / "sub_errors.csv").read_text()
+
+
+def test_all_readable_says_nothing_of_unreadable_files(trained, tmp_path, capsys):
+    write_tone(tmp_path / "ok" / "1.wav", 210)
+    assert predict.main([str(trained), str(tmp_path / "ok"), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote" in out and "unreadable" not in out
+    record = json.loads((trained.parent / "submission.json").read_text())
+    assert record["files"] == 1 and record["unreadable"] == 0 and record["seconds_per_clip"] > 0
 
 
 def test_prediction_uses_training_preprocessing(trained, tiny_audio):

@@ -1,5 +1,6 @@
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -350,3 +351,101 @@ def test_amp_on_cuda(tmp_path):
     assert m["amp_skipped_steps"] >= 0
     state = torch.load(tmp_path / "amp" / "model.pt", weights_only=True)["state_dict"]
     assert all(v.dtype in (torch.float32, torch.int64) for v in state.values())
+
+
+def folder_bytes(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_resume_of_a_finished_run_changes_nothing(tiny_images, tmp_path, capsys):
+    run = tmp_path / "r"
+    assert train_cnn.main(["--data", str(tiny_images), "--img-size", "16", "--epochs", "2",
+                           "--out", str(tmp_path), "--name", "r"]) == 0
+    before = folder_bytes(run)
+    capsys.readouterr()
+    assert train_cnn.main(["--resume", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "finished before; nothing to do" in out and "epoch" not in out.split("nothing")[0]
+    assert folder_bytes(run) == before
+
+
+def test_the_end_of_a_run_resumes_at_every_instant(tiny_images, tmp_path, monkeypatch):
+    """Killed after model.pt but before the report, or with the report but not the model (as
+    an older order left it): --resume finishes the run as if it had never stopped."""
+    argv = ["--data", str(tiny_images), "--img-size", "16", "--epochs", "3", "--lr", "3e-3",
+            "--out", str(tmp_path)]
+    assert train_cnn.main(argv + ["--name", "whole"]) == 0
+    whole = folder_bytes(tmp_path / "whole")
+    real = common.write_results
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(common, "write_results", killed)
+    assert train_cnn.main(argv + ["--name", "a"]) == 130
+    run = tmp_path / "a"
+    assert (run / "model.pt").exists() and (run / "checkpoint.pt").exists()
+    assert not (run / "metrics.json").exists()
+    monkeypatch.setattr(common, "write_results", real)
+    assert train_cnn.main(["--resume", str(run)]) == 0
+    for name in ("predictions.csv", "report.txt"):
+        assert folder_bytes(run)[Path(name)] == whole[Path(name)]
+    with open(run / "history.csv") as a, open(tmp_path / "whole" / "history.csv") as b:
+        assert without_seconds(csv.DictReader(a)) == without_seconds(csv.DictReader(b))
+    assert not (run / "checkpoint.pt").exists()
+    # the report without the model
+    (run / "model.pt").unlink()
+    assert train_cnn.main(["--resume", str(run)]) == 0
+    weights = [torch.load(tmp_path / n / "model.pt", weights_only=True)["state_dict"] for n in ("whole", "a")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_resume_may_change_workers_and_device(tiny_images, tmp_path, monkeypatch):
+    real, epochs = common.train_epoch, []
+
+    def interrupted(*args, **kwargs):
+        epochs.append(1)
+        if len(epochs) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(common, "train_epoch", interrupted)
+    assert train_cnn.main(["--data", str(tiny_images), "--img-size", "16", "--epochs", "3",
+                           "--out", str(tmp_path), "--name", "r", "--workers", "2"]) == 130
+    monkeypatch.setattr(common, "train_epoch", real)
+    assert train_cnn.main(["--resume", str(tmp_path / "r"), "--workers", "1", "--device", "cpu",
+                           "--time-limit", "1h"]) == 0
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["epochs_run"] == 3
+
+
+class SlowDataset(common.ArrayDataset):
+    """Every batch takes at least `seconds`: epochs of a known least length."""
+    seconds = 0.0
+
+    def __getitems__(self, indices):
+        import time
+        time.sleep(self.seconds)
+        return super().__getitems__(indices)
+
+
+def test_time_limit_stops_between_epochs_and_resume_finishes(tmp_path):
+    """fit(deadline=): no epoch starts that would end after it; the state is checkpointed, the
+    result is incomplete, and fit again from the checkpoint ends as the run never stopped."""
+    import time
+    train, val = tiny_sets()
+    train.__class__ = SlowDataset
+    train.seconds = 0.15  # 3 batches of 4: an epoch takes 0.45 s or more
+
+    def run(checkpoint, deadline=None):
+        common.seed_everything(0)
+        model = torch.nn.Sequential(torch.nn.Dropout(0.2), torch.nn.Linear(6, 3))
+        result = fit(model, train, val, epochs=6, batch_size=4, schedule="cosine", mixup=0.2,
+                     lr=0.05, checkpoint=checkpoint, deadline=deadline)
+        return result, model
+    whole, whole_model = run(None)
+    start = time.time()
+    stopped, _ = run(tmp_path / "checkpoint.pt", deadline=time.time() + 1.6)
+    assert not stopped.complete and 1 <= len(stopped.history) < 6
+    assert time.time() - start < 1.6 + 0.5  # it stopped before the deadline, with a margin
+    resumed, resumed_model = run(tmp_path / "checkpoint.pt")
+    assert resumed.complete and without_seconds(resumed.history) == without_seconds(whole.history)
+    assert all(torch.equal(a, b) for a, b in zip(whole_model.state_dict().values(),
+                                                 resumed_model.state_dict().values()))

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import common
+import predict
 import train_mlp
 from conftest import SHARED_GTZAN, write_tone
 
@@ -236,3 +237,28 @@ def test_extended_feature_set_adds_columns(tiny_audio, tmp_path):
         header, first, *_ = list(csv.reader(f))
     assert header == ["filename", *common.FEATURE_COLUMNS, *common.EXTENDED_COLUMNS, "label"]
     assert all(np.isfinite(float(v)) for v in first[1:-1])
+
+
+def test_missing_and_foreign_feature_columns_are_named(tmp_path, capsys):
+    """A table extracted here without one of its columns trains on the rest and says so; columns
+    no audio file gives are named too, and the model then refuses to predict from audio."""
+    data = tmp_path / "f.csv"
+    columns = common.FEATURE_COLUMNS[:-1]  # mfcc20_var missing
+    rng = np.random.default_rng(0)
+    with open(data, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["filename", *columns, "label"])
+        for i in range(18):
+            w.writerow([f"{'ab'[i % 2]}.{i:05d}.wav", *rng.normal(i % 2, 1, len(columns)), "ab"[i % 2]])
+    assert train_mlp.main(["--features", str(data), "--baseline", "logreg", "--out",
+                           str(tmp_path / "runs"), "--name", "m"]) == 0
+    err = capsys.readouterr().err
+    assert "1 standard feature column(s) missing (e.g. mfcc20_var)" in err
+    (tmp_path / "other").mkdir()
+    foreign = synthetic_csv(tmp_path / "other" / "g.csv")  # its own folder: its own split
+    assert train_mlp.main(["--features", str(foreign), "--baseline", "logreg", "--out",
+                           str(tmp_path / "runs"), "--name", "g"]) == 0
+    assert "are not standard features (e.g. f1)" in capsys.readouterr().err
+    write_tone(tmp_path / "test" / "1.wav", 300)
+    assert predict.main([str(tmp_path / "runs" / "g" / "model.joblib"), str(tmp_path / "test")]) == 1
+    assert "cannot predict from audio" in capsys.readouterr().err
