@@ -408,6 +408,20 @@ def load_audio(path, sr=SR):
     return (y / np.max(np.abs(y))).astype(np.float32)
 
 
+def audio_windows(path, sr, seconds):
+    """One file -> float32 (windows, sr * seconds): mono at `sr`, not normalized (as PANNs reads
+    audio), in non-overlapping windows of `seconds`, the last padded with silence (a clip
+    shorter than a window is one window; a tail under half a window is dropped)."""
+    import librosa
+    y, file_sr = decode_audio(path)
+    if file_sr != sr:
+        y = librosa.resample(y, orig_sr=file_sr, target_sr=sr)
+    n = int(round(seconds * sr))
+    count = max(1, int(len(y) / n + 0.5))
+    y = np.pad(y, (0, max(0, count * n - len(y))))[:count * n]
+    return y.reshape(count, n).astype(np.float32)
+
+
 def segments(y, sr, segment_seconds):
     """Non-overlapping segments of `segment_seconds` (0 = the whole clip); drops the tail."""
     if not segment_seconds:
@@ -581,6 +595,9 @@ def list_images(root):
         paths += files
         labels += [d.name] * len(files)
     classes = sorted(set(labels))
+    if len(classes) < 2 and any(is_audio(p) for d in class_dirs for p in d.iterdir()):
+        raise SuiteError(f"--data {root}: audio, not images: make them with python "
+                         f"data_conversion.py {root} IMAGES (or train --arch cnn14 on the audio)")
     if len(classes) < 2:
         raise SuiteError(f"--data {root}: need PNG images in at least two class sub-folders, "
                          f"found {len(classes)}")
@@ -1025,12 +1042,14 @@ def mlp_head(in_features, n_classes, dropout, widths=(512, 256, 128, 64)):
 
 
 class TransferNet(nn.Module):
-    """ImageNet backbone (its classifier replaced by Identity) + a new head. A frozen backbone
-    stays in eval mode (BatchNorm statistics untouched), so head(backbone(x)) can be cached."""
+    """ImageNet backbone (its classifier replaced by Identity), or CNN14 on waveforms (no mean and
+    std), + a new head. A frozen backbone stays in eval mode (BatchNorm statistics untouched), so
+    head(backbone(x)) can be cached."""
 
-    def __init__(self, backbone, head, mean, std, frozen=True):
+    def __init__(self, backbone, head, mean=None, std=None, frozen=True):
         super().__init__()
-        self.norm, self.backbone, self.head, self.frozen = InputNorm(mean, std), backbone, head, frozen
+        self.norm = nn.Identity() if mean is None else InputNorm(mean, std)
+        self.backbone, self.head, self.frozen = backbone, head, frozen
         if frozen:
             self.backbone.requires_grad_(False)
 
@@ -1060,14 +1079,18 @@ AUX_ARCHS = {"googlenet": ("aux1", "aux2"), "inception_v3": ("AuxLogits",)}
 
 def transfer_network(arch, n_classes, head_dropout=0.5, finetune=False):
     """(TransferNet with random weights, input size) for any torchvision classification model by
-    name, built as torchvision builds it for its ImageNet weights. train_transfer.py loads the
-    pretrained weights into it; model.pt rebuilds it. Input size, mean and std are the weights'
-    own transforms' (their crop size; the image is resized to it, not cropped: a
-    spectrogram's edges are data)."""
+    name, built as torchvision builds it for its ImageNet weights, or for PANNs' CNN14 ('cnn14').
+    train_transfer.py loads the pretrained weights into it; model.pt rebuilds it. Input size:
+    for torchvision models an image side, and mean and std, from the weights' own transforms
+    (their crop size; the image is resized to it, not cropped: a spectrogram's edges are data);
+    for cnn14 the sample rate (CNN14_SR) of the (batch, samples) float32 waveforms it takes."""
+    if arch == "cnn14":
+        net = TransferNet(Cnn14(), mlp_head(2048, n_classes, head_dropout), frozen=not finetune)
+        return net, CNN14_SR
     import torchvision
     archs = classification_archs()
     if arch not in archs:
-        raise SuiteError(f"unknown --arch {arch!r}; choose from: {', '.join(archs)}")
+        raise SuiteError(f"unknown --arch {arch!r}; choose from: {', '.join(archs)}, cnn14")
     kwargs = {"transform_input": True, "aux_logits": False, "init_weights": True} \
         if arch in AUX_ARCHS else {}
     model = torchvision.models.get_model(arch, weights=None, **kwargs)
@@ -1098,6 +1121,101 @@ def replace_classifier(model, arch):
     in_features = getattr(owner, leaf).in_features
     setattr(owner, leaf, nn.Identity())
     return in_features, linears[-1]
+
+
+# PANNs' CNN14 (Kong et al. 2020), pretrained on AudioSet at 32 kHz: waveform -> 2048-d embedding.
+# Names follow the published state dict, so its file loads as it is (train_transfer.py); its front
+# end (the STFT as conv1d kernels, the mel matrix) is part of that file, used from it and frozen.
+CNN14_SR = 32000
+
+
+class Cnn14Block(nn.Module):
+    """(3x3 conv without bias -> BatchNorm -> ReLU) x 2 -> average pooling."""
+
+    def __init__(self, in_channels, out_channels, pool):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn1, self.bn2 = nn.BatchNorm2d(out_channels), nn.BatchNorm2d(out_channels)
+        self.pool = pool
+        nn.init.xavier_uniform_(self.conv1.weight)  # PANNs' initialisation
+        nn.init.xavier_uniform_(self.conv2.weight)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return nn.functional.avg_pool2d(x, self.pool)
+
+
+class Cnn14(nn.Module):
+    """PANNs' CNN14 up to its embedding: (batch, samples) float32 at 32 kHz -> (batch, 2048).
+    Log-mel: STFT 1024 / hop 320 (periodic Hann, centered, reflect padding), power, 64 Slaney mel
+    bands 50-14000 Hz, 10*log10 (ref 1, amin 1e-10, no top_db). Then bn0 over the mel bands, six
+    conv blocks (64 ... 2048 channels, 2x2 average pooling, 1x1 after the last, dropout 0.2 after
+    each), mean over frequency, max + mean over time, dropout 0.5, fc1 + ReLU and dropout 0.5 (the
+    published embedding, which PANNs fine-tunes from). spec_augment: PANNs' training-time
+    SpecAugmentation after bn0 (2 time stripes < 64 frames, 2 frequency stripes < 8 bands), off
+    by default. Mixup is the training loop's."""
+
+    def __init__(self, spec_augment=False):
+        super().__init__()
+        import librosa
+        n_fft, hop = 1024, 320
+        n = torch.arange(n_fft, dtype=torch.float64)
+        k = torch.arange(n_fft // 2 + 1, dtype=torch.float64)[:, None]
+        angle = 2 * math.pi * (k * n % n_fft) / n_fft  # mod first: exact for large k * n
+        window = torch.hann_window(n_fft, periodic=True, dtype=torch.float64)
+        stft = nn.ModuleDict({part: nn.Conv1d(1, n_fft // 2 + 1, n_fft, stride=hop, bias=False)
+                              for part in ("conv_real", "conv_imag")})
+        stft.conv_real.weight.data = (torch.cos(angle) * window).float()[:, None]
+        stft.conv_imag.weight.data = (-torch.sin(angle) * window).float()[:, None]
+        self.spectrogram_extractor = nn.ModuleDict({"stft": stft})
+        mel = librosa.filters.mel(sr=CNN14_SR, n_fft=n_fft, n_mels=64, fmin=50, fmax=14000)
+        self.logmel_extractor = nn.ParameterDict({"melW": nn.Parameter(torch.from_numpy(mel.T))})
+        self.spectrogram_extractor.requires_grad_(False)
+        self.logmel_extractor.requires_grad_(False)
+        self.bn0 = nn.BatchNorm2d(64)
+        widths = (1, 64, 128, 256, 512, 1024, 2048)
+        for i in range(1, 7):
+            setattr(self, f"conv_block{i}", Cnn14Block(widths[i - 1], widths[i], 2 if i < 6 else 1))
+        self.fc1 = nn.Linear(2048, 2048)
+        nn.init.xavier_uniform_(self.fc1.weight)
+        nn.init.zeros_(self.fc1.bias)
+        self.spec_augment = spec_augment
+
+    def logmel(self, waveform):
+        """(batch, samples) -> (batch, 1, frames, 64) dB, in float32 even under autocast: a
+        full-scale tone's power overflows float16."""
+        stft = self.spectrogram_extractor.stft
+        with torch.autocast(waveform.device.type, enabled=False):
+            x = nn.functional.pad(waveform.float()[:, None], (512, 512), mode="reflect")
+            power = stft.conv_real(x) ** 2 + stft.conv_imag(x) ** 2      # (batch, 513, frames)
+            mel = power.transpose(1, 2) @ self.logmel_extractor.melW     # (batch, frames, 64)
+            return 10 * torch.log10(mel.clamp(min=1e-10))[:, None]
+
+    def forward(self, waveform):
+        x = self.bn0(self.logmel(waveform).transpose(1, 3)).transpose(1, 3)
+        if self.spec_augment and self.training:
+            x = drop_stripes(drop_stripes(x, 2, 64, 2), 3, 8, 2)
+        for i in range(1, 7):
+            x = nn.functional.dropout(getattr(self, f"conv_block{i}")(x), 0.2, self.training)
+        x = x.mean(dim=3)                   # over frequency
+        x = x.amax(dim=2) + x.mean(dim=2)   # over time
+        x = torch.relu(self.fc1(nn.functional.dropout(x, 0.5, self.training)))
+        return nn.functional.dropout(x, 0.5, self.training)
+
+
+def drop_stripes(x, dim, max_width, stripes):
+    """Zero `stripes` stripes of 0 to max_width - 1 rows along dim, placed at random in each
+    example, as PANNs' SpecAugmentation (torchlibrosa's DropStripes) does, but not in place."""
+    batch, size = x.shape[0], x.shape[dim]
+    width = torch.randint(0, max_width, (batch, stripes, 1), device=x.device).clamp(max=size)
+    start = (torch.rand(batch, stripes, 1, device=x.device) * (size - width)).long()
+    index = torch.arange(size, device=x.device)
+    drop = ((index >= start) & (index < start + width)).any(dim=1)  # (batch, size)
+    shape = [batch, 1, 1, 1]
+    shape[dim] = size
+    return x.masked_fill(drop.view(shape), 0.0)
 
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid,
@@ -2145,10 +2263,16 @@ def feature_clip_inputs(path, preprocess):
     return np.array([[row[c] for c in preprocess["columns"]]], np.float32)
 
 
+def audio_clip_inputs(path, preprocess):
+    """One audio file -> its waveform windows (CNN14), as the model was trained on them."""
+    return audio_windows(path, preprocess["sr"], preprocess["clip_seconds"])
+
+
 # Input kinds: model spec["preprocess"]["type"] -> (audio file -> the model's input batch, the
 # librosa parts its workers use).
 INPUT_KINDS = {"image": (image_clip_inputs, CONVERSION_MODULES),
-               "features": (feature_clip_inputs, FEATURE_MODULES)}
+               "features": (feature_clip_inputs, FEATURE_MODULES),
+               "audio": (audio_clip_inputs, CONVERSION_MODULES)}
 
 
 def model_inputs(job):

@@ -1,6 +1,8 @@
-"""Transfer learning on spectrogram images: an ImageNet torchvision backbone + a new head.
+"""Transfer learning: an ImageNet torchvision backbone on spectrogram images, or PANNs' CNN14
+(pretrained on AudioSet) on the audio itself, + a new head.
 
     python train_transfer.py --arch vgg16 --data data/images               # the study's best
+    python train_transfer.py --arch cnn14 --data data/gtzan/Data/genres_original   # audio
     python train_transfer.py --arch vgg16 --data data/images --augment     # + RandomRotation(15)
     python train_transfer.py --arch googlenet --data data/images
     python train_transfer.py --arch resnet50 --data data/images --finetune
@@ -14,13 +16,22 @@ Input size, mean and std are the weights' own (224 for most, 299 for inception_v
 is resized to that size, not cropped. --finetune also trains the backbone at a 10x smaller
 learning rate. With a frozen backbone and no --augment the backbone runs once per image: its
 features are cached (in memory and under OUT/.cache) and only the head trains.
+
+--arch cnn14 reads audio (genre sub-folders, or flat with --labels), decoded to mono at 32 kHz
+as PANNs does (not normalized) and cut into --clip-seconds windows (scored per clip); its
+embedding (2048) feeds the head. --weights panns downloads PANNs' published file once into
+torch's hub cache; offline, attach Cnn14_mAP=0.431.pth and pass --weights PATH. --finetune
+trains the whole network; --augment specaugment then adds PANNs' SpecAugmentation, and
+--mixup A mixes waveforms (PANNs mixes log-mels inside the network).
 """
 import copy
 import hashlib
+import re
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import common
@@ -29,13 +40,15 @@ import common
 def build_parser():
     p = common.ArgumentParser(prog="train_transfer.py", description=__doc__)
     common.add_common_args(p, data_default="data/images",
-                           data_help="images from data_conversion.py: DATA/<genre>/*.png")
+                           data_help="images from data_conversion.py: DATA/<genre>/*.png; for "
+                                     "--arch cnn14 audio: DATA/<genre>/*.wav (or flat + --labels)")
     m = p.add_argument_group("model")
     m.add_argument("--arch", default="vgg16", help="torchvision model name: vgg16, googlenet, "
-                                                   "resnet50, resnet18, efficientnet_b0, ... (default vgg16)")
-    m.add_argument("--weights", default="imagenet",
-                   help="imagenet (torchvision download, cached), none (random init), or PATH "
-                        "of a state dict for --arch (default imagenet)")
+                   "resnet50, resnet18, efficientnet_b0, ...; or cnn14, PANNs' audio network "
+                   "(default vgg16)")
+    m.add_argument("--weights", help="imagenet (torchvision's, downloaded once), panns (CNN14's "
+                   "AudioSet weights, downloaded once), none (random init), or PATH of a weights "
+                   "file for --arch (default: imagenet, or panns for cnn14)")
     m.add_argument("--finetune", action="store_true",
                    help="also train the backbone, at lr/10 (default: frozen, as in the study)")
     m.add_argument("--head-dropout", type=common.number(float, minimum=0, below=1), default=0.5,
@@ -44,6 +57,11 @@ def build_parser():
                           img_size_minimum=1)
     m.add_argument("--cache-dir", help="where the frozen backbone's features are cached "
                                        "(default OUT/.cache)")
+    a = p.add_argument_group("audio (--arch cnn14)")
+    a.add_argument("--labels", help="CSV id,label for a flat folder of audio (Kaggle style)")
+    a.add_argument("--clip-seconds", type=common.number(float, above=0), default=30.0,
+                   help="window length: longer clips are cut into windows scored per clip, "
+                        "shorter ones padded with silence (default %(default)s, GTZAN's clips)")
     return p
 
 
@@ -53,10 +71,26 @@ def parse_args(argv, check_paths=True):
 
 
 def check_model(args):
-    """--arch is a torchvision classification model (before any work)."""
+    """--arch is a torchvision classification model or cnn14, and its weights and augmentation
+    fit it (before any work). --weights left out becomes the architecture's pretrained ones."""
     archs = common.classification_archs()
-    if args.arch not in archs:
-        raise common.SuiteError(f"unknown --arch {args.arch!r}; choose from: {', '.join(archs)}")
+    if args.arch not in archs + ["cnn14"]:
+        raise common.SuiteError(f"unknown --arch {args.arch!r}; choose from: {', '.join(archs)}, cnn14")
+    audio = args.arch == "cnn14"
+    args.weights = args.weights or ("panns" if audio else "imagenet")
+    if args.weights == ("imagenet" if audio else "panns"):
+        raise common.SuiteError(f"--weights {args.weights}: {args.arch} is pretrained on "
+                                + ("AudioSet: --weights panns, PATH or none" if audio else
+                                   "ImageNet: --weights imagenet, PATH or none"))
+    if audio and args.augment == "rotate":
+        raise common.SuiteError("--augment rotate: cnn14 reads audio, not images; use --augment "
+                                "specaugment (with --finetune)")
+    if audio and args.augment == "specaugment" and not args.finetune:
+        raise common.SuiteError("--augment specaugment: a frozen CNN14 runs in eval mode, where "
+                                "PANNs' SpecAugmentation is off; add --finetune")
+    if not audio and args.labels:
+        raise common.SuiteError("--labels: only --arch cnn14 reads audio; images carry their "
+                                "labels in their folders")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -111,23 +145,140 @@ def load_backbone_weights(net, arch, state, source):
 
 def build_transfer(arch, n_classes, weights="imagenet", head_dropout=0.5, finetune=False):
     """(network, input size) for any torchvision classification model by name, with weights
-    'imagenet' (torchvision's, downloaded once), 'none' (random) or a state-dict PATH."""
+    'imagenet' (torchvision's, downloaded once), 'none' (random) or a state-dict PATH; or for
+    PANNs' CNN14 ('cnn14', input: its sample rate) with 'panns' (downloaded once), 'none' or
+    PATH (the published file, or a state dict)."""
     net, size = common.transfer_network(arch, n_classes, head_dropout, finetune)
-    if weights == "imagenet":
+    if arch == "cnn14":
+        if weights == "imagenet":
+            raise common.SuiteError("--arch cnn14 is pretrained on AudioSet, not ImageNet: "
+                                    "--weights panns, PATH or none")
+        if weights != "none":
+            load_cnn14_weights(net.backbone, cnn14_weights_path() if weights == "panns" else weights)
+    elif weights == "imagenet":
         load_backbone_weights(net, arch, imagenet_state_dict(arch), f"ImageNet weights of {arch}")
     elif weights != "none":
         load_backbone_weights(net, arch, file_state_dict(weights, arch), f"--weights {weights}")
     return net, size
 
 
+# PANNs' CNN14 weights: the published file (Zenodo record 3987831), downloaded once into torch's
+# hub cache, or a file (e.g. attached to a Kaggle kernel as a data set)
+CNN14_URL = "https://zenodo.org/record/3987831/files/Cnn14_mAP%3D0.431.pth?download=1"
+CNN14_FILE = "Cnn14_mAP=0.431.pth"
+
+
+def cnn14_numpy_globals():
+    """What a weights-only load must allow for PANNs' checkpoint beyond tensors: its sampler's
+    state holds int64 index arrays and a RandomState.get_state() tuple (a uint32 array and plain
+    numbers), pickled by NumPy 1.x as numpy.core..., which NumPy 2 calls numpy._core."""
+    reconstruct = np.zeros(0).__reduce__()[0]  # what an ndarray is pickled with
+    return [np.ndarray, np.dtype, type(np.dtype(np.int64)), type(np.dtype(np.uint32)),
+            (reconstruct, "numpy.core.multiarray._reconstruct"),
+            (reconstruct, "numpy._core.multiarray._reconstruct")]
+
+
+def load_cnn14_weights(model, path):
+    """Load CNN14 weights into a Cnn14: PANNs' published file (a dict whose "model" is the state
+    dict) or a plain state dict. Its AudioSet head (fc_audioset) is skipped; any other tensor
+    missing, extra or of another shape refuses the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise common.SuiteError(f"--weights {path}: no such file (or use panns / none)")
+    try:
+        with torch.serialization.safe_globals(cnn14_numpy_globals()):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        found = re.search(r"(GLOBAL \S+|got <class '[^']+'>)", str(e))
+        why = f"{found[1]}, refused by a weights-only load" if found else type(e).__name__
+        raise common.SuiteError(f"--weights {path}: not a loadable CNN14 file ({why})") from None
+    state = state.get("model", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise common.SuiteError(f"--weights {path}: expected PANNs' CNN14 checkpoint or a state dict")
+    state = {k: v for k, v in state.items() if not k.startswith("fc_audioset.")}
+    own = model.state_dict()
+    for key, value in state.items():
+        if key not in own:
+            raise common.SuiteError(f"--weights {path} is not CNN14: it holds {key}, which CNN14 has not")
+        if getattr(value, "shape", None) != own[key].shape:
+            raise common.SuiteError(f"--weights {path} does not fit CNN14: {key} is "
+                             f"{tuple(getattr(value, 'shape', ()))} there, {tuple(own[key].shape)} "
+                             "in CNN14")
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise common.SuiteError(f"--weights {path} does not fit CNN14: {len(missing)} tensors missing "
+                         f"(e.g. {missing[0]})")
+    model.load_state_dict(state)
+
+
+def cnn14_weights_path():
+    """PANNs' published CNN14 file in torch's hub cache, downloaded once (and kept only if it
+    loads as CNN14)."""
+    path = Path(torch.hub.get_dir()) / "checkpoints" / CNN14_FILE
+    if not path.is_file():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(CNN14_URL, str(path))
+        except Exception as e:
+            raise common.SuiteError(
+                f"could not download PANNs' CNN14 weights ({type(e).__name__}: "
+                f"{' '.join(str(e).split())}); pass --weights PATH ({CNN14_FILE} from "
+                "zenodo.org/record/3987831, e.g. attached to a Kaggle kernel as a data set) or "
+                "--weights none", code=2) from None
+        try:
+            load_cnn14_weights(common.Cnn14(), path)
+        except common.SuiteError:
+            path.unlink()
+            raise
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Audio for CNN14: every clip decoded once at 32 kHz, cut into windows of --clip-seconds
+
+def window_job(job):
+    """Worker: (path, sr, seconds) -> (path, windows or None, error)."""
+    path, sr, seconds = job
+    try:
+        return path, common.audio_windows(path, sr, seconds), None
+    except common.BadAudio as e:
+        return path, None, e.reason
+    except Exception as e:  # a decoder crash must not stop the other files
+        return path, None, f"{type(e).__name__}: {e}"
+
+
+def load_audio_windows(data, labels_csv, sr, seconds, workers):
+    """(ArrayDataset of float32 windows, classes) for a labeled audio folder; an unreadable file
+    is named in a warning and left out."""
+    root = Path(data)
+    items = common.list_labeled_audio(root, labels_csv)
+    classes = sorted({label for _, label in items})
+    label_of = {path: label for path, label in items}
+    windows, labels, clip_ids, paths = [], [], [], []
+    for path, clip, error in common.parallel_map(window_job, [(p, sr, seconds) for p, _ in items],
+                                                 workers, "audio"):
+        if error:
+            print(f"warning: skipped {path}: {error}", file=sys.stderr)
+            continue
+        windows.append(torch.from_numpy(clip))
+        labels += [classes.index(label_of[path])] * len(clip)
+        clip_ids += [common.clip_id_of(path.name)] * len(clip)
+        paths += [path] * len(clip)
+    if len(set(labels)) < 2:
+        raise common.SuiteError(f"--data {root}: audio of fewer than two classes could be read")
+    dataset = common.ArrayDataset(torch.cat(windows), labels, clip_ids)
+    dataset.paths = paths
+    return dataset, classes
+
+
 # ----------------------------------------------------------------------------------------------
 # The fast path: a frozen backbone runs once per image, the head trains on its cached features
 
 def feature_cache_key(args, paths, img_size):
-    """Same backbone, weights, size and image files -> same cached features (the seed matters
-    only to a random backbone)."""
+    """Same backbone, weights, input size (image side, or window seconds) and files -> same
+    cached features (the seed matters only to a random backbone)."""
     seed = args.seed if args.weights == "none" else ""
-    h = hashlib.sha256(f"{args.arch}|{args.weights}|{img_size}|{seed}".encode())
+    h = hashlib.sha256(f"{args.arch}|{args.weights}|{img_size}|{args.clip_seconds}|{seed}".encode())
     weights = Path(args.weights)
     if weights.is_file():
         h.update(f"{weights.resolve()}|{weights.stat().st_mtime_ns}".encode())
@@ -162,26 +313,40 @@ def backbone_features(net, dataset, args, img_size, device, dist):
 @common.user_errors
 def main(argv=None):
     args = parse_args(argv)
-    classes = common.list_images(args.data)[2]
+    audio = args.arch == "cnn14"
+    if audio and (next(Path(args.data).glob("*/*.png"), None) or
+                  (Path(args.data) / common.CONVERSION_FILE).exists()):
+        raise common.SuiteError(f"--data {args.data}: spectrogram images; --arch cnn14 reads the "
+                                "audio they were made from: give that folder")
+    classes = sorted({label for _, label in common.list_labeled_audio(args.data, args.labels)}) \
+        if audio else common.list_images(args.data)[2]
     common.seed_everything(args.seed)  # --weights none: the random backbone follows --seed
-    pristine, crop = build_transfer(args.arch, len(classes), args.weights, args.head_dropout,
-                                    args.finetune)
-    img_size = args.img_size or crop
-    try:  # a size the backbone cannot take fails now, in one line
-        with torch.no_grad():
-            pristine.eval().features(torch.zeros(1, 3, img_size, img_size, dtype=torch.uint8))
-    except RuntimeError as e:
-        raise common.SuiteError(f"--img-size {img_size}: {args.arch} cannot take images of this "
-                                f"size ({str(e).splitlines()[0][:120]}); try {crop}") from None
+    pristine, input_size = build_transfer(args.arch, len(classes), args.weights,
+                                          args.head_dropout, args.finetune)
+    pristine.backbone.spec_augment = audio and args.augment == "specaugment"
+    img_size = None if audio else args.img_size or input_size
+    if not audio:
+        try:  # a size the backbone cannot take fails now, in one line
+            with torch.no_grad():
+                pristine.eval().features(torch.zeros(1, 3, img_size, img_size, dtype=torch.uint8))
+        except RuntimeError as e:
+            raise common.SuiteError(f"--img-size {img_size}: {args.arch} cannot take images of "
+                                    f"this size ({str(e).splitlines()[0][:120]}); try {input_size}") from None
 
-    # data: every image decoded once into memory at the backbone's input size
-    data = common.load_image_data(args.data, img_size, "rgb", args.cache_mb)
-    dataset, classes = data.dataset, data.classes
+    # data: every image decoded once into memory at the backbone's input size; or every clip's
+    # audio windows at CNN14's sample rate
+    if audio:
+        dataset, classes = load_audio_windows(args.data, args.labels, input_size,
+                                              args.clip_seconds, args.workers)
+        preprocess = {"type": "audio", "sr": input_size, "clip_seconds": args.clip_seconds}
+    else:
+        data = common.load_image_data(args.data, img_size, "rgb", args.cache_mb)
+        dataset, classes = data.dataset, data.classes
+        preprocess = {"type": "image", **data.conversion, "img_size": img_size}
     fast = not args.finetune and args.augment == "none"
     spec = {"kind": "transfer", "arch": args.arch, "n_classes": len(classes),
-            "head_dropout": args.head_dropout, "finetune": args.finetune,
-            "preprocess": {"type": "image", **data.conversion, "img_size": img_size}}
-    notes = {"weights": args.weights if args.weights in ("imagenet", "none") else "file",
+            "head_dropout": args.head_dropout, "finetune": args.finetune, "preprocess": preprocess}
+    notes = {"weights": args.weights if args.weights in ("imagenet", "panns", "none") else "file",
              "fast_path": fast, "img_size": img_size, "augment": args.augment}
 
     dist = common.Dist.from_env()
@@ -190,7 +355,8 @@ def main(argv=None):
                           dist=dist) as run:
         features, backbone_seconds = None, 0.0
         for part in run.parts():  # the split, or each of the --folds
-            train, val, test = common.image_parts(dataset, part.indices, args.augment, args.seed)
+            train, val, test = common.image_parts(dataset, part.indices,
+                                                  "none" if audio else args.augment, args.seed)
             model = copy.deepcopy(pristine)
             trained, fit_train, fit_val, groups = model, train, val, None
             if fast:  # the head trains on the backbone's features, computed once for all folds

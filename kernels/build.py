@@ -20,8 +20,9 @@ runs kernel_main.main(argv, RECIPE). Kaggle runs it with no arguments; see kerne
 what it does, and `python kernels/NAME/kernel.py --help` for local runs.
 
 Kernels run with internet off (code competitions require it): a transfer kernel takes its
-ImageNet weights from an attached data set (--weights-dataset) holding torchvision's file for
-the architecture (e.g. vgg16-397923af.pth). GPU kernels ask for Kaggle's T4 ("NvidiaTeslaT4",
+pretrained weights from an attached data set (--weights-dataset) holding torchvision's file for
+the architecture (e.g. vgg16-397923af.pth) or PANNs' Cnn14_mAP=0.431.pth; a cnn14 kernel trains
+on the audio itself, no conversion. GPU kernels ask for Kaggle's T4 ("NvidiaTeslaT4",
 GPU T4 x2; --gpus 2 trains on both under torchrun); an MLP kernel gets a CPU session. Each
 kernel attaches its own output (kernel_sources), so a version resumes the run its previous
 version left. The output is deterministic: same sources and recipe, byte-identical files.
@@ -162,12 +163,13 @@ def check_recipe(recipe):
         flag = "--data/--features" if owned[0] == "data" else f"--{owned[0].replace('_', '-')}"
         raise common.SuiteError(f"{flag}: set by the kernel (data, run folder, resume, "
                                 "prediction, time limit), not a trainer flag of a recipe")
-    if recipe["kind"] == "transfer" and args.weights == "imagenet" and not (
+    if recipe["kind"] == "transfer" and args.weights in ("imagenet", "panns") and not (
             recipe["internet"] or recipe["weights_dataset"]):
         raise common.SuiteError(
-            f"ImageNet weights for {args.arch} cannot be downloaded with internet off (as code "
-            "competitions require): attach a data set holding torchvision's weights file with "
-            "--weights-dataset OWNER/SLUG, or build with --internet, or pass -- --weights none")
+            f"{'PANNs' if args.weights == 'panns' else 'ImageNet'} weights for {args.arch} cannot "
+            "be downloaded with internet off (as code competitions require): attach a data set "
+            "holding the weights file with --weights-dataset OWNER/SLUG, or build with "
+            "--internet, or pass -- --weights none")
     return recipe
 
 

@@ -162,13 +162,17 @@ def previous_run(input_dir, name, depth=6):
     return None
 
 
-def find_weights(input_dir, args):
-    """--weights PATH for a transfer kernel: torchvision's own weights file for --arch (e.g.
-    vgg16-397923af.pth) in an attached dataset, so no internet is needed."""
-    if getattr(args, "weights", None) != "imagenet":
+def find_weights(input_dir, args, trainer):
+    """--weights PATH for a transfer kernel: the pretrained weights file for --arch in an
+    attached data set (torchvision's e.g. vgg16-397923af.pth, or PANNs' Cnn14_mAP=0.431.pth),
+    so no internet is needed."""
+    if args.weights == "panns":
+        name = trainer.CNN14_FILE
+    elif args.weights == "imagenet":
+        import torchvision
+        name = Path(torchvision.models.get_model_weights(args.arch).DEFAULT.url).name
+    else:
         return []
-    import torchvision
-    name = Path(torchvision.models.get_model_weights(args.arch).DEFAULT.url).name
     found = next(iter(sorted(Path(input_dir).rglob(name))), None)
     if found:
         print(f"weights: {found}")
@@ -265,11 +269,13 @@ def run_kernel(argv, recipe):
 
     if recipe["kind"] == "mlp":
         data_argv = prepare_features(train_dir, labels, temp, trainer, parsed)
+    elif recipe["kind"] == "transfer" and parsed.arch == "cnn14":  # the audio itself
+        data_argv = ["--data", str(train_dir), *(["--labels", labels] if labels else [])]
     else:
         data_argv = prepare_images(args, train_dir, labels, temp)
-    trainer_argv = [*data_argv, "--out", str(working / "runs"), "--name", name, *flags,
-                    *(["--cache-dir", str(temp / "cache")] if recipe["kind"] == "transfer" else []),
-                    *(find_weights(args.input, parsed) if recipe["kind"] == "transfer" else [])]
+    trainer_argv = [*data_argv, "--out", str(working / "runs"), "--name", name, *flags]
+    if recipe["kind"] == "transfer":  # features cached in scratch, weights from the inputs
+        trainer_argv += ["--cache-dir", str(temp / "cache"), *find_weights(args.input, parsed, trainer)]
     if run_dir.exists() and same_run(run_dir, trainer, trainer_argv):
         print(f"resuming {run_dir} (its checkpoint, or nothing left to do when it finished)")
         trainer_argv = ["--resume", str(run_dir)]

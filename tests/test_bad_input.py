@@ -58,6 +58,8 @@ def world(tmp_path_factory):
     saved = torch.load(w / "runs" / "r1" / "model.pt", weights_only=True)
     torch.save({**saved, "classes": saved["classes"] + ["rock"]}, w / "four_classes.pt")
     (w / "junk.pt").write_bytes(b"junk")
+    import torchvision
+    torch.save(torchvision.models.resnet18().state_dict(), w / "resnet.pth")
     one_class = (w / "features.csv").read_text().replace(",metal\n", ",blues\n").replace(",pop\n", ",blues\n")
     (w / "one_class.csv").write_text(one_class)
     write_tone(w / "short" / "rock" / "tiny.wav", 300, seconds=0.04)
@@ -120,6 +122,15 @@ CASES = [
     ("transfer-weights-missing", "transfer", "--data {w}/images --arch resnet18 --weights {w}/nope.pth", 1, "--weights"),
     ("transfer-weights-junk", "transfer", "--data {w}/images --arch resnet18 --weights {w}/junk.pt", 1, "--weights"),
     ("head-dropout-1", "transfer", "--data {w}/images --head-dropout 1", 1, "--head-dropout"),
+    ("cnn14-on-images", "transfer", "--data {w}/images --arch cnn14 --weights none --out {w}/runs", 1, "spectrogram images"),
+    ("cnn14-weights-of-resnet", "transfer", "--data {w}/audio --arch cnn14 --weights {w}/resnet.pth --out {w}/runs", 1, "resnet.pth is not CNN14"),
+    ("cnn14-weights-junk", "transfer", "--data {w}/audio --arch cnn14 --weights {w}/junk.pt --out {w}/runs", 1, "junk.pt"),
+    ("cnn14-imagenet", "transfer", "--data {w}/audio --arch cnn14 --weights imagenet", 1, "AudioSet"),
+    ("vgg16-panns", "transfer", "--data {w}/images --arch vgg16 --weights panns", 1, "ImageNet"),
+    ("cnn14-rotate", "transfer", "--data {w}/audio --arch cnn14 --augment rotate", 1, "--augment rotate"),
+    ("cnn14-frozen-specaugment", "transfer", "--data {w}/audio --arch cnn14 --augment specaugment", 1, "--finetune"),
+    ("cnn14-clip-seconds-0", "transfer", "--data {w}/audio --arch cnn14 --clip-seconds 0", 1, "--clip-seconds"),
+    ("images-labels", "transfer", "--data {w}/images --labels {w}/dup_labels.csv", 1, "--labels"),
     ("pca-1.5", "mlp", "--features {w}/features.csv --pca 1.5", 1, "--pca"),
     ("hidden-width-0", "mlp", "--features {w}/features.csv --hidden 0:relu", 1, "--hidden"),
     ("hidden-bad-activation", "mlp", "--features {w}/features.csv --hidden 8:swish", 1, "--hidden"),
@@ -132,7 +143,7 @@ CASES = [
     ("extract-labels-missing", "mlp", "--extract {w}/flat --features {w}/f.csv --labels {w}/nope.csv", 1, "--labels"),
     # training: paths, checked before the work
     ("data-missing", "cnn", "--data {w}/nope", 1, "--data"),
-    ("data-is-audio", "cnn", "--data {w}/audio --out {w}/runs", 1, "PNG"),
+    ("data-is-audio", "cnn", "--data {w}/audio --out {w}/runs", 1, "audio, not images"),
     ("data-file-for-folder", "cnn", "--data {w}/features.csv", 1, "--data"),
     ("features-missing", "mlp", "--features {w}/nope.csv", 1, "--features"),
     ("features-is-folder", "mlp", "--features {w}/audio --out {w}/runs", 1, "a folder, not a file"),

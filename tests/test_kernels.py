@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import common
 from conftest import ROOT, without_seconds, write_tone
 
 KERNELS_DIR = ROOT / "kernels"
@@ -52,7 +53,8 @@ def embedded_modules(kernel_py):
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipes_build_byte_identical_and_check(recipe, tmp_path, capsys):
-    extra = ["--weights-dataset", "me/weights"] if recipe.startswith("transfer") else []
+    kind = json.loads((KERNELS_DIR / "recipes" / f"{recipe}.json").read_text())["kind"]
+    extra = ["--weights-dataset", "me/weights"] if kind == "transfer" else []
     first = built(tmp_path / "a", "--recipe", recipe, *extra)
     second = built(tmp_path / "b", "--recipe", recipe, *extra)
     assert sorted(p.name for p in first.iterdir()) == ["kernel-metadata.json", "kernel.py", "recipe.json"]
@@ -259,6 +261,8 @@ TWIN_RUNS = {
                                  "--size 32 -- --epochs 1 --arch resnet18 --img-size 32"),
     ("comp-flat", "mlp"): ([], "-- --epochs 2 --hidden 16:relu"),
     ("comp-flat", "specnet-mel"): ([], "--size 0 --mel 16 --segment-seconds 0.5 -- --epochs 1"),
+    ("comp-flat", "cnn14"): (["--weights-dataset", "me/panns-weights"],
+                             "-- --epochs 1 --clip-seconds 1 --batch-size 4"),
 }
 
 
@@ -283,6 +287,8 @@ def kaggle_runs(tmp_path_factory):
             torchvision.models.get_model_weights("resnet18").DEFAULT.url).name
         weights.parent.mkdir(parents=True)
         torch.save(torchvision.models.resnet18().state_dict(), weights)
+        (root / "input" / "panns-weights").mkdir()  # PANNs' file name, random weights
+        torch.save(common.Cnn14().state_dict(), root / "input" / "panns-weights" / "Cnn14_mAP=0.431.pth")
         read_only(root / "input")
         trees[layout] = (root, snapshot(root / "input"))
     for (layout, recipe), (flags, tiny) in TWIN_RUNS.items():
@@ -308,8 +314,10 @@ def test_kernel_on_kaggle_tree(layout, recipe, kaggle_runs):
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["n_test"] >= 1 and metrics["complete"] and not (report / "checkpoint.pt").exists()
     assert {p.name for p in (kaggle / "working").iterdir()} <= {"runs", "submission.csv"}
-    assert (kaggle / "temp" / ("features.csv" if recipe == "mlp" else "images")).exists()
-    if recipe == "transfer-vgg16":
+    made = {p.name for p in (kaggle / "temp").iterdir()}
+    assert {"mlp": "features.csv", "cnn14": "cache"}.get(recipe, "images") in made
+    assert recipe != "cnn14" or "images" not in made  # cnn14 reads the audio itself
+    if recipe in ("transfer-vgg16", "cnn14"):
         assert "weights: " in output and metrics["weights"] == "file"
     if layout == "gtzan":
         assert "jazz.00054.wav" in output  # the corrupt clip: skipped with a warning
