@@ -47,7 +47,8 @@ def build_parser():
                    help="N log-mel bands instead of the linear STFT (default 0: the study's linear)")
     g.add_argument("--cmap", default="magma", help="matplotlib colormap (default magma, as specshow)")
     g.add_argument("--labels", help="CSV id,label for a flat folder of audio (Kaggle style)")
-    g.add_argument("--unlabeled", action="store_true", help="src is a flat unlabeled folder (a test set)")
+    g.add_argument("--unlabeled", action="store_true", help="src is a flat unlabeled folder (a test "
+                   "set); with --make-demo, write one")
     g.add_argument("--workers", type=number(int, minimum=1), default=common.default_workers(),
                    help="processes (default: the %(default)s cores)")
     g.add_argument("--overwrite", action="store_true",
@@ -258,8 +259,9 @@ def demo_clip(genre, rng, seconds, sr=common.SR):
     return (0.9 * y / np.max(np.abs(y))).astype(np.float32)
 
 
-def make_demo(out, clips_per_genre=10, seconds=6.0, seed=0, sr=common.SR):
-    """Write OUT/<genre>/<genre>.NNNNN.wav, deterministic for `seed`. Returns the file count."""
+def make_demo(out, clips_per_genre=10, seconds=6.0, seed=0, sr=common.SR, flat=False):
+    """Write OUT/<genre>/<genre>.NNNNN.wav (flat: OUT/NNNNN.wav, unlabeled, a Kaggle-like test
+    set), deterministic for `seed`. Returns the file count."""
     import soundfile
     out = Path(out)
     readme = out / "README.txt"
@@ -269,10 +271,10 @@ def make_demo(out, clips_per_genre=10, seconds=6.0, seed=0, sr=common.SR):
                                 "or empty folder")
     common.check_output_folder(out, "--make-demo")
     rng = np.random.default_rng(seed)
-    for genre in GENRES:
+    for k, genre in enumerate(GENRES):
         for i in range(clips_per_genre):
             y = demo_clip(genre, rng, seconds, sr)
-            path = out / genre / f"{genre}.{i:05d}.wav"
+            path = out / f"{i * len(GENRES) + k:05d}.wav" if flat else out / genre / f"{genre}.{i:05d}.wav"
             common.atomic_write(path, lambda f: soundfile.write(f, y, sr, format="WAV",
                                                                 subtype="PCM_16"), mode="wb")
     readme.write_text(
@@ -300,7 +302,8 @@ def download_gtzan(target):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.make_demo:
-        n = make_demo(args.make_demo, args.clips_per_genre, args.seconds, args.seed, args.sr)
+        n = make_demo(args.make_demo, args.clips_per_genre, args.seconds, args.seed, args.sr,
+                      flat=args.unlabeled)
         print(f"wrote {n} SYNTHETIC demo clips to {args.make_demo}")
         return 0
     if args.download:
