@@ -392,6 +392,7 @@ def test_compare_marks_random_backbones(tmp_path, capsys):
     assert "vgg16 (random weights)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_the_demo_exits_130(tmp_path):
     """SIGINT while the demo trains: exit code 130, one line, no traceback."""
     import signal
@@ -444,6 +445,7 @@ def test_a_run_folder_is_claimed_once(tmp_path):
         common.claim_run_folder(tmp_path, "r", overwrite=False)
 
 
+@pytest.mark.slow
 def test_two_runs_of_one_name_at_once_one_wins(world, tmp_path):
     """Started together under one --out/--name: one trains, the other is refused in one line
     before training; the folder holds the winner's run."""
@@ -484,6 +486,7 @@ def test_two_conversions_into_one_folder_at_once_one_is_refused(world, tmp_path)
     assert len(list(out.rglob("*.png"))) == 9 and not (out / ".converting").exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_conversion_is_one_line(tmp_path):
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) while 2 worker
     processes convert: exit 130, `interrupted`, and no worker prints its own

@@ -28,6 +28,7 @@ def history(run):
         return [{k: float(v) for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     data = make_images(tmp_path / "img", n_per_class=8, size=32)
     common_args = ["--data", str(data), "--arch", "resnet18", "--weights", "none", "--img-size", "32",
@@ -53,6 +54,7 @@ def test_two_processes_match_one(tmp_path):
     assert not any(k.startswith("module.") for k in ckpt["state_dict"])
 
 
+@pytest.mark.slow
 def test_cnn_runs_under_torchrun(tmp_path):
     data = make_images(tmp_path / "img", n_per_class=5, size=16)
     launch(2, "train_cnn.py", ["--data", str(data), "--img-size", "16", "--epochs", "2",

@@ -287,6 +287,7 @@ def test_gpu_too_old_for_this_torch_build_falls_back_to_cpu(capability, supporte
             common.pick_device("cuda")
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     """A real training process (SpecAugment, mixup, images decoded per batch by 2 loader
     workers) killed with SIGKILL after an epoch that did not improve, so the resumed run must

@@ -35,8 +35,9 @@ def spectrograms(tmp_path_factory):
 
 
 # The study's three, inception_v3 (same auxiliary-head trap as googlenet), and a sample of others.
-IMAGENET_ARCHS = ["vgg16", "googlenet", "resnet50", "inception_v3", "mobilenet_v3_small",
-                  "efficientnet_b0", "densenet121", "convnext_tiny", "swin_t"]
+IMAGENET_ARCHS = ["googlenet", "resnet50", "inception_v3", "mobilenet_v3_small",
+                  *(pytest.param(arch, marks=pytest.mark.slow) for arch in
+                    ("vgg16", "efficientnet_b0", "densenet121", "convnext_tiny", "swin_t"))]
 
 
 @pytest.mark.parametrize("arch", IMAGENET_ARCHS)
@@ -67,7 +68,7 @@ def test_imagenet_weights_frozen_then_predict(arch, imagenet_twin, spectrograms,
     assert {r[1] for r in rows[1:]} <= {"blues", "metal", "pop"}
 
 
-@pytest.mark.parametrize("arch", ["googlenet", "inception_v3"])
+@pytest.mark.parametrize("arch", ["googlenet", pytest.param("inception_v3", marks=pytest.mark.slow)])
 def test_imagenet_weights_finetune(arch, imagenet_twin, spectrograms, tmp_path):
     served = imagenet_twin(arch)
     images, _ = spectrograms
