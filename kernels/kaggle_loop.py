@@ -142,7 +142,22 @@ def origin(run_dir):
 # ----------------------------------------------------------------------------------------------
 # The four commands
 
+def check_fresh(kernel):
+    """A kernel built by build.py must carry today's code: an hour of GPU on stale code is lost."""
+    import importlib.util
+    if not (kernel.folder / "recipe.json").is_file():
+        return  # made by hand
+    spec = importlib.util.spec_from_file_location("kernel_build", KERNELS_DIR / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    recipe = {**build.DEFAULTS, **json.loads((kernel.folder / "recipe.json").read_text())}
+    if build.stale_files(kernel.folder, build.render(build.check_recipe(recipe))):
+        raise common.SuiteError(f"{kernel.folder} was built from older code or another recipe; "
+                                f"rebuild it first: python kernels/build.py --out {kernel.folder.parent}")
+
+
 def push(api, kernel, accelerator, timeout):
+    check_fresh(kernel)
     printed = []
     result = common.kaggle_call(f"push of {kernel.folder}", api.kernels_push, str(kernel.folder),
                                 timeout, accelerator, printed=printed)
@@ -152,6 +167,10 @@ def push(api, kernel, accelerator, timeout):
         raise common.SuiteError(f"Kaggle refused the push of {kernel.id}: {result.error}", code=2)
     for kind in ("dataset", "competition", "kernel", "model"):
         invalid = getattr(result, f"invalid_{kind}_sources", None)
+        if kind == "kernel" and list(invalid or []) == [kernel.id]:  # its own output: none yet
+            print("note: no earlier version's output to resume from yet (attached from the next "
+                  "push on)")
+            continue
         if invalid:
             print(f"warning: Kaggle left out these {kind} sources (not valid): {invalid}",
                   file=sys.stderr)

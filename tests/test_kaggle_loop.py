@@ -225,3 +225,20 @@ def test_kernel_found_by_name_or_path(kaggle_twin, kernel, tmp_path, capsys, mon
     assert loop.main(["status", str(tmp_path / "nothing")]) == 1
     err = capsys.readouterr().err
     assert one_line(err) and "not a kernel folder" in err and "cnn" in err
+
+
+def test_a_stale_kernel_is_not_pushed(kaggle_twin, tmp_path, capsys):
+    """A kernel built from a recipe whose code has changed since is refused before any upload."""
+    build = loop.KERNELS_DIR / "build.py"
+    spec = importlib.util.spec_from_file_location("kernel_build", build)
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    assert builder.main(["--recipe", "mlp", "--user", USER, "--out", str(tmp_path)]) == 0
+    assert loop.main(["push", str(tmp_path / "mlp")]) == 0
+    script = tmp_path / "mlp" / "kernel.py"
+    script.write_text(script.read_text().replace("def install_modules", "def install_modules_old"))
+    capsys.readouterr()
+    assert loop.main(["push", str(tmp_path / "mlp")]) == 1
+    err = capsys.readouterr().err
+    assert one_line(err) and "rebuild it first" in err
+    assert len(kaggle_twin.kernels[f"{USER}/music-genre-mlp"]) == 1  # the stale one never sent
