@@ -3,12 +3,14 @@
     python bench/gpu_check.py                          # on a machine with an NVIDIA GPU
     python bench/gpu_check.py --device cpu --quick     # the same steps, small, on the CPU
 
-Trains on data made here, so nothing is downloaded and librosa is not needed: spectrogram-like
-palette PNGs (10 classes, each brightening its own frequency band) and a features table.
+Trains on data made here, so nothing is downloaded: spectrogram-like palette PNGs (10 classes,
+each brightening its own frequency band), a features table and tones at 32 kHz.
   - ConvolNeuNet at 512 px (the study's size, 201 M weights) with AMP
   - transfer vgg16, googlenet and resnet50, frozen (the cached-features fast path) and
     --finetune (random backbones: --weights none; the ImageNet path is tested on the CPU)
   - the MLP on features
+  - PANNs' CNN14 on 32 kHz tones, frozen (embeddings cached) and --finetune with SpecAugment and
+    mixup (random weights: --weights none)
   - train_cnn (SpecNet) under a 1-process torchrun (nccl)
 For each run it prints training images per second, peak GPU memory and the optimizer steps
 GradScaler skipped (a few at the start are normal: it halves its scale until gradients are
@@ -76,6 +78,20 @@ def make_features(path, per_class, seed=0):
     return path
 
 
+def make_audio(root, per_class, seconds, seed=0):
+    """Tones at CNN14's 32 kHz (no resampling), class k at its own pitch."""
+    import soundfile
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 32000)) / 32000
+    for k in range(N_CLASSES):
+        for i in range(per_class):
+            y = 0.3 * np.sin(2 * np.pi * 110 * 2 ** (k / 2) * t) + 0.01 * rng.standard_normal(t.size)
+            path = root / f"c{k}" / f"c{k}.{i:05d}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            soundfile.write(path, y.astype(np.float32), 32000)
+    return root
+
+
 def figures(run_dir):
     """(training images/s, backbone images/s or None, skipped steps, epochs) from a run folder."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -130,6 +146,14 @@ def check(tmp, args, cuda, device_name):
                           "--batch-size", "32", *whole, *(["--finetune"] if finetune else [])]))
     runs.append(("MLP on features", train_mlp, ["--features", str(features), "--batch-size", "32",
                                                  *whole]))
+    seconds = 2 if args.quick else 10
+    audio = make_audio(tmp / "audio", per_class, seconds)
+    for finetune in (False, True):
+        tuned = ["--finetune", "--augment", "specaugment", "--mixup", "0.2"] if finetune else []
+        runs.append((f"cnn14 {seconds}-s clips {'finetune' if finetune else 'frozen'}",
+                     train_transfer, ["--data", str(audio), "--arch", "cnn14", "--weights", "none",
+                                      "--clip-seconds", str(seconds), "--batch-size", "16",
+                                      *whole, *tuned]))
 
     rows, failures = [], []
     for i, (label, script, run_argv) in enumerate(runs):
