@@ -68,6 +68,24 @@ def make_images(root, n_per_class=6, size=16, classes=("a", "b", "c"), segments=
 
 
 @pytest.fixture
+def ctrl_c_in_epoch(monkeypatch):
+    """ctrl_c_in_epoch(n): the n-th epoch trained from now raises KeyboardInterrupt, as Ctrl-C
+    would; ctrl_c_in_epoch(None) lets training run again."""
+    real = common.train_epoch
+
+    def arm(n):
+        calls = []
+
+        def interrupted(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+        monkeypatch.setattr(common, "train_epoch", real if n is None else interrupted)
+    return arm
+
+
+@pytest.fixture
 def tiny_images(tmp_path):
     return make_images(tmp_path / "images")
 

@@ -236,17 +236,10 @@ def test_failed_run_leaves_no_folder(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("at_epoch", [1, 3])
-def test_ctrl_c_keeps_only_what_can_resume(at_epoch, tiny_images, tmp_path, capsys, monkeypatch):
+def test_ctrl_c_keeps_only_what_can_resume(at_epoch, tiny_images, tmp_path, capsys, ctrl_c_in_epoch):
     """Ctrl-C in epoch 1 (no checkpoint yet): exit 130 and no run folder left holding only
     config.json. In epoch 3: the folder and its checkpoint stay, and the line says how to go on."""
-    real, epochs = common.train_epoch, []
-
-    def interrupted(*args, **kwargs):
-        epochs.append(1)
-        if len(epochs) == at_epoch:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-    monkeypatch.setattr(common, "train_epoch", interrupted)
+    ctrl_c_in_epoch(at_epoch)
     run = tmp_path / "runs" / "r"
     assert train_cnn.main(["--data", str(tiny_images), "--img-size", "16", "--epochs", "5",
                            "--out", str(tmp_path / "runs"), "--name", "r"]) == 130
@@ -299,29 +292,19 @@ def test_unlabeled_image_folder_keeps_its_identity(world, tmp_path, capsys):
     assert "--size 16 -> 32" in capsys.readouterr().err
 
 
-def test_overwrite_that_fails_gives_the_old_run_back(world, tmp_path, monkeypatch, capsys):
+def test_overwrite_that_fails_gives_the_old_run_back(world, tmp_path, ctrl_c_in_epoch, capsys):
     """--overwrite, then Ctrl-C before the new run has a checkpoint: the old run is back, whole."""
     shutil.copytree(world / "runs" / "r1", tmp_path / "runs" / "r1")
     before = snapshot(tmp_path / "runs")
-
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-    monkeypatch.setattr(common, "train_epoch", interrupted)
+    ctrl_c_in_epoch(1)
     assert train_cnn.main(["--data", str(world / "images"), "--epochs", "1", "--out",
                            str(tmp_path / "runs"), "--name", "r1", "--overwrite"]) == 130
     assert snapshot(tmp_path / "runs") == before
 
 
-def test_resume_on_another_kind_of_device_is_one_line(world, tmp_path, capsys, monkeypatch):
+def test_resume_on_another_kind_of_device_is_one_line(world, tmp_path, capsys, ctrl_c_in_epoch):
     """A checkpoint made on CUDA (AMP) resumed on the CPU would not give the same run."""
-    real, epochs = common.train_epoch, []
-
-    def interrupted(*args, **kwargs):
-        epochs.append(1)
-        if len(epochs) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-    monkeypatch.setattr(common, "train_epoch", interrupted)
+    ctrl_c_in_epoch(2)
     run = tmp_path / "runs" / "r"
     assert train_cnn.main(["--data", str(world / "images"), "--epochs", "3", "--out",
                            str(tmp_path / "runs"), "--name", "r"]) == 130

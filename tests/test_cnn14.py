@@ -343,7 +343,7 @@ def audio_clips(tmp_path_factory):
 
 @pytest.mark.slow
 def test_cnn14_trains_frozen_and_finetuned_resumes_predicts_and_joins_an_ensemble(
-        audio_clips, tmp_path, capsys, monkeypatch):
+        audio_clips, tmp_path, capsys, ctrl_c_in_epoch):
     import compare
     import train_mlp
     runs = tmp_path / "runs"
@@ -365,16 +365,9 @@ def test_cnn14_trains_frozen_and_finetuned_resumes_predicts_and_joins_an_ensembl
     # fine-tuned with PANNs' SpecAugment and mixup, interrupted after epoch 1, resumed
     tuned = base + ["--finetune", "--augment", "specaugment", "--mixup", "0.2", "--epochs", "2"]
     assert train_transfer.main(tuned + ["--name", "whole"]) == 0
-    real, epochs = common.train_epoch, []
-
-    def interrupted(*args, **kwargs):
-        epochs.append(1)
-        if len(epochs) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-    monkeypatch.setattr(common, "train_epoch", interrupted)
+    ctrl_c_in_epoch(2)
     assert train_transfer.main(tuned + ["--name", "killed"]) == 130
-    monkeypatch.setattr(common, "train_epoch", real)
+    ctrl_c_in_epoch(None)
     assert train_transfer.main(["--resume", str(runs / "killed")]) == 0
     weights = [torch.load(runs / n / "model.pt", weights_only=True)["state_dict"] for n in ("whole", "killed")]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

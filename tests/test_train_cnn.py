@@ -400,18 +400,11 @@ def test_the_end_of_a_run_resumes_at_every_instant(tiny_images, tmp_path, monkey
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
-def test_resume_may_change_workers_and_device(tiny_images, tmp_path, monkeypatch):
-    real, epochs = common.train_epoch, []
-
-    def interrupted(*args, **kwargs):
-        epochs.append(1)
-        if len(epochs) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-    monkeypatch.setattr(common, "train_epoch", interrupted)
+def test_resume_may_change_workers_and_device(tiny_images, tmp_path, ctrl_c_in_epoch):
+    ctrl_c_in_epoch(2)
     assert train_cnn.main(["--data", str(tiny_images), "--img-size", "16", "--epochs", "3",
                            "--out", str(tmp_path), "--name", "r", "--workers", "2"]) == 130
-    monkeypatch.setattr(common, "train_epoch", real)
+    ctrl_c_in_epoch(None)
     assert train_cnn.main(["--resume", str(tmp_path / "r"), "--workers", "1", "--device", "cpu",
                            "--time-limit", "1h"]) == 0
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["epochs_run"] == 3
