@@ -10,6 +10,7 @@ sys.path.insert(0, str(ROOT))
 SHARED_GTZAN = ROOT.parent / "shared" / "gtzan"
 
 import common  # noqa: E402
+import data_conversion  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(1)  # tiny models: a second thread only adds waiting (36x slower under load)
