@@ -185,18 +185,21 @@ def main(argv=None):
     scale = np.abs(today).max(axis=0)
     std = today.std(axis=0)
     deviation = np.abs(rows["new"] - today).max(axis=0)
-    print(f"\nnew vs today, max |new - today| per column: worst {worst(deviation / scale, columns)} "
-          f"of the column's scale, {worst(deviation / std, columns)} of its std")
+    changed = deviation > 0
+    print(f"\nnew vs today: {changed.sum()} of {len(columns)} columns differ at all; "
+          f"max |new - today| per column, worst: {worst(deviation / scale, columns)} of the "
+          f"column's scale, {worst(deviation / std, columns)} of its std")
     public = public_rows(public_csv, clips, columns)
     if public is None:
         print(f"(no {public_csv}: no comparison with the public table)")
     else:
         known = ~np.isnan(public[:, 0])
-        print(f"vs the public table ({known.sum()} of {len(clips)} clips in it), "
-              f"max |way - public| per column, worst in units of the column's scale:")
+        print(f"vs the public table ({known.sum()} of {len(clips)} clips in it), max |way - public| "
+              f"per column in units of its scale, worst of all columns | of those new changes:")
         for way in WAYS:
             deviation = np.abs(rows[way][known] - public[known]).max(axis=0) / scale
-            print(f"  {way:<10}{worst(deviation, columns)}")
+            of_changed = worst(np.where(changed, deviation, np.nan), columns) if changed.any() else "-"
+            print(f"  {way:<10}{worst(deviation, columns):<32}{of_changed}")
 
     speedup = workers_seconds[1] / workers_seconds[2]
     print(f"\n{'train_mlp.extract_features':<32}{'s/clip':>10}")
