@@ -655,7 +655,7 @@ def _hpss_waveforms(y, stft, magnitude):
     harmonic = librosa.istft(stft * mask, dtype=y.dtype)
     # the two masks sum to 1 and istft(stft) = y: the percussive part is what is left
     percussive = y[:len(harmonic)] - harmonic
-    return (librosa.util.fix_length(part, size=len(y)) for part in (harmonic, percussive))
+    return tuple(librosa.util.fix_length(part, size=len(y)) for part in (harmonic, percussive))
 
 
 def clip_features(y, sr, feature_set="standard"):
