@@ -8,7 +8,8 @@ once, untimed, then its features are computed, in an order that rotates from cli
   librosa   each feature from the waveform with its own librosa call, as the public table was made
   today     the clip_features this benchmark was written against (a frozen copy below)
   new       common.clip_features
-Prints the median seconds per clip of each and the median over clips of the per-clip ratios; the
+Prints the median seconds per clip of each, CPU (this process's: what other work on shared cores
+disturbs least) and wall, and the median over clips of the per-clip ratios of CPU seconds; the
 largest deviation of new from today per column, in units of the column's scale (max |today| over
 the clips) and of its standard deviation over the clips; and the largest deviation of each way from
 the public table (--public-csv, default SRC/../features_30_sec.csv), in the same scale units.
@@ -118,18 +119,20 @@ WAYS = {"librosa": librosa_features, "today": today_features, "new": common.clip
 
 
 def one_core_side_by_side(clips, feature_set):
-    """({way: [seconds per clip]}, {way: rows as an array, clips x columns})."""
+    """({way: [CPU seconds per clip]}, {way: [wall seconds]}, {way: rows, clips x columns})."""
     seconds = {way: [] for way in WAYS}
+    wall = {way: [] for way in WAYS}
     rows = {way: [] for way in WAYS}
     for i, (path, _) in enumerate(clips):
         y, sr = common.decode_audio(path)
         names = list(WAYS)
         for way in names[i % 3:] + names[:i % 3]:  # each way first, second and third in turn
-            start = time.perf_counter()
+            start, start_wall = time.process_time(), time.perf_counter()
             row = WAYS[way](y, sr, feature_set)
-            seconds[way].append(time.perf_counter() - start)
+            seconds[way].append(time.process_time() - start)
+            wall[way].append(time.perf_counter() - start_wall)
             rows[way].append(list(row.values()))
-    return seconds, {way: np.array(r) for way, r in rows.items()}
+    return seconds, wall, {way: np.array(r) for way, r in rows.items()}
 
 
 def worst(deviation, columns):
@@ -171,12 +174,12 @@ def main(argv=None):
     y, sr = common.decode_audio(clips[0][0])
     for fn in WAYS.values():  # untimed warm-up of each way (beat_track's JIT)
         fn(y, sr, args.feature_set)
-    seconds, rows = one_core_side_by_side(clips, args.feature_set)
+    seconds, wall, rows = one_core_side_by_side(clips, args.feature_set)
     columns = common.FEATURE_SETS[args.feature_set]
 
-    print(f"\none core, {len(clips)} clips{'':<8}{'s/clip':>10}")
+    print(f"\none core, {len(clips)} clips{'':<8}{'CPU s/clip':>10}{'wall':>8}")
     for way in WAYS:
-        print(f"{way:<32}{np.median(seconds[way]):>10.3f}")
+        print(f"{way:<32}{np.median(seconds[way]):>10.3f}{np.median(wall[way]):>8.3f}")
     for a, b in (("today", "new"), ("librosa", "new"), ("librosa", "today")):
         ratio = np.median(np.array(seconds[a]) / np.array(seconds[b]))
         print(f"{a} / {b}{'':<{24 - len(a) - len(b)}}{ratio:>9.2f}x")
@@ -184,6 +187,7 @@ def main(argv=None):
     today = rows["today"]
     scale = np.abs(today).max(axis=0)
     std = today.std(axis=0)
+    scale[scale == 0] = std[std == 0] = np.inf  # a constant column (length, on a few clips): 0
     deviation = np.abs(rows["new"] - today).max(axis=0)
     changed = deviation > 0
     print(f"\nnew vs today: {changed.sum()} of {len(columns)} columns differ at all; "
