@@ -82,6 +82,58 @@ def test_extraction_agrees_with_public_csv():
                 assert value == pytest.approx(expected, rel=0.01), column
 
 
+def test_hpss_median_filter_is_scipys_exactly():
+    from scipy.ndimage import median_filter
+    rng = np.random.default_rng(0)
+    for frames in (3, 5, 16, 40):  # a clip has 5 frames or more; windows wider than the row too
+        x = rng.random((30, frames)).astype(np.float32)
+        assert np.array_equal(common._median_filter_rows(x, 31),
+                              median_filter(x, size=(1, 31), mode="reflect")), frames
+
+
+def librosa_row(y, sr):
+    """The public table's way: each feature from the waveform with its own librosa call (reflect
+    padding and the old HPSS tail, as librosa < 0.10 did), HPSS with scipy's n-D median filter."""
+    import librosa
+    features = {"chroma_stft": librosa.feature.chroma_stft(y=y, sr=sr, pad_mode="reflect"),
+                "rms": librosa.feature.rms(y=y, pad_mode="reflect"),
+                "spectral_centroid": librosa.feature.spectral_centroid(y=y, sr=sr, pad_mode="reflect"),
+                "spectral_bandwidth": librosa.feature.spectral_bandwidth(y=y, sr=sr, pad_mode="reflect"),
+                "rolloff": librosa.feature.spectral_rolloff(y=y, sr=sr, pad_mode="reflect"),
+                "zero_crossing_rate": librosa.feature.zero_crossing_rate(y)}
+    stft = librosa.stft(y, pad_mode="reflect")
+    for name, part in zip(("harmony", "perceptr"), librosa.decompose.hpss(stft)):
+        features[name] = librosa.util.fix_length(librosa.istft(part, dtype=y.dtype), size=len(y))
+    for i, row in enumerate(librosa.feature.mfcc(y=y, sr=sr, n_mfcc=20, pad_mode="reflect"), 1):
+        features[f"mfcc{i}"] = row
+    onset_env = librosa.onset.onset_strength(y=y, sr=sr, aggregate=np.median, pad_mode="reflect")
+    row = {"length": len(y), "tempo": librosa.feature.tempo(onset_envelope=onset_env, sr=sr)[0]}
+    for name, x in features.items():
+        row[f"{name}_mean"], row[f"{name}_var"] = np.mean(x), np.var(x)
+    return row
+
+
+def test_features_equal_librosa_feature_by_feature():
+    """clip_features' shortcuts (one STFT, HPSS medians through scipy's 1-D filter, the percussive
+    part as y - harmonic) leave every column as librosa computes it, to 1e-5 of its scale."""
+    sr = 22050
+    rng = np.random.default_rng(0)
+    t = np.arange(int(3.3 * sr)) / sr
+    y = (0.3 * np.sin(2 * np.pi * 55 * t)                        # bass at the lowest bins
+         + 0.2 * np.sin(2 * np.pi * (300 + 400 * t) * t)         # a sweep
+         + 0.1 * rng.standard_normal(t.size) * (np.sin(2 * np.pi * 2 * t) > 0.7)  # noise bursts
+         + 0.5 * (np.arange(t.size) % (sr // 4) < 50))           # clicks
+    y = y.astype(np.float32)
+    ours, theirs = common.clip_features(y, sr), librosa_row(y, sr)
+    assert list(ours) == common.FEATURE_COLUMNS
+    for column, value in ours.items():
+        # a mean's scale is its spread (the mean of a waveform is near zero)
+        scale = np.sqrt(theirs[column[:-4] + "var"]) if column.endswith("_mean") else 0
+        assert abs(value - theirs[column]) <= 1e-5 * max(abs(theirs[column]), scale), column
+    extended = common.clip_features(y, sr, "extended")
+    assert {c: extended[c] for c in common.FEATURE_COLUMNS} == ours
+
+
 def test_mlp_trains_with_scaler_and_pca_fitted_on_train_only(tmp_path):
     data = synthetic_csv(tmp_path / "f.csv")
     assert run("--features", data, "--epochs", "30", "--out", tmp_path, "--name", "m",
