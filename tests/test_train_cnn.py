@@ -349,9 +349,14 @@ def test_amp_on_cuda(tmp_path):
     assert train_cnn.main(["--data", str(data), "--img-size", "32", "--epochs", "2", "--device",
                            "cuda", "--out", str(tmp_path), "--name", "amp"]) == 0
     m = json.loads((tmp_path / "amp" / "metrics.json").read_text())
-    assert m["amp_skipped_steps"] >= 0
+    steps = 2 * -(-m["n_train"] // 32)  # 2 epochs of batches of 32
+    assert m["amp_skipped_steps"] < steps  # GradScaler skips a few at first, never every step
     state = torch.load(tmp_path / "amp" / "model.pt", weights_only=True)["state_dict"]
     assert all(v.dtype in (torch.float32, torch.int64) for v in state.values())
+    common.seed_everything(0)  # the weights it started from, as the run built them
+    start = train_cnn.common.build_model({"kind": "cnn", "model": "convolneunet", "img_size": 32,
+                                          "n_classes": 3, "in_channels": 3}).state_dict()
+    assert not torch.equal(start["classifier.1.weight"], state["classifier.1.weight"].cpu())
 
 
 def folder_bytes(folder):
