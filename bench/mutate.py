@@ -14,11 +14,12 @@ limit per mutant). The working tree is never written, even when the check is int
     killed     a guarding test failed, or the run passed its time limit: the tests see the bug
     SURVIVED   every guarding test passed: a gap in the tests (or a mutant that changes nothing
                observable, which the table should then drop or change)
-    error      the mutant could not be tested (it does not compile)
+    error      the mutant could not be tested: its anchor is stale, it does not compile, or its
+               selection selects no test
 
 Score = killed / mutations: the share of these bugs that the tests catch (1.000 = all). It
 says nothing about bugs outside the table. Before the mutants, the guarding tests run once on
-the unmutated copy: a test that fails there would "kill" every mutant it guards.
+the unmutated copy; one that fails there stops the check (it would "kill" every mutant it guards).
 
 Exit code 0 whatever the score; 1 when the table is stale: an anchor text is not found exactly
 once in its file, a selection selects no test, or a guarding test fails without a mutation.
@@ -309,7 +310,7 @@ def run_mutant(mutation, source, timeout):
 
 def baseline(mutations, source, timeout):
     """The guarding tests on the unmutated copy, each distinct selection once (those without
-    -k in one run): [(selection, failure)] for each that does not pass."""
+    -k in one run): what failed, if anything."""
     selections = list(dict.fromkeys(m.tests for m in mutations))
     plain = [s for s in selections if "-k" not in shlex.split(s)]
     runs = [" ".join(dict.fromkeys(arg for s in plain for arg in shlex.split(s)))] if plain else []
@@ -319,9 +320,12 @@ def baseline(mutations, source, timeout):
         repo = shutil.copytree(source, Path(tmp) / "repo")
         for selection in runs:
             code, output = pytest(repo, selection, timeout * 2)
-            if code != 0:
-                failed.append((selection, "timeout" if code is None else
-                               f"pytest exit {code}: {first_failure(output)}"))
+            if code is None:
+                failed.append(f"{selection}: timeout")
+            elif code in (4, 5):  # a node id that does not exist, a -k that matches nothing
+                failed.append(f"{selection} selects no test; pytest: {first_failure(output)}")
+            elif code != 0:
+                failed.append(f"{first_failure(output)} fails")
     return failed
 
 
@@ -367,11 +371,14 @@ def check(chosen, source, jobs, timeout):
     started = time.time()
     stale = {m.name: problems(m, source) for m in chosen if problems(m, source)}
     testable = [m for m in chosen if m.name not in stale]
+    for name, problem in stale.items():
+        print(f"error: {name}: {problem}", file=sys.stderr)
     print(f"{len(chosen)} mutations; their tests on the unmutated code first ...", flush=True)
     broken = baseline(testable, source, timeout)
-    for selection, failure in broken:
-        print(f"error: without any mutation, {selection} fails ({failure}): fix it or the table",
-              file=sys.stderr)
+    for failure in broken:
+        print(f"error: without any mutation, {failure}: fix the test or the table", file=sys.stderr)
+    if broken:
+        return 1  # every mutant would be "killed" by it: a score would mean nothing
     results = {m.name: ("error", stale[m.name], 0.0) for m in chosen if m.name in stale}
     with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
         try:
@@ -396,7 +403,7 @@ def check(chosen, source, jobs, timeout):
     print(f"\nmutation score: {killed}/{len(chosen)} = {killed / len(chosen):.3f} killed, "
           f"{survived} survived ({time.time() - started:.0f} s)")
     errors = [m.name for m in chosen if results[m.name][0] == "error"]
-    return 1 if stale or broken or errors else 0
+    return 1 if stale or errors else 0
 
 
 if __name__ == "__main__":
