@@ -30,9 +30,12 @@ def tiny_sets(n=24, d=6, classes=3, seed=0):
 def test_plateau_lowers_lr_after_3_flat_epochs_and_stops_after_5():
     train, val = tiny_sets()
     model = torch.nn.Linear(6, 3)
-    result = fit(model, train, val, lr=1e-12)
+    # lr 1e-7: the weights barely move, and the drop is seen (ReduceLROnPlateau ignores a drop
+    # smaller than its eps, 1e-8: from 1e-12 the lr never fell, which approx's default absolute
+    # tolerance of 1e-12 hid)
+    result = fit(model, train, val, lr=1e-7)
     assert result.best_epoch == 1 and len(result.history) == 6  # then 5 without improvement
-    assert [h["lr"] for h in result.history] == pytest.approx([1e-12] * 5 + [1e-13])
+    assert [h["lr"] for h in result.history] == pytest.approx([1e-7] * 5 + [1e-8], abs=0)
 
 
 def test_min_epochs_delays_early_stopping():
