@@ -161,6 +161,14 @@ def test_clip_vote_averages_segment_logits():
     assert s["accuracy"] == 0.5 and s["balanced_accuracy"] == 0.5
 
 
+def test_scores_balance_the_classes_and_confusion_rows_are_the_truth():
+    """Three clips of class 0 and one of class 1, all predicted 0: accuracy 0.75, balanced
+    accuracy 0.5 (the mean of the recalls 1 and 0), confusion[true][predicted]."""
+    s = common.scores(np.array([0, 0, 0, 1]), np.array([0, 0, 0, 0]), 3)
+    assert s["accuracy"] == 0.75 and s["balanced_accuracy"] == 0.5
+    assert s["confusion"] == [[3, 0, 0], [1, 0, 0], [0, 0, 0]]
+
+
 def test_segments_scored_per_clip(tmp_path):
     data = make_images(tmp_path / "seg", n_per_class=5, segments=3)
     assert train_cnn.main(["--data", str(data), "--img-size", "16", "--epochs", "2",
@@ -257,6 +265,47 @@ def test_mixup_mixes_pairs_and_their_losses(monkeypatch):
     assert len(seen) == 2 and out["loss"] == pytest.approx(expected / len(train), rel=1e-6)
     assert {w >= 0.5 for *_, w in seen} == {True, False}  # seed 0 draws a weight each side
     assert out["acc"] == right / len(train)
+
+
+def test_specaugment_masks_bands_and_spans_then_shifts_in_time():
+    """Whole frequency bands (rows) and time spans (columns) set to level 0, at most 2 of 15 %
+    each, then a circular shift in time; the input is left as it was. Column t of the input
+    holds t + 1 (never 0), so the shift can be read off any unmasked pixel."""
+    height, width = 40, 60
+    image = (torch.arange(width) + 1).to(torch.uint8).repeat(1, height, 1)
+    before = image.clone()
+    masked_rows, masked_columns, shifts = [], [], []
+    for seed in range(5):
+        out = common.SpecAugment()(image, torch.Generator().manual_seed(seed))
+        zero = out[0] == 0
+        rows, columns = zero.all(1), zero.all(0)
+        assert torch.equal(zero, rows[:, None] | columns[None, :])  # whole bands and spans only
+        assert rows.sum() <= 2 * 6 and columns.sum() <= 2 * 9
+        kept = (~zero).nonzero()
+        shift = {(t - int(out[0, f, t]) + 1) % width for f, t in kept.tolist()}
+        assert len(shift) == 1  # one circular shift of the masked image
+        masked_rows.append(int(rows.sum()))
+        masked_columns.append(int(columns.sum()))
+        shifts.append(shift.pop())
+    assert torch.equal(image, before)
+    assert sum(n > 0 for n in masked_rows) >= 3, masked_rows
+    assert sum(n > 0 for n in masked_columns) >= 3, masked_columns
+    assert len(set(shifts)) == 5, shifts
+
+
+def test_rotate_turns_the_image_by_the_drawn_angle_within_15_degrees():
+    """The study's RandomRotation(15): a horizontal line through the centre comes out turned
+    counter-clockwise by the angle drawn from the generator, uniform in +-15 degrees."""
+    size = 65
+    image = torch.zeros(1, size, size, dtype=torch.uint8)
+    image[0, size // 2, :] = 255
+    for seed in (1, 2, 3, 5):  # angles 7.7, 3.4, -14.9, 9.9
+        drawn = float(torch.empty(()).uniform_(-15, 15, generator=torch.Generator().manual_seed(seed)))
+        out = common.rotate(image, torch.Generator().manual_seed(seed))
+        rows, columns = (out[0] > 0).nonzero(as_tuple=True)
+        slope = np.polyfit(columns.numpy() - size // 2, size // 2 - rows.numpy(), 1)[0]
+        assert np.degrees(np.arctan(slope)) == pytest.approx(drawn, abs=1.0), seed
+        assert abs(drawn) > 2  # a turn that can be seen
 
 
 def test_lazy_loading_above_memory_budget_gives_same_run(tiny_images, tmp_path, capsys):
