@@ -501,3 +501,61 @@ def test_time_limit_stops_between_epochs_and_resume_finishes(tmp_path):
     assert resumed.complete and without_seconds(resumed.history) == without_seconds(whole.history)
     assert all(torch.equal(a, b) for a, b in zip(whole_model.state_dict().values(),
                                                  resumed_model.state_dict().values()))
+
+
+def test_a_part_stopped_by_the_time_limit_is_not_finished(tiny_images, tmp_path, monkeypatch):
+    """A part stopped at the time limit has its report and model.pt, and keeps its checkpoint:
+    it is not finished, so --resume trains it to the end."""
+    import time
+    argv = ["--data", str(tiny_images), "--img-size", "16", "--epochs", "2", "--out",
+            str(tmp_path), "--name", "r"]
+    monkeypatch.setattr(common, "STARTED", time.time() - 7200)  # an hour's limit is over
+    assert train_cnn.main(argv + ["--time-limit", "1h"]) == 0
+    run = tmp_path / "r"
+    m = json.loads((run / "metrics.json").read_text())
+    assert (m["complete"], m["epochs_run"]) == (False, 0)
+    assert (run / "model.pt").exists() and (run / "checkpoint.pt").exists()
+    assert not common.part_finished(run)
+    monkeypatch.undo()
+    assert train_cnn.main(["--resume", str(run)]) == 0
+    m = json.loads((run / "metrics.json").read_text())
+    assert (m["complete"], m["epochs_run"]) == (True, 2)
+    assert common.part_finished(run) and not (run / "checkpoint.pt").exists()
+
+
+def test_plateau_run_stopped_by_the_time_limit_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    """--schedule plateau, validation scripted (best at epoch 1, then flat) and a clock on which
+    an epoch takes 10 s: a 35-s limit stops it after epoch 3 holding epoch 1's weights; fit
+    again from the checkpoint stops early at epoch 6 (patience 5) with epoch 1 still the best,
+    as the run never stopped: history, best epoch and weights."""
+    import types
+    train, val = tiny_sets()
+    clock = [1000.0]
+    real_train_epoch, real_evaluate = common.train_epoch, common.evaluate
+
+    def ten_seconds(*args, **kwargs):
+        clock[0] += 10.0
+        return real_train_epoch(*args, **kwargs)
+    monkeypatch.setattr(common, "time", types.SimpleNamespace(time=lambda: clock[0]))
+    monkeypatch.setattr(common, "train_epoch", ten_seconds)
+
+    def run(scores, checkpoint=None, deadline=None):
+        def scripted(*args, **kwargs):
+            return {**real_evaluate(*args, **kwargs), "balanced_acc": next(scores)}
+        monkeypatch.setattr(common, "evaluate", scripted)
+        common.seed_everything(0)
+        model = torch.nn.Sequential(torch.nn.Dropout(0.2), torch.nn.Linear(6, 3))
+        return fit(model, train, val, lr=0.1, checkpoint=checkpoint, deadline=deadline), model
+    validation = [0.9] + [0.1] * 5
+    whole, whole_model = run(iter(validation))
+    assert (len(whole.history), whole.best_epoch) == (6, 1)
+    scores = iter(validation)  # the stopped run and its resumption go through them once
+    stopped, stopped_model = run(scores, tmp_path / "checkpoint.pt", deadline=clock[0] + 35)
+    assert not stopped.complete and (len(stopped.history), stopped.best_epoch) == (3, 1)
+    assert all(torch.equal(a, b) for a, b in zip(whole_model.state_dict().values(),
+                                                 stopped_model.state_dict().values()))
+    resumed, resumed_model = run(scores, tmp_path / "checkpoint.pt")
+    assert resumed.complete and resumed.best_epoch == 1
+    assert without_seconds(resumed.history) == without_seconds(whole.history)
+    assert all(torch.equal(a, b) for a, b in zip(whole_model.state_dict().values(),
+                                                 resumed_model.state_dict().values()))
