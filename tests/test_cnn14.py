@@ -293,6 +293,19 @@ def test_download_kept_only_when_it_loads(offline, checkpoint_file, monkeypatch,
         server.server_close()
 
 
+@pytest.mark.parametrize("seconds, windows", [(2.6, 3), (2.4, 2), (0.3, 1)])
+def test_audio_windows_pad_the_last_one_with_silence(seconds, windows, tmp_path):
+    """Windows of 1 s of the decoded audio, in order, not normalized: a tail of half a window or
+    more is padded with silence, a shorter one dropped, a clip under a window is one window."""
+    from conftest import write_tone
+    path = write_tone(tmp_path / "clip.wav", 300, seconds=seconds)
+    y, sr = common.decode_audio(path)
+    out = common.audio_windows(path, sr, 1.0)
+    assert out.shape == (windows, sr) and out.dtype == np.float32
+    flat, n = out.reshape(-1), min(len(y), windows * sr)
+    assert np.array_equal(flat[:n], y[:n]) and not flat[n:].any()
+
+
 def test_build_transfer_cnn14():
     """features(x) is the embedding, forward the suite's head on it; a frozen backbone stays in
     eval mode and untrainable, a fine-tuned one trains all but the front end; model.pt's spec

@@ -22,6 +22,14 @@ def test_split_is_stratified_80_10_10_and_deterministic():
     assert not set(s["train"]) & set(s["test"]) and not set(s["val"]) & set(s["test"])
 
 
+def test_each_part_takes_its_own_fraction():
+    """fractions are (train, val, test): with 60/10/30, each class of 10 clips gives 6, 1, 3."""
+    ids, labels = clips(10)
+    s = common.make_split(ids, labels, seed=0, fractions=(0.6, 0.1, 0.3))
+    for part, n in (("train", 6), ("val", 1), ("test", 3)):
+        assert [sum(x.startswith(c) for x in s[part]) for c in "abcd"] == [n] * 4, part
+
+
 def test_small_classes_still_appear_in_val_and_test():
     ids, labels = clips(5)
     s = common.make_split(ids, labels)

@@ -30,9 +30,12 @@ def tiny_sets(n=24, d=6, classes=3, seed=0):
 def test_plateau_lowers_lr_after_3_flat_epochs_and_stops_after_5():
     train, val = tiny_sets()
     model = torch.nn.Linear(6, 3)
-    result = fit(model, train, val, lr=1e-12)
+    # lr 1e-7: the weights barely move, and the drop is seen (ReduceLROnPlateau ignores a drop
+    # smaller than its eps, 1e-8: from 1e-12 the lr never fell, which approx's default absolute
+    # tolerance of 1e-12 hid)
+    result = fit(model, train, val, lr=1e-7)
     assert result.best_epoch == 1 and len(result.history) == 6  # then 5 without improvement
-    assert [h["lr"] for h in result.history] == pytest.approx([1e-12] * 5 + [1e-13])
+    assert [h["lr"] for h in result.history] == pytest.approx([1e-7] * 5 + [1e-8], abs=0)
 
 
 def test_min_epochs_delays_early_stopping():
@@ -158,6 +161,14 @@ def test_clip_vote_averages_segment_logits():
     assert s["accuracy"] == 0.5 and s["balanced_accuracy"] == 0.5
 
 
+def test_scores_balance_the_classes_and_confusion_rows_are_the_truth():
+    """Three clips of class 0 and one of class 1, all predicted 0: accuracy 0.75, balanced
+    accuracy 0.5 (the mean of the recalls 1 and 0), confusion[true][predicted]."""
+    s = common.scores(np.array([0, 0, 0, 1]), np.array([0, 0, 0, 0]), 3)
+    assert s["accuracy"] == 0.75 and s["balanced_accuracy"] == 0.5
+    assert s["confusion"] == [[3, 0, 0], [1, 0, 0], [0, 0, 0]]
+
+
 def test_segments_scored_per_clip(tmp_path):
     data = make_images(tmp_path / "seg", n_per_class=5, segments=3)
     assert train_cnn.main(["--data", str(data), "--img-size", "16", "--epochs", "2",
@@ -254,6 +265,47 @@ def test_mixup_mixes_pairs_and_their_losses(monkeypatch):
     assert len(seen) == 2 and out["loss"] == pytest.approx(expected / len(train), rel=1e-6)
     assert {w >= 0.5 for *_, w in seen} == {True, False}  # seed 0 draws a weight each side
     assert out["acc"] == right / len(train)
+
+
+def test_specaugment_masks_bands_and_spans_then_shifts_in_time():
+    """Whole frequency bands (rows) and time spans (columns) set to level 0, at most 2 of 15 %
+    each, then a circular shift in time; the input is left as it was. Column t of the input
+    holds t + 1 (never 0), so the shift can be read off any unmasked pixel."""
+    height, width = 40, 60
+    image = (torch.arange(width) + 1).to(torch.uint8).repeat(1, height, 1)
+    before = image.clone()
+    masked_rows, masked_columns, shifts = [], [], []
+    for seed in range(5):
+        out = common.SpecAugment()(image, torch.Generator().manual_seed(seed))
+        zero = out[0] == 0
+        rows, columns = zero.all(1), zero.all(0)
+        assert torch.equal(zero, rows[:, None] | columns[None, :])  # whole bands and spans only
+        assert rows.sum() <= 2 * 6 and columns.sum() <= 2 * 9
+        kept = (~zero).nonzero()
+        shift = {(t - int(out[0, f, t]) + 1) % width for f, t in kept.tolist()}
+        assert len(shift) == 1  # one circular shift of the masked image
+        masked_rows.append(int(rows.sum()))
+        masked_columns.append(int(columns.sum()))
+        shifts.append(shift.pop())
+    assert torch.equal(image, before)
+    assert sum(n > 0 for n in masked_rows) >= 3, masked_rows
+    assert sum(n > 0 for n in masked_columns) >= 3, masked_columns
+    assert len(set(shifts)) == 5, shifts
+
+
+def test_rotate_turns_the_image_by_the_drawn_angle_within_15_degrees():
+    """The study's RandomRotation(15): a horizontal line through the centre comes out turned
+    counter-clockwise by the angle drawn from the generator, uniform in +-15 degrees."""
+    size = 65
+    image = torch.zeros(1, size, size, dtype=torch.uint8)
+    image[0, size // 2, :] = 255
+    for seed in (1, 2, 3, 5):  # angles 7.7, 3.4, -14.9, 9.9
+        drawn = float(torch.empty(()).uniform_(-15, 15, generator=torch.Generator().manual_seed(seed)))
+        out = common.rotate(image, torch.Generator().manual_seed(seed))
+        rows, columns = (out[0] > 0).nonzero(as_tuple=True)
+        slope = np.polyfit(columns.numpy() - size // 2, size // 2 - rows.numpy(), 1)[0]
+        assert np.degrees(np.arctan(slope)) == pytest.approx(drawn, abs=1.0), seed
+        assert abs(drawn) > 2  # a turn that can be seen
 
 
 def test_lazy_loading_above_memory_budget_gives_same_run(tiny_images, tmp_path, capsys):
@@ -446,5 +498,63 @@ def test_time_limit_stops_between_epochs_and_resume_finishes(tmp_path):
     assert time.time() - start < 1.6 + 0.5  # it stopped before the deadline, with a margin
     resumed, resumed_model = run(tmp_path / "checkpoint.pt")
     assert resumed.complete and without_seconds(resumed.history) == without_seconds(whole.history)
+    assert all(torch.equal(a, b) for a, b in zip(whole_model.state_dict().values(),
+                                                 resumed_model.state_dict().values()))
+
+
+def test_a_part_stopped_by_the_time_limit_is_not_finished(tiny_images, tmp_path, monkeypatch):
+    """A part stopped at the time limit has its report and model.pt, and keeps its checkpoint:
+    it is not finished, so --resume trains it to the end."""
+    import time
+    argv = ["--data", str(tiny_images), "--img-size", "16", "--epochs", "2", "--out",
+            str(tmp_path), "--name", "r"]
+    monkeypatch.setattr(common, "STARTED", time.time() - 7200)  # an hour's limit is over
+    assert train_cnn.main(argv + ["--time-limit", "1h"]) == 0
+    run = tmp_path / "r"
+    m = json.loads((run / "metrics.json").read_text())
+    assert (m["complete"], m["epochs_run"]) == (False, 0)
+    assert (run / "model.pt").exists() and (run / "checkpoint.pt").exists()
+    assert not common.part_finished(run)
+    monkeypatch.undo()
+    assert train_cnn.main(["--resume", str(run)]) == 0
+    m = json.loads((run / "metrics.json").read_text())
+    assert (m["complete"], m["epochs_run"]) == (True, 2)
+    assert common.part_finished(run) and not (run / "checkpoint.pt").exists()
+
+
+def test_plateau_run_stopped_by_the_time_limit_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    """--schedule plateau, validation scripted (best at epoch 1, then flat) and a clock on which
+    an epoch takes 10 s: a 35-s limit stops it after epoch 3 holding epoch 1's weights; fit
+    again from the checkpoint stops early at epoch 6 (patience 5) with epoch 1 still the best,
+    as the run never stopped: history, best epoch and weights."""
+    import types
+    train, val = tiny_sets()
+    clock = [1000.0]
+    real_train_epoch, real_evaluate = common.train_epoch, common.evaluate
+
+    def ten_seconds(*args, **kwargs):
+        clock[0] += 10.0
+        return real_train_epoch(*args, **kwargs)
+    monkeypatch.setattr(common, "time", types.SimpleNamespace(time=lambda: clock[0]))
+    monkeypatch.setattr(common, "train_epoch", ten_seconds)
+
+    def run(scores, checkpoint=None, deadline=None):
+        def scripted(*args, **kwargs):
+            return {**real_evaluate(*args, **kwargs), "balanced_acc": next(scores)}
+        monkeypatch.setattr(common, "evaluate", scripted)
+        common.seed_everything(0)
+        model = torch.nn.Sequential(torch.nn.Dropout(0.2), torch.nn.Linear(6, 3))
+        return fit(model, train, val, lr=0.1, checkpoint=checkpoint, deadline=deadline), model
+    validation = [0.9] + [0.1] * 5
+    whole, whole_model = run(iter(validation))
+    assert (len(whole.history), whole.best_epoch) == (6, 1)
+    scores = iter(validation)  # the stopped run and its resumption go through them once
+    stopped, stopped_model = run(scores, tmp_path / "checkpoint.pt", deadline=clock[0] + 35)
+    assert not stopped.complete and (len(stopped.history), stopped.best_epoch) == (3, 1)
+    assert all(torch.equal(a, b) for a, b in zip(whole_model.state_dict().values(),
+                                                 stopped_model.state_dict().values()))
+    resumed, resumed_model = run(scores, tmp_path / "checkpoint.pt")
+    assert resumed.complete and resumed.best_epoch == 1
+    assert without_seconds(resumed.history) == without_seconds(whole.history)
     assert all(torch.equal(a, b) for a, b in zip(whole_model.state_dict().values(),
                                                  resumed_model.state_dict().values()))

@@ -148,6 +148,16 @@ def test_mlp_trains_with_scaler_and_pca_fitted_on_train_only(tmp_path):
     assert not np.allclose(model.mean.numpy(), x.mean(0), atol=1e-3)
     assert ckpt["spec"]["preprocess"]["columns"] == columns == ["length", "f1", "f2", "f3", "f4"]
     assert ckpt["spec"]["n_components"] == m["pca_components"] <= 5
+    # the model's preprocessing is scikit-learn's scaler then PCA (--pca 0.95), both fitted on
+    # the training rows
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+    scaler = StandardScaler().fit(train_rows)
+    pca = PCA(0.95, random_state=0).fit(scaler.transform(train_rows))
+    with torch.no_grad():
+        ours = model.preprocess(torch.from_numpy(x)).numpy()
+    assert ours.shape == (len(x), pca.n_components_)
+    assert np.allclose(ours, pca.transform(scaler.transform(x)), atol=1e-4)
 
 
 @pytest.mark.parametrize("loss", ["ce", "hinge", "kl"])
@@ -188,6 +198,26 @@ def test_three_second_table_keeps_a_clips_rows_together(tmp_path):
         f"{g}.{c:05d}" for g in ("rock", "jazz", "pop") for c in range(6))
     m = json.loads((tmp_path / "s" / "metrics.json").read_text())
     assert m["n_test"] == len(split["test"]) and m["n_test_segments"] == 10 * m["n_test"]
+
+
+def test_each_loss_is_its_formula():
+    """Written out on 6 rows of 4 classes, smoothing s = 0.2: ce is (1 - s) * the negative log
+    likelihood + s * the mean over classes of -log p; hinge is the multi-class margin loss
+    (sum over wrong classes j of max(0, 1 - x_y + x_j), over the classes); kl is KL(smoothed
+    one-hot || softmax), batch mean."""
+    logits = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    y, rows, s = torch.tensor([0, 1, 2, 3, 0, 1]), torch.arange(6), 0.2
+    log_p = torch.log_softmax(logits, 1)
+    ce = ((1 - s) * -log_p[rows, y] - s * log_p.mean(1)).mean()
+    margins = (1 - logits[rows, y][:, None] + logits).clamp(min=0)
+    margins[rows, y] = 0
+    hinge = (margins.sum(1) / 4).mean()
+    target = torch.full((6, 4), s / 4)
+    target[rows, y] = 1 - s + s / 4
+    kl = (target * (target.log() - log_p)).sum(1).mean()
+    for name, expected in (("ce", ce), ("hinge", hinge), ("kl", kl)):
+        loss = train_mlp.make_criterion(name, 4, s)(logits, y)
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-6), name
 
 
 def test_kl_to_one_hot_equals_cross_entropy():
@@ -280,6 +310,16 @@ def test_predict_from_audio_labels_new_clips_right(baseline, demo_features, tmp_
 def data_conversion_genres():
     import data_conversion
     return data_conversion.GENRES
+
+
+def test_prediction_gives_the_features_in_the_models_column_order(tmp_path):
+    """From an audio file, prediction's input is the file's features in the columns the model
+    was trained on, in their order (here the table's first six, reversed)."""
+    path = write_tone(tmp_path / "a.wav", 440)
+    columns = common.FEATURE_COLUMNS[5::-1]
+    _, row, error, _ = common.model_inputs((path, {"type": "features", "columns": columns}))
+    features = common.audio_features(path)
+    assert error is None and row.tolist() == [[np.float32(features[c]).item() for c in columns]]
 
 
 def test_extended_feature_set_adds_columns(tiny_audio, tmp_path):
