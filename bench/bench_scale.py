@@ -68,11 +68,13 @@ T4_FACTOR = 10.0  # H100 -> T4: memory bandwidth 3.35 TB/s vs 0.32 TB/s (FP16 te
 VALIDATION_COST = 1 / 3  # a validation image (forward only) against a training one
 MEASURED_CONVERSIONS = {"conversion-linear": {"size": 512, "mel": 0, "segment_seconds": 0.0},
                         "conversion-mel": {"size": 0, "mel": 128, "segment_seconds": 3.0}}
-# the GPU items' work measured here on the CPU, shown beside the estimate: (stage, key, note)
-CPU_TWINS = {("cnn", "convolneunet"): ("train-cnn", "epoch_s", " (at 256 px: 4x fewer pixels)"),
-             ("cnn", "specnet"): ("train-specnet", "epoch_s", ""),
-             ("transfer", "vgg16"): ("train-transfer", "backbone_s", " (the backbone pass)"),
-             ("transfer", "cnn14"): ("train-cnn14", "backbone_s", " (the backbone pass)")}
+# A GPU item's work measured here on the CPU, shown beside the estimate: (stage, key, note, the
+# same work). Where it is the same work and faster than the estimate, it caps the estimate: a T4
+# is not slower than these cores; gpu_check's small runs measured per-batch overhead instead.
+CPU_TWINS = {("cnn", "convolneunet"): ("train-cnn", "epoch_s", " (at 256 px: 4x fewer pixels)", False),
+             ("cnn", "specnet"): ("train-specnet", "epoch_s", "", True),
+             ("transfer", "vgg16"): ("train-transfer", "backbone_s", " (the backbone pass)", True),
+             ("transfer", "cnn14"): ("train-cnn14", "backbone_s", " (the backbone pass)", True)}
 
 
 def build_parser():
@@ -371,71 +373,91 @@ def run_stage(stage, ctx, n, clips, done):
 # ----------------------------------------------------------------------------------------------
 # Analysis: growth, projection to 1000 clips, speedup, the Kaggle estimate
 
-def line(points, key):
-    """(fixed, per clip) through the smallest and largest N of [(n, row)], or None."""
-    points = sorted((n, r[key]) for n, r in points)
-    if len(points) < 2 or points[0][0] == points[-1][0]:
-        return None
-    (n1, y1), (n2, y2) = points[0], points[-1]
-    slope = (y2 - y1) / (n2 - n1)
-    return y1 - slope * n1, slope
+@dataclass
+class Seconds:
+    """A projected time; `bound`: only an upper bound, because the cost did not grow between the
+    sizes measured (start-up and noise dominate small N), so all of it was counted per clip."""
+    value: float
+    bound: bool = False
 
+    def __add__(self, other):
+        return Seconds(self.value + other.value, self.bound or other.bound)
 
-def at(points, key, n=KAGGLE_CLIPS):
-    """key projected to n clips through the smallest and largest N, or None from one size."""
-    fit = line(points, key)
-    return fit[0] + fit[1] * n if fit else None
-
-
-def projected(stage, points, key):
-    """at() for a stage whose work grows with N; the largest N's figure for one whose work does
-    not (prediction of a fixed set, compare): a line through two noisy points would invent a slope."""
-    return max(points)[1][key] if stage.same_work else at(points, key)
-
-
-def growth(points):
-    points = sorted((n, r["seconds"]) for n, r in points)
-    (n1, t1), (n2, t2) = points[0], points[-1]
-    return math.log(t2 / t1) / math.log(n2 / n1) if n2 > n1 and t1 > 0 and t2 > 0 else None
+    def __mul__(self, factor):
+        return Seconds(self.value * factor, self.bound)
 
 
 def ok_points(rows, stage, workers):
-    return [(r["n"], r) for r in rows if r["stage"] == stage and r["workers"] == workers
-            and r.get("rc") == 0]
+    """[(N, row)] of a stage's successful runs with this many workers."""
+    return sorted(((r["n"], r) for r in rows if r["stage"] == stage and r["workers"] == workers
+                   and r.get("rc") == 0), key=lambda p: p[0])
+
+
+def line(points, key):
+    """(fixed, per clip) through the smallest and largest N, or None from one size."""
+    if len(points) < 2:
+        return None
+    (n1, r1), (n2, r2) = points[0], points[-1]
+    slope = (r2[key] - r1[key]) / (n2 - n1)
+    return r1[key] - slope * n1, slope
+
+
+def project_seconds(points, key="seconds", n=KAGGLE_CLIPS):
+    """key (seconds) at n clips: a fixed cost plus a cost per clip through the smallest and
+    largest N; when it did not grow, the largest N's cost per clip x n (a bound); None from one."""
+    fit = line(points, key)
+    if fit is None:
+        return None
+    if fit[1] <= 0:
+        n2, r2 = points[-1]
+        return Seconds(r2[key] * n / n2, bound=True)
+    return Seconds(fit[0] + fit[1] * n)
+
+
+def project_bytes(points, key, n=KAGGLE_CLIPS):
+    """Memory or disk at n clips, through the smallest and largest N, never below what was seen."""
+    fit = line(points, key)
+    return None if fit is None else max(fit[0] + fit[1] * n, max(r[key] for _, r in points))
+
+
+def growth(points):
+    """log(t2/t1) / log(N2/N1) between the smallest and largest N (1.0 = linear)."""
+    if len(points) < 2:
+        return None
+    (n1, r1), (n2, r2) = points[0], points[-1]
+    return math.log(r2["seconds"] / r1["seconds"]) / math.log(n2 / n1)
 
 
 def speedup(rows, stage, workers):
-    """Per-clip cost with 1 worker / with `workers` (slopes through the smallest and largest N,
-    so start-up does not count; one size: wall times), or None when not measured."""
+    """Per-clip cost with 1 worker / with `workers` (slopes between the smallest and largest N,
+    so start-up does not count; wall times at the largest N where a slope is not positive), or
+    None when not measured."""
     one, many = ok_points(rows, stage, 1), ok_points(rows, stage, workers)
     if workers <= 1 or not one or not many:
         return None
     fit1, fit_many = line(one, "seconds"), line(many, "seconds")
-    if fit1 and fit_many and fit_many[1] > 0:
+    if fit1 and fit_many and fit1[1] > 0 and fit_many[1] > 0:
         return fit1[1] / fit_many[1]
-    n = min(n for n, _ in one)
+    n = max(n for n, _ in one)
     return dict(one)[n]["seconds"] / dict(many)[n]["seconds"]
 
 
 def cpu_seconds(rows, stage, workers, cores):
-    """A parallel stage on full GTZAN with `cores` workers: fixed cost + 1000 x the one-worker
-    cost per clip / the speedup at `cores`, taking each core past the first to add what the
-    measured speedup says one did here (at most `cores`x)."""
-    points = ok_points(rows, stage, workers)
-    if not points:
-        return None
+    """A parallel stage on 1000 clips with `cores` workers: the one-worker cost per clip divided by
+    the speedup at `cores`, each core past the first adding what the measured speedup says one
+    added here (so at most `cores`x), plus the fixed cost."""
+    projected = project_seconds(ok_points(rows, stage, workers))
     s = speedup(rows, stage, workers)
-    fit = line(points, "seconds")
-    if fit is None:
-        return None
-    fixed, per_clip = fit
-    if s is None:
-        return fixed + per_clip * KAGGLE_CLIPS  # no 1-worker run: as measured here
-    per_core = (s - 1) / (workers - 1)
-    return fixed + per_clip * s * KAGGLE_CLIPS / min(cores, max(1.0, 1 + per_core * (cores - 1)))
+    if projected is None or s is None:
+        return projected  # no 1-worker run: as measured here
+    points = ok_points(rows, stage, workers)
+    fixed, per_clip = (0.0, points[-1][1]["seconds"] / points[-1][0]) if projected.bound else \
+        line(points, "seconds")
+    at_cores = min(cores, max(1.0, 1 + (s - 1) / (workers - 1) * (cores - 1)))
+    return Seconds(fixed + per_clip * s * KAGGLE_CLIPS / at_cores, projected.bound)
 
 
-def recipe_estimate(name, recipe, rows, workers, t4_factor):
+def recipe_estimate(recipe, rows, workers, t4_factor):
     """{item: (seconds at 2 cores, at 4 cores, how)} for one recipe's kernel on 1000 clips."""
     trainer_module = importlib.import_module(kernel_main.TRAINERS[recipe["kind"]])
     args = trainer_module.parse_args(recipe["trainer_args"], check_paths=False)
@@ -445,18 +467,26 @@ def recipe_estimate(name, recipe, rows, workers, t4_factor):
 
     def cpu(label, stage):
         items[label] = (cpu_seconds(rows, stage, workers, 2), cpu_seconds(rows, stage, workers, 4),
-                        f"{stage}, per clip x 1000, 2 / 4 cores by the measured speedup")
+                        f"{stage}, projected to 1000 clips, 2 / 4 cores by the measured speedup")
 
     def once(label, stage, key="seconds", times=1, how=""):
-        value = at(ok_points(rows, stage, workers), key)
+        value = project_seconds(ok_points(rows, stage, workers), key)
         value = None if value is None else value * times
         items[label] = (value, value, how or f"{stage}, projected to 1000 clips, one process")
 
-    def this_cpu(key, times=1, what=""):
-        """The same work as a GPU item, measured on this machine's CPU: a sanity bound."""
-        stage, key, label = CPU_TWINS.get(key, (None, None, ""))
-        value = at(ok_points(rows, stage, workers), key) if stage else None
-        return "" if value is None else f"; this CPU: {fmt(value * times)}{label}"
+    def gpu(label, seconds, twin, times=1):
+        """A GPU item, with its work measured on this machine's CPU beside it (CPU_TWINS)."""
+        stage, key, note, same = CPU_TWINS.get(twin, (None, None, "", False))
+        here = project_seconds(ok_points(rows, stage, workers), key) if stage else None
+        here = None if here is None else here * times
+        how = (f"gpu_check's H100 images/s / {t4_factor:g}, x {args.epochs} epochs: an estimate, "
+               "not measured on a T4" if seconds is not None else f"no gpu_check figure for {model}")
+        if here is not None:
+            how += f"; this CPU: {fmt(here)}{note}"
+            if same and seconds is not None and here.value < seconds.value:
+                seconds = here
+                how += ", taken instead: a T4 is not slower than this CPU"
+        items[label] = (seconds, seconds, how)
 
     if recipe["kind"] == "mlp":
         cpu("features", "features")
@@ -465,12 +495,11 @@ def recipe_estimate(name, recipe, rows, workers, t4_factor):
         return items
     if model == "cnn14":
         points = ok_points(rows, "train-cnn14", workers)
-        rest = [(n, {**r, "rest": r["seconds"] - r["epoch_s"] - r["backbone_s"]}) for n, r in points]
-        value = at(rest, "rest")
-        items["decode audio at 32 kHz, start, test"] = (value, value, "train-cnn14 minus its backbone "
-                                                        "and epoch, projected; with --workers here")
-        items["CNN14 pass (GPU)"] = (None, None, "no gpu_check figure for CNN14"
-                                     + this_cpu(("transfer", "cnn14")))
+        rest = project_seconds([(n, {"rest": r["seconds"] - r["epoch_s"] - r["backbone_s"]})
+                                for n, r in points], "rest")
+        items["decode audio at 32 kHz, start, test"] = (rest, rest, "train-cnn14 minus its backbone "
+                                                        "pass and epoch, projected, with --workers here")
+        gpu("CNN14 pass (GPU)", None, ("transfer", "cnn14"))
         return items
     mel = conversion["mel"] > 0
     measured = MEASURED_CONVERSIONS["conversion-mel" if mel else "conversion-linear"]
@@ -481,20 +510,16 @@ def recipe_estimate(name, recipe, rows, workers, t4_factor):
     images = 1.0  # per clip: segments give several (10 of 3 s in a 30-s clip)
     if mel:
         points = ok_points(rows, "conversion-mel", workers)
-        images = max(points)[1]["images"] / max(points)[0] if points else 10.0
-    train, val = 0.8 * KAGGLE_CLIPS * images, 0.1 * KAGGLE_CLIPS * images
+        images = points[-1][1]["images"] / points[-1][0] if points else 10.0
+    epoch = 0.8 * KAGGLE_CLIPS * images + VALIDATION_COST * 0.1 * KAGGLE_CLIPS * images
     rate = H100_IMAGES_PER_S.get((recipe["kind"], model))
-    how = f"gpu_check's H100 images/s / {t4_factor:g}, x {args.epochs} epochs (T4: estimate)"
-    if rate is None:
-        items["training (GPU)"] = (None, None, f"no gpu_check figure for {model}")
-    elif isinstance(rate, dict):  # frozen transfer: the backbone once, then the head
+    if isinstance(rate, dict):  # frozen transfer: the backbone once, then the head
         seconds = KAGGLE_CLIPS * images / (rate["backbone"] / t4_factor) + \
-            args.epochs * (train + VALIDATION_COST * val) / (rate["head"] / t4_factor)
-        items["backbone once + head (GPU)"] = (seconds, seconds, how + this_cpu((recipe["kind"], model)))
+            args.epochs * epoch / (rate["head"] / t4_factor)
+        gpu("backbone once + head (GPU)", Seconds(seconds), (recipe["kind"], model))
     else:
-        seconds = args.epochs * (train + VALIDATION_COST * val) / (rate / t4_factor)
-        items[f"{args.epochs} epochs (GPU)"] = (seconds, seconds,
-                                                how + this_cpu((recipe["kind"], model), args.epochs))
+        gpu(f"{args.epochs} epochs (GPU)", rate and Seconds(args.epochs * epoch / (rate / t4_factor)),
+            (recipe["kind"], model), args.epochs)
     return items
 
 
@@ -505,9 +530,10 @@ def gb(size):
 def fmt(seconds):
     if seconds is None:
         return "?"
+    prefix, seconds = ("<= " if getattr(seconds, "bound", False) else ""), getattr(seconds, "value", seconds)
     if seconds < 120:
-        return f"{seconds:.1f} s"
-    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+        return f"{prefix}{seconds:.1f} s"
+    return prefix + (f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -542,9 +568,13 @@ def tables(rows, stages, sizes, args, meta):
     small, big = sizes[0], sizes[-1]
     md += ["", f"## Growth from N = {small} to {big}, and projected to {KAGGLE_CLIPS} clips", "",
            f"Exponent: log(t{big}/t{small}) / log({big}/{small}), 1.0 = linear, flagged above {GROWTH_FLAG}; "
-           f"projections: a fixed cost plus a cost per clip through N = {small} and {big}. "
-           "The predict stages and compare do the same work at every N: their figures at 1000 are "
-           f"those at N = {big}.", "",
+           f"projections: a fixed cost plus a cost per clip through N = {small} and {big}; \"<=\" where "
+           "the cost did not grow between them: the largest N's cost per clip x 1000, an upper bound; "
+           "memory and disk never below what was measured. The predict stages and compare do the same "
+           f"work at every N: their figures at {KAGGLE_CLIPS} are those at N = {big}."
+           + (" **Below 100 clips start-up dominates the times and batches (32) are not full: the "
+              "exponents, speedups and projections here check the script, they measure little.**"
+              if small < 100 else ""), "",
            f"| stage | exponent | s/clip at {big} | wall at {KAGGLE_CLIPS} | peak GB at {KAGGLE_CLIPS} | "
            f"disk GB at {KAGGLE_CLIPS} | flags |", "|---|---|---|---|---|---|---|"]
     flagged = []
@@ -552,9 +582,12 @@ def tables(rows, stages, sizes, args, meta):
         points = ok_points(rows, stage.name, args.workers)
         if not points:
             continue
-        exponent = growth(points) if len(points) > 1 else None
-        last = max(points)[1]
-        wall, peak, disk = (projected(stage, points, key) for key in ("seconds", "peak_bytes", "disk_bytes"))
+        exponent, last = growth(points), points[-1][1]
+        if stage.same_work:  # a line through two noisy points would invent a slope
+            wall, peak, disk = Seconds(last["seconds"]), last["peak_bytes"], last["disk_bytes"]
+        else:
+            wall = project_seconds(points)
+            peak, disk = (project_bytes(points, key) for key in ("peak_bytes", "disk_bytes"))
         flags = []
         if exponent is not None and exponent > GROWTH_FLAG:
             flags.append(f"super-linear ({exponent:.2f})")
@@ -585,15 +618,16 @@ def tables(rows, stages, sizes, args, meta):
            f"(README, 160-image runs, so mostly per-batch overhead) divided by {args.t4_factor:g} "
            f"(--t4-factor: the H100's memory bandwidth is 10.5x a T4's, its FP16 tensor throughput "
            f"about 15x), times the recipe's epochs (the most: early stopping may end sooner) over 80 % "
-           f"of the clips, validation (10 %) at {VALIDATION_COST:.2f} of a training image. Training "
-           f"set up, testing, saving and predicting a test set are not counted.", "",
+           f"of the clips, validation (10 %) at {VALIDATION_COST:.2f} of a training image; where this "
+           f"machine's CPU did the same work faster, its time is taken instead. \"<=\": an upper bound "
+           f"(see above). Training set up, testing, saving and predicting a test set are not counted.", "",
            "| recipe | item | 2 cores | 4 cores | how |", "|---|---|---|---|---|"]
     for path in sorted(build.RECIPES_DIR.glob("*.json")):
-        items = recipe_estimate(path.stem, json.loads(path.read_text()), rows, args.workers, args.t4_factor)
+        items = recipe_estimate(json.loads(path.read_text()), rows, args.workers, args.t4_factor)
         for item, (two, four, how) in items.items():
             md.append(f"| {path.stem} | {item} | {fmt(two)} | {fmt(four)} | {how} |")
-        totals = [sum(v[i] for v in items.values()) if all(v[i] is not None for v in items.values())
-                  else None for i in (0, 1)]
+        totals = [sum((v[i] for v in items.values()), Seconds(0.0))
+                  if all(v[i] is not None for v in items.values()) else None for i in (0, 1)]
         md.append(f"| **{path.stem}** | **total** | **{fmt(totals[0])}** | **{fmt(totals[1])}** | "
                   + ("" if None not in totals else "incomplete: an item is unknown") + " |")
     md += ["", "## Flags", ""] + ([f"- {f}" for f in flagged] or ["- none"])
