@@ -214,15 +214,16 @@ def make_audio(src, root, per_genre, seed):
     """root/<genre>/<genre>.NNNNN.wav: each genre's real clips as they are, then clips made from
     them: (1-m) * clip + m * (another clip of the genre, circularly shifted), m in [0.1, 0.5];
     the result circularly shifted, scaled by a gain in [0.5, 1] and a random polarity. Every file
-    is distinct (checked on the 16-bit samples)."""
+    is distinct (checked on the 16-bit samples). Clip k of a genre depends on (seed, genre, k)
+    only: the same whatever the largest N."""
     import soundfile
-    rng = np.random.default_rng(seed)
     seen = set()
     genres = sorted(d.name for d in Path(src).iterdir() if d.is_dir())
-    for genre in genres:
+    for g, genre in enumerate(genres):
         clips = [soundfile.read(p, dtype="float32")[0] for p in sorted((Path(src) / genre).glob("*.wav"))]
         (root / genre).mkdir(parents=True)
         for k in range(per_genre):
+            rng = np.random.default_rng([seed, g, k])
             while True:
                 y = clips[k % len(clips)]
                 if k >= len(clips):
