@@ -1528,7 +1528,8 @@ def fit(model, train_set, val_set, *, criterion, epochs, lr, batch_size, patienc
                          "class needs at least 3 clips (one to train, validate and test)")
     model = model.to(device)
     trainable = param_groups or [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.Adam(trainable, lr=lr, weight_decay=weight_decay,
+                                 fused=device.type in ("cpu", "cuda"))  # one kernel: 2x on a big head
     cosine = schedule == "cosine"
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs) if cosine \
         else torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=3)
