@@ -16,7 +16,7 @@ data_conversion.py ..., python train_cnn.py ... --epochs 1, ...), one child per 
   wall time      the child's, start-up and imports included (as the user waits for them)
   peak memory    the larger of: the summed PSS of the child and its workers (sampled once a
                  second from /proc: PSS counts the pages forked workers share once) and the
-                 exact peak RSS of its largest process (os.wait4)
+                 peak RSS (VmHWM) of its largest process, read five times a second
   disk           bytes of the files the stage wrote (its outputs)
   per clip       wall / N (prediction: wall / the clips predicted)
 and per stage, from the smallest to the largest N: the growth exponent log(t2/t1)/log(N2/N1)
@@ -271,24 +271,34 @@ def link_predict_set(audio, root, n, genres):
 # ----------------------------------------------------------------------------------------------
 # Measuring one child process
 
-def tree_pss(pid):
-    """Summed PSS (bytes) of a process and its descendants, now; 0 for what has gone."""
-    total, todo = 0, [pid]
+def tree_memory(pid, pss_too):
+    """(summed PSS, largest VmHWM) in bytes of a process and its descendants, now; 0 for what has gone.
+
+    The PSS walk costs ~10 ms of CPU a process, so it is read only when pss_too; VmHWM (the peak
+    RSS so far) is a cheap read."""
+    pss = hwm = 0
+    todo = [pid]
     while todo:
         p = todo.pop()
         try:
-            with open(f"/proc/{p}/smaps_rollup") as f:
-                total += next(int(line.split()[1]) for line in f if line.startswith("Pss:")) * 1024
+            with open(f"/proc/{p}/status") as f:
+                hwm = max(hwm, next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) * 1024)
+            if pss_too:
+                with open(f"/proc/{p}/smaps_rollup") as f:
+                    pss += next(int(line.split()[1]) for line in f if line.startswith("Pss:")) * 1024
             for task in os.listdir(f"/proc/{p}/task"):
                 with open(f"/proc/{p}/task/{task}/children") as f:
                     todo += [int(c) for c in f.read().split()]
         except (OSError, StopIteration, ValueError):
             continue
-    return total
+    return pss, hwm
 
 
 def measure(argv, log_path):
-    """(exit code, wall seconds, peak memory bytes) of one child run as the user runs it."""
+    """(exit code, wall seconds, peak memory bytes) of one child run as the user runs it.
+
+    Not wait4's ru_maxrss: Linux gives an exec'd child the high-water mark of the process that
+    forked it, so every stage would weigh at least this bench's own peak."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
         log.write(" ".join(map(str, argv)) + "\n\n")
@@ -299,16 +309,17 @@ def measure(argv, log_path):
         peak, done = [0], threading.Event()
 
         def sample():
-            while not done.wait(1.0):  # smaps_rollup costs ~10 ms of CPU a process
-                peak[0] = max(peak[0], tree_pss(child.pid))
+            tick = 0
+            while not done.wait(0.2):
+                tick += 1
+                peak[0] = max(peak[0], *tree_memory(child.pid, pss_too=tick % 5 == 0))
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        _, status, usage = os.wait4(child.pid, 0)  # the child's rusage, its reaped workers included
+        code = child.wait()
         seconds = time.perf_counter() - start
         done.set()
         sampler.join()
-    child.returncode = os.waitstatus_to_exitcode(status)
-    return child.returncode, seconds, max(peak[0], usage.ru_maxrss * 1024)
+    return code, seconds, peak[0]
 
 
 def disk_bytes(paths):
