@@ -987,13 +987,14 @@ def split_file(name):
     return NAMED_SPLITS.get(name, Path(name))
 
 
-def split_label(args):
-    """What every report says about where its test clips come from."""
+def split_label(args, split=None):
+    """What every report says about where its test clips come from. A random split names the seed
+    it was made with: a split.json made earlier is reused whatever this run's --seed."""
     if args.folds:
         return f"{args.folds}-fold (seed {args.seed})"
     if args.split:
         return args.split if args.split in NAMED_SPLITS else f"file {Path(args.split).name}"
-    return f"random 80/10/10 (seed {args.seed})"
+    return f"random 80/10/10 (seed {(split or {}).get('seed', args.seed)})"
 
 
 def resolve_splits(args, clip_ids, labels, split_dir, log=print):
@@ -2167,7 +2168,8 @@ def start_run(args, argv, script, model_name, *, classes, clip_ids, labels, spli
                 "script": script, "model": model_name, "command": command,
                 "args": jsonable({**vars(args), "name": run_dir.name}),
                 "versions": library_versions(), "world_size": dist.world,
-                "split": split_label(args), "split_hash": hashes[0] if len(hashes) == 1 else "k-fold",
+                "split": split_label(args, splits[0][1]),
+                "split_hash": hashes[0] if len(hashes) == 1 else "k-fold",
                 "split_hashes": hashes, "split_seed": splits[0][1].get("seed")})
         print(f"{script} {model_name}: {len(classes)} classes, device {device}"
               + (f", {dist.world} processes" if dist.active else "") + f" -> {run_dir}")
@@ -2217,7 +2219,7 @@ def save(part, model, spec, tested, result, *, train, val, test, prepare_seconds
                                                 tested.probabilities)
     seconds = [h["seconds"] for h in history] or [0.0]
     metrics.update({
-        "split": split_label(run.args), "n_train": len(set(train.clip_ids)),
+        "split": split_label(run.args, part.split), "n_train": len(set(train.clip_ids)),
         "n_val": len(set(val.clip_ids)), "epochs_run": len(history), "best_epoch": best_epoch,
         "train_seconds": prepare_seconds + seconds[-1],
         "seconds_to_best": prepare_seconds + seconds[max(best_epoch, 1) - 1],

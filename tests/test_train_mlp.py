@@ -237,6 +237,15 @@ def test_svm_baseline_same_split_and_run_folder(tmp_path):
     assert svm["test_balanced_accuracy"] >= 0.66 and (tmp_path / "svm" / "model.joblib").exists()
 
 
+def test_a_reused_split_is_reported_with_the_seed_it_was_made_with(tmp_path):
+    data = synthetic_csv(tmp_path / "f.csv")
+    assert run("--features", data, "--baseline", "logreg", "--out", tmp_path, "--name", "s0") == 0
+    assert run("--features", data, "--baseline", "logreg", "--out", tmp_path, "--name", "s7", "--seed", "7") == 0
+    for name in ("s0", "s7"):  # the second run reuses split.json, made with seed 0
+        assert json.loads((tmp_path / name / "metrics.json").read_text())["split"] == "random 80/10/10 (seed 0)"
+        assert json.loads((tmp_path / name / "config.json").read_text())["split"] == "random 80/10/10 (seed 0)"
+
+
 def test_folds_summary_for_baseline(tmp_path):
     data = synthetic_csv(tmp_path / "f.csv")
     assert run("--features", data, "--baseline", "logreg", "--folds", "3", "--out", tmp_path, "--name", "k") == 0
