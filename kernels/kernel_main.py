@@ -162,10 +162,11 @@ def previous_run(input_dir, name, depth=6):
     return None
 
 
-def find_weights(input_dir, args, trainer):
+def find_weights(input_dir, args, trainer, internet):
     """--weights PATH for a transfer kernel: the pretrained weights file for --arch in an
     attached data set (torchvision's e.g. vgg16-397923af.pth, or PANNs' Cnn14_mAP=0.431.pth),
-    so no internet is needed."""
+    so no internet is needed. Looked for before any work: without it and without internet the
+    trainer could only fail after the conversion."""
     if args.weights == "panns":
         name = trainer.CNN14_FILE
     elif args.weights == "imagenet":
@@ -177,7 +178,10 @@ def find_weights(input_dir, args, trainer):
     if found:
         print(f"weights: {found}")
         return ["--weights", str(found)]
-    return []  # the trainer downloads them (internet on) or says what to attach
+    if not internet:
+        raise common.SuiteError(f"no {name} under {input_dir}: attach a data set holding it "
+                                "(build.py --weights-dataset), or build with --internet")
+    return []  # the trainer downloads them
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,6 +263,8 @@ def run_kernel(argv, recipe):
         common.list_audio(test)  # a bad test folder fails now, not after training
     common.check_output_folder(temp, "--temp")
     common.check_output_folder(working, "--working")
+    weights = find_weights(args.input, parsed, trainer, recipe["internet"]) \
+        if recipe["kind"] == "transfer" else []
     previous = previous_run(args.input, name)
     if previous and not run_dir.exists():  # input/ is read-only: the run goes on in working/
         print(f"the previous version's run is attached: {previous}; copying it to {run_dir}")
@@ -275,7 +281,7 @@ def run_kernel(argv, recipe):
         data_argv = prepare_images(args, train_dir, labels, temp)
     trainer_argv = [*data_argv, "--out", str(working / "runs"), "--name", name, *flags]
     if recipe["kind"] == "transfer":  # features cached in scratch, weights from the inputs
-        trainer_argv += ["--cache-dir", str(temp / "cache"), *find_weights(args.input, parsed, trainer)]
+        trainer_argv += ["--cache-dir", str(temp / "cache"), *weights]
     if run_dir.exists() and same_run(run_dir, trainer, trainer_argv):
         print(f"resuming {run_dir} (its checkpoint, or nothing left to do when it finished)")
         trainer_argv = ["--resume", str(run_dir)]

@@ -185,6 +185,23 @@ def test_kernel_mistakes_are_one_line(tree, words, tmp_path, monkeypatch, capsys
     assert err.count("\n") == 1 and words in err and "Traceback" not in err
 
 
+def test_missing_weights_file_fails_before_any_work(tmp_path, monkeypatch, capsys):
+    """A transfer kernel offline whose attached data set lacks the architecture's weights file
+    names the file in one line before converting anything (the trainer would fail after it)."""
+    recipe = json.loads(built(tmp_path / "k", "--recipe", "transfer-vgg16", "--weights-dataset",
+                              "me/weights").joinpath("recipe.json").read_text())
+    kaggle = tmp_path / "kaggle"
+    monkeypatch.setenv("KAGGLE_ROOT", str(kaggle))
+    monkeypatch.delenv("KERNEL_ARGS", raising=False)
+    gtzan_dataset(kaggle / "input" / "gtzan")
+    (kaggle / "input" / "weights" / "resnet18-f37072fd.pth").parent.mkdir(parents=True)
+    (kaggle / "input" / "weights" / "resnet18-f37072fd.pth").write_bytes(b"not vgg16's")
+    assert kernel_main.main(["--temp", str(tmp_path / "temp")], recipe) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "vgg16-397923af.pth" in err and "--weights-dataset" in err
+    assert not (tmp_path / "temp").exists()  # nothing converted
+
+
 # ----------------------------------------------------------------------------------------------
 # The Kaggle filesystem twin
 
