@@ -1974,9 +1974,13 @@ def plot_curves(path, history):
     save_figure(path, fig)
 
 
-def plot_confusion(path, confusion, classes, title):
+def plot_confusion(path, metrics, classes):
+    """The test confusion matrix, titled with the balanced accuracy, the number of test clips and
+    the split they came from."""
     plt = pyplot()
-    cm = np.array(confusion)
+    cm = np.array(metrics["confusion"])
+    title = (f"{metrics['model']}: balanced accuracy {metrics['test_balanced_accuracy']:.3f}\n"
+             f"{metrics['n_test']} test clips, {metrics.get('split') or 'split not recorded'}")
     n = len(classes)
     fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 0.8 + 0.6 * n))
     ax.imshow(cm, cmap="Blues")
@@ -2001,8 +2005,7 @@ def write_results(part_dir, metrics, history, report, predictions, classes):
     atomic_write(part_dir / "report.txt", lambda f: f.write(report))
     if history:
         plot_curves(part_dir / "curves.png", history)
-    plot_confusion(part_dir / "confusion.png", metrics["confusion"], classes,
-                   f"{metrics['model']}: balanced accuracy {metrics['test_balanced_accuracy']:.3f}")
+    plot_confusion(part_dir / "confusion.png", metrics, classes)
     write_json(part_dir / "metrics.json", metrics)
 
 

@@ -206,8 +206,7 @@ def ensemble_entry(runs_dir, members, name, out):
         folder = out / name / (parts[0][i].name if len(parts[0]) > 1 else "")
         common.write_json(folder / "metrics.json", metrics)
         common.write_predictions(folder / "predictions.csv", classes, clips, truth, mean)
-        common.plot_confusion(folder / "confusion.png", s["confusion"], classes,
-                              f"{name}: balanced accuracy {s['balanced_accuracy']:.3f}")
+        common.plot_confusion(folder / "confusion.png", metrics, classes)
         results.append(metrics)
     if len(results) == 1:
         return {**results[0], "name": name, "epochs_run": None}
@@ -324,7 +323,8 @@ def by_split(entries):
 
 def bar_chart(path, groups, panels):
     """One bar panel per (metric key, label), runs grouped by split (a colour each, never
-    ranked together); runs without that figure are left out of it."""
+    ranked together, the legend naming the split and its number of test clips); runs without
+    that figure are left out of it."""
     plt = common.pyplot()
     n = sum(len(entries) for _, entries in groups) + len(groups) - 1
     fig, axes = plt.subplots(1, len(panels), figsize=(len(panels) * max(5, 1.1 * n + 2), 4),
@@ -337,7 +337,7 @@ def bar_chart(path, groups, panels):
                 continue
             xs = list(range(x, x + len(shown)))
             ax.bar(xs, [e[key] for e in shown], yerr=[e.get(key + "_std") or 0 for e in shown],
-                   capsize=4, color=f"C{k}", label=heading.split(":")[0] if len(groups) > 1 else None)
+                   capsize=4, color=f"C{k}", label=heading.split(" (split ")[0])  # + its test clips
             for i, e in zip(xs, shown):
                 ax.annotate(f"{e[key]:.3g}", (i, e[key]), ha="center", va="bottom", fontsize=8)
             ticks += xs
@@ -345,8 +345,7 @@ def bar_chart(path, groups, panels):
             x += len(shown) + 1  # a gap between splits
         if ticks:
             ax.set_xticks(ticks, names, rotation=30, ha="right")
-            if len(groups) > 1:
-                ax.legend(fontsize=7, title="split")
+            ax.legend(fontsize=7, title="split")  # a figure always says what it was tested on
         else:
             ax.text(0.5, 0.5, "no run has this figure yet", ha="center", va="center",
                     transform=ax.transAxes)

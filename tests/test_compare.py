@@ -123,3 +123,26 @@ def test_ensemble_of_runs_on_other_clips_is_refused(tmp_path, capsys):
                          "cnn-a", "cnn-b"]) == 1
     err = capsys.readouterr().err
     assert "different clips" in err and err.count("\n") == 1
+
+
+def test_charts_name_the_split_and_its_test_clips(tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(compare.common, "save_figure", lambda path, fig: figures.append(fig))
+    runs = tmp_path / "runs"
+    fake_run(runs, "cnn-a", 0.5, split="aaa")
+    metrics = json.loads((runs / "cnn-a" / "metrics.json").read_text())
+    metrics.update(split="gtzan-filtered", n_test=290)
+    (runs / "cnn-a" / "metrics.json").write_text(json.dumps(metrics))
+    assert compare.main(["--runs", str(runs), "--out", str(tmp_path / "r")]) == 0
+    legends = [ax.get_legend() for fig in figures for ax in fig.axes if ax.get_legend()]
+    assert legends and all([t.get_text() for t in legend.get_texts()] == ["gtzan-filtered: 290 test clips"]
+                           for legend in legends)
+
+
+def test_confusion_chart_names_the_split_and_its_test_clips(tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(compare.common, "save_figure", lambda path, fig: figures.append(fig))
+    metrics = {"model": "mlp", "test_balanced_accuracy": 0.5, "n_test": 290, "split": "gtzan-filtered",
+               "confusion": [[1, 1], [0, 2]]}
+    compare.common.plot_confusion(tmp_path / "c.png", metrics, ["a", "b"])
+    assert figures[0].axes[0].get_title() == "mlp: balanced accuracy 0.500\n290 test clips, gtzan-filtered"
