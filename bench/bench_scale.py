@@ -642,8 +642,32 @@ def tables(rows, stages, sizes, args, meta):
                   if all(v[i] is not None for v in items.values()) else None for i in (0, 1)]
         md.append(f"| **{path.stem}** | **total** | **{fmt(totals[0])}** | **{fmt(totals[1])}** | "
                   + ("" if None not in totals else "incomplete: an item is unknown") + " |")
+    md += ["", "## Cost per clip against N", "", "```", *text_chart(rows, stages, args.workers), "```"]
     md += ["", "## Flags", ""] + ([f"- {f}" for f in flagged] or ["- none"])
     return "\n".join(md) + "\n"
+
+
+def bar(fraction, width):
+    """A text bar of fraction x width characters, in eighths."""
+    eighths = round(fraction * width * 8)
+    return "\u2588" * (eighths // 8) + ("", *"\u258f\u258e\u258d\u258c\u258b\u258a\u2589")[eighths % 8]
+
+
+def text_chart(rows, stages, workers, width=12):
+    """Cost per clip against N as text (the README's chart): a bar per N, scaled to the stage's
+    largest; bars that stay level or shrink as N grows mean linear or better."""
+    sizes = sorted({r["n"] for r in rows if r["workers"] == workers and "seconds" in r})
+    lines = [(f"{'s/clip at N =':<18}" + "".join(f" {n:<{width + 7}}" for n in sizes)).rstrip()]
+    for stage in stages:
+        points = dict(ok_points(rows, stage.name, workers))
+        if stage.same_work or len(points) < 2:
+            continue
+        per_clip = {n: r["seconds"] / r["clips"] for n, r in points.items()}
+        top = max(per_clip.values())
+        lines.append(f"{stage.name:<18}" + "".join(
+            f"{per_clip[n]:6.3f} {bar(per_clip[n] / top, width):<{width}} " if n in per_clip
+            else " " * (width + 8) for n in sizes).rstrip())
+    return lines
 
 
 def chart(rows, stages, args, path):
