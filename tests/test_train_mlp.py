@@ -239,11 +239,12 @@ def test_svm_baseline_same_split_and_run_folder(tmp_path):
 
 def test_a_reused_split_is_reported_with_the_seed_it_was_made_with(tmp_path):
     data = synthetic_csv(tmp_path / "f.csv")
-    assert run("--features", data, "--baseline", "logreg", "--out", tmp_path, "--name", "s0") == 0
-    assert run("--features", data, "--baseline", "logreg", "--out", tmp_path, "--name", "s7", "--seed", "7") == 0
-    for name in ("s0", "s7"):  # the second run reuses split.json, made with seed 0
-        assert json.loads((tmp_path / name / "metrics.json").read_text())["split"] == "random 80/10/10 (seed 0)"
-        assert json.loads((tmp_path / name / "config.json").read_text())["split"] == "random 80/10/10 (seed 0)"
+    common_args = ["--features", data, "--baseline", "logreg", "--out", tmp_path]
+    assert run(*common_args, "--name", "s0") == 0
+    assert run(*common_args, "--name", "s7", "--seed", "7") == 0  # reuses split.json (seed 0)
+    for name in ("s0", "s7"):
+        for record in ("metrics.json", "config.json"):
+            assert json.loads((tmp_path / name / record).read_text())["split"] == "random 80/10/10 (seed 0)"
 
 
 def test_folds_summary_for_baseline(tmp_path):
