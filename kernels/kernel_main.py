@@ -296,6 +296,9 @@ def run_kernel(argv, recipe):
     if model is None:  # --folds: one model per fold, no submission
         print(f"{name}: report in {run_dir}; no single model to predict with (--folds)")
         return 0
+    if not json.loads((run_dir / "metrics.json").read_text()).get("complete", True):
+        print(f"{name}: stopped at the time limit; to go on, push a new version of this kernel "
+              f"(python kernels/kaggle_loop.py push {name}): it attaches this output and resumes")
     if test is None:
         print(f"no test folder in the inputs: trained and evaluated on the split (report in "
               f"{run_dir}); no submission.csv written")
