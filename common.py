@@ -399,23 +399,21 @@ def decode_audio(path):
     return y, sr
 
 
-def load_audio(path, sr=SR):
-    """Decode to mono float32 at `sr`, peak-normalized to +-1. Raises BadAudio with a reason."""
+def load_audio(path, sr=SR, normalize=True):
+    """Decode to mono float32 at `sr`, peak-normalized to +-1 unless not `normalize`. Raises
+    BadAudio with a reason."""
     import librosa
     y, file_sr = decode_audio(path)
     if file_sr != sr:
         y = librosa.resample(y, orig_sr=file_sr, target_sr=sr)
-    return (y / np.max(np.abs(y))).astype(np.float32)
+    return (y / np.max(np.abs(y)) if normalize else y).astype(np.float32)
 
 
 def audio_windows(path, sr, seconds):
     """One file -> float32 (windows, sr * seconds): mono at `sr`, not normalized (as PANNs reads
     audio), in non-overlapping windows of `seconds`, the last padded with silence (a clip
     shorter than a window is one window; a tail under half a window is dropped)."""
-    import librosa
-    y, file_sr = decode_audio(path)
-    if file_sr != sr:
-        y = librosa.resample(y, orig_sr=file_sr, target_sr=sr)
+    y = load_audio(path, sr, normalize=False)
     n = int(round(seconds * sr))
     count = max(1, int(len(y) / n + 0.5))
     y = np.pad(y, (0, max(0, count * n - len(y))))[:count * n]

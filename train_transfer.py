@@ -202,12 +202,12 @@ def load_cnn14_weights(model, path):
             raise common.SuiteError(f"--weights {path} is not CNN14: it holds {key}, which CNN14 has not")
         if getattr(value, "shape", None) != own[key].shape:
             raise common.SuiteError(f"--weights {path} does not fit CNN14: {key} is "
-                             f"{tuple(getattr(value, 'shape', ()))} there, {tuple(own[key].shape)} "
-                             "in CNN14")
+                                    f"{tuple(getattr(value, 'shape', ()))} there, "
+                                    f"{tuple(own[key].shape)} in CNN14")
     missing = [k for k in own if k not in state]
     if missing:
-        raise common.SuiteError(f"--weights {path} does not fit CNN14: {len(missing)} tensors missing "
-                         f"(e.g. {missing[0]})")
+        raise common.SuiteError(f"--weights {path} does not fit CNN14: {len(missing)} tensors "
+                                f"missing (e.g. {missing[0]})")
     model.load_state_dict(state)
 
 
