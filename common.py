@@ -183,6 +183,25 @@ def check_output_folder(folder, what):
     return folder
 
 
+def cache_dir(kind):
+    """One place for what the suite can recompute (per-clip audio features, a frozen backbone's
+    outputs): $SUITE_CACHE/KIND, else ~/.cache/music-genre-suite/KIND ($XDG_CACHE_HOME moves
+    ~/.cache). Deleting it costs time, never results."""
+    root = os.environ.get("SUITE_CACHE") or Path(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "music-genre-suite"
+    return Path(root) / kind
+
+
+def feature_record(csv_path):
+    """What data_conversion.py --features recorded beside a table it extracted (source folder,
+    feature set, rows), or None for any other table (the public one, a hand-made one)."""
+    try:
+        record = json.loads(Path(csv_path).with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("feature_set") in FEATURE_SETS else None
+
+
 # ----------------------------------------------------------------------------------------------
 # Processes: torchrun's ranks, worker pools for audio
 
@@ -2276,150 +2295,13 @@ def summarize_folds(run):
     return summary
 
 
-def predict_options(args):
-    """predict_and_submit()'s keyword arguments from a trainer's flags."""
-    return {"workers": args.workers, "id_col": args.id_col, "label_col": args.label_col,
-            "sample_submission": args.sample_submission, "submit": args.submit,
-            "message": args.message, "dry_run": args.dry_run}
-
-
 # ----------------------------------------------------------------------------------------------
-# Prediction and submission: audio folder -> the model's input -> submission.csv -> Kaggle
-
-def image_inputs(images, preprocess):
-    """A clip's image levels (clip_images) -> the model's input (n, C, img, img) uint8, as
-    training decoded its PNGs: the colormap's RGB (or the levels), resized to img_size."""
-    from PIL import Image
-    size, out = preprocess["img_size"], []
-    for levels in images:
-        if preprocess.get("channels", "rgb") == "levels":
-            image = Image.fromarray(levels)
-        else:
-            image = Image.fromarray(np.take(colormap_lut(preprocess["cmap"]), levels, axis=0))
-        if size and image.size != (size, size):
-            image = image.resize((size, size), Image.BILINEAR)
-        array = np.asarray(image)
-        out.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
-    return np.stack(out)
-
-
-def image_clip_inputs(path, preprocess):
-    """One audio file -> its spectrogram images as the model was trained on them."""
-    return image_inputs(clip_images(path, {**CONVERSION_DEFAULTS, **preprocess}), preprocess)
-
-
-def feature_clip_inputs(path, preprocess):
-    """One audio file -> its row of features, the columns the model was trained on."""
-    row = audio_features(path, preprocess.get("feature_set", "standard"))
-    return np.array([[row[c] for c in preprocess["columns"]]], np.float32)
-
-
-def audio_clip_inputs(path, preprocess):
-    """One audio file -> its waveform windows (CNN14), as the model was trained on them."""
-    return audio_windows(path, preprocess["sr"], preprocess["clip_seconds"])
-
-
-# Input kinds: model spec["preprocess"]["type"] -> (audio file -> the model's input batch, the
-# librosa parts its workers use).
-INPUT_KINDS = {"image": (image_clip_inputs, CONVERSION_MODULES),
-               "features": (feature_clip_inputs, FEATURE_MODULES),
-               "audio": (audio_clip_inputs, CONVERSION_MODULES)}
-
-
-def model_inputs(job):
-    """Worker: one audio file -> (path, model input array or None, error, seconds it took)."""
-    path, preprocess = job
-    start = time.time()
-    try:
-        return path, INPUT_KINDS[preprocess["type"]][0](path, preprocess), None, time.time() - start
-    except BadAudio as e:
-        return path, None, e.reason, 0.0
-    except Exception as e:
-        return path, None, f"{type(e).__name__}: {e}", 0.0
-
+# Submissions: what the trainers' flag checks and predict.py share
 
 def estimator_scores(estimator, x):
     """A scikit-learn classifier's decision scores as (n, classes), standing in for logits."""
     scores = np.asarray(estimator.decision_function(x), np.float32)
     return np.stack([-scores, scores], axis=1) if scores.ndim == 1 else scores
-
-
-def load_predictor(path, device="cpu"):
-    """(function: model inputs -> class scores, the saved dict) for a run's model.pt (a zip, as
-    torch.save writes) or a scikit-learn baseline's model.joblib."""
-    import zipfile
-    path = Path(path)
-    if not path.is_file():
-        raise SuiteError(f"{path}: no such model file")
-    if zipfile.is_zipfile(path):
-        model, saved = load_model(path, device)
-        autocast, _ = amp_tools(device)
-
-        @torch.no_grad()
-        def predict(x):
-            with autocast():
-                return model(torch.from_numpy(x).to(device)).float().cpu().numpy()
-    else:
-        import joblib
-        try:
-            saved = joblib.load(path)
-            ours = {"estimator", "spec", "classes"} <= set(saved) and "preprocess" in saved["spec"]
-        except Exception:
-            ours = False
-        if not ours:
-            raise SuiteError(f"{path}: not a model.pt or model.joblib of this suite")
-        predict = functools.partial(estimator_scores, saved["estimator"])
-    preprocess = saved["spec"]["preprocess"]
-    if preprocess.get("type") not in INPUT_KINDS:
-        raise SuiteError(f"{path}: unknown input kind {preprocess.get('type')!r}; known: "
-                         f"{', '.join(INPUT_KINDS)}")
-    if preprocess["type"] == "features":
-        unknown = set(preprocess["columns"]) - set(FEATURE_SETS[preprocess.get("feature_set", "standard")])
-        if unknown:
-            raise SuiteError(f"{path}: trained on columns no audio file gives ({sorted(unknown)[0]}, "
-                             f"...): it cannot predict from audio")
-    return predict, saved
-
-
-@dataclass
-class Predictions:
-    labels: dict            # test file name -> class (unreadable files: the fallback class)
-    bad: list               # (file name, reason) of the unreadable files
-    fallback: str           # the class unreadable files get
-    seconds_per_clip: float  # audio file to label, wall clock, readable files
-    preprocess_seconds_per_clip: float  # decoding + spectrogram or features, one process
-    model_seconds_per_clip: float       # the model alone
-    preprocess: dict        # how audio became the model's input (model.pt's spec)
-
-
-def predict_files(model_path, files, device="cpu", workers=1, batch_size=32):
-    """Label audio files; an unreadable one gets the model's fallback class (the training
-    set's most common) with a warning, so a submission has every id."""
-    predict, saved = load_predictor(model_path, device)
-    classes, preprocess = saved["classes"], saved["spec"]["preprocess"]
-    fallback = saved.get("fallback_class", classes[0])
-    warm = INPUT_KINDS[preprocess["type"]][1]
-    warm_imports(warm)  # librosa imports lazily: not part of a clip's time
-    start = time.time()
-    labels, bad, preprocess_seconds, model_seconds = {}, [], 0.0, 0.0
-    for path, inputs, error, seconds in parallel_map(model_inputs, [(p, preprocess) for p in files],
-                                                     workers, "predict", warm):
-        if error:
-            print(f"warning: {path}: {error}; labelled {fallback!r} (the fallback)", file=sys.stderr)
-            bad.append((path.name, error))
-            labels[path.name] = fallback
-            continue
-        model_start = time.time()
-        scores = np.concatenate([predict(inputs[i:i + batch_size])
-                                 for i in range(0, len(inputs), batch_size)])
-        model_seconds += time.time() - model_start
-        preprocess_seconds += seconds
-        labels[path.name] = classes[int(scores.mean(0).argmax())]  # segments vote
-    if len(bad) == len(files):
-        raise SuiteError(f"{Path(files[0]).parent}: no file could be read ({len(bad)} bad)")
-    n = len(files) - len(bad)
-    return Predictions(labels, bad, fallback, (time.time() - start) / n, preprocess_seconds / n,
-                       model_seconds / n, preprocess)
 
 
 def read_sample_submission(path):
@@ -2437,57 +2319,6 @@ def read_sample_submission(path):
     return header[0], header[1], ids
 
 
-def submission_table(labels, fallback, id_col="id", label_col="class", sample=None):
-    """(header, rows) of submission.csv: every test file once by file name; with a sample
-    submission, its column names and its ids in its order (matched to the files without
-    extension or zero padding), an id without a file getting the fallback class."""
-    if sample is None:
-        return [id_col, label_col], sorted(labels.items())
-    id_col, label_col, ids = read_sample_submission(sample)
-    by_id = {normalize_id(name): label for name, label in labels.items()}
-    rows = [(i, by_id.get(normalize_id(i), fallback)) for i in ids]
-    missing = [i for i in ids if normalize_id(i) not in by_id]
-    extra = sorted(set(by_id) - {normalize_id(i) for i in ids})
-    if missing:
-        print(f"warning: {len(missing)} ids of {sample} have no audio file; labelled "
-              f"{fallback!r} (first: {missing[0]})", file=sys.stderr)
-    if extra:
-        print(f"warning: {len(extra)} test files are not in {sample} and are left out (first: "
-              f"{extra[0]})", file=sys.stderr)
-    return [id_col, label_col], rows
-
-
-def predict_and_submit(model_path, audio_dir, *, output=None, device="cpu", workers=1,
-                       id_col="id", label_col="class", sample_submission=None, submit=None,
-                       message=None, dry_run=False):
-    """Predict audio_dir, write submission.csv (default: beside the model) and its record
-    submission.json (what was predicted, how long it took per clip), then --submit it."""
-    out = Path(output) if output else Path(model_path).parent / "submission.csv"
-    check_output_folder(out.parent, "--output")
-    if submit and not dry_run:
-        kaggle_api()  # credentials now, not after predicting
-    files = list_audio(audio_dir)
-    result = predict_files(model_path, files, device, workers)
-    header, rows = submission_table(result.labels, result.fallback, id_col, label_col,
-                                    sample_submission)
-    write_csv(out, header, rows)
-    write_json(out.with_suffix(".json"), {
-        "model": str(model_path), "audio": str(audio_dir), "files": len(files),
-        "unreadable": len(result.bad), "workers": workers, "device": str(device),
-        "seconds_per_clip": result.seconds_per_clip,
-        "preprocess_seconds_per_clip": result.preprocess_seconds_per_clip,
-        "model_seconds_per_clip": result.model_seconds_per_clip,
-        "preprocess": result.preprocess})
-    print(f"wrote {out}: {len(rows)} rows, {result.seconds_per_clip:.3f} s per clip (audio to "
-          f"label, {workers} worker{'s' if workers > 1 else ''})")
-    if result.bad:
-        print(f"{len(result.bad)} unreadable files labelled {result.fallback!r} (the fallback): "
-              f"{out.stem}_errors.csv")
-        write_csv(out.with_name(out.stem + "_errors.csv"), ["file", "reason"], result.bad)
-    if submit:
-        kaggle_submit(out, submit, submission_message(message, Path(model_path).parent.name),
-                      dry_run)
-    return out, result
 # ----------------------------------------------------------------------------------------------
 # Kaggle: one authenticated client, or one clear line and exit code 2
 

@@ -438,7 +438,7 @@ def run_demo(args):
         code = train_transfer.main(transfer + ["--weights", "none"])
     check(code, "train_transfer")
     step("5/6 audio features -> MLP and SVM")
-    check(train_mlp.main(["--extract", str(audio), "--features", str(features)]),
+    check(data_conversion.main([str(audio), "--features", str(features), "--overwrite"]),
           "feature extraction")
     mlp = ["--features", str(features), "--out", str(runs), "--overwrite", "--predict", str(test)]
     check(train_mlp.main(mlp + ["--hidden", "256:relu,128:relu", "--dropout", "0.3", "--pca", "0",

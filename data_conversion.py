@@ -1,8 +1,9 @@
-"""Audio clips -> log-spectrogram PNG images (the study's data conversion), and demo data.
+"""Audio clips -> what the models train on: log-spectrogram PNG images (the study's data
+conversion) or a table of audio features; and the data sets (demo, GTZAN).
 
-    python data_conversion.py ../shared/gtzan/genres data/images --size 512
-    python data_conversion.py ../shared/gtzan/genres data/seg3 --size 256 --segment-seconds 3
-    python data_conversion.py ../shared/gtzan/genres data/mel --size 0 --mel 128 --segment-seconds 3
+    python data_conversion.py data/gtzan/Data/genres_original data/images --size 512
+    python data_conversion.py data/demo data/mel --size 0 --mel 128 --segment-seconds 3
+    python data_conversion.py data/demo --features data/features.csv     # for train_mlp.py
     python data_conversion.py --make-demo data/demo        # synthetic labeled audio, offline
     python data_conversion.py --download data/gtzan        # GTZAN from Kaggle (needs a token)
 
@@ -13,8 +14,16 @@ the 1025 linear ones). Output mirrors the input tree: OUT/<genre>/<clip>.png (or
 The settings are the folder's identity (OUT/conversion.json): other settings into the same
 folder are refused, or redo everything with --overwrite. Up-to-date outputs are skipped; bad
 files are reported, listed in OUT/errors.csv and skipped.
+
+--features CSV: the columns of the public GTZAN table (MFCC, chroma, spectral centroid /
+bandwidth / roll-off, RMS, zero-crossing rate, harmonic and percussive parts, tempo: means and
+variances), so our table and Kaggle's features_30_sec.csv are interchangeable. Each clip's row is
+cached (common.cache_dir): a rerun computes only new or changed files. A table that exists is
+refreshed only when this source extracted it; any other is kept unless --overwrite.
 """
 import contextlib
+import hashlib
+import json
 import math
 import os
 import sys
@@ -36,6 +45,11 @@ def build_parser():
     p = common.ArgumentParser(prog="data_conversion.py", description=__doc__)
     p.add_argument("src", nargs="?", help="labeled audio: one sub-folder per genre (or flat with --labels)")
     p.add_argument("out", nargs="?", help="output folder for the PNG tree")
+    p.add_argument("--features", metavar="CSV", help="extract audio features into this table "
+                   "instead of images (what train_mlp.py --features reads)")
+    p.add_argument("--feature-set", choices=list(common.FEATURE_SETS), default="standard",
+                   help="with --features: standard, the GTZAN table's 57 columns; extended adds "
+                        "spectral contrast, onset strength and tonnetz")
     g = p.add_argument_group("conversion")
     g.add_argument("--size", type=number(int, minimum=0), default=512,
                    help="square image side in pixels; 0 keeps the native size (default 512)")
@@ -52,7 +66,8 @@ def build_parser():
     g.add_argument("--workers", type=number(int, minimum=1), default=common.default_workers(),
                    help="processes (default: the %(default)s cores)")
     g.add_argument("--overwrite", action="store_true",
-                   help="OUT holds images made with other settings: redo them all")
+                   help="OUT holds images made with other settings: redo them all; --features: "
+                        "replace a table this source did not make")
     d = p.add_argument_group("data sets")
     d.add_argument("--make-demo", metavar="DIR", help="write the synthetic demo audio set to DIR and exit")
     d.add_argument("--clips-per-genre", type=number(int, minimum=1), default=10,
@@ -231,6 +246,108 @@ def convert_folder(src, out, settings, workers=1, labels_csv=None, labeled=True,
     return converted, skipped, errors
 
 
+# ----------------------------------------------------------------------------------------------
+# Features: audio -> one row per clip, the public GTZAN table's columns (train_mlp.py reads it)
+
+def file_stamp(path):
+    st = Path(path).stat()
+    return f"{st.st_size}-{st.st_mtime_ns}"
+
+
+def feature_cache(path, feature_set):
+    """A clip's cached row: per file (its absolute path) and feature set."""
+    key = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:20]
+    return common.cache_dir("features") / feature_set / f"{key}.json"
+
+
+def cached_row(path, feature_set):
+    """The clip's cached row when the file has not changed since, else None (a damaged entry is
+    recomputed)."""
+    try:
+        cached = json.loads(feature_cache(path, feature_set).read_text())
+        return cached["features"] if cached["stamp"] == file_stamp(path) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def feature_job(job):
+    """Worker: (path, label, feature_set) -> (path, label, row or None, error)."""
+    path, label, feature_set = job
+    try:
+        row = common.audio_features(path, feature_set)
+    except common.BadAudio as e:
+        return path, label, None, e.reason
+    except Exception as e:
+        return path, label, None, f"{type(e).__name__}: {e}"
+    common.write_json(feature_cache(path, feature_set), {"path": str(path), "stamp": file_stamp(path),
+                                                         "features": row})
+    return path, label, row, None
+
+
+def check_feature_table(out_csv, src, feature_set, overwrite):
+    """Refuse, in one line, to replace a table this source did not extract with this feature set
+    (the public table, another folder's, a hand-made one) unless --overwrite."""
+    out_csv = Path(out_csv)
+    if out_csv.suffix != ".csv":
+        raise common.SuiteError(f"--features {out_csv}: give the .csv file to write")
+    source = Path(src).resolve()
+    if source == out_csv.resolve().parent or source in out_csv.resolve().parents:
+        raise common.SuiteError(f"--features {out_csv}: inside the audio folder {src}; write it "
+                                "elsewhere")
+    if out_csv.is_dir():
+        raise common.SuiteError(f"--features {out_csv}: a folder; give the .csv file to write")
+    common.check_output_folder(out_csv.parent, "--features")
+    record = common.feature_record(out_csv)
+    ours = record and record.get("source") == str(source) and record["feature_set"] == feature_set
+    for path in (out_csv, out_csv.with_suffix(".json")):
+        if path.exists() and not ours and not overwrite:
+            what = (f"a table of {count_rows(path)} rows" if path == out_csv else "a file") + (
+                f" extracted from {record['source']} ({record['feature_set']})" if record
+                else " not extracted from this folder")
+            raise common.SuiteError(f"--features {out_csv}: {path.name} exists and holds {what}; "
+                                    "write to another file, or replace it with --overwrite")
+
+
+def count_rows(csv_path):
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            return max(0, sum(1 for _ in f) - 1)
+    except (OSError, UnicodeDecodeError):
+        return "?"
+
+
+def extract_features(src, out_csv, feature_set="standard", workers=1, labels_csv=None):
+    """Labeled audio -> a CSV like the public GTZAN table (filename, features..., label), its
+    errors beside it (OUT_errors.csv) and what made it (OUT.json). Rows of unchanged clips come
+    from the cache. Returns (rows written, rows computed, errors)."""
+    out_csv = Path(out_csv)
+    rows, jobs, errors = {}, [], []
+    for path, label in common.list_labeled_audio(src, labels_csv):
+        row = cached_row(path, feature_set)
+        if row is None:
+            jobs.append((path, label, feature_set))
+        else:
+            rows[path] = (label, row)
+    for path, label, row, error in common.parallel_map(feature_job, jobs, workers, "features",
+                                                       warm=common.FEATURE_MODULES):
+        if error:
+            print(f"warning: skipped {path}: {error}", file=sys.stderr)
+            errors.append((str(path), error))
+        else:
+            rows[path] = (label, row)
+    if not rows:
+        raise common.SuiteError(f"nothing extracted: all {len(jobs)} files failed")
+    columns = common.FEATURE_SETS[feature_set]
+    common.write_csv(out_csv, ["filename", *columns, "label"],
+                     [[p.name, *(row[c] for c in columns), label]
+                      for p, (label, row) in sorted(rows.items())])
+    common.write_csv(out_csv.with_name(out_csv.stem + "_errors.csv"), ["file", "reason"],
+                     sorted(errors))
+    common.write_json(out_csv.with_suffix(".json"), {"source": str(Path(src).resolve()),
+                                                     "feature_set": feature_set, "rows": len(rows)})
+    return len(rows), len(jobs) - len(errors), errors
+
+
 # The demo set: ten synthetic "genres" that differ in tempo, pitch range, timbre and noise.
 DEMO_STYLES = {  # bpm, base pitch (Hz), harmonics, noise level, note length (beats)
     "blues": (70, 110, 6, 0.02, 1.0), "classical": (60, 440, 2, 0.0, 2.0),
@@ -298,6 +415,20 @@ def download_gtzan(target):
     return 0
 
 
+def extract(args):
+    if not args.src or args.out:
+        raise common.SuiteError("--features CSV takes one SRC folder of labeled audio and no OUT "
+                                "folder (images and features are made by separate commands)")
+    check_feature_table(args.features, args.src, args.feature_set, args.overwrite)
+    start = time.time()
+    n, computed, errors = extract_features(args.src, args.features, args.feature_set,
+                                           args.workers, args.labels)
+    print(f"{n} clips -> {args.features} ({computed} extracted, {n - computed} unchanged from "
+          f"the cache {common.cache_dir('features')}; {len(errors)} bad) in "
+          f"{time.time() - start:.1f} s")
+    return 0
+
+
 @common.user_errors
 def main(argv=None):
     args = build_parser().parse_args(argv)
@@ -308,8 +439,11 @@ def main(argv=None):
         return 0
     if args.download:
         return download_gtzan(args.download)
+    if args.features:
+        return extract(args)
     if not args.src or not args.out:
-        raise common.SuiteError("give SRC and OUT folders (or --make-demo DIR / --download DIR)")
+        raise common.SuiteError("give SRC and OUT folders, or SRC --features CSV (or --make-demo "
+                                "DIR / --download DIR)")
     start = time.time()
     settings = {"size": args.size, "sr": args.sr, "segment_seconds": args.segment_seconds,
                 "cmap": args.cmap, "mel": args.mel}

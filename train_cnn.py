@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 import common
+import predict
 
 # Optimization defaults per model, where they differ from the study's (common.add_common_args).
 # SpecNet: on 30 training clips, choosing an epoch by 10 validation clips picks noise; a fixed
@@ -122,8 +123,8 @@ def main(argv=None):
                         notes={"input": channels, "augment": args.augment})
         common.summarize_folds(run)
     if args.predict and dist.main:
-        common.predict_and_submit(run.model_file, args.predict, device=run.device,
-                                  **common.predict_options(args))
+        predict.predict_and_submit(run.model_file, args.predict, device=run.device,
+                                   **predict.options(args))
     return 0
 
 

@@ -1,6 +1,6 @@
 """Hand-made audio features -> an MLP (and scikit-learn baselines on the same split).
 
-    python train_mlp.py --extract ../shared/gtzan/genres --features data/features.csv
+    python data_conversion.py data/demo --features data/features.csv       # extract first
     python train_mlp.py --features data/features.csv                       # the study's MLP
     python train_mlp.py --features features_30_sec.csv --folds 5 --loss hinge
     python train_mlp.py --features features_30_sec.csv --folds 5 --baseline svm
@@ -12,9 +12,9 @@ share of variance kept) are fitted on the training part only and stored inside m
 The split is the shared clip-level split (split.json beside the CSV), so the MLP is tested on the
 same clips as the CNNs when they see the same clips.
 """
+import argparse
 import contextlib
 import csv
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,6 +28,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 import common
+import predict
 
 
 def build_parser():
@@ -35,16 +36,10 @@ def build_parser():
     p = common.ArgumentParser(prog="train_mlp.py", description=__doc__)
     common.add_common_args(p, epochs=100, batch_size=32, data_default="data/features.csv",
                            data_help="features CSV (ours or the public GTZAN table)")
-    p.add_argument("--features", dest="data", help="the features CSV: what training reads, what "
-                   "--extract writes (same as --data)")
-    e = p.add_argument_group("feature extraction")
-    e.add_argument("--extract", metavar="AUDIO_DIR", help="extract the features of labeled audio "
-                   "(one sub-folder per genre) into the --features CSV and exit")
-    e.add_argument("--feature-set", choices=list(common.FEATURE_SETS), default="standard",
-                   help="standard: the GTZAN table's 57 columns; extended adds spectral contrast, "
-                        "onset strength and tonnetz")
-    e.add_argument("--labels", help="CSV id,label for a flat folder of audio (Kaggle style)")
-    e.add_argument("--label-column", default="label", help="label column of the features CSV")
+    p.add_argument("--features", dest="data", help="the features CSV (same as --data): "
+                   "python data_conversion.py AUDIO_DIR --features CSV makes one")
+    p.add_argument("--label-column", default="label", help="label column of the features CSV")
+    p.add_argument("--extract", help=argparse.SUPPRESS)  # moved to data_conversion.py
     m = p.add_argument_group("model")
     m.add_argument("--hidden", default="512:tanh,512:relu,512:tanh",
                    help="hidden layers as width:activation (relu, tanh, gelu, ...) (default: the "
@@ -66,60 +61,7 @@ def build_parser():
 
 
 # ----------------------------------------------------------------------------------------------
-# Feature tables: extraction from audio (cached per clip) and reading ours or the public one
-
-def feature_job(job):
-    """Worker: (path, label, feature_set, cache file) -> (path, label, row or None, error)."""
-    path, label, feature_set, cache = job
-    try:
-        row = common.audio_features(path, feature_set)
-    except common.BadAudio as e:
-        return path, label, None, e.reason
-    except Exception as e:
-        return path, label, None, f"{type(e).__name__}: {e}"
-    common.write_json(cache, {"stamp": file_stamp(path), "features": row})
-    return path, label, row, None
-
-
-def file_stamp(path):
-    st = Path(path).stat()
-    return f"{st.st_size}-{st.st_mtime_ns}"
-
-
-def extract_features(src, out_csv, feature_set="standard", workers=1, labels_csv=None):
-    """Labeled audio -> a CSV like the public GTZAN table (filename, features..., label).
-    Each clip's features are cached beside the CSV; a rerun computes only new or changed files.
-    Returns (rows written, errors)."""
-    out_csv = Path(out_csv)
-    cache_dir = out_csv.parent / f".{out_csv.stem}-cache" / feature_set
-    rows, jobs, errors = {}, [], []
-    for path, label in common.list_labeled_audio(src, labels_csv):
-        cache = cache_dir / label / f"{path.name}.json"
-        if cache.exists():
-            cached = json.loads(cache.read_text())
-            if cached.get("stamp") == file_stamp(path):
-                rows[path] = (label, cached["features"])
-                continue
-        jobs.append((path, label, feature_set, cache))
-    for path, label, row, error in common.parallel_map(feature_job, jobs, workers, "features",
-                                                       warm=common.FEATURE_MODULES):
-        if error:
-            print(f"warning: skipped {path}: {error}", file=sys.stderr)
-            errors.append((str(path), error))
-        else:
-            rows[path] = (label, row)
-    if not rows:
-        raise common.SuiteError(f"nothing extracted: all {len(jobs)} files failed")
-    columns = common.FEATURE_SETS[feature_set]
-    common.write_csv(out_csv, ["filename", *columns, "label"],
-                     [[p.name, *(row[c] for c in columns), label]
-                      for p, (label, row) in sorted(rows.items())])
-    common.write_csv(out_csv.with_name(out_csv.stem + "_errors.csv"), ["file", "reason"],
-                     sorted(errors))
-    common.write_json(out_csv.with_suffix(".json"), {"source": str(Path(src).resolve()),
-                                                     "feature_set": feature_set})
-    return len(rows), errors
-
+# Feature tables: ours (data_conversion.py --features) or the public one
 
 def read_features_csv(path, label_col="label"):
     """(features float32 array, columns, clip ids, labels) from our CSV or the public one.
@@ -182,21 +124,6 @@ def feature_clip_id(filename):
     return head if tail.isdigit() and head.rpartition(".")[2].isdigit() else stem
 
 
-def extract(args):
-    out = Path(args.data)
-    if out.suffix != ".csv":
-        raise common.SuiteError(f"--features {out}: with --extract, give the CSV file to write")
-    src = Path(args.extract).resolve()
-    if src == out.resolve().parent or src in out.resolve().parents:
-        raise common.SuiteError(f"--features {out}: inside the audio folder {args.extract}; "
-                                "write it elsewhere")
-    common.check_output_folder(out.parent, "--features")
-    start = time.time()
-    n, errors = extract_features(args.extract, out, args.feature_set, args.workers, args.labels)
-    print(f"{n} clips -> {out} ({len(errors)} bad) in {time.time() - start:.1f} s")
-    return 0
-
-
 # ----------------------------------------------------------------------------------------------
 # Models: the MLP, its losses, and scikit-learn baselines beside it
 
@@ -208,6 +135,10 @@ def parse_args(argv, check_paths=True):
 
 def check_model(args):
     """--hidden is well formed (before any work)."""
+    if args.extract:
+        raise common.SuiteError(f"--extract moved: python data_conversion.py {args.extract} "
+                                "--features CSV extracts the features, then train_mlp.py "
+                                "--features CSV trains on them")
     parse_hidden(args.hidden)
 
 
@@ -282,11 +213,7 @@ def feature_set_of(path, columns):
     """The feature set the CSV was extracted with (recorded beside it by --extract), else the
     public table's (standard). Columns the set lacks, or has and the CSV lacks, are named: the
     model trains on the CSV's columns, and predicts audio only when it can compute them all."""
-    record = Path(path).with_suffix(".json")
-    try:
-        feature_set = json.loads(record.read_text())["feature_set"]
-    except (OSError, ValueError, KeyError, TypeError):
-        feature_set = "standard"
+    feature_set = (common.feature_record(path) or {}).get("feature_set", "standard")
     expected = common.FEATURE_SETS[feature_set]
     unknown = [c for c in columns if c not in expected]
     missing = [c for c in expected if c not in columns]
@@ -301,10 +228,7 @@ def feature_set_of(path, columns):
 
 @common.user_errors
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if args.extract:
-        return extract(args)
-    args = parse_args(argv)  # training: every flag and path checked
+    args = parse_args(argv)  # every flag and path checked
     hidden = parse_hidden(args.hidden)
 
     # data: the feature table, minus the columns left out
@@ -356,8 +280,8 @@ def main(argv=None):
                         notes={"pca_components": int(n_components)})
         common.summarize_folds(run)
     if args.predict and dist.main:
-        common.predict_and_submit(run.model_file, args.predict, device=run.device,
-                                  **common.predict_options(args))
+        predict.predict_and_submit(run.model_file, args.predict, device=run.device,
+                                   **predict.options(args))
     return 0
 
 

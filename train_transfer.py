@@ -15,7 +15,8 @@ its classifier replaced by in_features -> 512 -> 256 -> 128 -> 64 -> classes (Re
 Input size, mean and std are the weights' own (224 for most, 299 for inception_v3); the image
 is resized to that size, not cropped. --finetune also trains the backbone at a 10x smaller
 learning rate. With a frozen backbone and no --augment the backbone runs once per image: its
-features are cached (in memory and under OUT/.cache) and only the head trains.
+features are cached (in memory and in the suite's cache, common.cache_dir) and only the head
+trains.
 
 --arch cnn14 reads audio (genre sub-folders, or flat with --labels), decoded to mono at 32 kHz
 as PANNs does (not normalized) and cut into --clip-seconds windows (scored per clip); its
@@ -35,6 +36,7 @@ import numpy as np
 import torch
 
 import common
+import predict
 
 
 def build_parser():
@@ -56,7 +58,8 @@ def build_parser():
     common.add_image_args(m, "input side in pixels (default: the weights' own, 224 for most)",
                           img_size_minimum=1)
     m.add_argument("--cache-dir", help="where the frozen backbone's features are cached "
-                                       "(default OUT/.cache)")
+                                       "(default: the suite's cache, $SUITE_CACHE/backbone or "
+                                       "~/.cache/music-genre-suite/backbone)")
     a = p.add_argument_group("audio (--arch cnn14)")
     a.add_argument("--labels", help="CSV id,label for a flat folder of audio (Kaggle style)")
     a.add_argument("--clip-seconds", type=common.number(float, above=0), default=30.0,
@@ -291,12 +294,17 @@ def feature_cache_key(args, paths, img_size):
 def backbone_features(net, dataset, args, img_size, device, dist):
     """Run the frozen backbone once over every image (each rank its share), cached on disk.
     Returns (features, seconds the pass took: part of the time to converge, cached or not)."""
-    folder = Path(args.cache_dir) if args.cache_dir else Path(args.out) / ".cache"
+    folder = Path(args.cache_dir) if args.cache_dir else common.cache_dir("backbone")
     cache = folder / f"features-{feature_cache_key(args, dataset.paths, img_size)}.pt"
     if cache.exists():
-        print(f"features from {cache}")
-        saved = torch.load(cache, weights_only=True)
-        return saved["features"], saved["seconds"]
+        try:
+            saved = torch.load(cache, weights_only=True)
+            if len(saved["features"]) == len(dataset):
+                print(f"features from {cache}")
+                return saved["features"], saved["seconds"]
+        except Exception as e:  # cut short by a full disk or a killed copy: computed again
+            print(f"warning: {cache} is damaged ({type(e).__name__}); computing the features again",
+                  file=sys.stderr)
     start = time.time()
     autocast, _ = common.amp_tools(device)
     loader = common.make_loader(dataset, args.batch_size, False, args.seed, 0, device, dist)
@@ -379,8 +387,8 @@ def main(argv=None):
                         prepare_seconds=backbone_seconds, notes=notes)
         common.summarize_folds(run)
     if args.predict and dist.main:
-        common.predict_and_submit(run.model_file, args.predict, device=run.device,
-                                  **common.predict_options(args))
+        predict.predict_and_submit(run.model_file, args.predict, device=run.device,
+                                   **predict.options(args))
     return 0
 
 

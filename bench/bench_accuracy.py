@@ -92,8 +92,8 @@ def main(argv=None):
     if data_conversion.main([args.audio, str(data["linear"]), "--size", "128", *convert[1:]]) or \
             data_conversion.main([args.audio, str(data["mel"]), "--size", "0", "--mel", "128",
                                   *convert[1:]]) or \
-            train_mlp.main(["--extract", args.audio, "--features", str(data["features"]),
-                            "--workers", "2"]):
+            data_conversion.main([args.audio, "--features", str(data["features"]),
+                                  "--workers", "2", "--overwrite"]):
         return 1
     runs = work / "runs"
     for seed in args.seeds:

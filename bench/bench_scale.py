@@ -164,7 +164,7 @@ STAGES = [
           parallel=True),
     Stage("conversion-mel", lambda c: convert(c, "mel3", "--size", "0", "--mel", "128",
                                               "--segment-seconds", "3"), ("mel3",), parallel=True),
-    Stage("features", lambda c: [PY, "train_mlp.py", "--extract", str(c.audio), "--features",
+    Stage("features", lambda c: [PY, "data_conversion.py", str(c.audio), "--features",
                                  c.at("features/features.csv"), "--workers", str(c.workers)],
           ("features",), parallel=True),
     Stage("load-linear", lambda c: [PY, "-c", LOAD, c.at("lin512"), "512", "rgb"], (),

@@ -44,8 +44,7 @@ import kernel_main  # noqa: E402  (the kernel's own code: which trainer flags it
 RECIPES_DIR = KERNELS_DIR / "recipes"  # the ready-made recipes
 RECIPE_FILE = "recipe.json"
 MACHINE_SHAPE = "NvidiaTeslaT4"
-KINDS = {"cnn": ["data_conversion"], "transfer": ["data_conversion"], "mlp": []}  # kind ->
-# the modules its kernel carries besides common, its trainer (kernel_main.TRAINERS) and kernel_main
+KINDS = ("cnn", "transfer", "mlp")  # the trainer of each: kernel_main.TRAINERS
 DEFAULTS = {
     "user": "your-kaggle-username", "title": None, "datasets": [], "competition": None,
     "weights_dataset": None, "test_folder": "test", "sample_submission": "sample_submission.csv",
@@ -63,11 +62,13 @@ def build_parser():
     r.add_argument("--kind", choices=list(KINDS), help="cnn (train_cnn.py), transfer "
                    "(train_transfer.py) or mlp (train_mlp.py)")
     r.add_argument("--title", help="Kaggle title (default: Music Genre NAME); the id is its slug")
-    c = p.add_argument_group("conversion (cnn and transfer kinds)")
+    c = p.add_argument_group("conversion (images for cnn and transfer kinds, features for mlp)")
     c.add_argument("--size", type=common.number(int, minimum=0), help="image side (0: native)")
     c.add_argument("--mel", type=common.number(int, minimum=0), help="log-mel bands (0: linear)")
     c.add_argument("--segment-seconds", type=common.number(float, minimum=0),
                    help="cut clips into segments of this many seconds (0: whole clips)")
+    c.add_argument("--feature-set", choices=list(common.FEATURE_SETS),
+                   help="mlp kind: the audio features to extract (default standard)")
     s = p.add_argument_group("sources and session")
     s.add_argument("--user", help=f"your Kaggle user name (default {DEFAULTS['user']})")
     s.add_argument("--dataset", action="append", metavar="OWNER/SLUG",
@@ -123,11 +124,14 @@ def make_recipe(args, trainer_args):
              "trainer_args": base.get("trainer_args", []) + trainer_args or None}
     recipe = {**DEFAULTS, **base, **{k: v for k, v in given.items() if v is not None}}
     conversion = {"size": args.size, "mel": args.mel, "segment_seconds": args.segment_seconds}
+    if args.feature_set and recipe["kind"] != "mlp":
+        raise common.SuiteError("--feature-set: only an mlp kernel extracts features")
     if recipe["kind"] == "mlp":
         if any(v is not None for v in conversion.values()):
             raise common.SuiteError("--size, --mel, --segment-seconds: an mlp kernel reads "
                                     "features, not images")
-        recipe["conversion"] = {}
+        recipe["conversion"] = {"feature_set": args.feature_set or recipe.get(
+            "conversion", {}).get("feature_set", "standard")}
     else:
         recipe["conversion"] = {**IMAGE_CONVERSION, **recipe.get("conversion", {}),
                                 **{k: v for k, v in conversion.items() if v is not None}}
@@ -262,12 +266,39 @@ def embed(name, source):
     return f"{variable} = {source!r}\n"
 
 
+def local_imports(path):
+    """Names of the suite's own modules a file imports (anywhere in it, lazy imports included)."""
+    names = set()
+    for node in ast.walk(ast.parse(Path(path).read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+    return {n for n in names if module_path(n)}
+
+
+def module_path(name):
+    for folder in (ROOT, KERNELS_DIR):
+        if (folder / f"{name}.py").is_file() and name != "build":
+            return folder / f"{name}.py"
+    return None
+
+
 def module_sources(kind):
-    """The modules a kernel of this kind imports, in import order: what it needs, no more."""
-    trainer = kernel_main.TRAINERS[kind]
-    files = {"common": ROOT / "common.py", **{m: ROOT / f"{m}.py" for m in KINDS[kind]},
-             trainer: ROOT / f"{trainer}.py", "kernel_main": KERNELS_DIR / "kernel_main.py"}
-    return {name: path.read_text(encoding="utf-8") for name, path in files.items()}
+    """The modules a kernel of this kind imports, computed from the imports of kernel_main and its
+    trainer, each after the modules it imports: what it needs, no more."""
+    order, seen = [], set()
+
+    def visit(name):
+        if name in seen:
+            return
+        seen.add(name)
+        for imported in sorted(local_imports(module_path(name))):
+            visit(imported)
+        order.append(name)
+    visit(kernel_main.TRAINERS[kind])
+    visit("kernel_main")
+    return {name: module_path(name).read_text(encoding="utf-8") for name in order}
 
 
 def kernel_script(recipe):

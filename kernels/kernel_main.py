@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import common
+import predict
 
 TRAINERS = {"cnn": "train_cnn", "transfer": "train_transfer", "mlp": "train_mlp"}  # by kind
 TRAIN_NAMES = ("train", "genres_original", "genres")  # a competition's, GTZAN's, GTZAN's older
@@ -57,7 +58,11 @@ def build_parser(recipe):
                    metavar="DURATION", help="stop training cleanly before this much time has "
                    "passed since the kernel started, leaving time to predict (default "
                    f"{recipe['time_limit']}: Kaggle kills a GPU session at 12 h)")
-    if recipe["kind"] != "mlp":
+    if recipe["kind"] == "mlp":
+        p.add_argument("--feature-set", default=conversion.get("feature_set", "standard"),
+                       choices=list(common.FEATURE_SETS),
+                       help="the audio features to extract (default %(default)s)")
+    else:
         p.add_argument("--size", type=int, default=conversion["size"],
                        help="spectrogram image side for the conversion (default %(default)s)")
         p.add_argument("--segment-seconds", type=float, default=conversion["segment_seconds"],
@@ -197,13 +202,13 @@ def prepare_images(args, train, labels, temp):
     return ["--data", str(images)]
 
 
-def prepare_features(train, labels, temp, trainer, flags):
+def prepare_features(args, train, labels, temp):
+    import data_conversion
     features = temp / "features.csv"
-    code = trainer.main(["--extract", str(train), "--features", str(features),
-                         "--feature-set", flags.feature_set,
-                         *(["--labels", labels] if labels else [])])
-    if code:
-        raise common.SuiteError("feature extraction failed (see above)", code)
+    data_conversion.check_feature_table(features, train, args.feature_set, overwrite=True)
+    n, computed, errors = data_conversion.extract_features(
+        train, features, args.feature_set, common.default_workers(), labels)
+    print(f"{n} clips -> {features} ({computed} extracted, {len(errors)} bad)")
     return ["--features", str(features)]
 
 
@@ -263,6 +268,7 @@ def run_kernel(argv, recipe):
         common.list_audio(test)  # a bad test folder fails now, not after training
     common.check_output_folder(temp, "--temp")
     common.check_output_folder(working, "--working")
+    os.environ["SUITE_CACHE"] = str(temp / "cache")  # what can be recomputed stays in scratch
     weights = find_weights(args.input, parsed, trainer, recipe["internet"]) \
         if recipe["kind"] == "transfer" else []
     previous = previous_run(args.input, name)
@@ -274,14 +280,13 @@ def run_kernel(argv, recipe):
                 folder.chmod(0o755)
 
     if recipe["kind"] == "mlp":
-        data_argv = prepare_features(train_dir, labels, temp, trainer, parsed)
+        data_argv = prepare_features(args, train_dir, labels, temp)
     elif recipe["kind"] == "transfer" and parsed.arch == "cnn14":  # the audio itself
         data_argv = ["--data", str(train_dir), *(["--labels", labels] if labels else [])]
     else:
         data_argv = prepare_images(args, train_dir, labels, temp)
     trainer_argv = [*data_argv, "--out", str(working / "runs"), "--name", name, *flags]
-    if recipe["kind"] == "transfer":  # features cached in scratch, weights from the inputs
-        trainer_argv += ["--cache-dir", str(temp / "cache"), *weights]
+    trainer_argv += weights  # a transfer kernel's pretrained weights, from the inputs
     if run_dir.exists() and same_run(run_dir, trainer, trainer_argv):
         print(f"resuming {run_dir} (its checkpoint, or nothing left to do when it finished)")
         trainer_argv = ["--resume", str(run_dir)]
@@ -303,9 +308,9 @@ def run_kernel(argv, recipe):
         print(f"no test folder in the inputs: trained and evaluated on the split (report in "
               f"{run_dir}); no submission.csv written")
         return 0
-    common.predict_and_submit(model, test, output=run_dir / "submission.csv",
-                              workers=common.default_workers(), sample_submission=sample,
-                              device=common.pick_device("auto"))
+    predict.predict_and_submit(model, test, output=run_dir / "submission.csv",
+                               workers=common.default_workers(), sample_submission=sample,
+                               device=common.pick_device("auto"))
     shutil.copyfile(run_dir / "submission.csv", working / "submission.csv")
     print(f"{name}: {working / 'submission.csv'} (report in {run_dir})")
     return 0

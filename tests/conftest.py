@@ -21,6 +21,19 @@ def pytest_configure(config):
                                        "(python -m pytest -m 'not slow' leaves them out)")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def suite_cache(tmp_path_factory):
+    """The suite's cache (common.cache_dir) in a folder of the test session, never the user's."""
+    import os
+    os.environ["SUITE_CACHE"] = str(tmp_path_factory.mktemp("suite_cache"))
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache(tmp_path, monkeypatch):
+    """Each test its own cache: a test sees only what it computed."""
+    monkeypatch.setenv("SUITE_CACHE", str(tmp_path / "suite_cache"))
+
+
 def without_seconds(history):
     """History rows (from history.csv or FitResult) without their timings, which never repeat."""
     return [{k: v for k, v in row.items() if k != "seconds"} for row in history]

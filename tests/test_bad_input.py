@@ -37,7 +37,7 @@ def world(tmp_path_factory):
     assert data_conversion.main([str(audio), str(w / "images"), "--size", "16", "--workers", "1"]) == 0
     assert data_conversion.main([str(audio), str(w / "mel"), "--size", "0", "--mel", "16",
                                  "--segment-seconds", "0.7", "--workers", "1"]) == 0  # 16 x 31
-    assert train_mlp.main(["--extract", str(audio), "--features", str(w / "features.csv"),
+    assert data_conversion.main([str(audio), "--features", str(w / "features.csv"),
                            "--workers", "1"]) == 0
     assert train_cnn.main(["--data", str(w / "images"), "--epochs", "1", "--out", str(w / "runs"),
                            "--name", "r1", "--workers", "1"]) == 0
@@ -138,9 +138,12 @@ CASES = [
     ("one-class-mlp", "mlp", "--features {w}/one_class.csv --out {w}/runs", 1, "one class"),
     ("features-binary", "mlp", "--features {w}/binary.bin --out {w}/runs", 1, "binary.bin"),
     ("drop-unknown-column", "mlp", "--features {w}/features.csv --drop-columns nope --out {w}/runs", 1, "--drop-columns"),
-    ("extract-into-audio", "mlp", "--extract {w}/audio --features {w}/audio/f.csv", 1, "inside the audio folder"),
-    ("extract-not-csv", "mlp", "--extract {w}/audio --features {w}/f.txt", 1, "--features"),
-    ("extract-labels-missing", "mlp", "--extract {w}/flat --features {w}/f.csv --labels {w}/nope.csv", 1, "--labels"),
+    ("extract-into-audio", "convert", "{w}/audio --features {w}/audio/f.csv", 1, "inside the audio folder"),
+    ("extract-not-csv", "convert", "{w}/audio --features {w}/f.txt", 1, "--features"),
+    ("extract-labels-missing", "convert", "{w}/flat --features {w}/f.csv --labels {w}/nope.csv", 1, "--labels"),
+    ("extract-over-public-table", "convert", "{w}/audio --features {w}/one_class.csv", 1, "--overwrite"),
+    ("extract-with-out-folder", "convert", "{w}/audio {w}/o --features {w}/f.csv", 1, "--features"),
+    ("extract-moved", "mlp", "--extract {w}/audio --features {w}/f.csv", 1, "data_conversion.py"),
     # training: paths, checked before the work
     ("data-missing", "cnn", "--data {w}/nope", 1, "--data"),
     ("data-is-audio", "cnn", "--data {w}/audio --out {w}/runs", 1, "audio, not images"),

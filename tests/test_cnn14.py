@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import common
+import predict
 import train_transfer
 
 # Cnn14_mAP=0.431.pth's "model": key -> (shape, dtype), listed from the published file
@@ -358,6 +359,7 @@ def audio_clips(tmp_path_factory):
 def test_cnn14_trains_frozen_and_finetuned_resumes_predicts_and_joins_an_ensemble(
         audio_clips, tmp_path, capsys, ctrl_c_in_epoch):
     import compare
+    import data_conversion
     import train_mlp
     runs = tmp_path / "runs"
     base = ["--arch", "cnn14", "--weights", "none", "--data", str(audio_clips / "audio"),
@@ -372,7 +374,7 @@ def test_cnn14_trains_frozen_and_finetuned_resumes_predicts_and_joins_an_ensembl
     assert saved["spec"]["preprocess"] == {"type": "audio", "sr": 32000, "clip_seconds": 1.0}
     rows = (runs / "frozen" / "submission.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["blues-new.wav", "metal-new.wav", "pop-new.wav"]
-    _, windows, error, _ = common.model_inputs((audio_clips / "test" / "pop-new.wav", saved["spec"]["preprocess"]))
+    _, windows, error, _ = predict.model_inputs((audio_clips / "test" / "pop-new.wav", saved["spec"]["preprocess"]))
     assert error is None and windows.shape == (2, 32000)  # 2.4 s: two windows (the 0.4-s tail dropped)
 
     # fine-tuned with PANNs' SpecAugment and mixup, interrupted after epoch 1, resumed
@@ -389,8 +391,7 @@ def test_cnn14_trains_frozen_and_finetuned_resumes_predicts_and_joins_an_ensembl
     assert not torch.equal(weights[0][backbone], frozen[backbone])  # fine-tuning moved it
 
     # the MLP on features of the same clips shares the split: an ensemble of the two families
-    assert train_mlp.main(["--extract", str(audio_clips / "audio"), "--features",
-                           str(tmp_path / "f.csv"), "--workers", "1"]) == 0
+    assert data_conversion.main([str(audio_clips / "audio"), "--features", str(tmp_path / "f.csv"), "--workers", "1"]) == 0
     assert train_mlp.main(["--features", str(tmp_path / "f.csv"), "--epochs", "2", "--out",
                            str(runs), "--name", "mlp"]) == 0
     assert compare.main(["--runs", str(runs), "--out", str(tmp_path / "report"), "--ensemble",

@@ -87,7 +87,7 @@ def test_ensemble_averages_clip_probabilities_of_two_families(tiny_audio, tmp_pa
     test_audio = tiny_audio / "pop"
     assert train_cnn.main(["--data", str(tmp_path / "img"), "--epochs", "3", "--out", str(runs),
                            "--name", "cnn", "--workers", "1", "--predict", str(test_audio)]) == 0
-    assert train_mlp.main(["--extract", str(tiny_audio), "--features", str(tmp_path / "f.csv"),
+    assert data_conversion.main([str(tiny_audio), "--features", str(tmp_path / "f.csv"),
                            "--workers", "1"]) == 0
     assert train_mlp.main(["--features", str(tmp_path / "f.csv"), "--epochs", "3", "--out",
                            str(runs), "--name", "mlp", "--workers", "1", "--predict",

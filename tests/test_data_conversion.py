@@ -1,3 +1,4 @@
+import csv
 import json
 import os
 
@@ -222,3 +223,154 @@ def test_conversion_settings_are_the_folders_identity(tiny_audio, tmp_path, caps
     assert code == 0 and "9 clips converted" in cap.out
     assert Image.open(out / "pop" / "pop.00000.png").size == (32, 32)
     assert json.loads((out / "conversion.json").read_text())["size"] == 32
+
+
+# ----------------------------------------------------------------------------------------------
+# Features: audio -> the public GTZAN table's columns
+
+PUBLIC_CSV = SHARED_GTZAN / "features_30_sec.csv"
+
+
+def table(path):
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def test_extract_writes_gtzan_columns_caches_and_skips_bad(tiny_audio, tmp_path, capsys):
+    """The table has the public table's columns, a bad file is warned and recorded; a rerun takes
+    every unchanged clip from the cache (its entry untouched) and extracts a changed one again."""
+    (tiny_audio / "pop" / "broken.wav").write_bytes(b"RIFF garbage")
+    out = tmp_path / "f.csv"
+    code, io = run([tiny_audio, "--features", out, "--workers", "2"], capsys)
+    header, *rows = table(out)
+    assert code == 0 and header == ["filename", *common.FEATURE_COLUMNS, "label"] and len(rows) == 9
+    assert "broken.wav" in io.err and "broken.wav" in (tmp_path / "f_errors.csv").read_text()
+    assert "(9 extracted, 0 unchanged" in io.out
+    entries = {p: p.stat().st_mtime_ns for p in common.cache_dir("features").rglob("*.json")}
+    assert len(entries) == 9  # one per good clip, none for the broken one
+
+    code, io = run([tiny_audio, "--features", out, "--workers", "1"], capsys)
+    assert code == 0 and "(0 extracted, 9 unchanged" in io.out and table(out)[1:] == rows
+    write_tone(tiny_audio / "pop" / "pop.00001.wav", 3000)  # a changed clip: extracted again
+    code, io = run([tiny_audio, "--features", out, "--workers", "1"], capsys)
+    assert code == 0 and "(1 extracted, 8 unchanged" in io.out
+    changed = [r[0] for r, n in zip(rows, table(out)[1:]) if r != n]
+    assert changed == ["pop.00001.wav"]
+    touched = [p for p, t in entries.items() if p.stat().st_mtime_ns != t]
+    assert len(touched) == 1 and "pop.00001.wav" in touched[0].read_text()
+
+
+def test_a_damaged_cache_entry_is_recomputed(tiny_audio, tmp_path, capsys):
+    out = tmp_path / "f.csv"
+    assert run([tiny_audio, "--features", out, "--workers", "1"], capsys)[0] == 0
+    rows = table(out)
+    entry = sorted(common.cache_dir("features").rglob("*.json"))[0]
+    entry.write_text(entry.read_text()[:40])  # cut short, as by a full disk
+    code, io = run([tiny_audio, "--features", out, "--workers", "1"], capsys)
+    assert code == 0 and "(1 extracted, 8 unchanged" in io.out and table(out) == rows
+
+
+@pytest.mark.parametrize("existing", ["public", "other-source", "other-set"])
+def test_extraction_never_replaces_a_table_it_did_not_make(existing, tiny_audio, tmp_path, capsys):
+    """A table that holds something else (the public table, another folder's features, another
+    feature set) is refused in one line, untouched; --overwrite replaces it."""
+    out = tmp_path / "features.csv"
+    if existing == "public":
+        out.write_text("filename,length,label\n" + "".join(f"x.{i}.wav,1,blues\n" for i in range(1000)))
+    else:
+        other = tiny_audio if existing == "other-set" else write_tone(
+            tmp_path / "other" / "rock" / "r.wav", 300).parent.parent
+        assert run([other, "--features", out, "--workers", "1"], capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    feature_set = ["--feature-set", "extended"] if existing == "other-set" else []
+    code, io = run([tiny_audio, "--features", out, *feature_set], capsys)
+    assert code == 1 and io.err.count("\n") == 1 and "--overwrite" in io.err
+    assert ("1000 rows" in io.err) if existing == "public" else ("extracted from" in io.err)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    assert run([tiny_audio, "--features", out, *feature_set, "--overwrite"], capsys)[0] == 0
+    assert len(table(out)) == 10
+
+
+def test_train_mlp_extract_is_gone_in_one_line(tmp_path, capsys):
+    import train_mlp
+    assert train_mlp.main(["--extract", "audio", "--features", str(tmp_path / "f.csv")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "data_conversion.py audio --features" in err
+
+
+@pytest.mark.skipif(not PUBLIC_CSV.exists(), reason="../shared/gtzan not present")
+def test_extraction_agrees_with_public_csv():
+    with open(PUBLIC_CSV) as f:
+        public = {r["filename"]: r for r in csv.DictReader(f)}
+    for name in ("blues.00001.wav", "metal.00003.wav"):
+        ours = common.audio_features(SHARED_GTZAN / "genres" / name.split(".")[0] / name)
+        theirs = public[name]
+        for column, value in ours.items():
+            expected = float(theirs[column])
+            if column in ("harmony_mean", "perceptr_mean"):  # means near zero
+                assert abs(value - expected) < 1e-4, column
+            else:
+                assert value == pytest.approx(expected, rel=0.01), column
+
+
+def test_hpss_median_filter_is_scipys_exactly():
+    from scipy.ndimage import median_filter
+    rng = np.random.default_rng(0)
+    for frames in (3, 5, 16, 40):  # a clip has 5 frames or more; windows wider than the row too
+        x = rng.random((30, frames)).astype(np.float32)
+        assert np.array_equal(common._median_filter_rows(x, 31),
+                              median_filter(x, size=(1, 31), mode="reflect")), frames
+
+
+def librosa_row(y, sr):
+    """The public table's way: each feature from the waveform with its own librosa call (reflect
+    padding and the old HPSS tail, as librosa < 0.10 did), HPSS with scipy's n-D median filter."""
+    import librosa
+    features = {"chroma_stft": librosa.feature.chroma_stft(y=y, sr=sr, pad_mode="reflect"),
+                "rms": librosa.feature.rms(y=y, pad_mode="reflect"),
+                "spectral_centroid": librosa.feature.spectral_centroid(y=y, sr=sr, pad_mode="reflect"),
+                "spectral_bandwidth": librosa.feature.spectral_bandwidth(y=y, sr=sr, pad_mode="reflect"),
+                "rolloff": librosa.feature.spectral_rolloff(y=y, sr=sr, pad_mode="reflect"),
+                "zero_crossing_rate": librosa.feature.zero_crossing_rate(y)}
+    stft = librosa.stft(y, pad_mode="reflect")
+    for name, part in zip(("harmony", "perceptr"), librosa.decompose.hpss(stft)):
+        features[name] = librosa.util.fix_length(librosa.istft(part, dtype=y.dtype), size=len(y))
+    for i, row in enumerate(librosa.feature.mfcc(y=y, sr=sr, n_mfcc=20, pad_mode="reflect"), 1):
+        features[f"mfcc{i}"] = row
+    onset_env = librosa.onset.onset_strength(y=y, sr=sr, aggregate=np.median, pad_mode="reflect")
+    row = {"length": len(y), "tempo": librosa.feature.tempo(onset_envelope=onset_env, sr=sr)[0]}
+    for name, x in features.items():
+        row[f"{name}_mean"], row[f"{name}_var"] = np.mean(x), np.var(x)
+    return row
+
+
+def test_features_equal_librosa_feature_by_feature():
+    """clip_features' shortcuts (one STFT, HPSS medians through scipy's 1-D filter, the percussive
+    part as y - harmonic) leave every column as librosa computes it, to 1e-5 of its scale."""
+    sr = 22050
+    rng = np.random.default_rng(0)
+    t = np.arange(int(3.3 * sr)) / sr
+    y = (0.3 * np.sin(2 * np.pi * 55 * t)                        # bass at the lowest bins
+         + 0.2 * np.sin(2 * np.pi * (300 + 400 * t) * t)         # a sweep
+         + 0.1 * rng.standard_normal(t.size) * (np.sin(2 * np.pi * 2 * t) > 0.7)  # noise bursts
+         + 0.5 * (np.arange(t.size) % (sr // 4) < 50))           # clicks
+    y = y.astype(np.float32)
+    ours, theirs = common.clip_features(y, sr), librosa_row(y, sr)
+    assert list(ours) == common.FEATURE_COLUMNS
+    for column, value in ours.items():
+        # a mean's scale is its spread (the mean of a waveform is near zero)
+        scale = np.sqrt(theirs[column[:-4] + "var"]) if column.endswith("_mean") else 0
+        assert abs(value - theirs[column]) <= 1e-5 * max(abs(theirs[column]), scale), column
+    extended = common.clip_features(y, sr, "extended")
+    assert {c: extended[c] for c in common.FEATURE_COLUMNS} == ours
+
+
+def test_extended_feature_set_adds_columns(tiny_audio, tmp_path, capsys):
+    out = tmp_path / "ext.csv"
+    assert run([tiny_audio, "--features", out, "--feature-set", "extended", "--workers", "1"], capsys)[0] == 0
+    with open(out) as f:
+        header, first, *_ = list(csv.reader(f))
+    assert header == ["filename", *common.FEATURE_COLUMNS, *common.EXTENDED_COLUMNS, "label"]
+    assert all(np.isfinite(float(v)) for v in first[1:-1])
+
+

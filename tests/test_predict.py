@@ -61,7 +61,7 @@ def test_prediction_uses_training_preprocessing(trained, tiny_audio):
     assert pre == {"type": "image", "size": 32, "sr": common.SR, "segment_seconds": 0.5,
                    "cmap": "magma", "mel": 0, "img_size": 16, "channels": "rgb"}
     path = tiny_audio / "metal" / "metal.00001.wav"
-    _, inputs, error, _ = common.model_inputs((path, pre))
+    _, inputs, error, _ = predict.model_inputs((path, pre))
     images_dir = trained.parents[2] / "img" / "metal"
     decoded = torch.stack([common.decode_image(p, 16) for p in sorted(images_dir.glob("metal.00001__s*.png"))])
     assert error is None and np.array_equal(inputs, decoded.numpy())
@@ -121,7 +121,7 @@ def test_prediction_repeats_mel_levels_preprocessing(tiny_audio, tmp_path):
     pre = ckpt["spec"]["preprocess"]
     assert (pre["mel"], pre["channels"], pre["img_size"]) == (32, "levels", 0)
     path = tiny_audio / "pop" / "pop.00002.wav"
-    _, inputs, error, _ = common.model_inputs((path, pre))
+    _, inputs, error, _ = predict.model_inputs((path, pre))
     decoded = torch.stack([common.decode_image(p, 0, "levels")
                            for p in sorted((images / "pop").glob("pop.00002__s*.png"))])
     assert error is None and np.array_equal(inputs, decoded.numpy())

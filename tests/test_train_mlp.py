@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import common
+import data_conversion
 import predict
 import train_mlp
 from conftest import SHARED_GTZAN, write_tone
@@ -32,106 +33,6 @@ def synthetic_csv(path, n_per_class=12, classes=("rock", "jazz", "pop"), nan=Fal
 
 def run(*argv):
     return train_mlp.main([str(a) for a in argv])
-
-
-def test_extract_writes_gtzan_columns_caches_and_skips_bad(tiny_audio, tmp_path, capsys, monkeypatch):
-    (tiny_audio / "pop" / "broken.wav").write_bytes(b"RIFF garbage")
-    out = tmp_path / "f.csv"
-    assert run("--extract", tiny_audio, "--features", out, "--workers", "2") == 0
-    with open(out) as f:
-        header, *rows = list(csv.reader(f))
-    assert header == ["filename", *common.FEATURE_COLUMNS, "label"] and len(rows) == 9
-    assert "broken.wav" in capsys.readouterr().err
-    assert "broken.wav" in (tmp_path / "f_errors.csv").read_text()
-    # a rerun reads every good clip from the cache: extraction is never called for them
-    calls = []
-
-    real = common.audio_features
-
-    def counting(path, *a):
-        calls.append(path)
-        return real(path, *a)
-    monkeypatch.setattr(common, "audio_features", counting)
-    assert run("--extract", tiny_audio, "--features", out, "--workers", "1") == 0
-    assert [p.name for p in calls] == ["broken.wav"]
-    with open(out) as f:
-        assert list(csv.reader(f))[1:] == rows
-    # a changed clip is extracted again, and only it
-    write_tone(tiny_audio / "pop" / "pop.00001.wav", 3000)
-    calls.clear()
-    assert run("--extract", tiny_audio, "--features", out, "--workers", "1") == 0
-    assert sorted(p.name for p in calls) == ["broken.wav", "pop.00001.wav"]
-    with open(out) as f:
-        new_rows = list(csv.reader(f))[1:]
-    changed = [r[0] for r, n in zip(rows, new_rows) if r != n]
-    assert changed == ["pop.00001.wav"]
-
-
-@pytest.mark.skipif(not PUBLIC_CSV.exists(), reason="../shared/gtzan not present")
-def test_extraction_agrees_with_public_csv():
-    with open(PUBLIC_CSV) as f:
-        public = {r["filename"]: r for r in csv.DictReader(f)}
-    for name in ("blues.00001.wav", "metal.00003.wav"):
-        ours = common.audio_features(SHARED_GTZAN / "genres" / name.split(".")[0] / name)
-        theirs = public[name]
-        for column, value in ours.items():
-            expected = float(theirs[column])
-            if column in ("harmony_mean", "perceptr_mean"):  # means near zero
-                assert abs(value - expected) < 1e-4, column
-            else:
-                assert value == pytest.approx(expected, rel=0.01), column
-
-
-def test_hpss_median_filter_is_scipys_exactly():
-    from scipy.ndimage import median_filter
-    rng = np.random.default_rng(0)
-    for frames in (3, 5, 16, 40):  # a clip has 5 frames or more; windows wider than the row too
-        x = rng.random((30, frames)).astype(np.float32)
-        assert np.array_equal(common._median_filter_rows(x, 31),
-                              median_filter(x, size=(1, 31), mode="reflect")), frames
-
-
-def librosa_row(y, sr):
-    """The public table's way: each feature from the waveform with its own librosa call (reflect
-    padding and the old HPSS tail, as librosa < 0.10 did), HPSS with scipy's n-D median filter."""
-    import librosa
-    features = {"chroma_stft": librosa.feature.chroma_stft(y=y, sr=sr, pad_mode="reflect"),
-                "rms": librosa.feature.rms(y=y, pad_mode="reflect"),
-                "spectral_centroid": librosa.feature.spectral_centroid(y=y, sr=sr, pad_mode="reflect"),
-                "spectral_bandwidth": librosa.feature.spectral_bandwidth(y=y, sr=sr, pad_mode="reflect"),
-                "rolloff": librosa.feature.spectral_rolloff(y=y, sr=sr, pad_mode="reflect"),
-                "zero_crossing_rate": librosa.feature.zero_crossing_rate(y)}
-    stft = librosa.stft(y, pad_mode="reflect")
-    for name, part in zip(("harmony", "perceptr"), librosa.decompose.hpss(stft)):
-        features[name] = librosa.util.fix_length(librosa.istft(part, dtype=y.dtype), size=len(y))
-    for i, row in enumerate(librosa.feature.mfcc(y=y, sr=sr, n_mfcc=20, pad_mode="reflect"), 1):
-        features[f"mfcc{i}"] = row
-    onset_env = librosa.onset.onset_strength(y=y, sr=sr, aggregate=np.median, pad_mode="reflect")
-    row = {"length": len(y), "tempo": librosa.feature.tempo(onset_envelope=onset_env, sr=sr)[0]}
-    for name, x in features.items():
-        row[f"{name}_mean"], row[f"{name}_var"] = np.mean(x), np.var(x)
-    return row
-
-
-def test_features_equal_librosa_feature_by_feature():
-    """clip_features' shortcuts (one STFT, HPSS medians through scipy's 1-D filter, the percussive
-    part as y - harmonic) leave every column as librosa computes it, to 1e-5 of its scale."""
-    sr = 22050
-    rng = np.random.default_rng(0)
-    t = np.arange(int(3.3 * sr)) / sr
-    y = (0.3 * np.sin(2 * np.pi * 55 * t)                        # bass at the lowest bins
-         + 0.2 * np.sin(2 * np.pi * (300 + 400 * t) * t)         # a sweep
-         + 0.1 * rng.standard_normal(t.size) * (np.sin(2 * np.pi * 2 * t) > 0.7)  # noise bursts
-         + 0.5 * (np.arange(t.size) % (sr // 4) < 50))           # clicks
-    y = y.astype(np.float32)
-    ours, theirs = common.clip_features(y, sr), librosa_row(y, sr)
-    assert list(ours) == common.FEATURE_COLUMNS
-    for column, value in ours.items():
-        # a mean's scale is its spread (the mean of a waveform is near zero)
-        scale = np.sqrt(theirs[column[:-4] + "var"]) if column.endswith("_mean") else 0
-        assert abs(value - theirs[column]) <= 1e-5 * max(abs(theirs[column]), scale), column
-    extended = common.clip_features(y, sr, "extended")
-    assert {c: extended[c] for c in common.FEATURE_COLUMNS} == ours
 
 
 def test_mlp_trains_with_scaler_and_pca_fitted_on_train_only(tmp_path):
@@ -286,7 +187,6 @@ def test_bad_csv_one_line(case, message, tmp_path, capsys):
 def demo_features(tmp_path_factory):
     """Features of 10 synthetic genres x 8 clips (the demo's), and a flat test folder of one new
     clip per genre (another seed) plus an unreadable file."""
-    import data_conversion
     root = tmp_path_factory.mktemp("demo")
     assert data_conversion.make_demo(root / "audio", clips_per_genre=8, seconds=3.0) == 80
     assert data_conversion.make_demo(root / "new", clips_per_genre=1, seconds=3.0, seed=1) == 10
@@ -294,7 +194,8 @@ def demo_features(tmp_path_factory):
     for clip in (root / "new").glob("*/*.wav"):
         clip.rename(root / "test" / clip.name)
     (root / "test" / "bad.wav").write_bytes(b"")
-    assert run("--extract", root / "audio", "--features", root / "f.csv", "--workers", "2") == 0
+    assert data_conversion.main([str(root / "audio"), "--features", str(root / "f.csv"),
+                                 "--workers", "2"]) == 0
     return root / "f.csv", root / "test"
 
 
@@ -313,13 +214,8 @@ def test_predict_from_audio_labels_new_clips_right(baseline, demo_features, tmp_
     assert rows[0] == ["id", "class"] and len(labels) == 11
     right = [name for name, label in labels.items() if name.split(".")[0] == label]
     assert len(right) >= 9, labels
-    assert labels["bad.wav"] in data_conversion_genres()
+    assert labels["bad.wav"] in data_conversion.GENRES
     assert "bad.wav" in (tmp_path / "p" / "submission_errors.csv").read_text()
-
-
-def data_conversion_genres():
-    import data_conversion
-    return data_conversion.GENRES
 
 
 def test_prediction_gives_the_features_in_the_models_column_order(tmp_path):
@@ -327,18 +223,9 @@ def test_prediction_gives_the_features_in_the_models_column_order(tmp_path):
     was trained on, in their order (here the table's first six, reversed)."""
     path = write_tone(tmp_path / "a.wav", 440)
     columns = common.FEATURE_COLUMNS[5::-1]
-    _, row, error, _ = common.model_inputs((path, {"type": "features", "columns": columns}))
+    _, row, error, _ = predict.model_inputs((path, {"type": "features", "columns": columns}))
     features = common.audio_features(path)
     assert error is None and row.tolist() == [[np.float32(features[c]).item() for c in columns]]
-
-
-def test_extended_feature_set_adds_columns(tiny_audio, tmp_path):
-    out = tmp_path / "ext.csv"
-    assert run("--extract", tiny_audio, "--features", out, "--feature-set", "extended", "--workers", "1") == 0
-    with open(out) as f:
-        header, first, *_ = list(csv.reader(f))
-    assert header == ["filename", *common.FEATURE_COLUMNS, *common.EXTENDED_COLUMNS, "label"]
-    assert all(np.isfinite(float(v)) for v in first[1:-1])
 
 
 def test_missing_and_foreign_feature_columns_are_named(tmp_path, capsys):

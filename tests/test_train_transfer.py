@@ -182,16 +182,22 @@ def test_feature_cache_reused(tiny_images, tmp_path, capsys):
     first, and its time to converge still counts the backbone pass."""
     import csv
     assert run(tiny_images, tmp_path, "--arch", "resnet18", "--weights", "none", name="c1") == 0
-    assert len(list((tmp_path / ".cache").glob("features-*.pt"))) == 1
+    cached = list(common.cache_dir("backbone").glob("features-*.pt"))
+    assert len(cached) == 1 and not (tmp_path / ".cache").exists()  # one place for caches
     capsys.readouterr()
     assert run(tiny_images, tmp_path, "--arch", "resnet18", "--weights", "none", name="c2") == 0
     assert "features from" in capsys.readouterr().out
+    cached[0].write_bytes(cached[0].read_bytes()[:100])  # damaged: computed again, one warning
+    assert run(tiny_images, tmp_path, "--arch", "resnet18", "--weights", "none", name="c3") == 0
+    captured = capsys.readouterr()
+    assert "is damaged" in captured.err and "Traceback" not in captured.err
+    assert "features from" not in captured.out and cached[0].stat().st_size > 100
     histories, backbone_seconds = [], []
-    for name in ("c1", "c2"):
+    for name in ("c1", "c2", "c3"):
         with open(tmp_path / name / "history.csv") as f:
             rows = list(csv.DictReader(f))
         histories.append(without_seconds(rows))
         metrics = json.loads((tmp_path / name / "metrics.json").read_text())
         backbone_seconds.append(metrics["train_seconds"] - float(rows[-1]["seconds"]))
-    assert histories[0] == histories[1]
+    assert histories[0] == histories[1] == histories[2]
     assert backbone_seconds[1] == pytest.approx(backbone_seconds[0]) and backbone_seconds[0] > 0
