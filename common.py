@@ -66,12 +66,22 @@ class BadAudio(SuiteError):
         self.path, self.reason = path, reason
 
 
+def line_buffered_output():
+    """Every printed line leaves the process when printed, also into a pipe or a file (Kaggle's
+    log, `| tee`), where Python would hold it back until its buffer fills or the process ends."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure") and not stream.isatty():  # not Jupyter's own streams
+            stream.reconfigure(line_buffering=True)
+
+
 def user_errors(main):
-    """Decorate a script's main(): SuiteError -> one line on stderr and its exit code."""
+    """Decorate a script's main(): SuiteError -> one line on stderr and its exit code; output
+    line-buffered."""
     @functools.wraps(main)
-    def wrapper(argv=None):
+    def wrapper(argv=None, **kwargs):
+        line_buffered_output()
         try:
-            return main(argv) or 0
+            return main(argv, **kwargs) or 0
         except NothingToDo as e:
             print(e)
             return 0
@@ -132,6 +142,45 @@ def duration(text):
     if not seconds > 0:
         raise argparse.ArgumentTypeError(f"expected a duration such as 90s, 45m or 11h30m, got {text!r}")
     return seconds
+
+
+def clock_text(seconds):
+    """75 -> '1m15s', 7380 -> '2h03m'."""
+    seconds = max(0, int(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def time_left(deadline):
+    """'; 3h10m left before the time limit', or '' without a deadline."""
+    return f"; {clock_text(deadline - time.time())} left before the time limit" if deadline else ""
+
+
+def progress(items, desc, *, total=None, unit="file", deadline=None, leave=True, show=True):
+    """Yield the items while showing how far a long stage is: tqdm's bar on a terminal; in a log
+    (a pipe, Kaggle's Logs tab, a notebook), where a bar is silent, one line every
+    $SUITE_PROGRESS_SECONDS (default 30) with the count, the time so far, an estimate of the time
+    to go and the time left before `deadline`."""
+    total = total if total is not None else (len(items) if hasattr(items, "__len__") else None)
+    if not show:
+        yield from items
+        return
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+        yield from tqdm(items, desc=desc, total=total, unit=unit, leave=leave)
+        return
+    every = float(os.environ.get("SUITE_PROGRESS_SECONDS") or 30)
+    start = last = time.time()
+    for done, item in enumerate(items, 1):
+        yield item
+        now = time.time()
+        if now - last >= every:
+            last = now
+            to_go = (f", about {clock_text((now - start) / done * (total - done))} to go"
+                     if total else "")
+            print(f"{desc}: {done}{f'/{total}' if total else ''} {unit}s, "
+                  f"{clock_text(now - start)}{to_go}{time_left(deadline)}", flush=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -292,13 +341,12 @@ def one_thread():
         numba.set_num_threads(1)
 
 
-def parallel_map(fn, items, workers, desc, warm=CONVERSION_MODULES):
-    """Yield fn(item) for each item (in completion order) with a tqdm bar, in `workers`
+def parallel_map(fn, items, workers, desc, warm=CONVERSION_MODULES, deadline=None):
+    """Yield fn(item) for each item (in completion order), showing progress, in `workers`
     processes (1: in this one)."""
-    from tqdm import tqdm
     items = list(items)
     if workers <= 1 or len(items) <= 1:
-        for item in tqdm(items, desc=desc, unit="file", disable=None):
+        for item in progress(items, desc, deadline=deadline):
             yield fn(item)
         return
     import multiprocessing as mp
@@ -307,9 +355,8 @@ def parallel_map(fn, items, workers, desc, warm=CONVERSION_MODULES):
     workers = min(workers, len(items))
     chunk = max(1, min(8, len(items) // (4 * workers)))  # fewer round trips, still balanced
     with ctx.Pool(workers, initializer=one_thread) as pool:
-        for out in tqdm(pool.imap_unordered(fn, items, chunksize=chunk), total=len(items),
-                        desc=desc, unit="file", disable=None):
-            yield out
+        yield from progress(pool.imap_unordered(fn, items, chunksize=chunk), desc,
+                            total=len(items), deadline=deadline)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -781,7 +828,6 @@ def load_image_data(data_dir, img_size, channels="rgb", cache_mb=4096):
     (else decoded per batch), resized to img_size x img_size (0: their own size, which must
     then be the same for all). Unreadable images are left out with a warning."""
     from PIL import Image
-    from tqdm import tqdm
     paths, labels, classes = list_images(data_dir)
     conversion = read_conversion(data_dir)
     if channels == "levels":
@@ -797,7 +843,7 @@ def load_image_data(data_dir, img_size, channels="rgb", cache_mb=4096):
               "decoding per batch instead", file=sys.stderr)
     x = None if lazy else torch.empty((len(paths), *shape), dtype=torch.uint8)
     good = []
-    for i, path in enumerate(tqdm(paths, desc="images", unit="file", disable=None)):
+    for i, path in enumerate(progress(paths, "images")):
         try:
             if lazy:
                 with Image.open(path) as im:  # whole file, checksums: cheap, no decompression
@@ -1435,10 +1481,9 @@ def train_epoch(model, loader, criterion, optimizer, scaler, autocast, device, d
     steps GradScaler skipped (inf/NaN gradients under AMP). mixup > 0 trains on mixed pairs
     drawn from rng, the loss mixed with the same weight; a mix is predicted right when it gets
     the label of the larger share."""
-    from tqdm import tqdm
     model.train()
     total_loss, correct, count, skipped, start = 0.0, 0, 0, 0, time.time()
-    for x, y, _ in tqdm(loader, desc=desc, leave=False, disable=None if dist.main else True):
+    for x, y, _ in progress(loader, desc, unit="batch", leave=False, show=dist.main):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         target = y
         if mixup:
@@ -1467,11 +1512,10 @@ def train_epoch(model, loader, criterion, optimizer, scaler, autocast, device, d
 def predict_logits(model, loader, autocast, device, forward=None, desc=None, dist=Dist()):
     """Outputs (logits, or `forward`'s features) for the whole dataset in its order, each rank
     computing its share and all of them gathered. desc: show a progress bar."""
-    from tqdm import tqdm
     model.eval()
     parts = []
-    for x, _, index in tqdm(loader, desc=desc, unit="batch", leave=False,
-                            disable=True if desc is None or not dist.main else None):
+    for x, _, index in progress(loader, desc, unit="batch", leave=False,
+                                show=desc is not None and dist.main):
         with autocast():
             logits = (forward or model)(x.to(device, non_blocking=True))
         parts.append((index.numpy(), logits.float().cpu().numpy()))
@@ -1501,6 +1545,37 @@ class FitResult:
     complete: bool = True  # False: stopped by the time limit, to be resumed from its checkpoint
 
 
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Stop once `patience` epochs pass without a better validation balanced accuracy (not before
+    epoch `min_epochs`), and end with the best epoch's weights."""
+    patience: int = 5
+    min_epochs: int = 0
+
+
+SCHEDULES = ("plateau", "cosine")
+
+
+def fit_options(args):
+    """fit()'s keyword arguments from a trainer's flags. --schedule plateau (the study's): the lr
+    x0.1 when the validation loss stalls, early stopping, the best epoch's weights; cosine: every
+    epoch trained, the last epoch's weights (choosing an epoch by a few validation clips picks
+    noise)."""
+    plateau = args.schedule == "plateau"
+    return {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
+            "schedule": args.schedule, "weight_decay": args.weight_decay, "mixup": args.mixup,
+            "early_stopping": EarlyStopping(args.patience, args.min_epochs) if plateau else None,
+            "workers": args.workers}
+
+
+def make_scheduler(optimizer, schedule, epochs):
+    """plateau: ReduceLROnPlateau on the validation loss (x0.1, patience 3); cosine: the lr falls
+    from its start to 0 over `epochs`."""
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=3)
+
+
 def rng_state():
     """The random generators training draws from outside its own seeded ones (dropout: torch's),
     as tensors (the checkpoint loads with weights_only=True)."""
@@ -1514,33 +1589,47 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-SCHEDULES = ("plateau", "cosine")
+class BadCheckpoint(SuiteError):
+    """A checkpoint.pt the run cannot go on from: saying `--resume` again would not help."""
 
 
-def fit_options(args):
-    """fit()'s keyword arguments from a trainer's flags."""
-    return {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
-            "patience": args.patience, "seed": args.seed, "schedule": args.schedule,
-            "min_epochs": args.min_epochs, "weight_decay": args.weight_decay,
-            "mixup": args.mixup, "workers": args.workers}
+def save_checkpoint(path, state):
+    """All that training depends on (a plain dict: weights, optimizer, scheduler, scaler,
+    early-stopping state, random generators, history) into path, atomically; the history beside
+    it as history.csv, which tells the run's progress without loading the checkpoint."""
+    path = Path(path)
+    atomic_write(path, lambda f: torch.save(state, f), mode="wb")
+    write_history(path.parent / "history.csv", state["history"])
 
 
-def fit(model, train_set, val_set, *, criterion, epochs, lr, batch_size, patience, seed, device,
-        schedule="plateau", min_epochs=0, weight_decay=0.0, mixup=0.0, param_groups=None,
-        workers=1, checkpoint=None, deadline=None, dist=Dist(), log=print):
-    """Train `model` with Adam (param_groups may give parts of the model their own lr); returns
-    a FitResult.
+def load_checkpoint(path, device):
+    """The state save_checkpoint wrote; a damaged file (cut short by a full disk or a killed copy)
+    or one trained on another kind of device is one line saying what to do."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        trained_on = state["device_type"]
+    except Exception as e:
+        raise BadCheckpoint(f"{path} is damaged ({type(e).__name__}: {' '.join(str(e).split())[:80]}); "
+                            "the run cannot go on from it: copy the file again if a copy was cut "
+                            "short, or train anew with --overwrite") from None
+    if trained_on != device.type:  # AMP and kernels differ: not the same run
+        raise SuiteError(f"{path}: trained on {trained_on}; resume it with --device {trained_on}")
+    return state
 
-    schedule "plateau" (the study's): ReduceLROnPlateau on the validation loss (x0.1, patience
-    3); early stopping once `patience` epochs pass without a better validation balanced accuracy
-    (not before min_epochs), the best weights restored. "cosine": the lr falls from `lr` to 0
-    over `epochs` epochs, all of them trained, the last weights kept (choosing an epoch on a
-    few validation clips picks noise). AMP on CUDA; one device or torchrun (DDP, `dist`).
-    checkpoint: a file written atomically at every improvement (cosine: every epoch) with all
-    that training depends on (weights, optimizer, scheduler, scaler, early-stopping state,
-    random generators, history); if it exists, training goes on from it and ends as an
-    uninterrupted run would. deadline (time.time() seconds): no epoch is started that would
-    end after it; the state is checkpointed and the result says it is not complete."""
+
+def fit(model, train_set, val_set, *, criterion, epochs, lr, batch_size, seed, device,
+        schedule="plateau", early_stopping=None, weight_decay=0.0, mixup=0.0, param_groups=None,
+        workers=1, checkpoint=None, deadline=None, clock=time.time, dist=Dist(), log=print):
+    """Train `model` with Adam (param_groups may give parts of the model their own lr) and the
+    lr `schedule` (make_scheduler); returns a FitResult.
+
+    early_stopping (EarlyStopping): stop when validation stops improving and end with the best
+    epoch's weights; None: train every epoch and end with the last one's. AMP on CUDA; one
+    device or torchrun (DDP, `dist`). checkpoint: a file written (save_checkpoint) at every
+    improvement, or after every epoch without early stopping; if it exists, training goes on from
+    it and ends as an uninterrupted run would. deadline (seconds on `clock`, which is read when
+    each epoch starts and ends): no epoch is started that would end after it; the state is
+    checkpointed and the result says it is not complete."""
     if not len(train_set) or not len(val_set):
         raise SuiteError(f"{len(train_set)} training and {len(val_set)} validation items: each "
                          "class needs at least 3 clips (one to train, validate and test)")
@@ -1548,9 +1637,7 @@ def fit(model, train_set, val_set, *, criterion, epochs, lr, batch_size, patienc
     trainable = param_groups or [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=lr, weight_decay=weight_decay,
                                  fused=device.type in ("cpu", "cuda"))  # one kernel: 2x on a big head
-    cosine = schedule == "cosine"
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs) if cosine \
-        else torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=3)
+    scheduler = make_scheduler(optimizer, schedule, epochs)
     autocast, scaler = amp_tools(device)
     net = model
     if dist.active:
@@ -1561,41 +1648,39 @@ def fit(model, train_set, val_set, *, criterion, epochs, lr, batch_size, patienc
     val_loader = make_loader(val_set, batch_size, False, seed, loader_workers, device, dist)
     history, best_epoch, best_score, best_state, skipped = [], 0, -1.0, None, 0
 
-    def save_checkpoint(best_state):
-        state = {"model": model.state_dict(), "best_model": best_state,
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "scaler": scaler.state_dict(), "history": history, "best_epoch": best_epoch,
-                 "best_score": best_score, "skipped_steps": skipped, "rng": rng_state(),
-                 "device_type": device.type}
-        atomic_write(checkpoint, lambda f: torch.save(state, f), mode="wb")
+    def state(best_model):
+        return {"model": model.state_dict(), "best_model": best_model,
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "history": history, "best_epoch": best_epoch,
+                "best_score": best_score, "skipped_steps": skipped, "rng": rng_state(),
+                "device_type": device.type}
 
     if checkpoint and Path(checkpoint).exists():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if state["device_type"] != device.type:  # AMP and kernels differ: not the same run
-            raise SuiteError(f"{checkpoint}: trained on {state['device_type']}; resume it with "
-                             f"--device {state['device_type']}")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        history, best_epoch, best_score = state["history"], state["best_epoch"], state["best_score"]
-        skipped, best_state = state["skipped_steps"], state["best_model"] or state["model"]
-        set_rng_state(state["rng"])
+        saved = load_checkpoint(checkpoint, device)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved["scaler"])
+        history, best_epoch, best_score = saved["history"], saved["best_epoch"], saved["best_score"]
+        skipped = saved["skipped_steps"]
+        if early_stopping:  # the weights to end with, unless a better epoch comes
+            best_state = saved["best_model"] or saved["model"]
+        set_rng_state(saved["rng"])
         if dist.main:
-            log(f"resuming from {checkpoint} after epoch {len(history)} (best so far: epoch "
-                f"{best_epoch}, {best_score:.3f})")
-    epoch_seconds = [b["seconds"] - a["seconds"] for a, b in zip([{"seconds": 0.0}] + history, history)]
+            log(f"resuming from {checkpoint} after epoch {len(history)}" + (
+                f" (best so far: epoch {best_epoch}, {best_score:.3f})" if early_stopping else ""))
+    epoch_seconds = []  # this session's, each with its validation
     for epoch in range(len(history) + 1, epochs + 1):
-        started = time.time()
+        started = clock()
         # the longest epoch so far, with a margin, must fit before the deadline (all ranks agree)
         if deadline and dist.sum([started + 1.2 * max(epoch_seconds, default=0.0) > deadline],
                                  device)[0]:
             if dist.main:
                 log(f"time limit: stopping before epoch {epoch} (" + (
-                    f"an epoch takes about {max(epoch_seconds):.0f} s" if epoch_seconds else
-                    "the time is up") + "); continue with --resume")
+                    f"an epoch takes about {clock_text(max(epoch_seconds))}" if epoch_seconds
+                    else "the time is up") + "); continue with --resume")
                 if checkpoint:  # where it stands, and the best weights when they differ
-                    save_checkpoint(None if best_epoch == len(history) else best_state)
+                    save_checkpoint(checkpoint, state(None if best_epoch == len(history) else best_state))
             if best_state is not None:
                 model.load_state_dict(best_state)
             return FitResult(history, best_epoch, skipped, complete=False)
@@ -1607,32 +1692,36 @@ def fit(model, train_set, val_set, *, criterion, epochs, lr, batch_size, patienc
                          desc=f"epoch {epoch}/{epochs}", mixup=mixup,
                          rng=np.random.default_rng([seed, epoch]), dist=dist)
         va = evaluate(net, val_loader, criterion, autocast, device, dist)
-        if cosine:
-            scheduler.step()
-        else:
+        if schedule == "plateau":
             scheduler.step(va["loss"])  # every rank sees the same gathered val loss: same decision
+        else:
+            scheduler.step()
         skipped += tr["skipped"]
         seconds = (history[-1]["seconds"] if history else 0.0) + tr["seconds"]
         history.append({"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
                         "val_loss": va["loss"], "val_acc": va["acc"],
                         "val_balanced_acc": va["balanced_acc"], "lr": lr_now, "seconds": seconds})
-        improved = cosine or va["balanced_acc"] > best_score
+        improved = early_stopping is None or va["balanced_acc"] > best_score
         if improved:
             best_score, best_epoch = va["balanced_acc"], epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if early_stopping:  # kept to end with; without early stopping the last one is kept
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             if checkpoint and dist.main:
-                save_checkpoint(None)  # the model is the best one
-        epoch_seconds.append(time.time() - started)
+                save_checkpoint(checkpoint, state(None))  # the model is the one to keep
+        epoch_seconds.append(clock() - started)
         if dist.main:
             log(f"epoch {epoch:3d}  train loss {tr['loss']:.4f} acc {tr['acc']:.3f}  "
                 f"val loss {va['loss']:.4f} acc {va['acc']:.3f} bal {va['balanced_acc']:.3f}  "
-                f"lr {lr_now:.1e}  {tr['seconds']:.1f}s{'  *' if improved and not cosine else ''}")
-        if epoch - best_epoch >= patience and epoch >= min_epochs:  # never with cosine
+                f"lr {lr_now:.1e}  {tr['seconds']:.1f}s{'  *' if improved and early_stopping else ''}"
+                + time_left(deadline))
+        if early_stopping and epoch - best_epoch >= early_stopping.patience \
+                and epoch >= early_stopping.min_epochs:
             if dist.main:
-                log(f"early stop: no better validation balanced accuracy for {patience} epochs; "
-                    f"best epoch {best_epoch} ({best_score:.3f})")
+                log(f"early stop: no better validation balanced accuracy for "
+                    f"{early_stopping.patience} epochs; best epoch {best_epoch} ({best_score:.3f})")
             break
-    model.load_state_dict(best_state)
+    if best_state is not None:
+        model.load_state_dict(best_state)
     return FitResult(history, best_epoch, skipped)
 
 
@@ -2013,11 +2102,14 @@ def plot_confusion(path, metrics, classes):
     save_figure(path, fig)
 
 
+def write_history(path, history):
+    write_csv(path, HISTORY_COLUMNS, [[h[c] for c in HISTORY_COLUMNS] for h in history])
+
+
 def write_results(part_dir, metrics, history, report, predictions, classes):
     """Everything of a part's folder but config.json and the model; metrics.json last: it says
     the part was tested (rank 0 only)."""
-    write_csv(part_dir / "history.csv", HISTORY_COLUMNS,
-              [[h[c] for c in HISTORY_COLUMNS] for h in history])
+    write_history(part_dir / "history.csv", history)
     write_predictions(part_dir / "predictions.csv", classes, *predictions)
     atomic_write(part_dir / "report.txt", lambda f: f.write(report))
     if history:
@@ -2077,7 +2169,7 @@ class Run:
                 self.replaced.rename(self.dir)
         if saved:
             self.forget_replaced()
-        if any(self.dir.rglob("checkpoint.pt")):
+        if any(self.dir.rglob("checkpoint.pt")) and not isinstance(error, BadCheckpoint):
             print(f"the run stopped; continue it with: python {self.script} --resume {self.dir}",
                   file=sys.stderr)
         return False
@@ -2128,9 +2220,6 @@ class Part:
         return self.dir / "checkpoint.pt"
 
 
-STARTED = time.time()  # --time-limit counts from here: this process's start
-
-
 def claim_run_folder(out, name, overwrite):
     """Make OUT/NAME for this run, atomically: of two runs started at once under one name, one
     gets the folder and the other a one-line error before it trains. --overwrite moves the old
@@ -2148,9 +2237,11 @@ def claim_run_folder(out, name, overwrite):
     return run_dir, replaced
 
 
-def start_run(args, argv, script, model_name, *, classes, clip_ids, labels, split_dir, dist):
+def start_run(args, argv, script, model_name, *, classes, clip_ids, labels, split_dir, dist,
+              started):
     """The run's device (joining torchrun's process group), splits, then its folder (claimed, or
-    reopened with --resume) and config.json. --resume of a finished run: nothing to do."""
+    reopened with --resume) and config.json. --resume of a finished run: nothing to do.
+    started: the time.time() --time-limit counts from."""
     device = dist.setup(pick_device(args.device))
     if args.resume and run_finished(args.resume):
         raise NothingToDo(f"{args.resume}: finished before; nothing to do (predict with: python "
@@ -2178,7 +2269,7 @@ def start_run(args, argv, script, model_name, *, classes, clip_ids, labels, spli
                     break
     if not args.resume:
         run_dir = Path(args.out) / dist.gather(run_dir.name if dist.main else None)[0]
-    deadline = STARTED + args.time_limit if args.time_limit else None
+    deadline = started + args.time_limit if args.time_limit else None
     run = Run(args, script, model_name, list(classes), run_dir, device, dist, splits,
               list(clip_ids), deadline, replaced)
     if dist.main:

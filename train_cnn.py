@@ -17,6 +17,7 @@ Images of <clip>__sNN segments are scored per clip (mean of the segment logits).
 runs/<name>/ with config, history, metrics, curves, confusion, model.pt; --resume continues it.
 """
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -91,7 +92,9 @@ def images_size(data):
 
 
 @common.user_errors
-def main(argv=None):
+def main(argv=None, started=None):
+    """The command; started: the time.time() --time-limit counts from (default: now)."""
+    started = started or time.time()
     args = parse_args(argv)
     channels = channels_of(args)
     img_size = args.img_size if args.img_size is not None else images_size(args.data)
@@ -110,7 +113,7 @@ def main(argv=None):
     dist = common.Dist.from_env()
     with common.start_run(args, argv, "train_cnn.py", args.model, classes=classes,
                           clip_ids=dataset.clip_ids, labels=dataset.labels, split_dir=args.data,
-                          dist=dist) as run:
+                          dist=dist, started=started) as run:
         for part in run.parts():  # the split, or each of the --folds
             train, val, test = common.image_parts(dataset, part.indices, args.augment, args.seed)
             model = common.build_model(spec)

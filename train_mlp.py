@@ -227,7 +227,9 @@ def feature_set_of(path, columns):
 
 
 @common.user_errors
-def main(argv=None):
+def main(argv=None, started=None):
+    """The command; started: the time.time() --time-limit counts from (default: now)."""
+    started = started or time.time()
     args = parse_args(argv)  # every flag and path checked
     hidden = parse_hidden(args.hidden)
 
@@ -249,7 +251,8 @@ def main(argv=None):
     # batches of 32 x 57 features: a second thread only waits (measured 2x-30x slower)
     with torch_threads(1), \
             common.start_run(args, argv, "train_mlp.py", name, classes=classes, clip_ids=clip_ids,
-                             labels=label_index, split_dir=Path(args.data).parent, dist=dist) as run:
+                             labels=label_index, split_dir=Path(args.data).parent, dist=dist,
+                             started=started) as run:
         for part in run.parts():  # the split, or each of the --folds
             train, val, test = (dataset.subset(part.indices[p]) for p in ("train", "val", "test"))
             if args.baseline:

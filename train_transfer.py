@@ -319,7 +319,9 @@ def backbone_features(net, dataset, args, img_size, device, dist):
 
 
 @common.user_errors
-def main(argv=None):
+def main(argv=None, started=None):
+    """The command; started: the time.time() --time-limit counts from (default: now)."""
+    started = started or time.time()
     args = parse_args(argv)
     audio = args.arch == "cnn14"
     if audio and (next(Path(args.data).glob("*/*.png"), None) or
@@ -360,7 +362,7 @@ def main(argv=None):
     dist = common.Dist.from_env()
     with common.start_run(args, argv, "train_transfer.py", args.arch, classes=classes,
                           clip_ids=dataset.clip_ids, labels=dataset.labels, split_dir=args.data,
-                          dist=dist) as run:
+                          dist=dist, started=started) as run:
         features, backbone_seconds = None, 0.0
         for part in run.parts():  # the split, or each of the --folds
             train, val, test = common.image_parts(dataset, part.indices,

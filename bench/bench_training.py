@@ -67,7 +67,7 @@ def raw_epoch(model, batches, criterion, optimizer):
 def bench_size(size, args):
     device = torch.device("cpu")
     loop_args = dict(lr=1e-3, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                     patience=args.epochs + 1, device=device)
+                     early_stopping=None, device=device)
     data = random_images(args.n + args.n_val, size, args.seed)
     train, val = data.subset(range(args.n)), data.subset(range(args.n, args.n + args.n_val))
     batches = [(train.x[i:i + args.batch_size], train.y[i:i + args.batch_size])

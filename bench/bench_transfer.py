@@ -66,7 +66,7 @@ def main(argv=None):
     criterion = torch.nn.CrossEntropyLoss()
     autocast, _ = common.amp_tools(device)
     fit_args = dict(criterion=criterion, lr=1e-3, epochs=args.epochs, batch_size=args.batch_size,
-                    seed=args.seed, patience=args.epochs + 1, device=device, log=lambda *_: None)
+                    seed=args.seed, early_stopping=None, device=device, log=lambda *_: None)
 
     net.eval()
     with torch.no_grad():

@@ -1,4 +1,5 @@
 """Tiny audio and image data made with numpy, so the tests need nothing from outside."""
+import contextlib
 import sys
 from pathlib import Path
 
@@ -81,22 +82,37 @@ def make_images(root, n_per_class=6, size=16, classes=("a", "b", "c"), segments=
     return root
 
 
-@pytest.fixture
-def ctrl_c_in_epoch(monkeypatch):
-    """ctrl_c_in_epoch(n): the n-th epoch trained from now raises KeyboardInterrupt, as Ctrl-C
-    would; ctrl_c_in_epoch(None) lets training run again."""
-    real = common.train_epoch
+class OnLine:
+    """A stdout that passes everything on and calls `action` once, right after a line starting
+    with `prefix` has been printed: what happens then happens at that point of the program."""
 
-    def arm(n):
-        calls = []
+    def __init__(self, prefix, action, out):
+        self.prefix, self.action, self.out, self.line, self.fired = prefix, action, out, "", False
 
-        def interrupted(*args, **kwargs):
-            calls.append(1)
-            if len(calls) == n:
-                raise KeyboardInterrupt
-            return real(*args, **kwargs)
-        monkeypatch.setattr(common, "train_epoch", real if n is None else interrupted)
-    return arm
+    def write(self, text):
+        self.out.write(text)
+        self.line += text
+        *done, self.line = self.line.split("\n")
+        if not self.fired and any(line.startswith(self.prefix) for line in done):
+            self.fired = True
+            self.action()
+        return len(text)
+
+    def flush(self):
+        self.out.flush()
+
+
+def on_line(prefix, action):
+    return contextlib.redirect_stdout(OnLine(prefix, action, sys.stdout))
+
+
+def ctrl_c_after(prefix):
+    """Ctrl-C, as a user presses it, right after the program prints a line starting with
+    `prefix`: "split:" is before the first epoch (no checkpoint yet), "epoch   2" between epochs
+    2 and 3."""
+    def press():
+        raise KeyboardInterrupt
+    return on_line(prefix, press)
 
 
 @pytest.fixture

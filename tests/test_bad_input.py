@@ -21,7 +21,7 @@ import data_conversion
 import train_cnn
 import train_mlp
 import train_transfer
-from conftest import make_images, write_tone
+from conftest import ctrl_c_after, make_images, write_tone
 
 SCRIPTS = {"convert": data_conversion.main, "cnn": train_cnn.main, "transfer": train_transfer.main,
            "mlp": train_mlp.main, "compare": compare.main, "predict": predict.main}
@@ -239,13 +239,13 @@ def test_failed_run_leaves_no_folder(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("at_epoch", [1, 3])
-def test_ctrl_c_keeps_only_what_can_resume(at_epoch, tiny_images, tmp_path, capsys, ctrl_c_in_epoch):
+def test_ctrl_c_keeps_only_what_can_resume(at_epoch, tiny_images, tmp_path, capsys):
     """Ctrl-C in epoch 1 (no checkpoint yet): exit 130 and no run folder left holding only
     config.json. In epoch 3: the folder and its checkpoint stay, and the line says how to go on."""
-    ctrl_c_in_epoch(at_epoch)
     run = tmp_path / "runs" / "r"
-    assert train_cnn.main(["--data", str(tiny_images), "--img-size", "16", "--epochs", "5",
-                           "--out", str(tmp_path / "runs"), "--name", "r"]) == 130
+    with ctrl_c_after("split:" if at_epoch == 1 else f"epoch {at_epoch - 1:3d}"):
+        assert train_cnn.main(["--data", str(tiny_images), "--img-size", "16", "--epochs", "5",
+                               "--out", str(tmp_path / "runs"), "--name", "r"]) == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err
     if at_epoch == 1:
@@ -295,22 +295,22 @@ def test_unlabeled_image_folder_keeps_its_identity(world, tmp_path, capsys):
     assert "--size 16 -> 32" in capsys.readouterr().err
 
 
-def test_overwrite_that_fails_gives_the_old_run_back(world, tmp_path, ctrl_c_in_epoch, capsys):
+def test_overwrite_that_fails_gives_the_old_run_back(world, tmp_path, capsys):
     """--overwrite, then Ctrl-C before the new run has a checkpoint: the old run is back, whole."""
     shutil.copytree(world / "runs" / "r1", tmp_path / "runs" / "r1")
     before = snapshot(tmp_path / "runs")
-    ctrl_c_in_epoch(1)
-    assert train_cnn.main(["--data", str(world / "images"), "--epochs", "1", "--out",
-                           str(tmp_path / "runs"), "--name", "r1", "--overwrite"]) == 130
+    with ctrl_c_after("split:"):
+        assert train_cnn.main(["--data", str(world / "images"), "--epochs", "1", "--out",
+                               str(tmp_path / "runs"), "--name", "r1", "--overwrite"]) == 130
     assert snapshot(tmp_path / "runs") == before
 
 
-def test_resume_on_another_kind_of_device_is_one_line(world, tmp_path, capsys, ctrl_c_in_epoch):
+def test_resume_on_another_kind_of_device_is_one_line(world, tmp_path, capsys):
     """A checkpoint made on CUDA (AMP) resumed on the CPU would not give the same run."""
-    ctrl_c_in_epoch(2)
     run = tmp_path / "runs" / "r"
-    assert train_cnn.main(["--data", str(world / "images"), "--epochs", "3", "--out",
-                           str(tmp_path / "runs"), "--name", "r"]) == 130
+    with ctrl_c_after("epoch   1"):
+        assert train_cnn.main(["--data", str(world / "images"), "--epochs", "3", "--out",
+                               str(tmp_path / "runs"), "--name", "r"]) == 130
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     torch.save({**state, "device_type": "cuda"}, run / "checkpoint.pt")
     capsys.readouterr()

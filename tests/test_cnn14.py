@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import common
 import predict
 import train_transfer
+from conftest import ctrl_c_after
 
 # Cnn14_mAP=0.431.pth's "model": key -> (shape, dtype), listed from the published file
 PUBLISHED = {}
@@ -357,7 +358,7 @@ def audio_clips(tmp_path_factory):
 
 @pytest.mark.slow
 def test_cnn14_trains_frozen_and_finetuned_resumes_predicts_and_joins_an_ensemble(
-        audio_clips, tmp_path, capsys, ctrl_c_in_epoch):
+        audio_clips, tmp_path, capsys):
     import compare
     import data_conversion
     import train_mlp
@@ -380,9 +381,8 @@ def test_cnn14_trains_frozen_and_finetuned_resumes_predicts_and_joins_an_ensembl
     # fine-tuned with PANNs' SpecAugment and mixup, interrupted after epoch 1, resumed
     tuned = base + ["--finetune", "--augment", "specaugment", "--mixup", "0.2", "--epochs", "2"]
     assert train_transfer.main(tuned + ["--name", "whole"]) == 0
-    ctrl_c_in_epoch(2)
-    assert train_transfer.main(tuned + ["--name", "killed"]) == 130
-    ctrl_c_in_epoch(None)
+    with ctrl_c_after("epoch   1"):
+        assert train_transfer.main(tuned + ["--name", "killed"]) == 130
     assert train_transfer.main(["--resume", str(runs / "killed")]) == 0
     weights = [torch.load(runs / n / "model.pt", weights_only=True)["state_dict"] for n in ("whole", "killed")]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -104,7 +104,8 @@ def test_fast_path_trains_what_the_full_frozen_model_would(tiny_images):
         common.seed_everything(1)
         result = common.fit(net.head if fast else net, train, val,
                             criterion=torch.nn.CrossEntropyLoss(), epochs=3, lr=3e-3,
-                            batch_size=4, patience=5, seed=0, device=torch.device("cpu"),
+                            batch_size=4, early_stopping=common.EarlyStopping(5), seed=0,
+                            device=torch.device("cpu"),
                             log=lambda *_: None)
         runs.append((result.history, net.head.state_dict()))
     (slow, slow_head), (fast, fast_head) = runs
