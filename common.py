@@ -328,12 +328,19 @@ def warm_imports(names=CONVERSION_MODULES):
         getattr(librosa, name)
 
 
-def one_thread():
+def one_thread(parent=None):
     """Worker initializer: processes already give the parallelism; BLAS/FFT/numba threads would
     oversubscribe the cores (measured 10x slower on 2 cores). Ctrl-C is the parent's to handle:
-    a worker ignores it (else each prints its own traceback)."""
+    a worker ignores it (else each prints its own traceback). A worker whose parent dies (kill -9)
+    ends quietly at once (Linux's parent-death signal), instead of each failing on the broken
+    pipe with a traceback."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent is not None and sys.platform.startswith("linux"):
+        import ctypes
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # it died before that was set
+            os._exit(0)
     from threadpoolctl import threadpool_limits
     threadpool_limits(1)
     with contextlib.suppress(Exception):  # numba's pool is sized at import: set it, not the env
@@ -354,7 +361,7 @@ def parallel_map(fn, items, workers, desc, warm=CONVERSION_MODULES, deadline=Non
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     workers = min(workers, len(items))
     chunk = max(1, min(8, len(items) // (4 * workers)))  # fewer round trips, still balanced
-    with ctx.Pool(workers, initializer=one_thread) as pool:
+    with ctx.Pool(workers, initializer=one_thread, initargs=(os.getpid(),)) as pool:
         yield from progress(pool.imap_unordered(fn, items, chunksize=chunk), desc,
                             total=len(items), deadline=deadline)
 
@@ -1595,11 +1602,13 @@ class BadCheckpoint(SuiteError):
 
 def save_checkpoint(path, state):
     """All that training depends on (a plain dict: weights, optimizer, scheduler, scaler,
-    early-stopping state, random generators, history) into path, atomically; the history beside
-    it as history.csv, which tells the run's progress without loading the checkpoint."""
+    early-stopping state, random generators, history) into path, atomically; then beside it
+    checkpoint.json, which says where it stands (what a resumed run starts after) without loading
+    it."""
     path = Path(path)
     atomic_write(path, lambda f: torch.save(state, f), mode="wb")
-    write_history(path.parent / "history.csv", state["history"])
+    write_json(path.with_suffix(".json"), {"epochs_done": len(state["history"]),
+                                           "best_epoch": state["best_epoch"]})
 
 
 def load_checkpoint(path, device):
@@ -2132,6 +2141,55 @@ def run_finished(run_dir):
 
 
 @dataclass
+class RunProgress:
+    """How far a run folder is, read from its small files (config.json, checkpoint.json written
+    with every checkpoint, metrics.json at the end): what resuming it starts from."""
+    finished: bool
+    parts: int         # 1, or the number of folds
+    parts_done: int    # parts tested with complete training
+    epochs_done: int   # of the part in progress (of the last part when all are done)
+    epochs: int        # --epochs
+
+    @property
+    def rank(self):
+        """Orders runs of the same flags: the one further on is greater."""
+        return (self.finished, self.parts_done, self.epochs_done)
+
+    def __str__(self):
+        if self.finished:
+            return "finished"
+        where = f"epoch {self.epochs_done} of {self.epochs}"
+        return where if self.parts == 1 else f"fold {self.parts_done + 1} of {self.parts}, {where}"
+
+
+def run_progress(run_dir):
+    """RunProgress of a run folder, or None when it is not one (no readable config.json)."""
+    run_dir = Path(run_dir)
+    try:
+        args = json.loads((run_dir / "config.json").read_text())["args"]
+        parts, epochs = int(args.get("folds") or 1), int(args["epochs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+    def read(path):
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def done(folder):  # tested after complete training, its checkpoint gone
+        metrics = read(folder / "metrics.json")
+        return bool(metrics) and metrics.get("complete", True) \
+            and not (folder / "checkpoint.json").exists()
+    folders = [run_dir] if parts == 1 else [run_dir / f"fold{k}" for k in range(1, parts + 1)]
+    parts_done = sum(map(done, folders))
+    current = next((f for f in folders if not done(f)), folders[-1])
+    epochs_done = read(current / "checkpoint.json").get(
+        "epochs_done", read(current / "metrics.json").get("epochs_run", 0))
+    return RunProgress(parts_done == parts, parts, parts_done, int(epochs_done), epochs)
+
+
+@dataclass
 class Run:
     """A training command: its arguments, folder, device and processes, its parts (the split,
     or the folds), and the metrics of the parts done so far."""
@@ -2351,8 +2409,9 @@ def save(part, model, spec, tested, result, *, train, val, test, prepare_seconds
             saved = {"estimator": model, "spec": spec, "classes": classes, **extra}
             atomic_write(part.dir / "model.joblib", lambda f: joblib.dump(saved, f), mode="wb")
         write_results(part.dir, metrics, history, report, predictions, classes)
-        if metrics["complete"]:
-            part.checkpoint.unlink(missing_ok=True)  # the model file has the weights
+        if metrics["complete"]:  # the model file has the weights
+            part.checkpoint.unlink(missing_ok=True)
+            part.checkpoint.with_suffix(".json").unlink(missing_ok=True)
         print(f"test: balanced accuracy {metrics['test_balanced_accuracy']:.3f}, accuracy "
               f"{metrics['test_accuracy']:.3f}, macro F1 {metrics['test_macro_f1']:.3f} on "
               f"{metrics['n_test']} clips ({metrics['split']}) -> {part.dir}")

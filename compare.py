@@ -285,7 +285,9 @@ def markdown_table(entries):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for e in entries:
         model = e["model"] + (" (random weights)" if e.get("weights") == "none" else "")
-        name = e["name"] + (f" (Kaggle v{e['kaggle_version']})" if e.get("kaggle_version") else "")
+        relay = "relay " if str(e.get("kaggle_kernel", "")).endswith("-relay") else ""
+        name = e["name"] + (f" (Kaggle {relay}v{e['kaggle_version']})" if e.get("kaggle_version")
+                            else "")
         small = " †" if e.get("small_test") else ""
         row = [name, model, cell(e, "test_balanced_accuracy", "{:.3f}") + small,
                cell(e, "test_accuracy", "{:.3f}"), cell(e, "test_macro_f1", "{:.3f}"),

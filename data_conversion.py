@@ -169,6 +169,8 @@ def conversion_lock(out):
                 if owner.isdigit() and Path(f"/proc/{owner}").exists():
                     raise common.SuiteError(f"{out}: another conversion (process {owner}) is "
                                             "writing into it; wait for it, or convert elsewhere") from None
+                print(f"note: {lock} was left by a conversion that was killed (process "
+                      f"{owner or '?'}); taking it over", file=sys.stderr)
                 lock.unlink(missing_ok=True)
         os.write(fd, str(os.getpid()).encode())
         os.close(fd)
@@ -209,7 +211,7 @@ def claim_image_folder(out, settings, src, overwrite=False):
 
 
 def convert_folder(src, out, settings, workers=1, labels_csv=None, labeled=True,
-                   overwrite=False):
+                   overwrite=False, deadline=None):
     """Convert a labeled tree (or a flat folder with labeled=False) to OUT/<genre>/<name>.png.
 
     Bad files: a warning line each, a row in OUT/errors.csv, the rest converted.
@@ -234,7 +236,7 @@ def convert_folder(src, out, settings, workers=1, labels_csv=None, labeled=True,
             tmp.unlink(missing_ok=True)
         converted, skipped, errors = 0, 0, []
         for path, n_written, n_skipped, error in common.parallel_map(convert_clip, jobs, workers,
-                                                                     "convert"):
+                                                                     "convert", deadline=deadline):
             if error:
                 print(f"warning: skipped {path}: {error}", file=sys.stderr)
                 errors.append((str(path), error))
@@ -316,7 +318,8 @@ def count_rows(csv_path):
         return "?"
 
 
-def extract_features(src, out_csv, feature_set="standard", workers=1, labels_csv=None):
+def extract_features(src, out_csv, feature_set="standard", workers=1, labels_csv=None,
+                     deadline=None):
     """Labeled audio -> a CSV like the public GTZAN table (filename, features..., label), its
     errors beside it (OUT_errors.csv) and what made it (OUT.json). Rows of unchanged clips come
     from the cache. Returns (rows written, rows computed, errors)."""
@@ -329,7 +332,8 @@ def extract_features(src, out_csv, feature_set="standard", workers=1, labels_csv
         else:
             rows[path] = (label, row)
     for path, label, row, error in common.parallel_map(feature_job, jobs, workers, "features",
-                                                       warm=common.FEATURE_MODULES):
+                                                       warm=common.FEATURE_MODULES,
+                                                       deadline=deadline):
         if error:
             print(f"warning: skipped {path}: {error}", file=sys.stderr)
             errors.append((str(path), error))

@@ -99,10 +99,20 @@ def check_model(args):
 # ----------------------------------------------------------------------------------------------
 # Pretrained weights: torchvision's ImageNet file (downloaded once into its cache), or a file
 
+def imagenet_file_name(arch):
+    """torchvision's file for the architecture's default weights (vgg16-397923af.pth): the name
+    a data set must hold them under (the hex is the start of the file's SHA-256)."""
+    import torchvision
+    return Path(torchvision.models.get_model_weights(arch).DEFAULT.url).name
+
+
 def imagenet_state_dict(arch):
+    """torchvision's weights, downloaded once into torch's hub cache; a download is kept only
+    when its SHA-256 starts with the hash in the file's name (torch.hub's check_hash)."""
     import torchvision
     try:
-        return torchvision.models.get_model_weights(arch).DEFAULT.get_state_dict(progress=True)
+        return torchvision.models.get_model_weights(arch).DEFAULT.get_state_dict(
+            progress=True, check_hash=True)
     except Exception as e:
         raise common.SuiteError(
             f"could not download ImageNet weights for {arch} ({type(e).__name__}: {e}); "
@@ -169,6 +179,7 @@ def build_transfer(arch, n_classes, weights="imagenet", head_dropout=0.5, finetu
 # hub cache, or a file (e.g. attached to a Kaggle kernel as a data set)
 CNN14_URL = "https://zenodo.org/record/3987831/files/Cnn14_mAP%3D0.431.pth?download=1"
 CNN14_FILE = "Cnn14_mAP=0.431.pth"
+CNN14_MD5 = "541141fa2ee191a88f24a3219fff024e"  # Zenodo's checksum of the file
 
 
 def cnn14_numpy_globals():
@@ -215,8 +226,8 @@ def load_cnn14_weights(model, path):
 
 
 def cnn14_weights_path():
-    """PANNs' published CNN14 file in torch's hub cache, downloaded once (and kept only if it
-    loads as CNN14)."""
+    """PANNs' published CNN14 file in torch's hub cache, downloaded once (and kept only when it
+    has Zenodo's MD5 and loads as CNN14)."""
     path = Path(torch.hub.get_dir()) / "checkpoints" / CNN14_FILE
     if not path.is_file():
         try:
@@ -229,6 +240,10 @@ def cnn14_weights_path():
                 "zenodo.org/record/3987831, e.g. attached to a Kaggle kernel as a data set) or "
                 "--weights none", code=2) from None
         try:
+            digest = hashlib.md5(path.read_bytes()).hexdigest()
+            if digest != CNN14_MD5:
+                raise common.SuiteError(f"{path}: not the published file (its MD5 is {digest}, "
+                                        f"Zenodo lists {CNN14_MD5}); not kept", code=2)
             load_cnn14_weights(common.Cnn14(), path)
         except common.SuiteError:
             path.unlink()

@@ -1,31 +1,35 @@
-"""Build Kaggle kernels from recipes: kernels/NAME/ with kernel.py (one self-contained script),
-kernel-metadata.json and recipe.json (what it was built from).
+"""Build Kaggle kernels from recipes: kernels/NAME/ with kernel.ipynb (a notebook: what it does,
+the recipe, the suite's code, one cell that runs it, the results), kernel-metadata.json,
+relay/kernel-metadata.json (its relay partner, see below) and recipe.json.
 
     # a ready-made recipe (kernels/recipes/), with your user name and data
     python kernels/build.py --recipe specnet-mel --user alice \\
         --dataset andradaolteanu/gtzan-dataset-music-genre-classification
     # your own: a kind, the conversion, the sources, and the trainer's flags after --
     python kernels/build.py --name resnet50-ft --kind transfer --size 256 --user alice \\
-        --competition genre-comp --weights-dataset alice/torchvision-weights \\
+        --competition genre-comp --weights-dataset alice/resnet50-weights \\
         -- --arch resnet50 --finetune --epochs 30
+    # a code competition: training under 9 h, and an inference kernel that only predicts
+    python kernels/build.py --recipe specnet-mel --user alice --competition comp --code-competition
+    python kernels/build.py --name specnet-infer --kind predict --from specnet-mel
     python kernels/build.py                   # rebuild every kernel in kernels/ from its recipe
     python kernels/build.py --check           # exit 1 listing stale kernels; write nothing
     python kernels/kaggle_loop.py push NAME   # then push it (see kaggle_loop.py)
 
-A recipe is checked when it is built: the trainer's own parser reads its flags, so a bad flag
-fails here in one line, not an hour into a Kaggle session. kernel.py carries common.py, the
-trainer, data_conversion.py for image kernels and kernels/kernel_main.py verbatim (executed into
-modules of those names, so multiprocessing pickles by module name as with the real files) and
-runs kernel_main.main(argv, RECIPE). Kaggle runs it with no arguments; see kernel_main.py for
-what it does, and `python kernels/NAME/kernel.py --help` for local runs.
+A recipe is checked when it is built, with the kernel's own argument handling
+(kernel_main.check_recipe: the trainer's parser, the flags the kernel sets, a --split it can
+find), so a bad flag fails here in one line, not an hour into a Kaggle session. The notebook
+writes the modules the kernel imports (computed from the imports of kernel_main.py and the
+trainer) into /kaggle/temp/suite/ as real code cells (%%writefile), so `import common`,
+multiprocessing (which pickles by module name) and torchrun find them as files.
 
-Kernels run with internet off (code competitions require it): a transfer kernel takes its
-pretrained weights from an attached data set (--weights-dataset) holding torchvision's file for
-the architecture (e.g. vgg16-397923af.pth) or PANNs' Cnn14_mAP=0.431.pth; a cnn14 kernel trains
-on the audio itself, no conversion. GPU kernels ask for Kaggle's T4 ("NvidiaTeslaT4",
-GPU T4 x2; --gpus 2 trains on both under torchrun); an MLP kernel gets a CPU session. Each
-kernel attaches its own output (kernel_sources), so a version resumes the run its previous
-version left. The output is deterministic: same sources and recipe, byte-identical files.
+A kernel cannot attach its own output (Kaggle refuses the source and mounts nothing), so every
+training kernel has a relay partner, another kernel of the same notebook under the title
+"... Relay": each attaches the other's output, and a run longer than a session goes on in the
+partner's next version. Kernels run with internet off (code competitions require it): a transfer
+kernel takes its pretrained weights from an attached data set (--weights-dataset; kaggle_loop.py
+weights makes one). GPU kernels ask for Kaggle's T4 x2 ("NvidiaTeslaT4"); an MLP kernel gets a
+CPU session. The output is deterministic: same sources and recipe, byte-identical files.
 """
 import argparse
 import ast
@@ -39,16 +43,17 @@ KERNELS_DIR = Path(__file__).resolve().parent
 ROOT = KERNELS_DIR.parent
 sys.path[:0] = [str(ROOT), str(KERNELS_DIR)]
 import common  # noqa: E402
-import kernel_main  # noqa: E402  (the kernel's own code: which trainer flags it sets)
+import kernel_main  # noqa: E402  (the kernel's own code: its flags and its check of a recipe)
 
 RECIPES_DIR = KERNELS_DIR / "recipes"  # the ready-made recipes
-RECIPE_FILE = "recipe.json"
-MACHINE_SHAPE = "NvidiaTeslaT4"
-KINDS = ("cnn", "transfer", "mlp")  # the trainer of each: kernel_main.TRAINERS
+RECIPE_FILE, NOTEBOOK, RELAY = "recipe.json", "kernel.ipynb", "relay"
+MACHINE_SHAPE = "NvidiaTeslaT4"  # T4 x2; P100 is retired and current CUDA wheels lack sm_60
+SESSION_HOURS, CODE_COMPETITION_HOURS = 12, 9  # Kaggle's limits (../shared/KAGGLE.md)
 DEFAULTS = {
     "user": "your-kaggle-username", "title": None, "datasets": [], "competition": None,
-    "weights_dataset": None, "test_folder": "test", "sample_submission": "sample_submission.csv",
-    "time_limit": "11h30m", "gpus": 1, "internet": False, "trainer_args": [],
+    "code_competition": False, "weights_dataset": None, "test_folder": "test",
+    "sample_submission": "sample_submission.csv", "time_limit": None, "processes": "auto",
+    "internet": False, "trainer_args": [], "note": None,
 }
 IMAGE_CONVERSION = {"size": 512, "mel": 0, "segment_seconds": 0.0}  # data_conversion.py's
 
@@ -58,9 +63,13 @@ def build_parser():
     r = p.add_argument_group("recipe")
     r.add_argument("--recipe", metavar="NAME", help="start from a ready-made recipe: "
                    + ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.json"))))
-    r.add_argument("--name", help="the kernel's folder and its run's name (default: the recipe's)")
-    r.add_argument("--kind", choices=list(KINDS), help="cnn (train_cnn.py), transfer "
-                   "(train_transfer.py) or mlp (train_mlp.py)")
+    r.add_argument("--name", help="the kernel's folder, its run's name and (unless --title) its "
+                                  "title and Kaggle id (default: the recipe's)")
+    r.add_argument("--kind", choices=kernel_main.KINDS, help="cnn (train_cnn.py), transfer "
+                   "(train_transfer.py), mlp (train_mlp.py), or predict (a finished run of "
+                   "--from predicts, nothing is trained)")
+    r.add_argument("--from", dest="source", metavar="NAME", help="predict kind: the training "
+                   "kernel (built in --out) whose finished run predicts")
     r.add_argument("--title", help="Kaggle title (default: Music Genre NAME); the id is its slug")
     c = p.add_argument_group("conversion (images for cnn and transfer kinds, features for mlp)")
     c.add_argument("--size", type=common.number(int, minimum=0), help="image side (0: native)")
@@ -75,15 +84,19 @@ def build_parser():
                    help="a data set to attach (repeatable), e.g. GTZAN's "
                         "andradaolteanu/gtzan-dataset-music-genre-classification")
     s.add_argument("--competition", metavar="SLUG", help="a competition to attach")
+    s.add_argument("--code-competition", action="store_true", help="the competition is a code "
+                   "competition: Kaggle stops its notebooks at 9 h (the time limit defaults to "
+                   "8h30m) and reruns the submitted one on the hidden test set")
     s.add_argument("--weights-dataset", metavar="OWNER/SLUG", help="a data set holding the "
-                   "pretrained weights file (torchvision's), for a transfer kernel offline")
+                   "pretrained weights file, for a transfer kernel offline (kaggle_loop.py "
+                   "weights makes one)")
     s.add_argument("--test-folder", help="name of the folder of audio to predict (default test)")
     s.add_argument("--sample-submission", help="name of the sample submission CSV beside it "
                                                "(default sample_submission.csv)")
     s.add_argument("--time-limit", help="stop training before this much of the session has "
-                                        "passed (default 11h30m: Kaggle's GPU sessions end at 12 h)")
-    s.add_argument("--gpus", type=common.number(int, minimum=1),
-                   help="train on up to N GPUs under torchrun (default 1)")
+                                        "passed (default 11h30m; 8h30m in a code competition)")
+    s.add_argument("--processes", help="training processes: auto (both T4s when the recipe gains "
+                                       "from it) or N (default auto)")
     s.add_argument("--internet", action="store_true", help="let the kernel use the internet "
                    "(code competitions forbid it)")
     o = p.add_argument_group("output")
@@ -104,7 +117,7 @@ def read_json(path, what):
         raise common.SuiteError(f"{path}: not a readable {what}") from None
 
 
-def make_recipe(args, trainer_args):
+def make_recipe(args, trainer_args, out):
     """The recipe of this build: a ready-made one (--recipe) or the given kind, with the flags
     given on top, then the defaults."""
     base = {}
@@ -114,34 +127,63 @@ def make_recipe(args, trainer_args):
             known = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.json")))
             raise common.SuiteError(f"--recipe {args.recipe}: no such recipe; known: {known}")
         base = {"name": args.recipe, **read_json(path, "recipe")}
+        if args.name and args.name != args.recipe:  # another kernel: its own title and id
+            base.pop("title", None)
     elif not (args.name and args.kind):
         raise common.SuiteError("give --recipe NAME, or --name NAME and --kind KIND")
     given = {"name": args.name, "kind": args.kind, "title": args.title, "user": args.user,
              "datasets": args.dataset, "competition": args.competition,
+             "code_competition": args.code_competition or None,
              "weights_dataset": args.weights_dataset, "test_folder": args.test_folder,
              "sample_submission": args.sample_submission, "time_limit": args.time_limit,
-             "gpus": args.gpus, "internet": args.internet or None,
+             "processes": args.processes, "internet": args.internet or None,
              "trainer_args": base.get("trainer_args", []) + trainer_args or None}
     recipe = {**DEFAULTS, **base, **{k: v for k, v in given.items() if v is not None}}
+    if recipe["kind"] == "predict":
+        recipe = predict_recipe(recipe, args, out)
     conversion = {"size": args.size, "mel": args.mel, "segment_seconds": args.segment_seconds}
-    if args.feature_set and recipe["kind"] != "mlp":
-        raise common.SuiteError("--feature-set: only an mlp kernel extracts features")
-    if recipe["kind"] == "mlp":
+    if recipe["kind"] in ("mlp", "predict"):
         if any(v is not None for v in conversion.values()):
-            raise common.SuiteError("--size, --mel, --segment-seconds: an mlp kernel reads "
-                                    "features, not images")
-        recipe["conversion"] = {"feature_set": args.feature_set or recipe.get(
-            "conversion", {}).get("feature_set", "standard")}
+            raise common.SuiteError(f"--size, --mel, --segment-seconds: an {recipe['kind']} "
+                                    "kernel makes no images")
+        recipe["conversion"] = {} if recipe["kind"] == "predict" else {
+            "feature_set": args.feature_set or recipe.get("conversion", {}).get("feature_set",
+                                                                               "standard")}
     else:
+        if args.feature_set:
+            raise common.SuiteError("--feature-set: only an mlp kernel extracts features")
         recipe["conversion"] = {**IMAGE_CONVERSION, **recipe.get("conversion", {}),
                                 **{k: v for k, v in conversion.items() if v is not None}}
     return check_recipe(recipe)
 
 
+def predict_recipe(recipe, args, out):
+    """A predict kernel: the training kernel's ids, user, competition and test settings."""
+    if not args.source:
+        raise common.SuiteError("--kind predict needs --from NAME: the training kernel whose "
+                                "finished run predicts")
+    if args.dataset or args.weights_dataset or recipe["trainer_args"]:
+        raise common.SuiteError("--kind predict: no --dataset, --weights-dataset or trainer "
+                                "flags (the model says how it was trained)")
+    folder = Path(out) / args.source
+    if not (folder / RECIPE_FILE).is_file():
+        raise common.SuiteError(f"--from {args.source}: no kernel {folder} (build the training "
+                                "kernel first, with the same --out)")
+    source = check_recipe({**DEFAULTS, **read_json(folder / RECIPE_FILE, "recipe")})
+    if source["kind"] == "predict":
+        raise common.SuiteError(f"--from {args.source}: a predict kernel, not a training one")
+    inherited = {k: source[k] for k in ("user", "competition", "code_competition", "test_folder",
+                                        "sample_submission")}
+    chosen = {k: v for k, v in recipe.items() if v is not None and v != DEFAULTS.get(k)}
+    return {**recipe, **inherited, **chosen, "from": args.source, "source_kind": source["kind"],
+            "from_kernels": [i for i in kernel_ids(source) if i]}
+
+
 def check_recipe(recipe):
-    """Every field, and the trainer flags through the trainer's own parser: one line each."""
-    if recipe.get("kind") not in KINDS:
-        raise common.SuiteError(f"recipe {recipe.get('name')}: kind must be one of {', '.join(KINDS)}")
+    """Every field, and the trainer flags as the kernel itself checks them: one line each."""
+    if recipe.get("kind") not in kernel_main.KINDS:
+        raise common.SuiteError(f"recipe {recipe.get('name')}: kind must be one of "
+                                f"{', '.join(kernel_main.KINDS)}")
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,49}", recipe["name"]):
         raise common.SuiteError(f"--name {recipe['name']!r}: lowercase letters, digits and '-' "
                                 "(it names the kernel folder and its run)")
@@ -150,121 +192,78 @@ def check_recipe(recipe):
     for source in recipe["datasets"] + [recipe["weights_dataset"] or "a/b"]:
         if not re.fullmatch(r"[\w.-]+/[\w.-]+", source):
             raise common.SuiteError(f"--dataset {source!r}: expected OWNER/SLUG")
-    if not 5 <= len(title(recipe)) <= 50:
-        raise common.SuiteError(f"--title {title(recipe)!r}: Kaggle wants 5 to 50 characters")
+    for name in titles(recipe):
+        if not 5 <= len(name) <= 50:
+            raise common.SuiteError(f"--title {name!r}: Kaggle wants 5 to 50 characters")
+    if recipe["code_competition"] and not recipe["competition"]:
+        raise common.SuiteError("--code-competition needs --competition SLUG")
+    limit = recipe["time_limit"] or ("8h30m" if recipe["code_competition"] else "11h30m")
     try:
-        common.duration(recipe["time_limit"])
+        seconds = common.duration(limit)
     except argparse.ArgumentTypeError as e:
         raise common.SuiteError(f"--time-limit: {e}") from None
-    trainer = load_trainer(recipe["kind"])
+    hours = CODE_COMPETITION_HOURS if recipe["code_competition"] else SESSION_HOURS
+    if recipe["kind"] != "predict" and seconds > hours * 3600 - 600:
+        raise common.SuiteError(f"--time-limit {limit}: Kaggle stops a "
+                                f"{'code competition notebook' if recipe['code_competition'] else 'session'}"
+                                f" at {hours} h; leave at least 10 minutes (e.g. "
+                                f"{hours - 1}h30m)")
+    recipe = {**recipe, "time_limit": limit}
+    if str(recipe["processes"]) != "auto" and not str(recipe["processes"]).isdigit():
+        raise common.SuiteError(f"--processes {recipe['processes']}: auto or a number")
     try:
-        args = trainer.parse_args(recipe["trainer_args"], check_paths=False)
+        args = kernel_main.check_recipe(recipe)
     except common.SuiteError as e:
         raise common.SuiteError(f"trainer flags ({' '.join(recipe['trainer_args'])}): {e}") from None
-    defaults = trainer.parse_args([], check_paths=False)
-    owned = [k for k in kernel_main.KERNEL_FLAGS if getattr(args, k, None) != getattr(defaults, k, None)]
-    if owned:
-        flag = "--data/--features" if owned[0] == "data" else f"--{owned[0].replace('_', '-')}"
-        raise common.SuiteError(f"{flag}: set by the kernel (data, run folder, resume, "
-                                "prediction, time limit), not a trainer flag of a recipe")
     if recipe["kind"] == "transfer" and args.weights in ("imagenet", "panns") and not (
             recipe["internet"] or recipe["weights_dataset"]):
         raise common.SuiteError(
             f"{'PANNs' if args.weights == 'panns' else 'ImageNet'} weights for {args.arch} cannot "
             "be downloaded with internet off (as code competitions require): attach a data set "
-            "holding the weights file with --weights-dataset OWNER/SLUG, or build with "
+            "holding the weights file with --weights-dataset OWNER/SLUG (python "
+            f"kernels/kaggle_loop.py weights --arch {args.arch} makes one), or build with "
             "--internet, or pass -- --weights none")
     return recipe
-
-
-def load_trainer(kind):
-    import importlib
-    return importlib.import_module(kernel_main.TRAINERS[kind])
 
 
 def title(recipe):
     return recipe["title"] or f"Music Genre {recipe['name'].replace('-', ' ').title()}"
 
 
-def metadata(recipe):
-    from slugify import slugify  # python-slugify, as the kaggle package links title and id
-    gpu = recipe["kind"] != "mlp"
+def titles(recipe):
+    """The kernel's title, and its relay partner's (a training kernel's)."""
+    return [title(recipe)] + ([f"{title(recipe)} Relay"] if recipe["kind"] != "predict" else [])
+
+
+def kernel_ids(recipe):
+    """(the kernel's id, its relay partner's id or None): USER/slugify(title), as Kaggle and the
+    kaggle package link them (python-slugify)."""
+    from slugify import slugify
+    ids = [f"{recipe['user']}/{slugify(t)}" for t in titles(recipe)]
+    return ids[0], ids[1] if len(ids) > 1 else None
+
+
+def metadata(recipe, relay=False):
+    """kernel-metadata.json of the kernel, or of its relay partner: the same notebook, each
+    attaching the other's output (never its own: Kaggle refuses that source and mounts nothing)."""
+    own, partner = kernel_ids(recipe)[::-1] if relay else kernel_ids(recipe)
+    gpu = recipe["kind"] != "mlp" and recipe.get("source_kind") != "mlp"
     datasets = list(recipe["datasets"])
     if recipe["weights_dataset"]:
         datasets.append(recipe["weights_dataset"])
-    kernel_id = f"{recipe['user']}/{slugify(title(recipe))}"
     return {
-        "id": kernel_id, "title": title(recipe), "code_file": "kernel.py",
-        "language": "python", "kernel_type": "script", "is_private": True,
+        "id": own, "title": titles(recipe)[1 if relay else 0],
+        "code_file": f"../{NOTEBOOK}" if relay else NOTEBOOK,
+        "language": "python", "kernel_type": "notebook", "is_private": True,
         "enable_gpu": gpu, **({"machine_shape": MACHINE_SHAPE} if gpu else {}),
         "enable_internet": recipe["internet"], "dataset_sources": datasets,
         "competition_sources": [recipe["competition"]] if recipe["competition"] else [],
-        "kernel_sources": [kernel_id],  # its own previous output: a version resumes from it
+        "kernel_sources": recipe["from_kernels"] if recipe["kind"] == "predict" else [partner],
     }
 
 
 # ----------------------------------------------------------------------------------------------
-# kernel.py: a short bootstrap around the embedded sources
-
-KERNEL_TEMPLATE = '''\
-r"""{{TITLE}} (Kaggle script, kernel {{NAME}}): generated by kernels/build.py from
-{{SOURCE_FILES}} and the recipe below; do not edit: change those and run
-`python kernels/build.py`.
-
-With no arguments (as on Kaggle) it finds the data under /kaggle/input, resumes the run of its
-previous version when that output is attached, {{STEPS}} in /kaggle/temp,
-trains into /kaggle/working/runs/{{NAME}}/ before the time limit, predicts the test audio and
-writes /kaggle/working/submission.csv. $KAGGLE_ROOT moves /kaggle. Locally:
-
-    python kernels/{{NAME}}/kernel.py --train DIR --test DIR --temp T --working W -- --epochs 2
-
-Arguments after `--` (and any this script does not know) go to {{TRAINER}}.py after the
-recipe's; $KERNEL_ARGS adds arguments too. `--help` lists the kernel's own.
-"""
-import linecache
-import sys
-import types
-
-RECIPE = {{RECIPE}}
-
-
-def install_modules():
-    """Turn the embedded sources into modules. Each is registered in sys.modules before its
-    code runs, so `import common` and multiprocessing (which pickles worker functions by
-    module name) find it; linecache gets the text so tracebacks show the lines."""
-    for name, source in SOURCES:
-        filename = f"{name}.py"
-        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-        module = types.ModuleType(name)
-        module.__file__ = filename
-        sys.modules[name] = module
-        exec(compile(source, filename, "exec"), module.__dict__)
-
-
-# ----------------------------------------------------------------------------------------------
-# Embedded sources, verbatim (kernels/build.py checks they round-trip exactly)
-
-{{EMBEDDED}}
-
-if __name__ == "__main__":
-    install_modules()
-    sys.exit(sys.modules["kernel_main"].main(None, RECIPE))
-'''
-
-
-def embed(name, source):
-    """`NAME_PY = r'''...'''` holding source exactly; repr() when a raw string cannot."""
-    variable = f"{name.upper()}_PY"
-    for quote in ("'''", '"""'):
-        literal = f"r{quote}{source}{quote}"
-        if quote not in source and not source.endswith("\\"):
-            try:
-                if ast.literal_eval(literal) == source:
-                    return f"{variable} = {literal}\n"
-            except SyntaxError:
-                pass
-    return f"{variable} = {source!r}\n"
-
+# The notebook: the recipe on top, the suite's code in cells, one cell that runs it, the results
 
 def local_imports(path):
     """Names of the suite's own modules a file imports (anywhere in it, lazy imports included)."""
@@ -296,39 +295,164 @@ def module_sources(kind):
         for imported in sorted(local_imports(module_path(name))):
             visit(imported)
         order.append(name)
-    visit(kernel_main.TRAINERS[kind])
+    if kind in kernel_main.TRAINERS:
+        visit(kernel_main.TRAINERS[kind])
     visit("kernel_main")
     return {name: module_path(name).read_text(encoding="utf-8") for name in order}
 
 
-def kernel_script(recipe):
+def data_files(recipe):
+    """Files the modules read that the kernel must carry: a named split its flags use."""
+    flags = recipe["trainer_args"]
+    used = [flags[i + 1] for i, flag in enumerate(flags[:-1]) if flag == "--split"]
+    return {f"splits/{path.name}": path.read_text(encoding="utf-8")
+            for name, path in sorted(common.NAMED_SPLITS.items()) if name in used}
+
+
+def describe(recipe):
+    """What the kernel does, in a sentence."""
+    flags = " ".join(recipe["trainer_args"]) or "its default flags"
+    if recipe["kind"] == "predict":
+        return (f"predicts the test audio with the finished run of the training kernel "
+                f"`{recipe['from']}` (attached: {', '.join(recipe['from_kernels'])}); it trains "
+                "nothing, so a code competition's rerun on the hidden test set only predicts")
+    conversion = recipe["conversion"]
+    if recipe["kind"] == "mlp":
+        data = f"the {conversion['feature_set']} audio features of each clip"
+    elif recipe["kind"] == "transfer" and "cnn14" in recipe["trainer_args"]:
+        data = "the audio itself (CNN14 at 32 kHz)"
+    else:
+        bands = f"{conversion['mel']}-band log-mel" if conversion["mel"] else "linear log-STFT"
+        size = f"{conversion['size']} px" if conversion["size"] else "native size"
+        cut = (f", cut into {conversion['segment_seconds']:g}-s segments"
+               if conversion["segment_seconds"] else "")
+        data = f"{bands} spectrogram images ({size}{cut})"
     trainer = kernel_main.TRAINERS[recipe["kind"]]
-    sources = module_sources(recipe["kind"])
-    embedded = "".join(embed(m, text) + "\n" for m, text in sources.items())
-    embedded += "SOURCES = [" + ", ".join(f'("{m}", {m.upper()}_PY)' for m in sources) + "]"
-    steps = "extracts the features of the training audio" if recipe["kind"] == "mlp" else \
-        "converts the training audio to spectrogram images"
-    values = {
-        "TITLE": title(recipe), "NAME": recipe["name"], "TRAINER": trainer, "STEPS": steps,
-        "SOURCE_FILES": ", ".join(f"{m}.py" for m in sources if m != "kernel_main")
-                        + " and kernels/kernel_main.py",
-        "RECIPE": pprint.pformat(recipe, width=96, sort_dicts=True), "EMBEDDED": embedded,
-    }
-    text = KERNEL_TEMPLATE
-    for key, value in values.items():
-        text = text.replace("{{" + key + "}}", value)
-    # Only now the sources are in: they may contain anything, including "{{".
-    leftover = re.findall(r"\{\{[A-Z_]+\}\}", text.split("# Embedded sources")[0])
-    if leftover:
-        raise RuntimeError(f"template placeholders without a value: {leftover}")
-    return text
+    return (f"trains `{trainer}.py {flags}` on {data}, tests it on the clips the split holds "
+            "out, and predicts the test audio into `submission.csv`")
+
+
+def intro(recipe):
+    sources = ([f"the competition `{recipe['competition']}`"] if recipe["competition"] else []) \
+        + [f"the data set `{d}`" for d in recipe["datasets"]]
+    if recipe["weights_dataset"]:
+        sources.append(f"the weights data set `{recipe['weights_dataset']}`")
+    name = recipe["name"]
+    text = [f"# {title(recipe)}", "",
+            f"**What it does.** This notebook {describe(recipe)}. Built by the music-genre "
+            f"suite's `kernels/build.py` from the recipe below.", ""]
+    if recipe["kind"] == "predict":
+        text += [f"**Data.** {', '.join(sources) or 'The competition'}: the test audio is the "
+                 f"folder named `{recipe['test_folder']}` found under `/kaggle/input`.", ""]
+        return "\n".join(text)
+    hours = CODE_COMPETITION_HOURS if recipe["code_competition"] else SESSION_HOURS
+    relay = kernel_ids(recipe)[1]
+    text += [f"**Data.** {', '.join(sources) or 'Attach your data'}: the labelled audio is a "
+             "folder named `train`, `genres_original` or `genres` (one sub-folder per genre, or "
+             f"flat with `train.csv`) found under `/kaggle/input`; the test audio is a folder "
+             f"named `{recipe['test_folder']}`.", "",
+             f"**Time.** Training stops cleanly before {recipe['time_limit']} (Kaggle ends "
+             f"{'a code competition notebook' if recipe['code_competition'] else 'a session'} at "
+             f"{hours} h), keeping time to predict." + (f" {recipe['note']}" if recipe["note"] else ""),
+             "",
+             f"**Resuming.** This notebook and its relay partner `{relay}` attach each other's "
+             "output (a notebook cannot attach its own). A session stopped by the time limit "
+             f"ends with its checkpoint in `runs/{name}/`; `python kernels/kaggle_loop.py push "
+             f"{name}` then pushes the partner, which resumes from it.", "",
+             "**Change it** in the recipe cell (`trainer_args` are the trainer's flags), or "
+             "rebuild it with `kernels/build.py`."]
+    return "\n".join(text)
+
+
+SETUP = '''\
+import os
+import sys
+
+# The suite's modules are written below as files (so that worker processes and torchrun find them)
+# into scratch space, which is not part of the output.
+SUITE = os.path.join(os.environ.get("KAGGLE_ROOT", "/kaggle"), "temp", "suite")
+os.makedirs(os.path.join(SUITE, "splits"), exist_ok=True)
+sys.path.insert(0, SUITE)'''
+
+RUN = '''\
+import kernel_main
+
+kernel_main.run_notebook(RECIPE)'''
+
+RESULTS = '''\
+from IPython.display import Image, Markdown, display
+
+run = kernel_main.run_folder(RECIPE)
+for part in kernel_main.tested_parts(run):
+    display(Markdown(kernel_main.results_table(part)))
+    for chart in ("curves.png", "confusion.png"):
+        if (part / chart).is_file():
+            display(Image(filename=str(part / chart)))'''
+
+REPORT = '''\
+for part in kernel_main.tested_parts(run):
+    print((part / "report.txt").read_text())'''
+
+NEXT = '''\
+print(kernel_main.next_steps(RECIPE, run))'''
+
+HIDDEN = {"_kg_hide-input": True, "_kg_hide-output": True,  # Kaggle's viewer
+          "jupyter": {"source_hidden": True, "outputs_hidden": True}}  # JupyterLab's
+
+
+def notebook(recipe):
+    """kernel.ipynb's text: outputs empty, ids fixed, so building twice is byte-identical."""
+    import nbformat
+    v4 = nbformat.v4
+
+    def code(cell_id, source, **metadata):
+        return v4.new_code_cell(source, id=cell_id, metadata=metadata)
+
+    def markdown(cell_id, source):
+        return v4.new_markdown_cell(source, id=cell_id)
+    modules, files = module_sources(recipe["kind"]), data_files(recipe)
+    cells = [markdown("about", intro(recipe)),
+             code("recipe", "RECIPE = " + pprint.pformat(recipe, width=96, sort_dicts=True)),
+             markdown("code-about", "## The suite's code\n\nThe hidden cells below write "
+                      f"{', '.join(f'`{m}.py`' for m in modules)} (the modules this kernel "
+                      "imports, verbatim)" + (f" and {', '.join(f'`{f}`' for f in files)}" if
+                                              files else "") +
+                      " into `/kaggle/temp/suite/`; show them to read the code."),
+             code("setup", SETUP)]
+    cells += [code(f"module-{name.replace('_', '-')}", f"%%writefile {{SUITE}}/{name}.py\n{text}",
+                   **HIDDEN) for name, text in modules.items()]
+    cells += [code(f"file-{Path(path).stem}", f"%%writefile {{SUITE}}/{path}\n{text}", **HIDDEN)
+              for path, text in files.items()]
+    cells += [markdown("run-about", "## Run\n\nFinds the data, resumes an attached earlier run, "
+                       "trains within the time limit and predicts; the log below shows each "
+                       "stage as it goes." if recipe["kind"] != "predict" else
+                       "## Run\n\nFinds the finished run and the test audio, and predicts."),
+              code("run", RUN)]
+    if recipe["kind"] != "predict":
+        cells += [markdown("results-about", "## Results\n\nOn the clips the split holds out: the "
+                           "metrics, the learning curves and the confusion matrix."),
+                  code("results", RESULTS),
+                  markdown("report-about", "Per class (scikit-learn's classification report):"),
+                  code("report", REPORT)]
+    else:
+        cells.append(code("run-folder", "run = kernel_main.run_folder(RECIPE)"))
+    cells += [markdown("next-about", "## Where things are, and what next"), code("next", NEXT)]
+    nb = v4.new_notebook(cells=cells, metadata={
+        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"}})
+    nbformat.validate(nb)
+    return nbformat.writes(nb)
 
 
 def render(recipe):
-    """{file name: text} of one kernel folder."""
-    return {"kernel.py": kernel_script(recipe),
-            "kernel-metadata.json": json.dumps(metadata(recipe), indent=2) + "\n",
-            RECIPE_FILE: json.dumps(recipe, indent=2, sort_keys=True) + "\n"}
+    """{path in the kernel folder: text}."""
+    files = {NOTEBOOK: notebook(recipe),
+             "kernel-metadata.json": json.dumps(metadata(recipe), indent=2) + "\n",
+             RECIPE_FILE: json.dumps(recipe, indent=2, sort_keys=True) + "\n"}
+    if recipe["kind"] != "predict":
+        files[f"{RELAY}/kernel-metadata.json"] = json.dumps(metadata(recipe, relay=True),
+                                                             indent=2) + "\n"
+    return files
 
 
 # ----------------------------------------------------------------------------------------------
@@ -339,13 +463,28 @@ def built_kernels(out):
     return sorted(p.parent for p in Path(out).glob(f"*/{RECIPE_FILE}"))
 
 
+def check_unique_ids(out, folder, recipe):
+    """Two kernels in one --out must not map to one Kaggle id: pushing one would replace the
+    other's versions."""
+    mine = set(filter(None, kernel_ids(recipe)))
+    for other in built_kernels(out):
+        if other.resolve() == folder.resolve():
+            continue
+        taken = set()
+        for meta in (other / "kernel-metadata.json", other / RELAY / "kernel-metadata.json"):
+            if meta.is_file():
+                taken.add(read_json(meta, "kernel metadata").get("id"))
+        if mine & taken:
+            raise common.SuiteError(f"--name {recipe['name']}: its Kaggle id {sorted(mine & taken)[0]} "
+                                    f"is {other}'s; give another --name or --title")
+
+
 def stale_files(folder, files):
     return [name for name, text in files.items()
             if not (folder / name).is_file() or (folder / name).read_text(encoding="utf-8") != text]
 
 
 def write_files(folder, files):
-    folder.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
         common.atomic_write(folder / name, lambda f, text=text: f.write(text))
 
@@ -357,8 +496,9 @@ def main(argv=None):
     args = build_parser().parse_args(argv[:cut])
     out = Path(args.out)
     if args.recipe or args.name or args.kind:  # one kernel, from its recipe
-        recipe = make_recipe(args, argv[cut + 1:])
+        recipe = make_recipe(args, argv[cut + 1:], out)
         kernels = [(out / recipe["name"], recipe)]
+        check_unique_ids(out, out / recipe["name"], recipe)
     else:  # every kernel in --out, from the recipe it was built with
         kernels = [(folder, check_recipe({**DEFAULTS, **read_json(folder / RECIPE_FILE, "recipe")}))
                    for folder in built_kernels(out)]
@@ -373,8 +513,9 @@ def main(argv=None):
         if not args.check:
             common.check_output_folder(folder, "--out")
             write_files(folder, files)
-            print(f"{folder}: {'built' if changed else 'up to date'} ({metadata(recipe)['id']}, "
-                  f"{recipe['kind']}, {' '.join(recipe['trainer_args']) or 'default flags'})")
+            ids = " and ".join(filter(None, kernel_ids(recipe)))
+            print(f"{folder}: {'built' if changed else 'up to date'} ({ids}; {recipe['kind']}, "
+                  f"{' '.join(recipe['trainer_args']) or 'default flags'})")
     if args.check:
         for path in stale:
             print(f"stale: {path}")

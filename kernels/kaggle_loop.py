@@ -1,21 +1,28 @@
-"""The loop around a Kaggle kernel, one command each way: push it, follow it, bring its output
-home into runs/, submit it.
+"""The loop around a Kaggle kernel, one command each: push it (the relay partner whose turn it
+is), follow it, bring its run home into runs/, submit it, publish pretrained weights; or `run`,
+which pushes and follows session after session until the run is finished.
 
-    python kernels/kaggle_loop.py push cnn --accelerator NvidiaTeslaT4 --timeout 43200
-    python kernels/kaggle_loop.py status cnn --follow --interval 60
-    python kernels/kaggle_loop.py output cnn --runs runs        # -> runs/cnn/, marked as Kaggle's
-    python kernels/kaggle_loop.py submit cnn --competition my-genre-comp -m "first try"
-    python compare.py --kaggle my-genre-comp                    # public and private scores
+    python kernels/kaggle_loop.py run specnet-mel                # push, follow, push ... done
+    python kernels/kaggle_loop.py push specnet-mel               # one session
+    python kernels/kaggle_loop.py status specnet-mel --follow --interval 60
+    python kernels/kaggle_loop.py output specnet-mel --runs runs # -> runs/specnet-mel/
+    python kernels/kaggle_loop.py submit specnet-mel --competition my-genre-comp --wait
+    python kernels/kaggle_loop.py weights --arch vgg16 --user alice   # then build --weights-dataset
+    python compare.py --kaggle my-genre-comp                     # public and private scores
 
-NAME_OR_DIR is a kernel folder, kernels/NAME/ or a path, holding kernel-metadata.json (id =
-USER/SLUG) and its code file. The kernel's run comes home as runs/NAME/ (NAME: the folder's
-name), with the version's submission.csv and Kaggle's log (kaggle.log) beside its results and
-kaggle.json saying which kernel version it is. A code competition (--code, or one Kaggle lists
-as kernels-only) is sent the kernel version itself, any other the version's submission.csv.
-Every refusal (credentials, rules, daily limit, unknown name, no network, a failed kernel) is
-one line and exit code 2.
+NAME_OR_DIR is a kernel folder, kernels/NAME/ or a path, as kernels/build.py makes it: the
+kernel's kernel-metadata.json (id = USER/SLUG) and its relay partner's in relay/. Kaggle lets no
+kernel attach its own output, and a kernel source mounts the newest *complete* version, so a run
+longer than a session alternates between the two: `push` reads how far each one's newest complete
+version got (a few small files of its output) and pushes the other, which attaches that output
+and resumes. A version that ended in error (killed, out of memory) cannot be attached: when Kaggle
+kept its output and it got further, `push` brings it home and publishes the run as a data set
+(USER/SLUG-rescue) that the next version attaches (--no-rescue: go on from the last complete one).
+Every refusal (credentials, rules, daily limit, unknown name, no network, a failed kernel) is one
+line and exit code 2.
 """
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -30,7 +37,7 @@ KERNELS_DIR = Path(__file__).resolve().parent
 RUNNING = {"QUEUED", "RUNNING", "NEW_SCRIPT", "CANCEL_REQUESTED"}  # Kaggle's unfinished states
 LOG_TAIL = 20      # lines of Kaggle's log shown when a version failed
 ORIGIN = "kaggle.json"  # in runs/NAME/: the kernel and version the folder came from
-RESULTS = ("metrics.json", "config.json", "checkpoint.pt")  # what makes a folder a run
+PROGRESS = ("config.json", "checkpoint.json", "metrics.json")  # a run's small files
 
 
 def build_parser():
@@ -41,21 +48,35 @@ def build_parser():
         c = sub.add_parser(name, help=help, description=help)
         c.add_argument("kernel", metavar="NAME_OR_DIR", help="kernels/NAME/, or a kernel folder")
         return c
-    push = command("push", "push the kernel folder: a new version that runs on Kaggle")
-    push.add_argument("--accelerator", metavar="SHAPE", help="overrides the metadata's machine: "
-                      "NvidiaTeslaT4 (GPU T4 x2), NvidiaL4, TpuV6E8, ... (default: the metadata's)")
-    push.add_argument("--timeout", type=common.number(int, minimum=1), metavar="S",
-                      help="the longest the version may run, in seconds (default: Kaggle's)")
+
+    def pushing(c):
+        c.add_argument("--accelerator", metavar="SHAPE", help="overrides the metadata's machine: "
+                       "NvidiaTeslaT4 (GPU T4 x2), NvidiaL4, TpuV6E8, ... (default: the metadata's)")
+        c.add_argument("--timeout", type=common.number(int, minimum=1), metavar="S",
+                       help="the longest a version may run, in seconds (default: Kaggle's)")
+        c.add_argument("--no-rescue", action="store_true", help="after a version that ended in "
+                       "error, go on from the last complete version rather than from its output")
+    pushing(command("push", "push the next version: the kernel whose turn it is (its relay "
+                            "partner attaches the newest complete output)"))
+    run = command("run", "push and follow version after version until the run is finished, "
+                         "then bring it home")
+    pushing(run)
+    run.add_argument("--interval", type=common.number(float, above=0), default=60, metavar="S",
+                     help="seconds between status polls (default %(default)s)")
+    run.add_argument("--max-sessions", type=common.number(int, minimum=1), default=20,
+                     help="stop after this many versions (default %(default)s)")
+    run.add_argument("--runs", default="runs", help="runs folder (default %(default)s)")
     status = command("status", "the status of the newest version; exit 2 if it failed")
     status.add_argument("--follow", action="store_true", help="poll until it ends: exit 0 when "
                         "complete, 2 with Kaggle's failure message and the log's tail otherwise")
     status.add_argument("--interval", type=common.number(float, above=0), default=60,
                         metavar="S", help="seconds between polls (default %(default)s)")
-    output = command("output", "download the newest version's output into RUNS/NAME/")
+    output = command("output", "download the output of the version that got furthest into "
+                               "RUNS/NAME/")
     output.add_argument("--runs", default="runs", help="runs folder (default %(default)s)")
     output.add_argument("--overwrite", action="store_true",
                         help="replace RUNS/NAME/ even if it is not this kernel's Kaggle output")
-    submit = command("submit", "submit the version's submission.csv, or for a code "
+    submit = command("submit", "submit the finished run's submission.csv, or for a code "
                      "competition the kernel version itself")
     submit.add_argument("--competition", required=True, metavar="SLUG",
                         help="the competition (the end of its URL)")
@@ -63,19 +84,55 @@ def build_parser():
                         "is added when missing, so compare.py --kaggle finds the score)")
     submit.add_argument("--code", action="store_true", help="a code competition: submit the "
                         "kernel version (found out from Kaggle when not given)")
+    submit.add_argument("--wait", action="store_true", help="follow the submission until Kaggle "
+                        "scores it (print the public score) or rejects it (exit 2)")
+    submit.add_argument("--interval", type=common.number(float, above=0), default=30,
+                        metavar="S", help="seconds between polls with --wait (default %(default)s)")
     submit.add_argument("--runs", default="runs", help="where `output` put RUNS/NAME/"
                         "submission.csv, downloaded when missing (default %(default)s)")
+    weights = sub.add_parser("weights", help="publish pretrained weights as a Kaggle data set "
+                             "under the name a kernel looks for", description=weights_doc())
+    weights.add_argument("--arch", required=True, help="cnn14, or a torchvision model: vgg16, "
+                         "resnet50, googlenet, efficientnet_b0, ...")
+    weights.add_argument("--user", required=True, help="your Kaggle user name")
+    weights.add_argument("--slug", help="the data set's slug (default ARCH-weights)")
     return p
 
 
+def weights_doc():
+    return ("Publish the pretrained weights of --arch as a Kaggle data set (a new one, or a new "
+            "version of it): torchvision's ImageNet file (e.g. vgg16-397923af.pth) or PANNs' "
+            "Cnn14_mAP=0.431.pth, from torch's hub cache (downloaded there once, checked against "
+            "the publisher's hash). Prints the --weights-dataset to build kernels with.")
+
+
 # ----------------------------------------------------------------------------------------------
-# The kernel folder, and what Kaggle says about it
+# The kernel folder, and what Kaggle says about its versions
 
 @dataclass
 class Kernel:
-    name: str    # the folder's name: the run comes home as runs/NAME/
+    name: str          # the folder's name: the run comes home as runs/NAME/
     folder: Path
-    id: str      # USER/SLUG
+    id: str            # USER/SLUG
+    relay: str = None  # the relay partner's id (relay/kernel-metadata.json), if any
+    recipe: dict = None
+
+    @property
+    def ids(self):
+        return [self.id] + ([self.relay] if self.relay else [])
+
+    def folder_of(self, kernel_id):
+        return self.folder / "relay" if kernel_id == self.relay else self.folder
+
+
+def read_id(metadata):
+    try:
+        kernel_id = json.loads(metadata.read_text())["id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise common.SuiteError(f"{metadata}: no \"id\" (USER/SLUG)") from None
+    if not isinstance(kernel_id, str) or kernel_id.count("/") != 1:
+        raise common.SuiteError(f"{metadata}: id {kernel_id!r} is not USER/SLUG")
+    return kernel_id
 
 
 def find_kernel(name_or_dir):
@@ -87,25 +144,243 @@ def find_kernel(name_or_dir):
         known = sorted(p.parent.name for p in KERNELS_DIR.glob("*/kernel-metadata.json"))
         raise common.SuiteError(f"{name_or_dir}: not a kernel folder (no kernel-metadata.json); "
                                 f"kernels here: {', '.join(known) or 'none'}")
+    relay = folder / "relay" / "kernel-metadata.json"
     try:
-        kernel_id = json.loads(metadata.read_text())["id"]
-    except (ValueError, KeyError, TypeError):
-        raise common.SuiteError(f"{metadata}: no \"id\" (USER/SLUG)") from None
-    if not isinstance(kernel_id, str) or kernel_id.count("/") != 1:
-        raise common.SuiteError(f"{metadata}: id {kernel_id!r} is not USER/SLUG")
-    return Kernel(folder.resolve().name, folder, kernel_id)
+        recipe = json.loads((folder / "recipe.json").read_text())
+    except (OSError, ValueError):
+        recipe = None
+    return Kernel(folder.resolve().name, folder, read_id(metadata),
+                  read_id(relay) if relay.is_file() else None, recipe)
 
 
-def newest_version(api, kernel):
-    """The kernel's newest version number, from GetKernel (what `kaggle kernels pull` calls)."""
+@dataclass
+class Version:
+    kernel: str    # USER/SLUG
+    number: int
+    status: str    # QUEUED, RUNNING, COMPLETE, ERROR, CANCEL_ACKNOWLEDGED, ...
+    failure: str = ""
+
+    def __str__(self):
+        return f"{self.kernel} version {self.number}"
+
+
+def version_count(api, kernel_id):
+    """The kernel's number of versions, from GetKernel (what `kaggle kernels pull` calls); 0 for
+    a kernel not pushed yet."""
     from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelRequest
 
     def get():
         with api.build_kaggle_client() as client:
             request = ApiGetKernelRequest()
-            request.user_name, request.kernel_slug = kernel.id.split("/")
+            request.user_name, request.kernel_slug = kernel_id.split("/")
             return client.kernels.kernels_api_client.get_kernel(request)
-    return common.kaggle_call(f"looking up {kernel.id}", get).metadata.current_version_number
+    try:
+        return common.kaggle_call(f"looking up {kernel_id}", get).metadata.current_version_number
+    except common.SuiteError as e:
+        if " 404 " in f"{e} ":
+            return 0
+        raise
+
+
+def version_status(api, kernel_id, number):
+    answer = common.kaggle_call(f"status of {kernel_id} version {number}", api.kernels_status,
+                                f"{kernel_id}/{number}")
+    return Version(kernel_id, number, answer.status.name if answer.status else "UNKNOWN",
+                   answer.failure_message or "")
+
+
+def newest(api, kernel_id):
+    """(the newest version, the newest complete one): each None when there is none."""
+    count = version_count(api, kernel_id)
+    latest = version_status(api, kernel_id, count) if count else None
+    complete = latest
+    for number in range(count - 1, 0, -1):
+        if complete.status == "COMPLETE":
+            break
+        complete = version_status(api, kernel_id, number)
+    return latest, complete if complete and complete.status == "COMPLETE" else None
+
+
+def download(api, version, target, pattern=None):
+    common.kaggle_call(f"output of {version}", api.kernels_output,
+                       f"{version.kernel}/{version.number}", str(target), file_pattern=pattern,
+                       force=True, quiet=True)
+
+
+def progress_of(api, version, name):
+    """How far the run NAME got in a version's output, from its small files (RunProgress), or
+    None when the output has no such run."""
+    folder = re.escape(f"runs/{name}/")
+    pattern = rf"^{folder}(fold\d+/)?({'|'.join(map(re.escape, PROGRESS))})$"
+    with tempfile.TemporaryDirectory(prefix=".kaggle-progress-") as tmp:
+        download(api, version, tmp, pattern)
+        return common.run_progress(Path(tmp) / "runs" / name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Whose turn it is
+
+@dataclass
+class Relay:
+    """Where a relay stands: each kernel's newest and newest complete versions, and how far the
+    run got in them."""
+    latest: dict     # kernel id -> Version or None
+    complete: dict   # kernel id -> (Version, RunProgress or None) or None
+    errored: list    # (Version, RunProgress) newer than their kernel's newest complete one
+
+    @property
+    def best(self):
+        """(Version, RunProgress) of the complete version that got furthest, or None."""
+        found = [c for c in self.complete.values() if c and c[1]]
+        return max(found, key=lambda c: c[1].rank) if found else None
+
+
+def relay_state(api, kernel):
+    latest, complete, errored = {}, {}, []
+    for kernel_id in kernel.ids:
+        latest[kernel_id], done = newest(api, kernel_id)
+        complete[kernel_id] = (done, progress_of(api, done, kernel.name)) if done else None
+        last = latest[kernel_id]
+        if last and last.status not in RUNNING | {"COMPLETE"}:
+            progress = progress_of(api, last, kernel.name)
+            if progress:
+                errored.append((last, progress))
+    return Relay(latest, complete, errored)
+
+
+def next_turn(kernel, relay):
+    """(the kernel id to push, what it resumes from: (Version, RunProgress) or None)."""
+    best = relay.best
+    if best is None:
+        return kernel.id, None
+    partner = kernel.relay if best[0].kernel == kernel.id else kernel.id
+    return partner, best
+
+
+# ----------------------------------------------------------------------------------------------
+# The commands
+
+def check_fresh(kernel):
+    """A kernel built by build.py must carry today's code: an hour of GPU on stale code is lost."""
+    import importlib.util
+    if kernel.recipe is None:
+        return  # made by hand
+    spec = importlib.util.spec_from_file_location("kernel_build", KERNELS_DIR / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    recipe = {**build.DEFAULTS, **kernel.recipe}
+    if build.stale_files(kernel.folder, build.render(build.check_recipe(recipe))):
+        raise common.SuiteError(f"{kernel.folder} was built from older code or another recipe; "
+                                f"rebuild it first: python kernels/build.py --out {kernel.folder.parent}")
+
+
+def check_session_limit(api, kernel):
+    """A code competition stops notebooks at 9 h: a kernel built for 12-h sessions would be
+    stopped before it saves its checkpoint."""
+    recipe = kernel.recipe or {}
+    competition = recipe.get("competition")
+    if not competition or recipe.get("code_competition") or recipe.get("kind") == "predict":
+        return
+    if is_code_competition(api, competition) and \
+            common.duration(recipe.get("time_limit") or "11h30m") > 8.75 * 3600:
+        raise common.SuiteError(f"{competition} is a code competition: Kaggle stops its notebooks "
+                                f"at 9 h and {kernel.name} stops training at "
+                                f"{recipe.get('time_limit')}; rebuild it with --code-competition")
+
+
+def push(api, kernel, accelerator, timeout, rescue=True):
+    """Push the next version; returns it (a Version)."""
+    check_fresh(kernel)
+    check_session_limit(api, kernel)
+    if kernel.relay is None:  # a predict kernel (or one made by hand): it is its own turn
+        return send(api, kernel, kernel.id, accelerator, timeout, resumes=None)
+    relay = relay_state(api, kernel)
+    running = [v for v in relay.latest.values() if v and v.status in RUNNING]
+    if running:
+        raise common.SuiteError(f"{running[0]} is still {running[0].status.lower()}: wait for "
+                                f"it (kaggle_loop.py status {kernel.name} --follow), then push")
+    target, partner = next_turn(kernel, relay)
+    if partner and partner[1].finished:
+        raise common.NothingToDo(f"{kernel.name} is finished ({partner[0]}); bring it home with "
+                                 f"kaggle_loop.py output {kernel.name}")
+    ahead = max((e for e in relay.errored if not partner or e[1].rank > partner[1].rank),
+                key=lambda e: e[1].rank, default=None)
+    resumes, rescued = partner, None
+    if ahead and rescue:
+        rescued = rescue_run(api, kernel, ahead[0])
+        resumes = ahead
+        print(f"{ahead[0]} ended in {ahead[0].status.lower()} at {ahead[1]}; Kaggle kept its "
+              f"output, now data set {rescued}: this version goes on from there")
+    elif ahead:
+        print(f"{ahead[0]} ended in {ahead[0].status.lower()} at {ahead[1]} (not attachable); "
+              "this version goes on from "
+              + (f"{partner[0]} at {partner[1]}" if partner else "the start"))
+    return send(api, kernel, target, accelerator, timeout, resumes, partner, rescued)
+
+
+def rescue_run(api, kernel, version):
+    """The run NAME of an errored version's output, published as a data set (a new one, or a new
+    version of it) that the next version attaches; its id."""
+    slug = f"{kernel.id.split('/')[1][:43]}-rescue"
+    dataset = f"{kernel.id.split('/')[0]}/{slug}"
+    with tempfile.TemporaryDirectory(prefix=".kaggle-rescue-") as tmp:
+        download(api, version, Path(tmp) / "dataset", rf"^runs/{re.escape(kernel.name)}/")
+        for log in Path(tmp, "dataset").glob("*.log"):  # the download's copy of Kaggle's log
+            log.unlink()
+        publish(api, Path(tmp) / "dataset", dataset, f"{kernel.name} run rescued"[:50],
+                f"The run {kernel.name} as {version} left it (it ended in error), for the next "
+                "version to resume.")
+    return dataset
+
+
+def send(api, kernel, target, accelerator, timeout, resumes, partner=None, rescued=None):
+    """Push the folder of `target` (with the rescue data set attached, if any) and check that
+    Kaggle attached what it resumes from: the partner's complete version, the rescue."""
+    folder = kernel.folder_of(target)
+    with tempfile.TemporaryDirectory(prefix=".kaggle-push-") as tmp:
+        if rescued:  # the metadata with the rescue data set added; the code as built
+            meta = json.loads((folder / "kernel-metadata.json").read_text())
+            meta["dataset_sources"] = meta.get("dataset_sources", []) + [rescued]
+            meta["code_file"] = str((folder / meta["code_file"]).resolve())
+            Path(tmp, "kernel-metadata.json").write_text(json.dumps(meta, indent=2))
+            folder = Path(tmp)
+        printed = []
+        result = common.kaggle_call(f"push of {target}", api.kernels_push, str(folder), timeout,
+                                    accelerator, printed=printed)
+    for line in "".join(printed).splitlines():  # the package's warnings (a slug off the title)
+        print(f"warning: {line}", file=sys.stderr)
+    if result.error:
+        raise common.SuiteError(f"Kaggle refused the push of {target}: {result.error}", code=2)
+    version = Version(target, result.version_number, "QUEUED")
+    left_out = {kind: list(getattr(result, f"invalid_{kind}_sources", None) or [])
+                for kind in ("dataset", "competition", "kernel", "model")}
+    needed = [s for s in ([partner[0].kernel] if partner else []) + ([rescued] if rescued else [])]
+    missing = [s for s in needed if s in left_out["kernel"] + left_out["dataset"]]
+    if missing:
+        raise common.SuiteError(f"Kaggle did not attach {missing[0]} to {version}, which holds "
+                                f"the run at {resumes[1]}: this version would train from the "
+                                f"start; cancel it on kaggle.com ({result.url})", code=2)
+    for kind, sources in left_out.items():
+        expected = kind == "kernel" and not partner  # the partner has no complete version yet
+        if sources and not expected:
+            print(f"warning: Kaggle left out these {kind} sources (not valid): {sources}",
+                  file=sys.stderr)
+    where = (f"resumes the run from {resumes[0]} ({resumes[1]})" if resumes else
+             "starts the run (nothing to resume yet)" if kernel.relay else "predicts")
+    print(f"pushed {version}: it {where}; {result.url}")
+    return version
+
+
+def follow(api, version, interval):
+    """Poll a version until it ends; its final Version (the failure message if it failed)."""
+    start = time.monotonic()
+    while True:
+        version = version_status(api, version.kernel, version.number)
+        seconds = int(time.monotonic() - start)
+        print(f"{version}: {version.status.lower()} ({common.clock_text(seconds)})", flush=True)
+        if version.status not in RUNNING:
+            return version
+        time.sleep(interval)
 
 
 def log_lines(log):
@@ -117,18 +392,72 @@ def log_lines(log):
     return [line for line in text.splitlines() if line.strip()]
 
 
-def version_failed(api, kernel, state, message):
+def version_failed(api, version):
     """The tail of Kaggle's log on stdout, and the one line that says why."""
     try:
-        lines = log_lines(common.kaggle_call(f"log of {kernel.id}", api.kernels_logs, kernel.id))
+        lines = log_lines(common.kaggle_call(f"log of {version}", api.kernels_logs,
+                                             f"{version.kernel}/{version.number}"))
         last = lines[-1].strip() if lines else "the log is empty"
     except common.SuiteError as e:
         lines, last = [], f"no log ({e})"
     if lines:
         print(f"the last {min(len(lines), LOG_TAIL)} lines of Kaggle's log:")
         print("\n".join("    " + line for line in lines[-LOG_TAIL:]))
-    return common.SuiteError(f"{kernel.id} ended with status {state}: "
-                             f"{message or 'Kaggle gave no reason'}; last log line: {last}", code=2)
+    return common.SuiteError(f"{version} ended with status {version.status.lower()}: "
+                             f"{version.failure or 'Kaggle gave no reason'}; last log line: "
+                             f"{last}", code=2)
+
+
+def newest_pushed(api, kernel):
+    """The newest version of the kernel and its partner: one that is still running, else the
+    one pushed last (by its kernel's lastRunTime)."""
+    found = []
+    for kernel_id in kernel.ids:
+        count = version_count(api, kernel_id)
+        if count:
+            found.append(version_status(api, kernel_id, count))
+    if not found:
+        raise common.SuiteError(f"{' and '.join(kernel.ids)}: no version pushed yet "
+                                f"(kaggle_loop.py push {kernel.name})", code=2)
+    running = [v for v in found if v.status in RUNNING]
+    return running[0] if running else max(found, key=lambda v: last_run(api, v.kernel))
+
+
+def last_run(api, kernel_id):
+    from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelRequest
+
+    def get():
+        with api.build_kaggle_client() as client:
+            request = ApiGetKernelRequest()
+            request.user_name, request.kernel_slug = kernel_id.split("/")
+            return client.kernels.kernels_api_client.get_kernel(request)
+    return str(common.kaggle_call(f"looking up {kernel_id}", get).metadata.last_run_time or "")
+
+
+def status(api, kernel, follow_it, interval):
+    version = newest_pushed(api, kernel)
+    version = follow(api, version, interval) if follow_it else version
+    if not follow_it:
+        print(f"{version}: {version.status.lower()}")
+    if version.status not in RUNNING | {"COMPLETE"}:
+        raise version_failed(api, version)
+    return version
+
+
+def furthest(api, kernel):
+    """The version whose output holds the run furthest on (complete or not), and its progress."""
+    found = []
+    for kernel_id in kernel.ids:
+        latest, done = newest(api, kernel_id)
+        for version in {v.number: v for v in (latest, done) if v}.values():
+            if version.status not in RUNNING:
+                progress = progress_of(api, version, kernel.name)
+                if progress:
+                    found.append((version, progress))
+    if not found:
+        raise common.SuiteError(f"no version of {' or '.join(kernel.ids)} holds runs/"
+                                f"{kernel.name}/ yet: still running? see `status`", code=2)
+    return max(found, key=lambda f: (f[1].rank, f[0].status == "COMPLETE"))
 
 
 def origin(run_dir):
@@ -139,83 +468,24 @@ def origin(run_dir):
         return None
 
 
-# ----------------------------------------------------------------------------------------------
-# The four commands
-
-def check_fresh(kernel):
-    """A kernel built by build.py must carry today's code: an hour of GPU on stale code is lost."""
-    import importlib.util
-    if not (kernel.folder / "recipe.json").is_file():
-        return  # made by hand
-    spec = importlib.util.spec_from_file_location("kernel_build", KERNELS_DIR / "build.py")
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
-    recipe = {**build.DEFAULTS, **json.loads((kernel.folder / "recipe.json").read_text())}
-    if build.stale_files(kernel.folder, build.render(build.check_recipe(recipe))):
-        raise common.SuiteError(f"{kernel.folder} was built from older code or another recipe; "
-                                f"rebuild it first: python kernels/build.py --out {kernel.folder.parent}")
-
-
-def push(api, kernel, accelerator, timeout):
-    check_fresh(kernel)
-    printed = []
-    result = common.kaggle_call(f"push of {kernel.folder}", api.kernels_push, str(kernel.folder),
-                                timeout, accelerator, printed=printed)
-    for line in "".join(printed).splitlines():  # the package's warnings (a slug off the title)
-        print(f"warning: {line}", file=sys.stderr)
-    if result.error:
-        raise common.SuiteError(f"Kaggle refused the push of {kernel.id}: {result.error}", code=2)
-    for kind in ("dataset", "competition", "kernel", "model"):
-        invalid = getattr(result, f"invalid_{kind}_sources", None)
-        if kind == "kernel" and list(invalid or []) == [kernel.id]:  # its own output: none yet
-            print("note: no earlier version's output to resume from yet (attached from the next "
-                  "push on)")
-            continue
-        if invalid:
-            print(f"warning: Kaggle left out these {kind} sources (not valid): {invalid}",
-                  file=sys.stderr)
-    print(f"pushed {kernel.id} version {result.version_number}: {result.url}")
-
-
-def status(api, kernel, follow, interval):
-    start = time.monotonic()
-    while True:
-        answer = common.kaggle_call(f"status of {kernel.id}", api.kernels_status, kernel.id)
-        state = answer.status.name if answer.status else "UNKNOWN"
-        seconds = int(time.monotonic() - start)
-        print(f"{kernel.id}: {state.lower()}"
-              + (f" ({seconds // 60}m{seconds % 60:02d}s)" if follow else ""), flush=True)
-        if not follow or state not in RUNNING:
-            break
-        time.sleep(interval)
-    if state not in RUNNING | {"COMPLETE"}:
-        raise version_failed(api, kernel, state.lower(), answer.failure_message)
-
-
-def output(api, kernel, runs, overwrite):
-    """The newest version's output into a temporary folder, then its run folder (runs/* in it,
-    whatever its name) to RUNS/NAME/ with submission.csv and the log, every metrics.json marked
-    with the kernel and version. Returns the run folder."""
+def output(api, kernel, runs, overwrite, version=None):
+    """The output of `version` (default: the one holding the run furthest on) into a temporary
+    folder, then its run folder to RUNS/NAME/ with submission.csv and the log, every
+    metrics.json marked with the kernel and version. Returns the run folder."""
     runs = common.check_output_folder(Path(runs), "--runs")
     target = runs / kernel.name
-    if target.exists() and (origin(target) or {}).get("kernel") != kernel.id and not overwrite:
+    if target.exists() and (origin(target) or {}).get("kernel") not in kernel.ids and not overwrite:
         raise common.SuiteError(f"--runs {target} exists and is not a Kaggle output of "
                                 f"{kernel.id}; give --overwrite to replace it")
-    version = newest_version(api, kernel)
+    if version is None:
+        version, progress = furthest(api, kernel)
+        print(f"{version} holds the run furthest on ({progress})")
     runs.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".kaggle-output-", dir=runs) as tmp:  # hidden
-        common.kaggle_call(f"output of {kernel.id} version {version}", api.kernels_output,
-                           f"{kernel.id}/{version}", tmp, force=True, quiet=True)
-        found = [p for p in sorted(Path(tmp).glob("runs/*")) if not p.name.startswith(".")
-                 and any(next(p.rglob(f), None) for f in RESULTS)]  # not runs/splits/
-        if len(found) > 1:  # the kernel's own run, or else which
-            found = [p for p in found if p.name == kernel.name] or found
-        if len(found) != 1:
-            raise common.SuiteError(
-                f"the output of {kernel.id} version {version} has "
-                + (f"{len(found)} run folders ({', '.join(p.name for p in found)})" if found
-                   else "no run folder (runs/*/): still running? see `status`"), code=2)
-        run = found[0]
+        download(api, version, tmp)
+        run = Path(tmp) / "runs" / kernel.name
+        if not run.is_dir():
+            raise common.SuiteError(f"the output of {version} has no runs/{kernel.name}/", code=2)
         marked = 0
         for path in run.rglob("metrics.json"):
             try:
@@ -224,21 +494,21 @@ def output(api, kernel, runs, overwrite):
                 print(f"warning: {path.relative_to(tmp)} in the output is not JSON; left as is",
                       file=sys.stderr)
                 continue
-            metrics.update(kaggle_kernel=kernel.id, kaggle_version=version)
+            metrics.update(kaggle_kernel=version.kernel, kaggle_version=version.number)
             for key in ("run", "group"):  # the run's name is now the folder's
                 if metrics.get(key):
                     metrics[key] = kernel.name
             common.write_json(path, metrics)
             marked += 1
         for name, kept in (("submission.csv", "submission.csv"),
-                           (f"{kernel.id.split('/')[1]}.log", "kaggle.log")):
+                           (f"{version.kernel.split('/')[1]}.log", "kaggle.log")):
             if Path(tmp, name).is_file():
                 shutil.move(Path(tmp, name), run / kept)
-        common.write_json(run / ORIGIN, {"kernel": kernel.id, "version": version})
+        common.write_json(run / ORIGIN, {"kernel": version.kernel, "version": version.number})
         if target.exists():
             shutil.move(target, Path(tmp, "replaced"))  # deleted with the temporary folder
         shutil.move(run, target)
-    print(f"{kernel.id} version {version} -> {target}: {marked} metrics.json marked as Kaggle's"
+    print(f"{version} -> {target}: {marked} metrics.json marked as Kaggle's"
           + ("" if (target / "submission.csv").is_file() else "; no submission.csv in the output"))
     return target
 
@@ -255,46 +525,161 @@ def is_code_competition(api, competition):
 
 
 def submit(api, kernel, competition, message, code, runs):
+    """The submission (the kaggle package's answer): the kernel version holding the finished run
+    in a code competition, else that version's submission.csv."""
     run = Path(runs) / kernel.name
     came_from = origin(run)
-    if (came_from or {}).get("kernel") != kernel.id:
+    if came_from and came_from.get("kernel") not in kernel.ids:
         came_from = None
     if code or is_code_competition(api, competition):
-        # the version brought home (what was looked at), else the newest
-        version = came_from["version"] if came_from else newest_version(api, kernel)
-        message = common.submission_message(message or f"{kernel.name} version {version}",
+        if came_from:  # the version brought home (what was looked at)
+            version = Version(came_from["kernel"], came_from["version"], "COMPLETE")
+        elif kernel.relay is None:
+            version = newest(api, kernel.id)[1] or newest(api, kernel.id)[0]
+        else:
+            version = furthest(api, kernel)[0]
+        message = common.submission_message(message or f"{kernel.name} version {version.number}",
                                             kernel.name)
         printed = []
         result = common.kaggle_call(
-            f"code submission of {kernel.id} version {version} to {competition}",
-            api.competition_submit_code, "submission.csv", message, competition,
-            kernel=kernel.id, kernel_version=version, quiet=True, printed=printed)
-        return common.kaggle_submitted(api, competition, result,
-                                       f"{kernel.id} version {version}", "".join(printed))
+            f"code submission of {version} to {competition}", api.competition_submit_code,
+            "submission.csv", message, competition, kernel=version.kernel,
+            kernel_version=version.number, quiet=True, printed=printed)
+        return common.kaggle_submitted(api, competition, result, str(version), "".join(printed))
     if not (came_from and (run / "submission.csv").is_file()):
         run = output(api, kernel, runs, overwrite=False)
-    version = origin(run)["version"]
+    came_from = origin(run)
     if not (run / "submission.csv").is_file():
-        raise common.SuiteError(f"{kernel.id} version {version} wrote no submission.csv (no test "
-                                "set?): nothing to submit", code=2)
-    message = common.submission_message(message or f"{kernel.name} version {version}",
-                                        kernel.name)
+        raise common.SuiteError(f"{came_from['kernel']} version {came_from['version']} wrote no "
+                                "submission.csv (no test set?): nothing to submit", code=2)
+    progress = common.run_progress(run)
+    if progress and not progress.finished:
+        print(f"note: the run is not finished ({progress}): submitting the model so far")
+    message = common.submission_message(message or f"{kernel.name} version "
+                                                    f"{came_from['version']}", kernel.name)
     return common.kaggle_submit(run / "submission.csv", competition, message)
+
+
+def wait_for_score(api, competition, ref, interval):
+    """Poll the submissions until Kaggle has scored (the public score) or rejected (exit 2) the
+    submission `ref`."""
+    start = time.monotonic()
+    while True:
+        page = common.kaggle_call(f"reading the submissions of {competition}",
+                                  api.competition_submissions, competition)
+        found = next((s for s in page or [] if str(s.ref) == str(ref)), None)
+        state = found.status.name if found is not None and found.status else "PENDING"
+        print(f"submission {ref}: {state.lower()} "
+              f"({common.clock_text(time.monotonic() - start)})", flush=True)
+        if state == "COMPLETE":
+            print(f"public score {found.public_score or '-'}"
+                  + (f", private score {found.private_score}" if found.private_score else ""))
+            return found
+        if state == "ERROR":
+            raise common.SuiteError(f"Kaggle rejected submission {ref} to {competition}: "
+                                    f"{found.error_description or 'no reason given'}", code=2)
+        time.sleep(interval)
+
+
+def run(api, kernel, accelerator, timeout, rescue, interval, max_sessions, runs):
+    """push, follow, push ... until the run is finished, then bring it home."""
+    failed = False
+    for _ in range(max_sessions):
+        try:
+            version = push(api, kernel, accelerator, timeout, rescue)
+        except common.NothingToDo as done:
+            print(done)
+            return output(api, kernel, runs, overwrite=False)
+        version = follow(api, version, interval)
+        if version.status != "COMPLETE":
+            if failed:  # twice in a row: not a session cut short but a kernel that fails
+                raise version_failed(api, version)
+            print(f"{version} ended with status {version.status.lower()}: "
+                  f"{version.failure or 'no reason given'}; pushing again")
+        failed = version.status != "COMPLETE"
+    raise common.SuiteError(f"{kernel.name}: not finished after {max_sessions} versions; "
+                            "run again to go on (or raise --max-sessions)", code=2)
+
+
+def publish(api, folder, dataset, title, description):
+    """The files and folders in `folder` as a data set (a new one, or a new version of it), once
+    Kaggle has processed it. A folder is uploaded as a zip archive, which Kaggle unpacks into a
+    folder of its name (the kaggle CLI's --dir-mode zip)."""
+    common.write_json(folder / "dataset-metadata.json", {
+        "title": title, "id": dataset, "licenses": [{"name": "other"}],
+        "description": description})
+    try:
+        exists = common.kaggle_call(f"looking up {dataset}", api.dataset_status, dataset)
+    except common.SuiteError as e:
+        if " 404 " not in f"{e} ":
+            raise
+        exists = None
+    if exists:
+        answer = common.kaggle_call(f"new version of {dataset}", api.dataset_create_version,
+                                    str(folder), "files of today", quiet=True, dir_mode="zip")
+    else:
+        answer = common.kaggle_call(f"creating {dataset}", api.dataset_create_new, str(folder),
+                                    quiet=True, dir_mode="zip")
+    if getattr(answer, "error", None):
+        raise common.SuiteError(f"Kaggle refused {dataset}: {answer.error}", code=2)
+    for _ in range(600):  # a new version is attachable once processed
+        state = common.kaggle_call(f"status of {dataset}", api.dataset_status, dataset)
+        if state == "ready":
+            return dataset
+        if state == "failed":
+            raise common.SuiteError(f"Kaggle failed to process {dataset}", code=2)
+        time.sleep(2)
+    raise common.SuiteError(f"{dataset} is still being processed; wait, then push", code=2)
+
+
+def weights(api, arch, user, slug):
+    """Publish --arch's pretrained weights file under the name the kernel looks for."""
+    import train_transfer
+    if arch == "cnn14":
+        path = train_transfer.cnn14_weights_path()
+        title = "PANNs CNN14 weights (AudioSet)"
+        about = ("PANNs' published Cnn14_mAP=0.431.pth (Kong et al. 2020, zenodo.org/record/"
+                 "3987831, CC BY 4.0), for offline kernels of the music-genre suite.")
+    else:
+        import torch
+        archs = common.classification_archs()
+        if arch not in archs:
+            raise common.SuiteError(f"unknown --arch {arch!r}; choose from: {', '.join(archs)}, cnn14")
+        train_transfer.imagenet_state_dict(arch)  # into torch's hub cache, once
+        path = Path(torch.hub.get_dir()) / "checkpoints" / train_transfer.imagenet_file_name(arch)
+        title = f"{arch} ImageNet weights (torchvision)"[:50]
+        about = (f"torchvision's {path.name} (ImageNet weights of {arch}, BSD-3-Clause), for "
+                 "offline kernels of the music-genre suite.")
+    dataset = f"{user}/{slug or (arch.replace('_', '-') + '-weights')}"
+    size = path.stat().st_size / 2 ** 20
+    print(f"publishing {path} ({size:.0f} MiB) as {dataset} ...")
+    with tempfile.TemporaryDirectory(prefix=".kaggle-weights-") as tmp:
+        (Path(tmp) / path.name).symlink_to(path.resolve())  # uploaded through the link, not copied
+        publish(api, Path(tmp), dataset, title, about)
+    print(f"{dataset} holds {path.name}; build with: --weights-dataset {dataset}")
+    return dataset
 
 
 @common.user_errors
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.command == "weights":
+        return 0 if weights(common.kaggle_api(), args.arch, args.user, args.slug) else 1
     kernel = find_kernel(args.kernel)
     api = common.kaggle_api()
     if args.command == "push":
-        push(api, kernel, args.accelerator, args.timeout)
+        push(api, kernel, args.accelerator, args.timeout, not args.no_rescue)
+    elif args.command == "run":
+        run(api, kernel, args.accelerator, args.timeout, not args.no_rescue, args.interval,
+            args.max_sessions, args.runs)
     elif args.command == "status":
         status(api, kernel, args.follow, args.interval)
     elif args.command == "output":
         output(api, kernel, args.runs, args.overwrite)
     else:
-        submit(api, kernel, args.competition, args.message, args.code, args.runs)
+        result = submit(api, kernel, args.competition, args.message, args.code, args.runs)
+        if args.wait:
+            wait_for_score(api, args.competition, result.ref, args.interval)
     return 0
 
 

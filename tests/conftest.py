@@ -141,6 +141,15 @@ def kaggle_twin(no_kaggle_credentials, monkeypatch):
         yield server
 
 
+@pytest.fixture
+def kaggle_sessions(kaggle_twin, tmp_path, monkeypatch):
+    """The Kaggle API twin that also runs each pushed version as a Kaggle session, by Kaggle's
+    rules (tests/kaggle_twin.py), in folders under tmp_path/sessions; one thread per process."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    kaggle_twin.root = tmp_path / "sessions"
+    return kaggle_twin
+
+
 @pytest.fixture(scope="session")
 def torch_home(tmp_path_factory):
     return tmp_path_factory.mktemp("torch_home")

@@ -2,6 +2,7 @@
 (torchlibrosa's front end and Cnn14.forward written out here), the published file's make-up, its
 download (offline twins), and the transfer model built on it."""
 import functools
+import hashlib
 import json
 import math
 import pickle
@@ -271,7 +272,8 @@ class QuietHandler(SimpleHTTPRequestHandler):
 
 def test_download_kept_only_when_it_loads(offline, checkpoint_file, monkeypatch, tmp_path):
     """From a loopback server standing in for Zenodo: a page that is not the file is named and
-    not kept; the file is downloaded into the hub cache once."""
+    not kept (its MD5 is not Zenodo's); the file, here the twin's stand-in whose MD5 is made the
+    published one, is downloaded into the hub cache once."""
     site = tmp_path / "site"
     site.mkdir()
     (site / "page.html").write_text("<html>too many requests</html>")
@@ -282,9 +284,11 @@ def test_download_kept_only_when_it_loads(offline, checkpoint_file, monkeypatch,
     url = f"http://127.0.0.1:{server.server_port}"
     try:
         monkeypatch.setattr(train_transfer, "CNN14_URL", f"{url}/page.html")
-        with pytest.raises(common.SuiteError, match=f"{offline}: not a loadable CNN14 file"):
+        with pytest.raises(common.SuiteError, match=f"{offline}: not the published file"):
             train_transfer.cnn14_weights_path()
         assert not offline.exists()
+        monkeypatch.setattr(train_transfer, "CNN14_MD5",
+                            hashlib.md5(checkpoint_file.read_bytes()).hexdigest())
         monkeypatch.setattr(train_transfer, "CNN14_URL", f"{url}/file.pth")
         assert train_transfer.cnn14_weights_path() == offline
         assert offline.read_bytes() == checkpoint_file.read_bytes()

@@ -1,6 +1,10 @@
+import contextlib
 import csv
 import json
 import os
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -374,3 +378,50 @@ def test_extended_feature_set_adds_columns(tiny_audio, tmp_path, capsys):
     assert all(np.isfinite(float(v)) for v in first[1:-1])
 
 
+
+
+def children(pid):
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid):
+    """Running (a zombie no one reaps, as a container's first process may leave it, is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's /proc and death signal")
+def test_kill_9_leaves_no_worker_behind_and_the_next_run_takes_the_lock_over(tmp_path):
+    """kill -9 of a conversion: its workers end at once and quietly (no BrokenPipeError
+    tracebacks), and the lock it left is taken over by the next conversion with one line."""
+    import signal
+    import subprocess
+    for g in ("blues", "metal", "pop"):
+        for i in range(6):
+            write_tone(tmp_path / "audio" / g / f"{g}.{i:05d}.wav", 200 * (i + 1), seconds=20)
+    command = [sys.executable, str(Path(data_conversion.__file__)), str(tmp_path / "audio"),
+               str(tmp_path / "out"), "--size", "64", "--workers", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+    for _ in range(600):
+        workers = children(process.pid)
+        if len(workers) == 2 and (tmp_path / "out" / ".converting").exists():
+            break
+        time.sleep(0.05)
+    assert len(workers) == 2, "the conversion did not start its workers"
+    process.send_signal(signal.SIGKILL)
+    err = process.communicate(timeout=30)[1]  # the pipe closes once every worker has ended
+    assert not any(alive(w) for w in workers)
+    assert "Traceback" not in err and (tmp_path / "out" / ".converting").exists()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    notes = [line for line in again.stderr.splitlines() if "taking it over" in line]
+    assert len(notes) == 1 and f"process {process.pid}" in notes[0]
+    assert not (tmp_path / "out" / ".converting").exists()

@@ -1,8 +1,11 @@
-"""kernels/kaggle_loop.py: push -> status -> output -> submit -> compare.py --kaggle, driven
-through the real kaggle client against the loopback Kaggle twin (tests/kaggle_twin.py), and
-every refusal one line with exit code 2."""
+"""kernels/kaggle_loop.py: push (the relay partner whose turn it is) -> status -> output ->
+submit -> compare.py --kaggle, and weights, driven through the real kaggle client against the
+loopback Kaggle twin (tests/kaggle_twin.py) with scripted versions (what a session leaves: its
+status, output and log); every refusal one line with exit code 2. The sessions themselves run in
+tests/test_kernels.py."""
 import importlib.util
 import json
+import shutil
 
 import pytest
 
@@ -13,45 +16,51 @@ from kaggle_twin import TOKEN, USER, kaggle_log
 spec = importlib.util.spec_from_file_location("kaggle_loop", ROOT / "kernels" / "kaggle_loop.py")
 loop = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(loop)
+spec = importlib.util.spec_from_file_location("kernels_build", ROOT / "kernels" / "build.py")
+build = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(build)
 
-KERNEL_ID = f"{USER}/music-genre-cnn"
+KERNEL_ID, RELAY_ID = f"{USER}/music-genre-cnn", f"{USER}/music-genre-cnn-relay"
 SUBMISSION = b"id,class\n1.wav,pop\n2.wav,rock\n"
 
 
 @pytest.fixture
 def kernel(tmp_path):
-    """kernels/cnn/ as build.py makes it: metadata and one script."""
-    folder = tmp_path / "kernels" / "cnn"
-    folder.mkdir(parents=True)
-    (folder / "kernel.py").write_text("print('training')\n")
-    (folder / "kernel-metadata.json").write_text(json.dumps({
-        "id": KERNEL_ID, "title": "Music Genre CNN", "code_file": "kernel.py",
-        "language": "python", "kernel_type": "script", "is_private": True, "enable_gpu": True,
-        "machine_shape": "NvidiaTeslaT4", "enable_internet": False, "dataset_sources": [],
-        "competition_sources": ["genre-comp"], "kernel_sources": []}))
-    return folder
+    """kernels/cnn/ as build.py makes it: the notebook, its metadata and its relay partner's."""
+    assert build.main(["--recipe", "cnn", "--user", USER, "--competition", "genre-comp",
+                       "--out", str(tmp_path / "kernels")]) == 0
+    return tmp_path / "kernels" / "cnn"
 
 
-def kernel_output(run="kaggle", folds=0):
-    """/kaggle/working of a finished kernel: submission.csv, its run folder (named as the kernel
-    named it), the split it kept beside (input is read-only). More files than one page."""
-    metrics = {"model": "specnet", "test_balanced_accuracy": 0.7, "test_accuracy": 0.72,
-               "test_macro_f1": 0.69, "kaggle_score": None, "split_hash": "s", "run": run}
-    files = {"submission.csv": SUBMISSION, "runs/splits/genres-1234.json": b"{}"}
-    parts = [f"runs/{run}/fold{k}/" for k in range(1, folds + 1)] or [f"runs/{run}/"]
-    for k, part in enumerate(parts, 1):
+def kernel_output(run="cnn", epochs=8, done=8, folds=0, submission=True):
+    """/kaggle/working of a session that got to epoch `done` of `epochs` (finished when equal):
+    the run folder with its small files and model, submission.csv, the split kept beside. More
+    files than one page of the output listing."""
+    metrics = {"model": "convolneunet", "test_balanced_accuracy": 0.7, "test_accuracy": 0.72,
+               "test_macro_f1": 0.69, "kaggle_score": None, "split_hash": "s", "run": run,
+               "epochs_run": done, "complete": done == epochs}
+    files = {"runs/splits/genres-1234.json": b"{}",
+             f"runs/{run}/config.json": json.dumps({"args": {"epochs": epochs,
+                                                             "folds": folds or None}}).encode()}
+    if submission:
+        files["submission.csv"] = SUBMISSION
+    for k, part in enumerate([f"runs/{run}/fold{k}/" for k in range(1, folds + 1)]
+                             or [f"runs/{run}/"], 1):
         m = {**metrics, "group": run, "fold": k} if folds else metrics
         files.update({part + "metrics.json": json.dumps(m).encode(),
-                      part + "config.json": b"{}", part + "history.csv": b"epoch\n1\n",
-                      part + "predictions.csv": b"clip_id\n", part + "model.pt": bytes(range(256))})
+                      part + "history.csv": b"epoch\n1\n", part + "predictions.csv": b"clip_id\n",
+                      part + "model.pt": bytes(range(256))})
+        if done < epochs:
+            files[part + "checkpoint.pt"] = b"state"
+            files[part + "checkpoint.json"] = json.dumps({"epochs_done": done}).encode()
     return files
 
 
-def finished(twin, output=None, statuses=("COMPLETE",), failure="", log=""):
+def ran(twin, kernel_id=KERNEL_ID, output=None, statuses=("COMPLETE",), failure="", log=""):
     """A version of the kernel on the twin, as if pushed and run."""
     twin.next_run = {"statuses": list(statuses), "failure": failure, "log": log,
                      "output": kernel_output() if output is None else output}
-    return twin.push({"slug": KERNEL_ID, "text": "print('training')\n"})
+    return twin.push({"slug": kernel_id, "text": "{}", "kernelType": "notebook"})
 
 
 def one_line(err):
@@ -62,20 +71,22 @@ def test_push_follow_output_submit_compare(kaggle_twin, kernel, tmp_path, capsys
     runs, report = tmp_path / "runs", tmp_path / "report"
     kaggle_twin.add_competition("genre-comp")
     kaggle_twin.next_run = {"statuses": ["QUEUED", "RUNNING", "RUNNING", "COMPLETE"],
-                            "output": kernel_output("kaggle"), "log": kaggle_log(["epoch 1"])}
+                            "output": kernel_output(), "log": kaggle_log(["epoch 1"])}
     assert loop.main(["push", str(kernel), "--accelerator", "NvidiaL4", "--timeout", "3600"]) == 0
     out = capsys.readouterr().out
-    assert f"{KERNEL_ID} version 1: https://www.kaggle.com/code/{KERNEL_ID}" in out
-    pushed = kaggle_twin.kernels[KERNEL_ID][0]["request"]
-    assert pushed["text"] == "print('training')\n" and pushed["machineShape"] == "NvidiaL4"
-    assert pushed["sessionTimeoutSeconds"] == 3600 and not pushed["enableInternet"]
-    assert pushed["competitionDataSources"] == ["genre-comp"]
+    assert f"pushed {KERNEL_ID} version 1: it starts the run (nothing to resume yet)" in out
+    pushed = kaggle_twin.version(KERNEL_ID)["request"]
+    notebook = json.loads(pushed["text"])  # the notebook, as the client sends it
+    assert pushed["kernelType"] == "notebook" and notebook["cells"][1]["source"].startswith("RECIPE")
+    assert all(not c.get("outputs") for c in notebook["cells"])
+    assert pushed["machineShape"] == "NvidiaL4" and pushed["sessionTimeoutSeconds"] == 3600
+    assert not pushed["enableInternet"] and pushed["competitionDataSources"] == ["genre-comp"]
+    assert pushed["kernelDataSources"] == [RELAY_ID]  # the partner, never itself
 
     assert loop.main(["status", str(kernel), "--follow", "--interval", "0.01"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert [line.split(": ")[1].split()[0] for line in lines] == [
-        "queued", "running", "running", "complete"]
-    assert all(line.endswith("s)") for line in lines)  # elapsed time
+    lines = capsys.readouterr().out.splitlines()  # (the first answer found the newest version)
+    assert [line.split(": ")[1].split()[0] for line in lines] == ["running", "running", "complete"]
+    assert all(line.endswith(")") for line in lines)  # elapsed time
 
     assert loop.main(["output", str(kernel), "--runs", str(runs)]) == 0
     run = runs / "cnn"  # named after the kernel folder, whatever the kernel called it
@@ -102,25 +113,93 @@ def test_push_follow_output_submit_compare(kaggle_twin, kernel, tmp_path, capsys
     assert (report / "kaggle_score.png").stat().st_size > 1000
 
 
+def test_push_alternates_and_says_what_it_resumes_from(kaggle_twin, kernel, capsys):
+    """Each push goes to the partner of the complete version that got furthest, which attaches
+    it; a finished run is not pushed again."""
+    ran(kaggle_twin, KERNEL_ID, kernel_output(done=3))
+    assert loop.main(["push", str(kernel)]) == 0
+    assert (f"pushed {RELAY_ID} version 1: it resumes the run from {KERNEL_ID} version 1 "
+            "(epoch 3 of 8)") in capsys.readouterr().out
+    assert kaggle_twin.version(RELAY_ID)["request"]["kernelDataSources"] == [KERNEL_ID]
+    assert kaggle_twin.version(RELAY_ID)["invalid"]["kernel"] == []
+    kaggle_twin.kernels[RELAY_ID].pop()
+    ran(kaggle_twin, RELAY_ID, kernel_output(done=6))
+    assert loop.main(["push", str(kernel)]) == 0
+    assert f"{KERNEL_ID} version 2: it resumes the run from {RELAY_ID} version 1 (epoch 6 of 8)" \
+        in capsys.readouterr().out
+    kaggle_twin.kernels[KERNEL_ID].pop()
+    ran(kaggle_twin, KERNEL_ID, kernel_output(done=8))
+    assert loop.main(["push", str(kernel)]) == 0  # nothing to do is no error
+    assert f"cnn is finished ({KERNEL_ID} version 2)" in capsys.readouterr().out
+    assert len(kaggle_twin.kernels[KERNEL_ID]) == 2
+
+
+def test_push_waits_for_a_running_version(kaggle_twin, kernel, capsys):
+    ran(kaggle_twin, RELAY_ID, statuses=("RUNNING",))
+    assert loop.main(["push", str(kernel)]) == 1
+    err = capsys.readouterr().err
+    assert one_line(err) and f"{RELAY_ID} version 1 is still running" in err
+    assert KERNEL_ID not in kaggle_twin.kernels
+
+
+@pytest.mark.parametrize("rescue", [True, False])
+def test_a_version_that_ended_in_error_is_rescued_or_passed_over(rescue, kaggle_twin, kernel,
+                                                                 capsys):
+    """Killed at epoch 7 while the newest complete version stopped at 6: its kept output becomes a
+    data set the next version attaches (the furthest run is what it resumes), or, with
+    --no-rescue, the next version goes on from the complete one and says so."""
+    ran(kaggle_twin, KERNEL_ID, kernel_output(done=6))
+    ran(kaggle_twin, RELAY_ID, kernel_output(done=7, submission=False), statuses=("ERROR",),
+        failure="killed")
+    assert loop.main(["push", str(kernel)] + ([] if rescue else ["--no-rescue"])) == 0
+    out = capsys.readouterr().out
+    pushed = kaggle_twin.version(RELAY_ID)  # the partner of the complete version, again
+    assert pushed["number"] == 2 and pushed["request"]["kernelDataSources"] == [KERNEL_ID]
+    rescued = f"{USER}/music-genre-cnn-rescue"
+    if rescue:
+        assert f"{RELAY_ID} version 1 ended in error at epoch 7 of 8; Kaggle kept its output, " \
+               f"now data set {rescued}" in out
+        assert pushed["request"].get("datasetDataSources") == [rescued]
+        files = kaggle_twin.datasets[rescued]["versions"][-1]
+        assert files["runs/cnn/checkpoint.pt"] == b"state"  # the run folder, unpacked
+        assert json.loads(files["runs/cnn/checkpoint.json"])["epochs_done"] == 7
+        assert f"it resumes the run from {RELAY_ID} version 1 (epoch 7 of 8)" in out
+    else:
+        assert f"{RELAY_ID} version 1 ended in error at epoch 7 of 8 (not attachable); this " \
+               f"version goes on from {KERNEL_ID} version 1 at epoch 6 of 8" in out
+        assert rescued not in kaggle_twin.datasets
+        assert not pushed["request"].get("datasetDataSources")
+
+
+def test_a_partner_left_unattached_is_an_error_not_a_fresh_start(kaggle_twin, kernel, capsys):
+    ran(kaggle_twin, KERNEL_ID, kernel_output(done=3))
+    kaggle_twin.invalid_sources.add(KERNEL_ID)  # Kaggle answers it as invalid, for its reasons
+    assert loop.main(["push", str(kernel)]) == 2
+    err = capsys.readouterr().err
+    assert one_line(err) and f"Kaggle did not attach {KERNEL_ID}" in err
+    assert "epoch 3 of 8" in err and "train from the start" in err
+
+
 @pytest.mark.parametrize("flag", [[], ["--code"]])
 def test_code_competition_submits_the_kernel_version(flag, kaggle_twin, kernel, tmp_path, capsys):
-    """Kaggle lists the competition as kernels-only (or --code says so): the newest version is
-    submitted by kernel and version, no file is uploaded."""
+    """Kaggle lists the competition as kernels-only (or --code says so): the version holding the
+    finished run is submitted by kernel and version, no file is uploaded."""
     kaggle_twin.add_competition("code-comp", code=not flag)
-    finished(kaggle_twin)
-    finished(kaggle_twin)
+    ran(kaggle_twin, KERNEL_ID, kernel_output(done=4))
+    ran(kaggle_twin, RELAY_ID, kernel_output(done=8))
+    ran(kaggle_twin, KERNEL_ID, kernel_output(done=8), statuses=("ERROR",))
     assert loop.main(["submit", str(kernel), "--competition", "code-comp",
                       "--runs", str(tmp_path / "runs")] + flag) == 0
     sent = kaggle_twin.submissions[-1]
     assert (sent["kernel"], sent["kernelVersion"], sent["outputFile"]) == (
-        KERNEL_ID, 2, "submission.csv")
-    assert sent["description"] == "cnn version 2"
+        RELAY_ID, 1, "submission.csv")
+    assert sent["description"] == "cnn version 1"
     assert not any("Upload" in path for _, path in kaggle_twin.requests)
-    assert f"submitted {KERNEL_ID} version 2 to code-comp: ref 1" in capsys.readouterr().out
+    assert f"submitted {RELAY_ID} version 1 to code-comp: ref 1" in capsys.readouterr().out
 
 
 def test_submit_downloads_the_output_when_not_home_yet(kaggle_twin, kernel, tmp_path, capsys):
-    finished(kaggle_twin)
+    ran(kaggle_twin)
     assert loop.main(["submit", str(kernel), "--competition", "genre-comp",
                       "--runs", str(tmp_path / "runs")]) == 0
     assert kaggle_twin.submissions[-1]["content"] == SUBMISSION.decode()
@@ -128,34 +207,57 @@ def test_submit_downloads_the_output_when_not_home_yet(kaggle_twin, kernel, tmp_
     assert (tmp_path / "runs" / "cnn" / "kaggle.json").is_file()
 
 
+@pytest.mark.parametrize("ids,words", [({"1": "pop", "2": "pop"}, "public score 0.500"),
+                                       ({"x": "pop"}, "rejected submission 1")])
+def test_submit_wait_follows_until_scored_or_rejected(ids, words, kaggle_twin, kernel, tmp_path,
+                                                      capsys):
+    kaggle_twin.add_competition("genre-comp", labels=ids)
+    ran(kaggle_twin)
+    code = loop.main(["submit", str(kernel), "--competition", "genre-comp", "--wait",
+                      "--interval", "0.01", "--runs", str(tmp_path / "runs")])
+    captured = capsys.readouterr()
+    if "rejected" in words:
+        assert code == 2 and one_line(captured.err) and words in captured.err
+        assert "no row has an id of the test set" in captured.err
+    else:
+        assert code == 0 and words in captured.out and "submission 1: complete" in captured.out
+
+
 def test_output_replaces_its_own_run_but_not_someone_elses(kaggle_twin, kernel, tmp_path, capsys):
     runs = tmp_path / "runs"
     (runs / "cnn").mkdir(parents=True)
     (runs / "cnn" / "metrics.json").write_text("{}")  # a local run of the same name
-    finished(kaggle_twin)
+    ran(kaggle_twin)
     assert loop.main(["output", str(kernel), "--runs", str(runs)]) == 1
     err = capsys.readouterr().err
     assert one_line(err) and "--overwrite" in err
     assert (runs / "cnn" / "metrics.json").read_text() == "{}"
     assert not any("Output" in path for _, path in kaggle_twin.requests)  # refused before
     assert loop.main(["output", str(kernel), "--runs", str(runs), "--overwrite"]) == 0
-    finished(kaggle_twin, kernel_output("cnn", folds=2))  # version 2, K-fold
+    ran(kaggle_twin, RELAY_ID, kernel_output("cnn", folds=2))  # the partner, K-fold
     assert loop.main(["output", str(kernel), "--runs", str(runs)]) == 0  # its own: replaced
     assert not (runs / "cnn" / "metrics.json").exists()
     fold = json.loads((runs / "cnn" / "fold2" / "metrics.json").read_text())
-    assert (fold["kaggle_version"], fold["group"]) == (2, "cnn")
+    assert (fold["kaggle_kernel"], fold["kaggle_version"], fold["group"]) == (RELAY_ID, 1, "cnn")
 
 
 def test_kernel_error_shows_kaggles_message_and_the_log_tail(kaggle_twin, kernel, capsys):
     log = kaggle_log([f"epoch {i}" for i in range(30)] + ["RuntimeError: CUDA out of memory"],
                      stream="stderr")
-    finished(kaggle_twin, statuses=["RUNNING", "ERROR"], log=log,
-             failure="Your notebook hit an error")
+    ran(kaggle_twin, statuses=["RUNNING", "ERROR"], log=log, failure="Your notebook hit an error")
     assert loop.main(["status", str(kernel), "--follow", "--interval", "0.01"]) == 2
     captured = capsys.readouterr()
     assert one_line(captured.err)
     assert "Your notebook hit an error" in captured.err and "CUDA out of memory" in captured.err
     assert "epoch 29" in captured.out and "epoch 10" not in captured.out  # the tail only
+
+
+def test_a_12_hour_kernel_is_not_pushed_into_a_code_competition(kaggle_twin, kernel, capsys):
+    kaggle_twin.add_competition("genre-comp", code=True)  # Kaggle lists it as kernels-only
+    assert loop.main(["push", str(kernel)]) == 1
+    err = capsys.readouterr().err
+    assert one_line(err) and "stops its notebooks at 9 h" in err and "--code-competition" in err
+    assert not kaggle_twin.kernels
 
 
 def refuse(twin, case):
@@ -171,14 +273,14 @@ def refuse(twin, case):
         twin.upload_url = "ftp://localhost/upload"  # the package prints why and answers "failed"
     elif case == "401":
         twin.reject_credentials = True
-    elif case == "unknown kernel":
+    elif case == "not pushed":
         return ["status", "cnn"]
     elif case == "push refused":
         twin.refuse_push = "Notebook title is already in use"
         return ["push", "cnn"]
     elif case in ("push", "someone else's kernel"):
         return ["push" if case == "push" else "status", "cnn"]
-    finished(twin)
+    ran(twin)
     return submit
 
 
@@ -187,7 +289,7 @@ def refuse(twin, case):
     ("429", ["429", "daily submission limit"]),
     ("400", ["400", "allowance", "daily submission limit"]),
     ("unknown competition", ["404", "comp not found"]),
-    ("unknown kernel", ["404", f"{KERNEL_ID} not found"]),
+    ("not pushed", [f"{KERNEL_ID} and {RELAY_ID}: no version pushed yet"]),
     ("upload", ["refused", "No connection adapters"]),
     ("401", ["rejected the credentials"]),
     ("push", ["403", "may not push"]),
@@ -196,11 +298,14 @@ def refuse(twin, case):
 ])
 def test_refusals_are_one_line_exit_2(case, words, kaggle_twin, kernel, tmp_path, capsys):
     if case in ("push", "someone else's kernel"):
-        metadata = json.loads((kernel / "kernel-metadata.json").read_text())
-        (kernel / "kernel-metadata.json").write_text(json.dumps({**metadata,
-                                                                 "id": "someone/genre-cnn"}))
+        for meta in (kernel / "kernel-metadata.json", kernel / "relay" / "kernel-metadata.json"):
+            metadata = json.loads(meta.read_text())
+            meta.write_text(json.dumps({**metadata, "id": metadata["id"].replace(USER, "someone")}))
     command = refuse(kaggle_twin, case)
     command[1] = str(kernel)
+    if case == "push":  # one kernel made by hand (no recipe, no partner): pushed as it is
+        (kernel / "recipe.json").unlink()
+        shutil.rmtree(kernel / "relay")
     assert loop.main(command + (["--runs", str(tmp_path / "runs")] if "submit" in command
                                 else [])) == 2
     err = capsys.readouterr().err
@@ -220,25 +325,38 @@ def test_kernel_found_by_name_or_path(kaggle_twin, kernel, tmp_path, capsys, mon
     """NAME is kernels/NAME/ beside the script (whatever build.py made there); anything else
     is one line listing them."""
     monkeypatch.setattr(loop, "KERNELS_DIR", kernel.parent)
-    assert loop.main(["status", "cnn"]) == 2  # not pushed to the twin
-    assert f"status of {KERNEL_ID} failed" in capsys.readouterr().err
+    ran(kaggle_twin)
+    assert loop.main(["status", "cnn"]) == 0
+    assert f"{KERNEL_ID} version 1: complete" in capsys.readouterr().out
     assert loop.main(["status", str(tmp_path / "nothing")]) == 1
     err = capsys.readouterr().err
     assert one_line(err) and "not a kernel folder" in err and "cnn" in err
 
 
-def test_a_stale_kernel_is_not_pushed(kaggle_twin, tmp_path, capsys):
+def test_a_stale_kernel_is_not_pushed(kaggle_twin, kernel, capsys):
     """A kernel built from a recipe whose code has changed since is refused before any upload."""
-    build = loop.KERNELS_DIR / "build.py"
-    spec = importlib.util.spec_from_file_location("kernel_build", build)
-    builder = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(builder)
-    assert builder.main(["--recipe", "mlp", "--user", USER, "--out", str(tmp_path)]) == 0
-    assert loop.main(["push", str(tmp_path / "mlp")]) == 0
-    script = tmp_path / "mlp" / "kernel.py"
-    script.write_text(script.read_text().replace("def install_modules", "def install_modules_old"))
-    capsys.readouterr()
-    assert loop.main(["push", str(tmp_path / "mlp")]) == 1
+    notebook = kernel / "kernel.ipynb"
+    notebook.write_text(notebook.read_text().replace("def fit(", "def fit_old("))
+    assert loop.main(["push", str(kernel)]) == 1
     err = capsys.readouterr().err
     assert one_line(err) and "rebuild it first" in err
-    assert len(kaggle_twin.kernels[f"{USER}/music-genre-mlp"]) == 1  # the stale one never sent
+    assert not kaggle_twin.kernels  # the stale one never sent
+
+
+def test_weights_become_a_data_set_under_the_name_a_kernel_looks_for(kaggle_twin, imagenet_twin,
+                                                                     monkeypatch, capsys):
+    """torchvision's file from the hub cache (the twin serves it there) as a new data set, then
+    as its new version; the line to build with."""
+    import torch
+    from pathlib import Path
+    imagenet_twin("resnet18")
+    monkeypatch.setenv("no_proxy", "localhost")  # the Kaggle twin is on this machine
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / "resnet18-f37072fd.pth"
+    for versions in (1, 2):
+        assert loop.main(["weights", "--arch", "resnet18", "--user", USER]) == 0
+        dataset = kaggle_twin.datasets[f"{USER}/resnet18-weights"]
+        assert len(dataset["versions"]) == versions
+        assert dataset["versions"][-1] == {"resnet18-f37072fd.pth": cached.read_bytes()}
+    assert f"--weights-dataset {USER}/resnet18-weights" in capsys.readouterr().out
+    assert loop.main(["weights", "--arch", "resnet19", "--user", USER]) == 1
+    assert "unknown --arch 'resnet19'" in capsys.readouterr().err

@@ -1,23 +1,23 @@
-"""kernels/build.py: recipes build deterministic kernels and bad recipes fail at build time; and
-the Kaggle filesystem twin: each kernel.py runs as Kaggle runs it (`python kernel.py`, no
-arguments, cwd = working, $KAGGLE_ROOT the /kaggle tree) against read-only input trees shaped as
-Kaggle mounts them, survives a kill and a time limit, and resumes in its next version."""
-import ast
+"""Kaggle kernels: kernels/build.py makes notebooks from recipes (deterministic, checked at
+build time), kernels/kernel_main.py is what they run, and the Kaggle twin runs them as Kaggle
+does (tests/kaggle_twin.py: pushed with the real client, sessions by Kaggle's rules, notebooks
+executed by a real Jupyter kernel): against read-only input trees in Kaggle's layouts, stopped,
+killed, resumed by the relay partner, on two processes, and in a code competition."""
 import csv
 import importlib.util
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import pytest
 import torch
 
 import common
 from conftest import ROOT, without_seconds, write_tone
+from kaggle_twin import USER
 
 KERNELS_DIR = ROOT / "kernels"
 RECIPES = sorted(p.stem for p in (KERNELS_DIR / "recipes").glob("*.json"))
@@ -33,6 +33,7 @@ def load_file(module_name, path):
 
 build = load_file("kernels_build", KERNELS_DIR / "build.py")
 kernel_main = build.kernel_main
+loop = load_file("kaggle_loop", KERNELS_DIR / "kaggle_loop.py")
 
 
 def built(out, *argv):
@@ -42,10 +43,18 @@ def built(out, *argv):
     return out / argv[argv.index("--name" if "--name" in argv else "--recipe") + 1]
 
 
-def embedded_modules(kernel_py):
-    tree = ast.parse(kernel_py.read_text())
-    return {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body
-            if isinstance(node, ast.Assign) and node.targets[0].id.endswith("_PY")}
+def cells(folder):
+    return nbformat.read(folder / "kernel.ipynb", as_version=4).cells
+
+
+def written_files(folder):
+    """{path under the suite's folder: text} the notebook's %%writefile cells write."""
+    out = {}
+    for cell in cells(folder):
+        if cell.cell_type == "code" and cell.source.startswith("%%writefile"):
+            first, _, text = cell.source.partition("\n")
+            out[first.split("{SUITE}/")[1]] = text
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -57,38 +66,66 @@ def test_recipes_build_byte_identical_and_check(recipe, tmp_path, capsys):
     extra = ["--weights-dataset", "me/weights"] if kind == "transfer" else []
     first = built(tmp_path / "a", "--recipe", recipe, *extra)
     second = built(tmp_path / "b", "--recipe", recipe, *extra)
-    assert sorted(p.name for p in first.iterdir()) == ["kernel-metadata.json", "kernel.py", "recipe.json"]
-    for name in ("kernel.py", "kernel-metadata.json", "recipe.json"):
+    files = sorted(str(p.relative_to(first)) for p in first.rglob("*") if p.is_file())
+    assert files == ["kernel-metadata.json", "kernel.ipynb", "recipe.json",
+                     "relay/kernel-metadata.json"]
+    for name in files:
         assert (first / name).read_bytes() == (second / name).read_bytes()
     assert build.main(["--out", str(tmp_path / "a"), "--check"]) == 0
-    script = first / "kernel.py"
-    script.write_text(script.read_text() + "# edited\n")
+    notebook = first / "kernel.ipynb"
+    notebook.write_text(notebook.read_text().replace("def fit(", "def fitted("))
     capsys.readouterr()
     assert build.main(["--out", str(tmp_path / "a"), "--check"]) == 1
-    assert capsys.readouterr().out.strip() == f"stale: {script}"
-    assert script.read_text().endswith("# edited\n")  # --check writes nothing
+    assert capsys.readouterr().out.strip() == f"stale: {notebook}"
+    assert "def fitted(" in notebook.read_text()  # --check writes nothing
     assert build.main(["--out", str(tmp_path / "a")]) == 0  # a rebuild from its recipe.json
-    assert script.read_bytes() == (second / "kernel.py").read_bytes()
+    assert notebook.read_bytes() == (second / "kernel.ipynb").read_bytes()
 
 
-@pytest.mark.parametrize("source", ["x = '''a'''\n", 'x = """a"""\ny = r"\\d"\n',
-                                    "a = '''\"\"\"'''\n", "s = 'tail'  # \\\n"])
-def test_embedded_source_round_trips_exactly(source):
-    text = build.embed("common", source)
-    assert ast.literal_eval(ast.parse(text).body[0].value) == source
+def test_the_notebook_reads_top_to_bottom(tmp_path):
+    """What it does on top, then the recipe as one editable cell, the suite's code as real code
+    cells (verbatim, hidden until shown), one cell that runs it, the results; no outputs."""
+    folder = built(tmp_path, "--recipe", "specnet-mel", "--dataset", "bob/gtzan")
+    notebook = nbformat.read(folder / "kernel.ipynb", as_version=4)
+    nbformat.validate(notebook)
+    about, recipe, *rest = notebook.cells
+    assert about.cell_type == "markdown" and about.source.startswith("# Music Genre SpecNet Mel")
+    for words in ("**What it does.**", "train_cnn.py --model specnet", "128-band log-mel",
+                  "**Data.**", "bob/gtzan", "**Time.**", "11h30m", "**Resuming.**",
+                  "music-genre-specnet-mel-relay", "kaggle_loop.py push specnet-mel"):
+        assert words in about.source, words
+    assert recipe.source.startswith("RECIPE = {") and "'trainer_args': ['--model', 'specnet']" \
+        in recipe.source
+    code = [c for c in rest if c.source.startswith("%%writefile")]
+    assert all(c.metadata["_kg_hide-input"] and c.metadata["jupyter"]["source_hidden"] for c in code)
+    assert written_files(folder) == {f"{m}.py": (ROOT / f"{m}.py").read_text() for m in
+                                     ("common", "predict", "train_cnn", "data_conversion")} | {
+        "kernel_main.py": (KERNELS_DIR / "kernel_main.py").read_text()}
+    sources = [c.source for c in rest if not c.source.startswith("%%writefile")]
+    assert any(s.strip() == "import kernel_main\n\nkernel_main.run_notebook(RECIPE)".strip()
+               for s in sources)
+    assert any("results_table(part)" in s and "curves.png" in s for s in sources)
+    assert all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code")
+    assert "exec(" not in (folder / "kernel.ipynb").read_text()
 
 
-@pytest.mark.parametrize("kind", ["cnn", "transfer", "mlp"])
-def test_a_kernel_carries_its_modules_verbatim_and_no_other_pipeline(kind, tmp_path):
-    folder = built(tmp_path, "--name", f"k-{kind}", "--kind", kind, "--", "--weights", "none") \
-        if kind == "transfer" else built(tmp_path, "--name", f"k-{kind}", "--kind", kind)
-    values = embedded_modules(folder / "kernel.py")
-    trainer = kernel_main.TRAINERS[kind]
-    modules = ["common", "predict", "data_conversion", trainer]  # what kernel_main and it import
-    for module in modules:
-        assert values[f"{module.upper()}_PY"] == (ROOT / f"{module}.py").read_text()
-    assert values["KERNEL_MAIN_PY"] == (KERNELS_DIR / "kernel_main.py").read_text()
-    assert set(values) == {f"{m.upper()}_PY" for m in modules} | {"KERNEL_MAIN_PY"}  # no other trainer
+@pytest.mark.parametrize("kind,modules", [
+    ("cnn", ["common", "predict", "train_cnn", "data_conversion", "kernel_main"]),
+    ("transfer", ["common", "predict", "train_transfer", "data_conversion", "kernel_main"]),
+    ("mlp", ["common", "predict", "train_mlp", "data_conversion", "kernel_main"]),
+])
+def test_a_kernel_carries_the_modules_it_imports_and_no_other(kind, modules, tmp_path):
+    flags = ["--", "--weights", "none"] if kind == "transfer" else []
+    folder = built(tmp_path, "--name", f"k-{kind}", "--kind", kind, *flags)
+    assert list(written_files(folder)) == [f"{m}.py" for m in modules]
+
+
+def test_a_named_split_ships_with_the_kernel_that_uses_it(tmp_path):
+    folder = built(tmp_path, "--name", "filtered", "--kind", "mlp", "--", "--split",
+                   "gtzan-filtered")
+    files = written_files(folder)
+    assert files["splits/gtzan-filtered.json"] == (ROOT / "splits" / "gtzan-filtered.json").read_text()
+    assert "splits/gtzan-filtered.json" not in written_files(built(tmp_path, "--recipe", "mlp"))
 
 
 def test_metadata_and_recipe(tmp_path):
@@ -97,12 +134,16 @@ def test_metadata_and_recipe(tmp_path):
                    "--dataset", "bob/gtzan", "--test-folder", "test_audio", "--time-limit", "2h",
                    "--", "--model", "specnet", "--epochs", "40")
     meta = json.loads((folder / "kernel-metadata.json").read_text())
+    relay = json.loads((folder / "relay" / "kernel-metadata.json").read_text())
     assert meta["id"] == "alice/music-genre-my-specnet" and meta["title"] == "Music Genre My Specnet"
-    assert (meta["language"], meta["kernel_type"], meta["code_file"]) == ("python", "script", "kernel.py")
+    assert relay["id"] == "alice/music-genre-my-specnet-relay" and relay["title"].endswith(" Relay")
+    assert (meta["language"], meta["kernel_type"], meta["code_file"]) == ("python", "notebook",
+                                                                        "kernel.ipynb")
+    assert relay["code_file"] == "../kernel.ipynb"  # one notebook, two kernels
+    assert meta["kernel_sources"] == [relay["id"]] and relay["kernel_sources"] == [meta["id"]]
     assert meta["enable_gpu"] is True and meta["machine_shape"] == "NvidiaTeslaT4"  # never a P100
     assert meta["enable_internet"] is False  # code competitions require it off
     assert meta["dataset_sources"] == ["bob/gtzan"] and meta["competition_sources"] == ["genre-comp"]
-    assert meta["kernel_sources"] == [meta["id"]]  # its own output: the next version resumes
     recipe = json.loads((folder / "recipe.json").read_text())
     assert recipe["conversion"] == {"size": 0, "mel": 64, "segment_seconds": 3.0}
     assert recipe["trainer_args"] == ["--model", "specnet", "--epochs", "40"]
@@ -114,20 +155,55 @@ def test_metadata_and_recipe(tmp_path):
     assert transfer["dataset_sources"] == ["bob/gtzan", "bob/w"]
 
 
+def test_one_name_one_id(tmp_path, capsys):
+    """--name gives the title and the id (a ready-made recipe's title is its own name's); two
+    kernels of one --out that map to one Kaggle id are refused."""
+    copy = built(tmp_path, "--recipe", "mlp", "--name", "x")
+    assert json.loads((copy / "kernel-metadata.json").read_text())["id"] == \
+        "your-kaggle-username/music-genre-x"
+    built(tmp_path, "--recipe", "mlp")
+    assert build.main(["--name", "y", "--kind", "mlp", "--title", "Music Genre MLP", "--out",
+                       str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "music-genre-mlp is" in err and not (tmp_path / "y").exists()
+
+
+def test_a_code_competition_has_a_training_and_a_predict_kernel(tmp_path):
+    """Its time limit under 9 h; a predict kernel attaches both training kernels and trains
+    nothing."""
+    train = built(tmp_path, "--recipe", "specnet-mel", "--competition", "comp",
+                  "--code-competition")
+    assert json.loads((train / "recipe.json").read_text())["time_limit"] == "8h30m"
+    infer = built(tmp_path, "--name", "specnet-infer", "--kind", "predict", "--from", "specnet-mel")
+    meta = json.loads((infer / "kernel-metadata.json").read_text())
+    assert meta["kernel_sources"] == ["your-kaggle-username/music-genre-specnet-mel",
+                                      "your-kaggle-username/music-genre-specnet-mel-relay"]
+    assert meta["competition_sources"] == ["comp"] and not (infer / "relay").exists()
+    assert "train_cnn.py" not in written_files(infer)  # no trainer: nothing is trained
+
+
 @pytest.mark.parametrize("argv,words", [
     (["--name", "x", "--kind", "cnn", "--", "--lr", "-1"], "--lr"),
     (["--name", "x", "--kind", "cnn", "--", "--model", "specnet", "--img-size", "7"], "--img-size 7"),
     (["--name", "x", "--kind", "cnn", "--", "--data", "d"], "set by the kernel"),
     (["--name", "x", "--kind", "mlp", "--", "--features", "f.csv"], "set by the kernel"),
     (["--name", "x", "--kind", "cnn", "--", "--resume", "r"], "set by the kernel"),
+    (["--name", "x", "--kind", "cnn", "--", "--split", "/home/me/split.json"], "file's name"),
     (["--name", "x", "--kind", "transfer", "--", "--arch", "vgg17", "--weights", "none"], "vgg17"),
-    (["--recipe", "transfer-vgg16"], "--weights-dataset"),
+    (["--recipe", "transfer-vgg16"], "kaggle_loop.py weights --arch vgg16"),
     (["--recipe", "nope"], "no such recipe"),
     (["--recipe", "mlp", "--size", "64"], "--size"),
+    (["--recipe", "cnn", "--feature-set", "extended"], "--feature-set"),
     (["--name", "Bad_Name", "--kind", "cnn"], "--name"),
     (["--name", "x", "--kind", "cnn", "--user", "a/b"], "--user"),
     (["--name", "x", "--kind", "cnn", "--dataset", "gtzan"], "OWNER/SLUG"),
     (["--name", "x", "--kind", "cnn", "--time-limit", "soon"], "duration"),
+    (["--name", "x", "--kind", "cnn", "--time-limit", "11h55m"], "leave at least 10 minutes"),
+    (["--name", "x", "--kind", "cnn", "--competition", "c", "--code-competition",
+      "--time-limit", "9h"], "code competition notebook at 9 h"),
+    (["--name", "x", "--kind", "cnn", "--code-competition"], "needs --competition"),
+    (["--name", "x", "--kind", "predict"], "--from NAME"),
+    (["--name", "x", "--kind", "predict", "--from", "nope"], "build the training kernel first"),
     (["--name", "x"], "--kind"),
 ])
 def test_bad_recipe_fails_at_build_in_one_line(argv, words, tmp_path, capsys):
@@ -137,6 +213,9 @@ def test_bad_recipe_fails_at_build_in_one_line(argv, words, tmp_path, capsys):
     assert err.count("\n") == 1 and words in err and "Traceback" not in err
     assert not any(tmp_path.iterdir())
 
+
+# ----------------------------------------------------------------------------------------------
+# What the kernel does (kernel_main), in this process
 
 def test_kernel_flags_and_trainer_passthrough(tmp_path, monkeypatch):
     recipe = json.loads(built(tmp_path, "--recipe", "cnn").joinpath("recipe.json").read_text())
@@ -149,26 +228,63 @@ def test_kernel_flags_and_trainer_passthrough(tmp_path, monkeypatch):
     assert rest == ["--epochs", "3", "--size", "9", "--augment", "--lr", "0.1"]
 
 
-def test_more_than_one_gpu_trains_under_torchrun(monkeypatch):
-    calls = []
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    monkeypatch.setattr(kernel_main.subprocess, "call", lambda command: calls.append(command) or 0)
-    trainer = type("Trainer", (), {"main": staticmethod(lambda argv: calls.append(argv) or 0)})
-    assert kernel_main.train(trainer, ["--epochs", "1"], gpus=2, budget=100) == 0
-    command = calls[0]
-    assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    assert command[6:] == ["--train-only", "--", "--epochs", "1", "--time-limit", "100s"]
-    assert kernel_main.train(trainer, ["--epochs", "1"], gpus=1, budget=100) == 0
-    assert calls[-1][:3] == ["--epochs", "1", "--time-limit"]
+def fake_run(folder, epochs=8, done=3, flags=("--epochs", "8")):
+    """A run folder as a session leaves it: config.json and checkpoint.json."""
+    import train_cnn
+    folder.mkdir(parents=True)
+    args = vars(train_cnn.parse_args(["--data", "d", *flags], check_paths=False))
+    (folder / "config.json").write_text(json.dumps({"args": common.jsonable(args)}))
+    (folder / "checkpoint.json").write_text(json.dumps({"epochs_done": done}))
+    return folder
 
 
-def test_previous_run_is_found_wherever_the_output_is_mounted(tmp_path):
-    for mount in ("music-genre-x", "notebooks/alice/music-genre-x", "kernels/alice/x/output"):
-        run = tmp_path / mount / "input" / mount / "runs" / "x"
-        run.mkdir(parents=True)
-        (run / "config.json").write_text("{}")
-        assert kernel_main.previous_run(tmp_path / mount / "input", "x") == run
-        assert kernel_main.previous_run(tmp_path / mount / "input", "y") is None
+def test_earlier_runs_are_found_wherever_mounted_and_the_furthest_is_taken(tmp_path, capsys):
+    """Under any of Kaggle's mount layouts; of several (the partner's output, a rescued run),
+    the one made with the same flags that got furthest is copied to working/ (writable)."""
+    import train_cnn
+    inputs = tmp_path / "input"
+    partner = fake_run(inputs / "notebooks" / "me" / "music-genre-x-relay" / "runs" / "x", done=3)
+    rescued = fake_run(inputs / "datasets" / "me" / "music-genre-x-rescue" / "runs" / "x", done=5)
+    fake_run(inputs / "x-old" / "runs" / "x", done=7, flags=("--epochs", "8", "--lr", "0.1"))
+    fake_run(inputs / "y" / "runs" / "y", done=9)
+    found = {str(run.relative_to(inputs)): p.epochs_done for run, p in
+             kernel_main.earlier_runs(inputs, "x")}
+    assert found == {"x-old/runs/x": 7, "notebooks/me/music-genre-x-relay/runs/x": 3,
+                     "datasets/me/music-genre-x-rescue/runs/x": 5}
+    run_dir = tmp_path / "working" / "runs" / "x"
+    argv = ["--data", "d", "--epochs", "8", "--name", "x"]
+    assert kernel_main.take_over(kernel_main.earlier_runs(inputs, "x"), run_dir,
+                                 train_cnn, argv) is True
+    assert f"resuming the run in {rescued} (epoch 5 of 8)" in capsys.readouterr().out
+    assert json.loads((run_dir / "checkpoint.json").read_text())["epochs_done"] == 5
+    assert partner.exists() and os.access(run_dir, os.W_OK)
+
+
+def test_processes_auto_uses_both_gpus_only_when_it_pays(tmp_path, monkeypatch):
+    """On T4 x2 (two visible GPUs) a recipe trains on both when the estimate says a step gets a
+    quarter faster; else one line says why the other idles. Only the GPUs are faked here."""
+    import train_cnn
+    import train_transfer
+    from PIL import Image
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    (tmp_path / "img" / "a").mkdir(parents=True)
+    Image.new("P", (130, 128)).save(tmp_path / "img" / "a" / "x.png")
+    data = ["--data", str(tmp_path / "img")]
+
+    def plan(kind, *flags):
+        trainer = {"cnn": train_cnn, "transfer": train_transfer}[kind]
+        parsed = trainer.parse_args(list(flags), check_paths=False)
+        return kernel_main.plan_processes("auto", {"kind": kind}, trainer, parsed, data)
+    processes, why = plan("cnn", "--img-size", "512")
+    assert processes == 1 and "the other idles" in why and "201.6 M weights" in why
+    processes, why = plan("cnn", "--model", "specnet")
+    assert processes == 1 and "the other idles" in why
+    processes, why = plan("transfer", "--arch", "cnn14", "--finetune", "--weights", "none")
+    assert processes == 2 and "training on 2 GPUs" in why
+    processes, why = plan("transfer", "--arch", "vgg16", "--weights", "none")
+    assert processes == 1 and "frozen backbone runs once" in why
+    assert kernel_main.plan_processes("auto", {"kind": "mlp"}, None, None, data)[0] == 1
+    assert kernel_main.plan_processes("2", {"kind": "cnn"}, None, None, data)[0] == 2
 
 
 @pytest.mark.parametrize("tree,words", [("none", "--input"), ("empty", "no training audio"),
@@ -198,12 +314,51 @@ def test_missing_weights_file_fails_before_any_work(tmp_path, monkeypatch, capsy
     (kaggle / "input" / "weights" / "resnet18-f37072fd.pth").write_bytes(b"not vgg16's")
     assert kernel_main.main(["--temp", str(tmp_path / "temp")], recipe) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "vgg16-397923af.pth" in err and "--weights-dataset" in err
+    assert err.count("\n") == 1 and "vgg16-397923af.pth" in err and "kaggle_loop.py weights" in err
     assert not (tmp_path / "temp").exists()  # nothing converted
 
 
+def test_a_split_file_is_found_by_name_under_input(tmp_path, monkeypatch, capsys):
+    """--split NAME of a recipe is looked for under input/ (an attached data set), the path given
+    to the trainer; missing, it is one line before any work."""
+    recipe = json.loads(built(tmp_path / "k", "--name", "s", "--kind", "mlp", "--", "--split",
+                              "my-split.json").joinpath("recipe.json").read_text())
+    split = tmp_path / "input" / "datasets" / "me" / "splits" / "my-split.json"
+    with pytest.raises(common.SuiteError, match="--split my-split.json: no file of that name"):
+        kernel_main.trainer_flags(recipe, [], tmp_path / "input")
+    split.parent.mkdir(parents=True)
+    split.write_text("{}")
+    assert kernel_main.trainer_flags(recipe, ["--epochs", "2"], tmp_path / "input") == [
+        "--split", str(split), "--epochs", "2"]
+
+
+def test_the_kernels_log_reaches_a_pipe_line_by_line(tmp_path):
+    """Run as a command with its output into a pipe (as a script kernel's reaches Kaggle's log):
+    each stage's line arrives while the kernel is still running, not at its end."""
+    recipe = built(tmp_path / "k", "--name", "piped", "--kind", "cnn", "--size", "32", "--",
+                   "--epochs", "30", "--img-size", "16") / "recipe.json"
+    audio_set(tmp_path / "audio", 3, 0)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    env.pop("PYTHONUNBUFFERED", None)  # Kaggle's image does not set it
+    process = subprocess.Popen(
+        [sys.executable, str(KERNELS_DIR / "kernel_main.py"), str(recipe), "--train",
+         str(tmp_path / "audio"), "--temp", str(tmp_path / "temp"), "--working",
+         str(tmp_path / "working"), "--input", str(tmp_path)], env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    seen = []
+    for line in process.stdout:
+        seen.append((line, process.poll()))
+        if line.startswith("epoch   2"):
+            break
+    running = [line for line, code in seen if code is None]
+    process.kill()
+    process.communicate()
+    assert any(line.startswith("train: ") for line in running)
+    assert any(line.startswith("epoch   1") for line in running)
+
+
 # ----------------------------------------------------------------------------------------------
-# The Kaggle filesystem twin
+# Kaggle's sessions: the twin runs the notebooks as Kaggle runs them
 
 GENRES = {"blues": 200.0, "metal": 2000.0, "pop": 800.0}
 
@@ -219,6 +374,11 @@ def audio_set(folder, per_genre, seed, flat=False, seconds=1.5):
                        noise=0.01, seed=seed + i)
             items.append((name, g))
     return items
+
+
+def files_of(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
 
 
 def competition(root, flat_train):
@@ -250,199 +410,236 @@ def gtzan_dataset(root, seconds=1.5):
     (root / "Data" / "images_original" / "blues" / "blues00000.png").write_bytes(b"\x89PNG")
 
 
-def snapshot(tree):
-    return sorted((str(p.relative_to(tree)), p.stat().st_size, p.stat().st_mtime_ns)
-                  for p in tree.rglob("*"))
+def log_of(version):
+    return "".join(entry["data"] for entry in json.loads(version["log"]))
 
 
-def read_only(tree):
-    for path in [*tree.rglob("*"), tree]:  # as Kaggle mounts input/
-        path.chmod(0o555 if path.is_dir() else 0o444)
+def executed_outputs(version):
+    """{cell id: [output types and their data's types]} of the session's executed notebook."""
+    notebook = nbformat.reads(version["executed"], as_version=4)
+    return {c.id: [o.output_type + ":" + ",".join(o.get("data", {})) for o in c.get("outputs", [])]
+            for c in notebook.cells if c.cell_type == "code"}
 
 
-def start_kernel(kernel_py, root, kernel_args):
-    """`python kernel.py` as Kaggle starts it: no arguments, cwd working/, /kaggle at root."""
-    env = {**os.environ, "KAGGLE_ROOT": str(root), "KERNEL_ARGS": kernel_args,
-           "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    (root / "working").mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen([sys.executable, str(kernel_py)], env=env, cwd=root / "working",
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+@pytest.fixture(scope="module")
+def kaggle_world(tmp_path_factory):
+    """The twin running sessions (module-wide) with GTZAN's data set (no test folder), a
+    competition (train/ in genre folders, test/, sample_submission.csv), the same competition
+    with a flat train/ + train.csv, and a data set of torchvision weights made by
+    `kaggle_loop.py weights` (resnet18, random weights as torchvision names them)."""
+    import kaggle_twin
+    import torchvision
+    base = tmp_path_factory.mktemp("kaggle")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("HOME", str(base / "home"))
+        env.setenv("KAGGLE_CONFIG_DIR", str(base / "home" / ".kaggle"))
+        env.setenv("KAGGLE_API_ENVIRONMENT", "TEST")
+        env.setenv("KAGGLE_API_TOKEN", kaggle_twin.TOKEN)
+        env.setenv("OMP_NUM_THREADS", "1")
+        env.setenv("TORCH_HOME", str(base / "torch"))
+        env.delenv("KERNEL_ARGS", raising=False)
+        with kaggle_twin.KaggleTwin(root=base / "sessions") as twin:
+            gtzan_dataset(base / "gtzan")
+            twin.add_dataset("someone/gtzan-genres", files_of(base / "gtzan"))
+            tests = {}
+            for slug, flat in (("genre-quest", False), ("flat-quest", True)):
+                tests[slug] = competition(base / slug, flat_train=flat)
+                twin.add_competition(slug, files=files_of(base / slug))
+            weights = Path(torch.hub.get_dir()) / "checkpoints" / Path(
+                torchvision.models.get_model_weights("resnet18").DEFAULT.url).name
+            weights.parent.mkdir(parents=True)
+            torch.save(torchvision.models.resnet18().state_dict(), weights)
+            assert loop.main(["weights", "--arch", "resnet18", "--user", USER]) == 0
+            torch.save(common.Cnn14().state_dict(), base / "Cnn14_mAP=0.431.pth")
+            twin.add_dataset(f"{USER}/panns", {"Cnn14_mAP=0.431.pth":
+                                               (base / "Cnn14_mAP=0.431.pth").read_bytes()})
+            yield twin, base, tests
 
 
-# (data layout, recipe, build flags, $KERNEL_ARGS): tiny settings (Kaggle passes no arguments)
+def newest_version(twin, folder):
+    """The version pushed last of the folder's kernel or its relay partner."""
+    metadata = [folder / "kernel-metadata.json", folder / "relay" / "kernel-metadata.json"]
+    ids = [json.loads(m.read_text())["id"] for m in metadata if m.is_file()]
+    return max((twin.kernels[i][-1] for i in ids if i in twin.kernels), key=lambda v: v["pushed"])
+
+
+def push_and_wait(twin, folder, *flags):
+    assert loop.main(["push", str(folder), *flags]) == 0
+    pushed = newest_version(twin, folder)
+    pushed["done"].wait(900)
+    return pushed
+
+
+# (recipe, build flags): tiny settings, the inputs as sources
 TWIN_RUNS = {
-    ("gtzan", "specnet-mel"): ([], "--size 0 --mel 16 --segment-seconds 0.5 -- --epochs 2"),
-    ("gtzan", "mlp"): ([], "-- --epochs 2 --hidden 16:relu"),
-    ("comp", "cnn"): ([], "--size 32 -- --epochs 1 --img-size 16"),
-    ("comp", "transfer-vgg16"): (["--weights-dataset", "me/imagenet-weights"],
-                                 "--size 32 -- --epochs 1 --arch resnet18 --img-size 32"),
-    ("comp-flat", "mlp"): ([], "-- --epochs 2 --hidden 16:relu"),
-    ("comp-flat", "specnet-mel"): ([], "--size 0 --mel 16 --segment-seconds 0.5 -- --epochs 1"),
-    ("comp-flat", "cnn14"): (["--weights-dataset", "me/panns-weights"],
-                             "-- --epochs 1 --clip-seconds 1 --batch-size 4"),
+    ("gtzan", "specnet-mel"): ["--dataset", "someone/gtzan-genres", "--size", "0", "--mel", "16",
+                               "--segment-seconds", "0.5", "--", "--epochs", "2"],
+    ("gtzan", "mlp"): ["--dataset", "someone/gtzan-genres", "--", "--epochs", "2", "--hidden",
+                       "16:relu"],
+    ("comp", "cnn"): ["--competition", "genre-quest", "--size", "32", "--", "--epochs", "1",
+                      "--img-size", "16"],
+    ("comp", "transfer-vgg16"): ["--competition", "genre-quest", "--weights-dataset",
+                                 f"{USER}/resnet18-weights", "--size", "32", "--", "--epochs", "1",
+                                 "--arch", "resnet18", "--img-size", "32"],
+    ("comp-flat", "mlp"): ["--competition", "flat-quest", "--", "--epochs", "2", "--hidden",
+                           "16:relu"],
+    ("comp-flat", "specnet-mel"): ["--competition", "flat-quest", "--size", "0", "--mel", "16",
+                                   "--segment-seconds", "0.5", "--", "--epochs", "1"],
+    ("comp-flat", "cnn14"): ["--competition", "flat-quest", "--weights-dataset", f"{USER}/panns",
+                             "--", "--epochs", "1", "--clip-seconds", "1", "--batch-size", "4"],
 }
 
 
 @pytest.fixture(scope="module")
-def kaggle_runs(tmp_path_factory):
-    """Kernels built from the recipes against three /kaggle trees, as Kaggle runs them, all at
-    once: GTZAN's data set (input/datasets/<owner>/<slug>/, no test folder), a competition
-    (input/<slug>/) and a competition with a flat train folder + train.csv
-    (input/competitions/<slug>/). A data set of torchvision weights (resnet18) is attached too,
-    as the transfer kernel needs offline."""
-    import torchvision
-    base = tmp_path_factory.mktemp("kaggle")
-    layouts, trees, processes = {}, {}, {}
-    for layout in ("gtzan", "comp", "comp-flat"):
-        root = base / layout
-        if layout == "gtzan":
-            gtzan_dataset(root / "input" / "datasets" / "someone" / "gtzan-genres")
-        else:
-            slug = root / "input" / ("competitions/genre-quest" if layout == "comp-flat" else "genre-quest")
-            layouts[layout] = competition(slug, flat_train=layout == "comp-flat")
-        weights = root / "input" / "imagenet-weights" / Path(
-            torchvision.models.get_model_weights("resnet18").DEFAULT.url).name
-        weights.parent.mkdir(parents=True)
-        torch.save(torchvision.models.resnet18().state_dict(), weights)
-        (root / "input" / "panns-weights").mkdir()  # PANNs' file name, random weights
-        torch.save(common.Cnn14().state_dict(), root / "input" / "panns-weights" / "Cnn14_mAP=0.431.pth")
-        read_only(root / "input")
-        trees[layout] = (root, snapshot(root / "input"))
-    for (layout, recipe), (flags, tiny) in TWIN_RUNS.items():
-        kernel = built(base / "kernels" / layout, "--recipe", recipe, *flags)
-        root = trees[layout][0] / recipe
-        (root / "working").mkdir(parents=True)
-        (root / "input").symlink_to(trees[layout][0] / "input")
-        processes[layout, recipe] = start_kernel(kernel / "kernel.py", root, tiny)
-    results = {key: (p.communicate(timeout=900)[0], p.returncode) for key, p in processes.items()}
-    return trees, layouts, results
+def kaggle_runs(kaggle_world):
+    """Each (layout, recipe) built and pushed to the twin, all sessions at once."""
+    twin, base, _ = kaggle_world
+    pushed = {}
+    for (layout, recipe), flags in TWIN_RUNS.items():
+        name = f"{recipe}-{layout}"[:40]
+        folder = built(base / "kernels", "--recipe", recipe, "--name", name, "--user", USER,
+                       *flags)
+        assert loop.main(["push", str(folder)]) == 0
+        pushed[layout, recipe] = folder, newest_version(twin, folder)
+    for _, version in pushed.values():
+        version["done"].wait(900)
+    return pushed
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("layout,recipe", list(TWIN_RUNS))
-def test_kernel_on_kaggle_tree(layout, recipe, kaggle_runs):
-    trees, test_ids, results = kaggle_runs
-    root, before = trees[layout]
-    output, code = results[layout, recipe]
-    assert code == 0, output[-3000:]
-    kaggle = root / recipe
-    assert snapshot(root / "input") == before  # nothing written under input/
-    report = kaggle / "working" / "runs" / recipe  # the run is named after the kernel
-    metrics = json.loads((report / "metrics.json").read_text())
-    assert metrics["n_test"] >= 1 and metrics["complete"] and not (report / "checkpoint.pt").exists()
-    assert {p.name for p in (kaggle / "working").iterdir()} <= {"runs", "submission.csv"}
-    made = {p.name for p in (kaggle / "temp").iterdir()}
-    assert {"mlp": "features.csv", "cnn14": "cache"}.get(recipe, "images") in made
-    assert recipe != "cnn14" or "images" not in made  # cnn14 reads the audio itself
+def test_kernel_on_kaggle(layout, recipe, kaggle_world, kaggle_runs):
+    """Run as Kaggle runs it: the notebook top to bottom, no arguments, input/ read-only (its
+    sources mounted by Kaggle's rules); the output holds the run and submission.csv, and the
+    executed notebook shows the results as a table and pictures."""
+    twin, base, tests = kaggle_world
+    folder, version = kaggle_runs[layout, recipe]
+    output, log = version["output"], log_of(version)
+    assert version["status"] == "COMPLETE", log[-3000:]
+    name = folder.name
+    metrics = json.loads(output[f"runs/{name}/metrics.json"])
+    assert metrics["n_test"] >= 1 and metrics["complete"]
+    assert f"runs/{name}/checkpoint.pt" not in output and f"runs/{name}/model.pt" in output
+    assert {p.split("/")[0] for p in output} <= {"runs", "submission.csv"}
+    assert "no earlier run attached: training from the start" in log
     if recipe in ("transfer-vgg16", "cnn14"):
-        assert "weights: " in output and metrics["weights"] == "file"
+        assert "weights: " in log and metrics["weights"] == "file"
+    shown = executed_outputs(version)
+    assert "display_data:text/markdown,text/plain" in shown["results"]
+    assert shown["results"].count("display_data:image/png,text/plain") == 2  # curves, confusion
+    notebook = nbformat.reads(version["executed"], as_version=4)
+    table = next(c for c in notebook.cells if c.id == "results").outputs[0]["data"]["text/markdown"]
+    assert f"| test clips | {metrics['n_test']} (" in table
     if layout == "gtzan":
-        assert "jazz.00054.wav" in output  # the corrupt clip: skipped with a warning
-        assert not (kaggle / "working" / "submission.csv").exists()
-        assert sum("no test folder" in line for line in output.splitlines()) == 1
+        assert "jazz.00054.wav" in log  # the corrupt clip: skipped with a warning
+        assert "submission.csv" not in output
+        assert log.count("no test folder") == 1
         return
-    with open(kaggle / "working" / "submission.csv", newline="") as f:
-        rows = list(csv.reader(f))
+    rows = list(csv.reader(output["submission.csv"].decode().splitlines()))
     assert rows[0] == ["track_id", "genre_label"]  # sample_submission's columns
-    assert [r[0] for r in rows[1:]] == test_ids[layout]  # its ids, its order: every test file
+    slug = "genre-quest" if layout == "comp" else "flat-quest"
+    assert [r[0] for r in rows[1:]] == tests[slug]  # its ids, its order: every test file
     assert {r[1] for r in rows[1:]} <= set(GENRES)
-    assert "00004.wav" in output and "00005.wav" in output  # unreadable: warned, fallback label
-    assert (report / "submission.json").is_file()  # the prediction's record, for compare.py
+    assert "00004.wav" in log and "00005.wav" in log  # unreadable: warned, fallback label
+    assert f"runs/{name}/submission.json" in output  # the prediction's record, for compare.py
 
 
-# ----------------------------------------------------------------------------------------------
-# Sessions that end early: killed, or at the time limit; the next version resumes
-
-RESUME_ARGS = "--size 32 -- --epochs 8 --img-size 16 --patience 8 --augment specaugment --mixup 0.2"
-
-
-def next_version(root):
-    """A new session of the kernel: temp/ and working/ empty, the previous version's output
-    (its working/) mounted read-only under input/ as Kaggle mounts a kernel's output."""
-    mounted = root / "input" / "notebooks" / "me" / "music-genre-cnn"
-    if mounted.exists():  # the one before: Kaggle mounts the latest output only
-        for path in [mounted, *mounted.rglob("*")]:
-            path.chmod(0o755)
-        shutil.rmtree(mounted)
-    shutil.copytree(root / "working", mounted)
-    read_only(mounted)
-    shutil.rmtree(root / "working")
-    shutil.rmtree(root / "temp", ignore_errors=True)
+RELAY_FLAGS = ["--competition", "genre-quest", "--size", "128", "--", "--epochs", "6",
+               "--img-size", "128", "--batch-size", "2", "--schedule", "cosine", "--augment",
+               "specaugment", "--mixup", "0.2"]
 
 
-def history_and_weights(run):
-    with open(run / "history.csv") as f:
-        history = without_seconds(csv.DictReader(f))
-    return history, torch.load(run / "model.pt", weights_only=True)["state_dict"]
-
-
-@pytest.fixture(scope="module")
-def resumable(tmp_path_factory):
-    """The CNN kernel and a competition tree; the kernel's uninterrupted run as the reference."""
-    base = tmp_path_factory.mktemp("resume")
-    kernel = built(base / "kernels", "--recipe", "cnn") / "kernel.py"
-    tree = base / "tree"
-    competition(tree / "genre-quest", flat_train=False)
-    read_only(tree)
-
-    def fresh(name):
-        root = base / name
-        (root / "input").mkdir(parents=True)
-        (root / "input" / "genre-quest").symlink_to(tree / "genre-quest")
-        return root
-    whole = fresh("whole")
-    output, _ = start_kernel(kernel, whole, RESUME_ARGS).communicate(timeout=600)
-    return kernel, fresh, history_and_weights(whole / "working" / "runs" / "cnn"), output
+def history_and_weights(output, name):
+    history = without_seconds(csv.DictReader(output[f"runs/{name}/history.csv"].decode().splitlines()))
+    import io
+    state = torch.load(io.BytesIO(output[f"runs/{name}/model.pt"]), weights_only=True)["state_dict"]
+    return history, state
 
 
 @pytest.mark.slow
-def test_killed_kernel_resumes_in_its_next_version(resumable):
-    """SIGKILL mid-training (Kaggle's 12-hour limit): the checkpoint is already in working/;
-    version 2, with version 1's output attached, resumes and ends with the history and weights
-    of the run never stopped, and predicts."""
-    kernel, fresh, reference, _ = resumable
-    root = fresh("killed")
-    first = start_kernel(kernel, root, RESUME_ARGS)
-    for line in first.stdout:
-        if line.startswith("epoch   4"):
-            first.send_signal(signal.SIGKILL)
-            break
-    first.communicate(timeout=60)
-    assert first.returncode == -signal.SIGKILL
-    assert (root / "working" / "runs" / "cnn" / "checkpoint.pt").is_file()
-    next_version(root)
-    output, _ = (second := start_kernel(kernel, root, RESUME_ARGS)).communicate(timeout=600)
-    assert second.returncode == 0, output[-3000:]
-    assert "previous version's run is attached" in output and "resuming from" in output
-    history, weights = history_and_weights(root / "working" / "runs" / "cnn")
-    assert history == reference[0] and len(history) == 8
-    assert all(torch.equal(weights[k], reference[1][k]) for k in weights)
-    assert (root / "working" / "submission.csv").is_file()
+def test_a_run_longer_than_a_session_finishes_through_the_relay(kaggle_world, tmp_path):
+    """The run of a session killed mid-training (Kaggle's limit: an error, the output kept but
+    not attachable) goes on from its rescued output; a session stopped cleanly by the time limit
+    shows its results so far marked incomplete, and its partner resumes from it; a second kill
+    is passed over (--no-rescue) to the last complete version. The relay ends with the history
+    and weights of a session never stopped, and every log line arrived as it was printed."""
+    twin, base, _ = kaggle_world
+    kernels = tmp_path / "kernels"
+    whole = push_and_wait(twin, built(kernels, "--name", "whole", "--kind", "cnn", "--user", USER,
+                                      "--time-limit", "1h", *RELAY_FLAGS))
+    assert whole["status"] == "COMPLETE", log_of(whole)[-2000:]
+
+    def relay(limit, *push_flags):
+        folder = built(kernels, "--name", "relay", "--kind", "cnn", "--user", USER,
+                       "--time-limit", limit, *RELAY_FLAGS)
+        return push_and_wait(twin, folder, *push_flags)
+    twin.kill_at = ["epoch   3"]
+    first = relay("1h")  # A v1: killed after epoch 3's line reached the log
+    assert first["status"] == "ERROR" and "runs/relay/checkpoint.pt" in first["output"]
+    killed_at = json.loads(first["output"]["runs/relay/checkpoint.json"])["epochs_done"]
+    assert 3 <= killed_at < 6
+    second = relay("1s")  # A v2: the rescued run, stopped at once by its time limit
+    log = log_of(second)
+    assert second["status"] == "COMPLETE" and "music-genre-relay-rescue/runs/relay" in log
+    assert f"(epoch {killed_at} of 6)" in log and "time limit: stopping before epoch" in log
+    table = next(c for c in nbformat.reads(second["executed"], as_version=4).cells
+                 if c.id == "results").outputs[0]["data"]["text/markdown"]
+    assert table.startswith("**Incomplete: training stopped at the time limit")
+    twin.kill_at = [f"epoch {killed_at + 2:3d}"]
+    third = relay("1h")  # B v1: attaches A v2, killed again
+    assert third["request"]["slug"].endswith("-relay") and third["status"] == "ERROR"
+    assert "music-genre-relay/runs/relay" in log_of(third)
+    last = relay("1h", "--no-rescue")  # B v2: from A v2 again, to the end
+    assert last["status"] == "COMPLETE" and f"(epoch {killed_at} of 6)" in log_of(last)
+    assert loop.main(["push", str(kernels / "relay")]) == 0  # finished: nothing pushed
+    assert history_and_weights(last["output"], "relay")[0] == \
+        history_and_weights(whole["output"], "whole")[0]
+    mine, reference = (history_and_weights(v["output"], n)[1] for v, n in
+                       ((last, "relay"), (whole, "whole")))
+    assert all(torch.equal(mine[k], reference[k]) for k in mine)
+    epochs = [e["time"] for e in json.loads(whole["log"]) if e["data"].startswith("epoch")]
+    assert epochs == sorted(epochs) and epochs[-1] - epochs[0] > 0.5  # line by line, not at once
 
 
 @pytest.mark.slow
-def test_time_limit_stops_cleanly_and_the_next_version_finishes(resumable):
-    """A time limit too short for the run: version 1 stops cleanly (exit 0, checkpoint, a
-    report marked incomplete, a submission of the model so far); version 2 finishes it as the
-    run never stopped; version 3, with a finished run attached, trains nothing."""
-    kernel, fresh, reference, _ = resumable
-    root = fresh("limited")
-    output, _ = (first := start_kernel(kernel, root, "--time-limit 1s " + RESUME_ARGS)).communicate(timeout=600)
-    run = root / "working" / "runs" / "cnn"
-    assert first.returncode == 0, output[-3000:]
-    assert "time limit: stopping before epoch" in output and (run / "checkpoint.pt").is_file()
-    assert json.loads((run / "metrics.json").read_text())["complete"] is False
-    assert "push a new version of this kernel" in output  # what to do on Kaggle, not locally
-    assert (root / "working" / "submission.csv").is_file()
-    next_version(root)
-    output, _ = (second := start_kernel(kernel, root, RESUME_ARGS)).communicate(timeout=600)
-    assert second.returncode == 0 and "push a new version" not in output, output[-3000:]
-    history, weights = history_and_weights(run)
-    assert history == reference[0]
-    assert all(torch.equal(weights[k], reference[1][k]) for k in weights)
-    assert json.loads((run / "metrics.json").read_text())["complete"] is True
-    next_version(root)
-    output, _ = (third := start_kernel(kernel, root, RESUME_ARGS)).communicate(timeout=600)
-    assert third.returncode == 0 and "nothing to do" in output and "epoch" not in output
-    assert history_and_weights(run)[0] == reference[0]
-    assert (root / "working" / "submission.csv").is_file()
+def test_two_processes_train_under_torchrun_in_a_session(kaggle_world, tmp_path):
+    twin, _, _ = kaggle_world
+    folder = built(tmp_path, "--name", "two", "--kind", "cnn", "--user", USER, "--competition",
+                   "genre-quest", "--size", "32", "--processes", "2", "--", "--epochs", "2",
+                   "--img-size", "16")
+    version = push_and_wait(twin, folder)
+    log = log_of(version)
+    assert version["status"] == "COMPLETE", log[-3000:]
+    assert "training in 2 processes" in log and "torch.distributed.run" in log
+    config = json.loads(version["output"]["runs/two/config.json"])
+    assert config["world_size"] == 2 and "submission.csv" in version["output"]
+
+
+@pytest.mark.slow
+def test_a_code_competition_reruns_the_predict_kernel_on_the_hidden_test_set(kaggle_world, tmp_path,
+                                                                           capsys):
+    """The training kernel finishes; the predict kernel attaches it, predicts and is submitted;
+    Kaggle's rerun on the hidden test set trains nothing, and `submit --wait` prints the score."""
+    twin, base, _ = kaggle_world
+    truth = {Path(name).stem: genre for name, genre in audio_set(base / "hidden", 1, 90, flat=True)}
+    twin.add_competition("hidden-quest", code=True, files=files_of(base / "genre-quest"),
+                         hidden=files_of(base / "hidden"), labels=truth)
+    kernels = tmp_path / "kernels"
+    train = push_and_wait(twin, built(kernels, "--name", "coder", "--kind", "cnn", "--user", USER,
+                                      "--competition", "hidden-quest", "--code-competition",
+                                      "--size", "32", "--", "--epochs", "3", "--img-size", "16"))
+    assert train["status"] == "COMPLETE"
+    infer_folder = built(kernels, "--name", "coder-infer", "--kind", "predict", "--from", "coder")
+    infer = push_and_wait(twin, infer_folder)
+    assert infer["status"] == "COMPLETE", log_of(infer)[-3000:]
+    assert "submission.csv" in infer["output"] and "epoch" not in log_of(infer)
+    assert loop.main(["submit", str(infer_folder), "--competition", "hidden-quest", "--wait",
+                      "--interval", "0.5", "--runs", str(tmp_path / "runs")]) == 0
+    submission = twin.submissions[-1]
+    rerun = log_of(submission["rerun"])
+    assert "epoch" not in rerun and submission["status"] == "COMPLETE"
+    assert f"public score {submission['publicScore']}" in capsys.readouterr().out
+    # the training kernel itself, submitted, would train again: its own output is not attached
+    assert loop.main(["submit", str(kernels / "coder"), "--competition", "hidden-quest",
+                      "--wait", "--interval", "0.5", "--runs", str(tmp_path / "runs2")]) == 0
+    assert "no finished run attached, so it trains again" in log_of(twin.submissions[-1]["rerun"])
