@@ -310,6 +310,21 @@ class Dist:
             dist.destroy_process_group()
 
 
+def check_torchvision():
+    """torchvision imports with this torch: a pair installed from two indexes does not
+    ('operator torchvision::nms does not exist'). One line before any work, not a traceback
+    minutes into it."""
+    import importlib
+    try:
+        importlib.import_module("torchvision")
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise SuiteError(f"torch {torch.__version__} and the installed torchvision do not work "
+                         f"together ({first}); reinstall both from one index, e.g. pip install "
+                         "--force-reinstall torch torchvision --index-url "
+                         "https://download.pytorch.org/whl/cpu") from None
+
+
 def default_workers():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -373,13 +388,31 @@ def is_audio(path):
     return path.suffix.lower() in AUDIO_EXTS and not path.name.startswith(".")
 
 
-def list_audio(folder):
-    """Audio files directly in a flat folder (an unlabeled Kaggle test set), sorted."""
+def check_folder(folder):
+    """A folder that exists, or one line saying what the path is instead."""
     folder = Path(folder)
+    if folder.is_file():
+        raise SuiteError(f"{folder}: a file, not a folder of audio")
     if not folder.is_dir():
         raise SuiteError(f"{folder}: no such folder")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and is_audio(p))
+    return folder
+
+
+def in_subfolders(folder):
+    """Sub-folders of folder that hold audio (genre folders)."""
+    return [d for d in sorted(Path(folder).iterdir()) if d.is_dir() and not d.name.startswith(".")
+            and any(p.is_file() and is_audio(p) for p in d.iterdir())]
+
+
+def list_audio(folder):
+    """Audio files directly in a flat folder (an unlabeled Kaggle test set), sorted."""
+    files = sorted(p for p in check_folder(folder).iterdir() if p.is_file() and is_audio(p))
     if not files:
+        genres = in_subfolders(folder)
+        if genres:
+            raise SuiteError(f"{folder}: no audio directly in it, but {len(genres)} sub-folders "
+                             f"hold some ({genres[0].name}, ...): a flat folder of audio is "
+                             "expected here (a test set, or one of those folders)")
         raise SuiteError(f"{folder}: no audio files ({', '.join(sorted(AUDIO_EXTS))})")
     return files
 
@@ -417,9 +450,10 @@ def read_labels_csv(labels_csv):
 
 def list_labeled_audio(root, labels_csv=None):
     """[(path, label)] from `root/<label>/*` (classes = sorted sub-folders) or a flat folder + CSV."""
-    root = Path(root)
-    if not root.is_dir():
-        raise SuiteError(f"{root}: no such folder")
+    root = check_folder(root)
+    if labels_csv and in_subfolders(root) and not any(is_audio(p) for p in root.iterdir()):
+        raise SuiteError(f"{root}: audio in genre sub-folders, which are its labels; leave out "
+                         f"--labels (it is for a flat folder of audio)")
     if labels_csv:
         labels = read_labels_csv(labels_csv)
         items = [(p, labels.get(normalize_id(p.name))) for p in list_audio(root)]
@@ -977,7 +1011,8 @@ def read_split(split_path):
     return split
 
 
-def load_or_make_split(split_path, clip_ids, labels, seed=0, given=False, log=print):
+def load_or_make_split(split_path, clip_ids, labels, seed=0, given=False, log=print,
+                       resuming=False):
     """Read split_path (made there once, then reused); `given` (--split) leaves out unlisted clips."""
     split_path = Path(split_path)
     present = set(clip_ids)
@@ -985,10 +1020,14 @@ def load_or_make_split(split_path, clip_ids, labels, seed=0, given=False, log=pr
         split = read_split(split_path)
         listed = set(split["train"]) | set(split["val"]) | set(split["test"])
         if not given and listed != present:
+            changed = (f"{len(present - listed)} new, {len(listed - present)} missing, e.g. "
+                       f"{sorted((present - listed) or (listed - present))[0]}")
+            if resuming:  # the run's split is its identity: another one is another run
+                raise SuiteError(f"the data changed since the run started ({changed}): put it "
+                                 "back as it was to resume, or start a new run")
             raise SuiteError(
                 f"{split_path} lists {len(listed)} clips but the data has {len(present)} "
-                f"({len(present - listed)} new, {len(listed - present)} missing): delete it to "
-                "make a new split, or pass --split FILE")
+                f"({changed}): delete it to make a new split, or pass --split FILE")
         unknown = sorted(listed - present)
         if unknown:
             log(f"warning: {split_path.name}: {len(unknown)} of its {len(listed)} clips are not in "
@@ -1075,7 +1114,8 @@ def resolve_splits(args, clip_ids, labels, split_dir, log=print):
                   enumerate(kfold_splits(clip_ids, labels, args.folds, args.seed), 1)]
     else:
         path = split_file(args.split) if args.split else split_location(split_dir, args.out)
-        splits = [("", load_or_make_split(path, clip_ids, labels, args.seed, bool(args.split), log))]
+        splits = [("", load_or_make_split(path, clip_ids, labels, args.seed, bool(args.split), log,
+                                          resuming=bool(args.resume)))]
     for name, split in splits:
         indices = split_indices(split, clip_ids)
         empty = [part for part in ("train", "val", "test") if not indices[part]]
@@ -1899,6 +1939,7 @@ def parse_run_args(parser, argv, data_is_file=False, data_flag="--data", check_m
     the trainer's own check_model(args)), then the paths (paths=False: flags only, as a kernel
     recipe is checked when built). With --resume RUN_DIR, the run's recorded ones instead."""
     args = parser.parse_args(argv)
+    check_torchvision()
     if args.resume and paths:
         args = resumed_args(parser, args)
     check_flags(parser, args)
@@ -1909,14 +1950,20 @@ def parse_run_args(parser, argv, data_is_file=False, data_flag="--data", check_m
     return args
 
 
+def refuse_unused(parser, args, flags, why):
+    """A flag given (not at its default) that the chosen model or schedule does not use is one
+    line saying so, never silently ignored."""
+    for flag in flags:
+        if getattr(args, flag) != parser.get_default(flag):
+            raise SuiteError(f"--{flag.replace('_', '-')}: {why}")
+
+
 def check_flags(parser, args):
     """Combinations of flags that cannot work, whatever the data: one line naming the flag."""
     if args.schedule == "cosine":
-        for flag in ("patience", "min_epochs"):
-            if getattr(args, flag) != parser.get_default(flag):
-                raise SuiteError(f"--{flag.replace('_', '-')}: no early stopping with --schedule "
-                                 "cosine (every epoch trained, the last kept); add --schedule "
-                                 "plateau to stop early")
+        refuse_unused(parser, args, ("patience", "min_epochs"), "no early stopping with "
+                      "--schedule cosine (every epoch trained, the last kept); add --schedule "
+                      "plateau to stop early")
     if args.split and args.folds:
         raise SuiteError("--split and --folds: give one (the folds make their own splits)")
     if args.predict and args.folds:
@@ -1976,7 +2023,7 @@ def check_paths(args, data_is_file, data_flag):
         except SuiteError as e:
             raise SuiteError(f"--predict {e}") from None
     if args.sample_submission:
-        read_sample_submission(args.sample_submission)
+        check_sample_submission(args.sample_submission, list_audio(args.predict))
     check_output_folder(args.out, "--out")
     if args.name and not args.resume:
         run_dir = Path(args.out) / args.name
@@ -2071,10 +2118,14 @@ def save_figure(path, fig):
     pyplot().close(fig)
 
 
-def plot_curves(path, history):
+def plot_curves(path, history, metrics):
+    """Loss and accuracy by epoch, titled with the clips validation was measured on."""
     plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
     epochs = [h["epoch"] for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.3))
+    fig.suptitle(f"{metrics['model']}: validation on {metrics['n_val']} clips, "
+                 f"{metrics.get('split') or 'split not recorded'}", fontsize=10)
     ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
     ax1.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
     ax1.set(xlabel="epoch", ylabel="loss", title="Loss")
@@ -2085,6 +2136,7 @@ def plot_curves(path, history):
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend()
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     save_figure(path, fig)
 
@@ -2122,7 +2174,7 @@ def write_results(part_dir, metrics, history, report, predictions, classes):
     write_predictions(part_dir / "predictions.csv", classes, *predictions)
     atomic_write(part_dir / "report.txt", lambda f: f.write(report))
     if history:
-        plot_curves(part_dir / "curves.png", history)
+        plot_curves(part_dir / "curves.png", history, metrics)
     plot_confusion(part_dir / "confusion.png", metrics, classes)
     write_json(part_dir / "metrics.json", metrics)
 
@@ -2392,6 +2444,8 @@ def save(part, model, spec, tested, result, *, train, val, test, prepare_seconds
         "n_val": len(set(val.clip_ids)), "epochs_run": len(history), "best_epoch": best_epoch,
         "train_seconds": prepare_seconds + seconds[-1],
         "seconds_to_best": prepare_seconds + seconds[max(best_epoch, 1) - 1],
+        "seconds_to_best_val": prepare_seconds + seconds[best_validation_epoch(history) - 1],
+        "epochs": getattr(run.args, "epochs", None),
         "predict_seconds_per_clip": tested.seconds / metrics["n_test"],
         "split_hash": split_hash(part.split), "data": str(run.args.data),
         "run": run.dir.name + (f"/{part.name}" if part.name else ""),
@@ -2401,7 +2455,8 @@ def save(part, model, spec, tested, result, *, train, val, test, prepare_seconds
     if part.name:
         metrics.update({"group": run.dir.name, "fold": int(part.name[4:]), "folds": run.args.folds})
     if run.dist.main:
-        extra = {"run": str(part.dir), "fallback_class": majority_class(classes, train.labels)}
+        extra = {"run": str(part.dir), "fallback_class": majority_class(classes, train.labels),
+                 "caveats": caveats(run.args.data, notes or {})}
         if isinstance(model, nn.Module):
             save_model(part.dir / "model.pt", model, spec, classes, best_epoch=best_epoch, **extra)
         else:
@@ -2415,6 +2470,8 @@ def save(part, model, spec, tested, result, *, train, val, test, prepare_seconds
         print(f"test: balanced accuracy {metrics['test_balanced_accuracy']:.3f}, accuracy "
               f"{metrics['test_accuracy']:.3f}, macro F1 {metrics['test_macro_f1']:.3f} on "
               f"{metrics['n_test']} clips ({metrics['split']}) -> {part.dir}")
+        print(report.rstrip("\n"))
+        print(confusion_text(metrics["confusion"], classes))
         for part_name in ("test", "val"):
             if metrics[f"small_{part_name}"]:
                 print(f"note: a small {part_name} part: {metrics[f'small_{part_name}']}")
@@ -2424,6 +2481,47 @@ def save(part, model, spec, tested, result, *, train, val, test, prepare_seconds
     run.stopped = run.stopped or not metrics["complete"]
     run.results.append(metrics)
     return metrics
+
+
+def best_validation_epoch(history):
+    """The first epoch of the best validation balanced accuracy (1 without history): where a run
+    converged, whichever epoch's weights it keeps (a cosine run keeps its last)."""
+    scores = [h["val_balanced_acc"] for h in history]
+    return scores.index(max(scores)) + 1 if scores else 1
+
+
+def confusion_text(confusion, classes):
+    """The confusion matrix as text: a row per true class, a column per predicted one."""
+    width = max(4, *(len(c) for c in classes), *(len(str(n)) for row in confusion for n in row))
+    head = "true \\ predicted".ljust(width + 2)
+    lines = [head + " ".join(c[:width].rjust(width) for c in classes)]
+    lines += [c[:width].ljust(width + 2) + " ".join(str(n).rjust(width) for n in row)
+              for c, row in zip(classes, confusion)]
+    return "\n".join(lines)
+
+
+def synthetic_data(data):
+    """Whether training data came from data_conversion.py --make-demo (its README.txt says
+    SYNTHETIC): audio itself, images through their conversion.json, a table through its record."""
+    data = Path(data)
+    record = feature_record(data) if data.is_file() else None
+    if data.is_dir() and (data / CONVERSION_FILE).is_file():
+        with contextlib.suppress(OSError, ValueError):
+            record = json.loads((data / CONVERSION_FILE).read_text())
+    source = Path((record or {}).get("source") or data)
+    return any((folder / "README.txt").is_file()
+               and (folder / "README.txt").read_text(errors="replace").startswith("SYNTHETIC")
+               for folder in (source, source.parent))
+
+
+def caveats(data, notes):
+    """What a prediction with this model should say first: its data or weights mean little."""
+    said = []
+    if synthetic_data(data):
+        said.append("was trained on SYNTHETIC demo data: its labels say nothing about music")
+    if notes.get("weights") == "none":
+        said.append("has a backbone with random weights (--weights none): no pretraining")
+    return said
 
 
 def summarize_folds(run):
@@ -2452,6 +2550,18 @@ def estimator_scores(estimator, x):
     """A scikit-learn classifier's decision scores as (n, classes), standing in for logits."""
     scores = np.asarray(estimator.decision_function(x), np.float32)
     return np.stack([-scores, scores], axis=1) if scores.ndim == 1 else scores
+
+
+def check_sample_submission(path, files):
+    """read_sample_submission(path), refused in one line when none of its ids is one of the test
+    files (the wrong sample, or the wrong folder): its rows would all get one fallback class."""
+    id_col, label_col, ids = read_sample_submission(path)
+    names = {normalize_id(f.name) for f in files}
+    if not names & {normalize_id(i) for i in ids}:
+        raise SuiteError(f"--sample-submission {path}: none of its {len(ids)} ids is a file of "
+                         f"{Path(files[0]).parent} (e.g. {ids[0]!r} and {files[0].name!r}): the "
+                         "wrong sample or the wrong folder")
+    return id_col, label_col, ids
 
 
 def read_sample_submission(path):
@@ -2534,8 +2644,9 @@ def kaggle_error(action, error):
         elif status >= 500:
             reason += ": Kaggle's side; try again later"
     elif isinstance(error, (requests.ConnectionError, requests.Timeout)):
-        reason = ("could not reach Kaggle (no network?); a Kaggle kernel needs its internet "
-                  "setting on for this")
+        reason = "could not reach Kaggle (no network?)" + (
+            "; a Kaggle kernel needs its internet setting on for this"
+            if os.environ.get("KAGGLE_KERNEL_RUN_TYPE") else "")  # set in Kaggle's sessions
     else:
         reason = f"{type(error).__name__}: {error}"
     return SuiteError(kaggle_redacted(f"{action} failed: {reason}"), code=2)

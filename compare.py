@@ -22,13 +22,15 @@ import common
 
 CHARTS = {  # file -> [(metric key, axis label)]: one panel each
     "balanced_accuracy.png": [("test_balanced_accuracy", "test balanced accuracy")],
-    "time_to_converge.png": [("seconds_to_best", "seconds to best epoch")],
+    "time_to_converge.png": [("seconds_to_best_val", "seconds to the best validation epoch")],
     "predict_time.png": [("predict_ms", "model only: ms per clip"),
                          ("audio_to_label_seconds_per_clip", "audio file to label: s per clip")],
     "kaggle_score.png": [("kaggle_score", "Kaggle public score"),
                          ("kaggle_private_score", "Kaggle private score")],
 }
-SUMMED = ("seconds_to_best", "predict_seconds_per_clip")  # an ensemble's members all run
+CONVERGED = "seconds_to_best_val"  # time to converge: training seconds to the epoch of the best
+# validation balanced accuracy (a cosine run keeps its last epoch, later than that)
+SUMMED = (CONVERGED, "predict_seconds_per_clip")  # an ensemble's members all run
 KAGGLE_KEYS = ("kaggle_score", "kaggle_private_score", "kaggle_kernel", "kaggle_version")
 
 
@@ -78,7 +80,11 @@ def load_runs(runs_dir, names=None):
             print(f"warning: skipped {path}: not a metrics.json of this suite", file=sys.stderr)
             continue
         m["_path"] = path
-        m.setdefault("audio_to_label_seconds_per_clip", audio_to_label([prediction_record(path.parent)]))
+        record = prediction_record(path.parent)
+        m.setdefault("audio_to_label_seconds_per_clip", audio_to_label([record]))
+        m.setdefault("predict_workers", (record or {}).get("workers"))
+        if m.get("complete") is False:  # stopped by --time-limit: the model so far
+            m["stopped_at"] = f"epoch {m.get('epochs_run')} of {m.get('epochs') or '?'}"
         if m.get("group"):
             groups.setdefault(str(path.parent.parent), []).append(m)
         else:
@@ -90,28 +96,49 @@ def load_runs(runs_dir, names=None):
                  "weights": folds[0].get("weights")}
         entry.update({key: folds[0].get(key) for key in KAGGLE_KEYS})  # the run's, in every fold
         entry.update(fold_means(folds, ("test_balanced_accuracy", "test_accuracy",
-                                        "test_macro_f1", "epochs_run", "seconds_to_best",
+                                        "test_macro_f1", "epochs_run", CONVERGED,
                                         "predict_seconds_per_clip")))
         entries.append(entry)
     if not entries:
-        raise common.SuiteError(f"{runs_dir}: no metrics.json found (train a model first)")
+        unfinished = unfinished_runs(runs_dir, names)
+        raise common.SuiteError(f"{runs_dir}: no metrics.json found " + (
+            f"(unfinished: {', '.join(f'{n} at {p}' for n, p in unfinished)}: --resume them)"
+            if unfinished else "(train a model first)"))
     return entries
 
 
+def unfinished_runs(runs_dir, names=None):
+    """[(run folder name, RunProgress)] of runs with no test figures yet: killed, or still
+    training (a checkpoint and no metrics.json)."""
+    found = []
+    for config in sorted(Path(runs_dir).glob("*/config.json")):
+        run = config.parent
+        if run.name.startswith(".") or (names is not None and run.name not in names):
+            continue
+        if not any(run.rglob("metrics.json")):
+            progress = common.run_progress(run)
+            if progress is not None:
+                found.append((run.name, progress))
+    return found
+
+
 def prediction_record(part_dir):
-    """What predict.py (or --predict) recorded beside the run's submission.csv, or None."""
+    """What predict.py (or --predict) recorded in the run folder of its last prediction, or None."""
     try:
-        return json.loads((Path(part_dir) / "submission.json").read_text())
+        return json.loads((Path(part_dir) / "prediction.json").read_text())
     except (OSError, ValueError):
         return None
 
 
 def audio_to_label(records):
-    """Seconds per clip from audio file to label, in one process, for models predicting
-    together: decoding and preprocessing counted once per distinct preprocessing (an MLP and an
+    """Seconds per clip from audio file to label: for one run what its prediction measured (wall
+    clock, with its workers: what predict.py printed); for models predicting together, in one
+    process, decoding and preprocessing counted once per distinct preprocessing (an MLP and an
     SVM on the same features extract them once), every model's own time added."""
     if not records or None in records:
         return None
+    if len(records) == 1:
+        return records[0]["seconds_per_clip"]
     preprocessing = {json.dumps(r["preprocess"], sort_keys=True): r["preprocess_seconds_per_clip"]
                      for r in records}
     return sum(preprocessing.values()) + sum(r["model_seconds_per_clip"] for r in records)
@@ -280,7 +307,7 @@ def cell(entry, key, fmt):
 
 def markdown_table(entries):
     header = ["run", "model", "balanced acc", "accuracy", "macro F1", "epochs",
-              "time to converge (s)", "model (ms/clip)", "audio to label (s/clip)",
+              "time to best val. (s)", "model (ms/clip)", "audio to label (s/clip)",
               "Kaggle public", "Kaggle private"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for e in entries:
@@ -288,11 +315,15 @@ def markdown_table(entries):
         relay = "relay " if str(e.get("kaggle_kernel", "")).endswith("-relay") else ""
         name = e["name"] + (f" (Kaggle {relay}v{e['kaggle_version']})" if e.get("kaggle_version")
                             else "")
+        if e.get("stopped_at"):
+            name += f" (incomplete: stopped at {e['stopped_at']})"
         small = " †" if e.get("small_test") else ""
+        workers = f" ({e['predict_workers']} workers)" if e.get("predict_workers") else ""
         row = [name, model, cell(e, "test_balanced_accuracy", "{:.3f}") + small,
                cell(e, "test_accuracy", "{:.3f}"), cell(e, "test_macro_f1", "{:.3f}"),
-               cell(e, "epochs_run", "{:.0f}"), cell(e, "seconds_to_best", "{:.2f}"),
-               cell(e, "predict_ms", "{:.2f}"), cell(e, "audio_to_label_seconds_per_clip", "{:.3f}"),
+               cell(e, "epochs_run", "{:.0f}"), cell(e, CONVERGED, "{:.2f}"),
+               cell(e, "predict_ms", "{:.2f}"),
+               cell(e, "audio_to_label_seconds_per_clip", "{:.3f}") + workers,
                cell(e, "kaggle_score", "{:.3f}"), cell(e, "kaggle_private_score", "{:.3f}")]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -367,8 +398,9 @@ def check_report_folder(out):
     return out
 
 
-def write_report(entries, out):
-    """compare.md: a table per split (best first), the small test parts noted; the charts."""
+def write_report(entries, out, unfinished=()):
+    """compare.md: a table per split (best first), the small test parts noted, the runs with no
+    test figures yet; the charts (Kaggle's scores only once there are some)."""
     out = Path(out)
     groups = by_split(entries)
     text = "# Model comparison\n\n"
@@ -384,9 +416,18 @@ def write_report(entries, out):
         for note, names in notes.items():  # runs of one split share one note
             who = "every run here" if len(names) == len(group) else ", ".join(names)
             text += f"† a small test part ({who}): {note}\n\n"
-    text += "Charts: " + ", ".join(f"[{name}]({name})" for name in CHARTS) + "\n"
+    if unfinished:
+        text += "## Unfinished (no test figures yet: killed, or still training)\n\n" + "".join(
+            f"- {name}: at {progress}; `--resume runs/{name}` goes on\n"
+            for name, progress in unfinished) + "\n"
+    charts = {name: panels for name, panels in CHARTS.items()
+              if any(e.get(key) is not None for _, group in groups for e in group
+                     for key, _ in panels)}
+    for name in set(CHARTS) - set(charts):  # a chart of this report's from before: gone
+        (out / name).unlink(missing_ok=True)
+    text += "Charts: " + ", ".join(f"[{name}]({name})" for name in charts) + "\n"
     common.atomic_write(out / "compare.md", lambda f: f.write(text))
-    for name, panels in CHARTS.items():
+    for name, panels in charts.items():
         bar_chart(out / name, groups, panels)
     print(text.split("Charts:")[0].replace("## ", "").rstrip())
     return out / "compare.md"
@@ -405,6 +446,7 @@ def run_demo(args):
     import train_mlp
     import train_transfer
     demo = Path(args.demo_dir)
+    common.check_torchvision()
     common.check_output_folder(demo, "--demo-dir")
     report_dir = check_report_folder(Path(args.out or demo / "report"))
     audio, images, features, runs = demo / "audio", demo / "images", demo / "features.csv", demo / "runs"
@@ -469,7 +511,7 @@ def main(argv=None):
         fill_kaggle_scores(entries, args.kaggle)
     if args.ensemble:
         entries.append(ensemble_entry(args.runs, args.ensemble, args.ensemble_name, out))
-    report = write_report(entries, out)
+    report = write_report(entries, out, unfinished_runs(args.runs))
     print(f"\nreport: {report}")
     return 0
 

@@ -106,6 +106,23 @@ def expected_segment_count(path, sr, segment_seconds):
     return n_samples // int(round(segment_seconds * sr))
 
 
+def check_segments(segment_seconds, paths):
+    """Segments longer than every clip (by the files' headers) make no image at all: one line now,
+    not a warning per file and then an error."""
+    if not segment_seconds:
+        return
+    import soundfile
+    durations = []
+    for path in paths:
+        with contextlib.suppress(Exception):
+            info = soundfile.info(str(path))
+            durations.append(info.frames / info.samplerate)
+    if durations and max(durations) < segment_seconds:
+        raise common.SuiteError(f"--segment-seconds {segment_seconds:g}: longer than every clip "
+                                f"(the longest is {max(durations):.1f} s); use a shorter segment, "
+                                "or 0 for whole clips")
+
+
 def conversion_outputs(path, out_dir, sr, segment_seconds):
     """PNG paths a clip will produce, or None when it cannot be known without decoding."""
     count = expected_segment_count(path, sr, segment_seconds)
@@ -229,6 +246,7 @@ def convert_folder(src, out, settings, workers=1, labels_csv=None, labeled=True,
     source = Path(src).resolve()
     if out == source or source in out.parents:
         raise common.SuiteError(f"{out}: inside the input folder {source}; write the images elsewhere")
+    check_segments(settings["segment_seconds"], [job[0] for job in jobs])
     common.check_output_folder(out, "output folder")
     with conversion_lock(out):
         claim_image_folder(out, settings, src, overwrite)

@@ -7,7 +7,8 @@
 Each file is converted (or its features extracted, or its audio windowed) exactly as the model's
 training data was, with the settings stored in the model; segments vote per clip. Every file
 gets a row: an unreadable one gets the training set's most common class, with a warning and a
-line in submission_errors.csv. submission.json records what was predicted and its time per clip.
+line in submission_errors.csv. RUN/prediction.json records what was predicted and its time per
+clip (what compare.py shows).
 
 The functions are the suite's prediction library: the trainers' --predict and the Kaggle kernels
 call predict_and_submit().
@@ -135,6 +136,7 @@ class Predictions:
     preprocess_seconds_per_clip: float  # decoding + spectrogram or features, one process
     model_seconds_per_clip: float       # the model alone
     preprocess: dict        # how audio became the model's input (model.pt's spec)
+    caveats: list           # what the model's training makes of its labels (common.caveats)
 
 
 def predict_files(model_path, files, device="cpu", workers=1, batch_size=32):
@@ -164,7 +166,7 @@ def predict_files(model_path, files, device="cpu", workers=1, batch_size=32):
         raise common.SuiteError(f"{Path(files[0]).parent}: no file could be read ({len(bad)} bad)")
     n = len(files) - len(bad)
     return Predictions(labels, bad, fallback, (time.time() - start) / n, preprocess_seconds / n,
-                       model_seconds / n, preprocess)
+                       model_seconds / n, preprocess, saved.get("caveats", []))
 
 
 def submission_table(labels, fallback, id_col="id", label_col="class", sample=None):
@@ -187,21 +189,35 @@ def submission_table(labels, fallback, id_col="id", label_col="class", sample=No
     return [id_col, label_col], rows
 
 
+def record_path(model_path, csv_path):
+    """Where a prediction is recorded: the model's run folder (compare.py reads it there,
+    wherever the CSV went), or beside the CSV when that folder is not ours to write (a model in
+    a Kaggle input)."""
+    folder = Path(model_path).parent
+    return folder / "prediction.json" if common.writable(folder) else \
+        Path(csv_path).with_name("prediction.json")
+
+
 def predict_and_submit(model_path, audio_dir, *, output=None, device="cpu", workers=1,
                        id_col="id", label_col="class", sample_submission=None, submit=None,
                        message=None, dry_run=False):
-    """Predict audio_dir, write submission.csv (default: beside the model) and its record
-    submission.json (what was predicted, how long it took per clip), then --submit it."""
+    """Predict audio_dir, write submission.csv (default: beside the model) and the record of the
+    run's last prediction (prediction.json: what was predicted, how long it took per clip), then
+    --submit it. Every input is checked before the model is loaded."""
     out = Path(output) if output else Path(model_path).parent / "submission.csv"
     common.check_output_folder(out.parent, "--output")
     if submit and not dry_run:
         common.kaggle_api()  # credentials now, not after predicting
     files = common.list_audio(audio_dir)
+    if sample_submission:
+        common.check_sample_submission(sample_submission, files)
     result = predict_files(model_path, files, device, workers)
+    for caveat in result.caveats:
+        print(f"note: this model {caveat}", file=sys.stderr)
     header, rows = submission_table(result.labels, result.fallback, id_col, label_col,
                                     sample_submission)
     common.write_csv(out, header, rows)
-    common.write_json(out.with_suffix(".json"), {
+    common.write_json(record_path(model_path, out), {
         "model": str(model_path), "audio": str(audio_dir), "files": len(files),
         "unreadable": len(result.bad), "workers": workers, "device": str(device),
         "seconds_per_clip": result.seconds_per_clip,
@@ -236,13 +252,32 @@ def build_parser():
     return p
 
 
+def model_file(path):
+    """A model file, or the run folder holding one (taken), or one line saying which file."""
+    path = Path(path)
+    if path.is_dir():
+        found = [path / name for name in common.MODEL_FILES if (path / name).is_file()]
+        if found:
+            return found[0]
+        folds = sorted(path.glob("fold*/model.*"))
+        if folds:
+            raise common.SuiteError(f"{path}: a K-fold run, a model per fold: give one, e.g. "
+                                    f"{folds[0]}")
+        if any(common.is_audio(p) for p in path.iterdir()):
+            raise common.SuiteError(f"{path}: a folder of audio, not a model: predict.py MODEL "
+                                    "AUDIO_DIR (the model first)")
+        raise common.SuiteError(f"{path}: no {' or '.join(common.MODEL_FILES)} in it")
+    return path
+
+
 @common.user_errors
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    common.list_audio(args.audio_dir)  # before loading anything
-    if args.sample_submission:
-        common.read_sample_submission(args.sample_submission)
-    predict_and_submit(args.model, args.audio_dir, output=args.output,
+    common.check_torchvision()
+    if Path(args.audio_dir).is_file() and Path(args.model).is_dir():
+        raise common.SuiteError(f"{args.model} {args.audio_dir}: the other way round? predict.py "
+                                "MODEL AUDIO_DIR")
+    predict_and_submit(model_file(args.model), args.audio_dir, output=args.output,
                        device=common.pick_device(args.device), workers=args.workers,
                        id_col=args.id_col, label_col=args.label_col,
                        sample_submission=args.sample_submission, submit=args.submit,

@@ -133,12 +133,23 @@ def parse_args(argv, check_paths=True):
                                  check_model=check_model, paths=check_paths)
 
 
+MLP_FLAGS = ("hidden", "dropout", "loss", "smoothing", "epochs", "batch_size", "lr",
+             "weight_decay", "schedule", "patience", "min_epochs", "mixup")  # what --baseline ignores
+
+
 def check_model(args):
-    """--hidden is well formed (before any work)."""
+    """--hidden is well formed, and no flag is given that the chosen model ignores (before any
+    work)."""
     if args.extract:
         raise common.SuiteError(f"--extract moved: python data_conversion.py {args.extract} "
                                 "--features CSV extracts the features, then train_mlp.py "
                                 "--features CSV trains on them")
+    parser = build_parser()
+    if args.baseline:
+        common.refuse_unused(parser, args, MLP_FLAGS, f"the {args.baseline} baseline does not "
+                             "use it (it is a flag of the MLP)")
+    if args.baseline != "svm":
+        common.refuse_unused(parser, args, ("svm_c",), "a flag of --baseline svm")
     parse_hidden(args.hidden)
 
 

@@ -73,15 +73,29 @@ def parse_args(argv, check_paths=True):
     return common.parse_run_args(build_parser(), argv, check_model=check_model, paths=check_paths)
 
 
+def weights_of(args):
+    """--weights, or when left out the architecture's pretrained ones."""
+    return args.weights or ("panns" if args.arch == "cnn14" else "imagenet")
+
+
 def check_model(args):
-    """--arch is a torchvision classification model or cnn14, and its weights and augmentation
-    fit it (before any work). --weights left out becomes the architecture's pretrained ones."""
+    """--arch is a torchvision classification model or cnn14, and its weights, augmentation and
+    other flags fit it (before any work)."""
     archs = common.classification_archs()
     if args.arch not in archs + ["cnn14"]:
         raise common.SuiteError(f"unknown --arch {args.arch!r}; choose from: {', '.join(archs)}, cnn14")
     audio = args.arch == "cnn14"
-    args.weights = args.weights or ("panns" if audio else "imagenet")
-    if args.weights == ("imagenet" if audio else "panns"):
+    parser = build_parser()
+    if audio:
+        common.refuse_unused(parser, args, ("img_size", "cache_mb"), "cnn14 reads audio, not "
+                             "images (--clip-seconds sets its input)")
+    else:
+        common.refuse_unused(parser, args, ("clip_seconds",), "only --arch cnn14 reads audio "
+                             "in windows; images are resized to --img-size")
+    if args.finetune or args.augment != "none":
+        common.refuse_unused(parser, args, ("cache_dir",), "nothing is cached when the backbone "
+                             "trains or sees augmented images (--finetune, --augment)")
+    if weights_of(args) == ("imagenet" if audio else "panns"):
         raise common.SuiteError(f"--weights {args.weights}: {args.arch} is pretrained on "
                                 + ("AudioSet: --weights panns, PATH or none" if audio else
                                    "ImageNet: --weights imagenet, PATH or none"))
@@ -295,9 +309,9 @@ def load_audio_windows(data, labels_csv, sr, seconds, workers):
 def feature_cache_key(args, paths, img_size):
     """Same backbone, weights, input size (image side, or window seconds) and files -> same
     cached features (the seed matters only to a random backbone)."""
-    seed = args.seed if args.weights == "none" else ""
-    h = hashlib.sha256(f"{args.arch}|{args.weights}|{img_size}|{args.clip_seconds}|{seed}".encode())
-    weights = Path(args.weights)
+    seed = args.seed if weights_of(args) == "none" else ""
+    h = hashlib.sha256(f"{args.arch}|{weights_of(args)}|{img_size}|{args.clip_seconds}|{seed}".encode())
+    weights = Path(weights_of(args))
     if weights.is_file():
         h.update(f"{weights.resolve()}|{weights.stat().st_mtime_ns}".encode())
     for path in paths:
@@ -346,7 +360,7 @@ def main(argv=None, started=None):
     classes = sorted({label for _, label in common.list_labeled_audio(args.data, args.labels)}) \
         if audio else common.list_images(args.data)[2]
     common.seed_everything(args.seed)  # --weights none: the random backbone follows --seed
-    pristine, input_size = build_transfer(args.arch, len(classes), args.weights,
+    pristine, input_size = build_transfer(args.arch, len(classes), weights_of(args),
                                           args.head_dropout, args.finetune)
     pristine.backbone.spec_augment = audio and args.augment == "specaugment"
     img_size = None if audio else args.img_size or input_size
@@ -371,7 +385,8 @@ def main(argv=None, started=None):
     fast = not args.finetune and args.augment == "none"
     spec = {"kind": "transfer", "arch": args.arch, "n_classes": len(classes),
             "head_dropout": args.head_dropout, "finetune": args.finetune, "preprocess": preprocess}
-    notes = {"weights": args.weights if args.weights in ("imagenet", "panns", "none") else "file",
+    weights = weights_of(args)
+    notes = {"weights": weights if weights in ("imagenet", "panns", "none") else "file",
              "fast_path": fast, "img_size": img_size, "augment": args.augment}
 
     dist = common.Dist.from_env()

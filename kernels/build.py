@@ -215,10 +215,10 @@ def check_recipe(recipe):
         args = kernel_main.check_recipe(recipe)
     except common.SuiteError as e:
         raise common.SuiteError(f"trainer flags ({' '.join(recipe['trainer_args'])}): {e}") from None
-    if recipe["kind"] == "transfer" and args.weights in ("imagenet", "panns") and not (
-            recipe["internet"] or recipe["weights_dataset"]):
+    weights = recipe["kind"] == "transfer" and kernel_main.trainer_weights(args)
+    if weights in ("imagenet", "panns") and not (recipe["internet"] or recipe["weights_dataset"]):
         raise common.SuiteError(
-            f"{'PANNs' if args.weights == 'panns' else 'ImageNet'} weights for {args.arch} cannot "
+            f"{'PANNs' if weights == 'panns' else 'ImageNet'} weights for {args.arch} cannot "
             "be downloaded with internet off (as code competitions require): attach a data set "
             "holding the weights file with --weights-dataset OWNER/SLUG (python "
             f"kernels/kaggle_loop.py weights --arch {args.arch} makes one), or build with "

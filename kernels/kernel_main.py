@@ -275,14 +275,20 @@ def take_over(earlier, run_dir, trainer, trainer_argv):
     return True
 
 
+def trainer_weights(args):
+    """A transfer recipe's --weights as train_transfer resolves it."""
+    return importlib.import_module(TRAINERS["transfer"]).weights_of(args)
+
+
 def find_weights(input_dir, args, trainer, internet):
     """--weights PATH for a transfer kernel: the pretrained weights file for --arch in an
     attached data set (torchvision's e.g. vgg16-397923af.pth, or PANNs' Cnn14_mAP=0.431.pth),
     so no internet is needed. Looked for before any work: without it and without internet the
     trainer could only fail after the conversion."""
-    if args.weights == "panns":
+    weights = trainer.weights_of(args)
+    if weights == "panns":
         name = trainer.CNN14_FILE
-    elif args.weights == "imagenet":
+    elif weights == "imagenet":
         name = trainer.imagenet_file_name(args.arch)
     else:
         return []
@@ -423,6 +429,7 @@ def main(argv, recipe, started=None):
 
 
 def run_kernel(argv, recipe, started):
+    common.check_torchvision()
     args, passthrough = split_argv(argv, recipe)
     temp, working = Path(args.temp), Path(args.working)
     if recipe["kind"] == "predict":

@@ -67,6 +67,9 @@ def world(tmp_path_factory):
     (w / "sample.csv").write_bytes(b"\x00\x01")
     shutil.copytree(w / "runs" / "r1", w / "runs_copy" / "r1")
     (w / "a_file").write_text("x")
+    (w / "other_sample.csv").write_text("id,label\nabc,pop\ndef,rock\n")
+    (w / "folds" / "fold1").mkdir(parents=True)
+    shutil.copy(w / "runs" / "r1" / "model.pt", w / "folds" / "fold1" / "model.pt")
     return w
 
 
@@ -94,6 +97,9 @@ CASES = [
     ("convert-negative-size", "convert", "{w}/audio {w}/o --size -4", 1, "--size"),
     ("convert-mel-more-than-bins", "convert", "{w}/audio {w}/o --mel 5000", 1, "--mel 5000"),
     ("demo-into-other-folder", "convert", "--make-demo {w}/audio", 1, "not a demo folder"),
+    ("convert-csv-as-source", "convert", "{w}/features.csv {w}/o", 1, "a file, not a folder"),
+    ("convert-labels-on-genre-tree", "convert", "{w}/audio {w}/o --labels {w}/dup_labels.csv", 1, "leave out --labels"),
+    ("convert-segments-longer-than-clips", "convert", "{w}/audio {w}/o --segment-seconds 60", 1, "longer than every clip"),
     ("demo-zero-clips", "convert", "--make-demo {w}/d --clips-per-genre 0", 1, "--clips-per-genre"),
     ("unknown-flag", "convert", "{w}/audio {w}/o --sise 32", 1, "--sise"),
     # training: ranges
@@ -131,6 +137,12 @@ CASES = [
     ("cnn14-frozen-specaugment", "transfer", "--data {w}/audio --arch cnn14 --augment specaugment", 1, "--finetune"),
     ("cnn14-clip-seconds-0", "transfer", "--data {w}/audio --arch cnn14 --clip-seconds 0", 1, "--clip-seconds"),
     ("images-labels", "transfer", "--data {w}/images --labels {w}/dup_labels.csv", 1, "--labels"),
+    ("images-clip-seconds", "transfer", "--data {w}/images --clip-seconds 5", 1, "--clip-seconds"),
+    ("cnn14-img-size", "transfer", "--data {w}/audio --arch cnn14 --img-size 64", 1, "--img-size: cnn14 reads audio"),
+    ("finetune-cache-dir", "transfer", "--data {w}/images --finetune --cache-dir {w}/c", 1, "nothing is cached"),
+    ("baseline-with-hidden", "mlp", "--features {w}/features.csv --baseline svm --hidden 64:relu", 1, "--hidden: the svm baseline does not use it"),
+    ("baseline-with-epochs", "mlp", "--features {w}/features.csv --baseline logreg --epochs 5", 1, "--epochs"),
+    ("svm-c-without-svm", "mlp", "--features {w}/features.csv --svm-c 3", 1, "--svm-c"),
     ("pca-1.5", "mlp", "--features {w}/features.csv --pca 1.5", 1, "--pca"),
     ("hidden-width-0", "mlp", "--features {w}/features.csv --hidden 0:relu", 1, "--hidden"),
     ("hidden-bad-activation", "mlp", "--features {w}/features.csv --hidden 8:swish", 1, "--hidden"),
@@ -170,10 +182,16 @@ CASES = [
     ("resume-missing", "cnn", "--resume {w}/runs/nope", 1, "--resume"),
     ("resume-other-script", "mlp", "--resume {w}/runs/r1", 1, "train_cnn.py"),
     ("resume-with-flags", "cnn", "--resume {w}/runs/r1 --lr 0.5", 1, "--lr"),
+    ("resume-damaged-checkpoint", "cnn", "--resume {w}/runs/r2", 1, "checkpoint.pt is damaged"),
+    ("sample-ids-not-the-files", "cnn", "--data {w}/images --predict {w}/test --sample-submission {w}/other_sample.csv", 1, "none of its 2 ids"),
     ("split-unknown-name", "cnn", "--data {w}/images --split gtzan-unfiltered", 1, "gtzan-filtered"),
     ("submit-no-credentials", "cnn", "--data {w}/images --out {w}/runs --predict {w}/test --submit comp", 2, "credentials"),
     # prediction from a saved model
     ("predict-model-missing", "predict", "{w}/nope.pt {w}/test", 1, "nope.pt"),
+    ("predict-genre-tree", "predict", "{w}/runs/r1/model.pt {w}/audio", 1, "sub-folders hold some"),
+    ("predict-swapped", "predict", "{w}/test {w}/runs/r1/model.pt", 1, "the other way round"),
+    ("predict-folds-folder", "predict", "{w}/folds {w}/test", 1, "a K-fold run"),
+    ("predict-sample-ids-not-the-files", "predict", "{w}/runs/r1 {w}/test --sample-submission {w}/other_sample.csv", 1, "the wrong sample or the wrong folder"),
     ("predict-model-junk", "predict", "{w}/junk.pt {w}/test", 1, "junk.pt"),
     ("predict-classes-outputs", "predict", "{w}/four_classes.pt {w}/test", 1, "4 classes for 3 outputs"),
     ("predict-audio-missing", "predict", "{w}/runs/r1/model.pt {w}/nope", 1, "nope"),
@@ -202,6 +220,58 @@ def test_bad_input(case, world, no_kaggle_credentials, capsys, monkeypatch):
     assert len(errors) == 1 and words in errors[0], err
     assert "Traceback" not in err
     assert snapshot(world) == before  # nothing lost, changed or left behind
+
+
+def test_a_damaged_checkpoint_is_one_line_that_does_not_offer_resume_again(world, tmp_path,
+                                                                        capsys):
+    run = tmp_path / "runs" / "r"
+    with ctrl_c_after("epoch   1"):
+        assert train_cnn.main(["--data", str(world / "images"), "--epochs", "3", "--out",
+                               str(tmp_path / "runs"), "--name", "r"]) == 130
+    checkpoint = run / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # a copy cut short
+    capsys.readouterr()
+    assert train_cnn.main(["--resume", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(checkpoint) in err and "--overwrite" in err
+    assert "continue it with" not in err and "Traceback" not in err
+
+
+def test_resume_after_the_data_changed_says_to_restore_it(world, tmp_path, capsys):
+    """A genre folder deleted since the run started: --resume says to put the data back or start
+    anew, never to pass --split or delete split.json (which --resume cannot take)."""
+    data = tmp_path / "images"
+    shutil.copytree(world / "images", data)
+    with ctrl_c_after("epoch   1"):
+        assert train_cnn.main(["--data", str(data), "--epochs", "3", "--out",
+                               str(tmp_path / "runs"), "--name", "r"]) == 130
+    shutil.rmtree(data / "pop")
+    capsys.readouterr()
+    assert train_cnn.main(["--resume", str(tmp_path / "runs" / "r")]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(err) == 1 and "the data changed since the run started" in err[0]
+    assert "--split" not in err[0] and "delete" not in err[0]
+
+
+def test_a_broken_torch_and_torchvision_pair_is_one_line_before_any_work(world, tmp_path):
+    """torchvision that cannot load with this torch (two indexes mixed): each command that needs
+    it says so in one line before any work, and says to reinstall both from one index."""
+    import subprocess
+    import sys
+    from conftest import ROOT
+    broken = tmp_path / "site" / "torchvision"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text(
+        "raise RuntimeError('operator torchvision::nms does not exist')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "MPLBACKEND": "Agg"}
+    for command in (["train_cnn.py", "--data", str(world / "images"), "--out", str(tmp_path / "r")],
+                    ["predict.py", str(world / "runs" / "r1"), str(world / "test")],
+                    ["compare.py", "--demo", "--demo-dir", str(tmp_path / "demo")]):
+        result = subprocess.run([sys.executable, str(ROOT / command[0]), *command[1:]], env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+        assert "torchvision::nms" in result.stderr and "reinstall both" in result.stderr
+    assert not (tmp_path / "r").exists() and not (tmp_path / "demo").exists()
 
 
 def test_read_only_data_keeps_its_split_elsewhere(world, tmp_path):

@@ -11,6 +11,7 @@ def fake_run(runs, name, bal, split="s1", group=None, fold=None, data="d"):
     folder.mkdir(parents=True, exist_ok=True)
     metrics = {"model": name.split("-")[0], "test_balanced_accuracy": bal, "test_accuracy": bal + 0.01,
                "test_macro_f1": bal - 0.01, "epochs_run": 7, "best_epoch": 4, "seconds_to_best": 12.5,
+               "seconds_to_best_val": 9.5,
                "predict_seconds_per_clip": 0.004, "kaggle_score": None, "split_hash": split,
                "data": data, "run": name}
     if group:
@@ -32,9 +33,39 @@ def test_table_charts_and_fold_groups(tmp_path, capsys):
     fold_row = next(line for line in lines if "3-fold" in line)
     assert "0.700 ± 0.100" in fold_row  # sample standard deviation (ddof=1)
     assert "4.00" in lines[0]  # 0.004 s per clip shown as ms
-    for name in compare.CHARTS:
-        assert (tmp_path / "report" / name).stat().st_size > 1000
+    assert "| 9.50 |" in lines[0]  # time to the best validation epoch
+    for name in compare.CHARTS:  # Kaggle's chart only once there are scores
+        assert (tmp_path / "report" / name).exists() == (name != "kaggle_score.png")
+        if name != "kaggle_score.png":
+            assert (tmp_path / "report" / name).stat().st_size > 1000
     assert (tmp_path / "report" / "compare.md").read_text().count("| ") >= 4
+
+
+def test_runs_without_test_figures_are_shown_not_dropped(tmp_path, capsys):
+    """A run killed before its end (a checkpoint, no metrics.json) is listed with where it
+    stands; one stopped by --time-limit is in the table, marked incomplete; a Kaggle chart left
+    from an earlier report goes when no run has a score."""
+    import common
+    runs = tmp_path / "runs"
+    fake_run(runs, "cnn-a", 0.5)
+    stopped = json.loads((runs / "cnn-a" / "metrics.json").read_text())
+    (runs / "cnn-a" / "metrics.json").write_text(json.dumps({**stopped, "complete": False,
+                                                             "epochs_run": 4, "epochs": 30}))
+    killed = runs / "cnn-b"
+    killed.mkdir()
+    (killed / "config.json").write_text(json.dumps({"args": {"epochs": 20}}))
+    common.write_json(killed / "checkpoint.json", {"epochs_done": 3, "best_epoch": 2})
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "compare.md").write_text("old")
+    (tmp_path / "r" / "kaggle_score.png").write_bytes(b"old chart")
+    assert compare.main(["--runs", str(runs), "--out", str(tmp_path / "r")]) == 0
+    md = (tmp_path / "r" / "compare.md").read_text()
+    assert "| cnn-a (incomplete: stopped at epoch 4 of 30) |" in md
+    assert "- cnn-b: at epoch 3 of 20; `--resume runs/cnn-b` goes on" in md
+    assert not (tmp_path / "r" / "kaggle_score.png").exists()
+    (runs / "cnn-a" / "metrics.json").unlink()  # nothing finished: said, with the killed run
+    assert compare.main(["--runs", str(runs), "--out", str(tmp_path / "r")]) == 1
+    assert "unfinished: cnn-b at epoch 3 of 20" in capsys.readouterr().err
 
 
 def test_runs_on_different_splits_are_never_ranked_together(tmp_path, capsys):
@@ -102,14 +133,14 @@ def test_ensemble_averages_clip_probabilities_of_two_families(tiny_audio, tmp_pa
             rows = sorted(csv.DictReader(f), key=lambda r: r["clip_id"])
         classes = [c[2:] for c in rows[0] if c.startswith("p_")]
         probabilities.append(np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows]))
-        record = json.loads((runs / name / "submission.json").read_text())
+        record = json.loads((runs / name / "prediction.json").read_text())
         assert record["files"] == 3 and record["preprocess_seconds_per_clip"] > 0
     predicted = [classes[i] for i in np.mean(probabilities, axis=0).argmax(1)]
     expected = balanced_accuracy_score([r["true"] for r in rows], predicted)
     assert f"| {expected:.3f} |" in row
     saved = json.loads((tmp_path / "r" / "both" / "metrics.json").read_text())
     assert saved["test_balanced_accuracy"] == pytest.approx(expected)
-    records = [json.loads((runs / n / "submission.json").read_text()) for n in ("cnn", "mlp")]
+    records = [json.loads((runs / n / "prediction.json").read_text()) for n in ("cnn", "mlp")]
     assert saved["audio_to_label_seconds_per_clip"] == pytest.approx(sum(
         r["preprocess_seconds_per_clip"] + r["model_seconds_per_clip"] for r in records))
     assert (tmp_path / "r" / "both" / "confusion.png").stat().st_size > 1000

@@ -81,6 +81,11 @@ def test_no_network_says_so(no_kaggle_credentials, monkeypatch, submission):
     with pytest.raises(common.SuiteError) as e:
         common.kaggle_submit(submission, "c", "m")
     assert e.value.code == 2 and "could not reach Kaggle" in str(e.value)
+    assert "internet setting" not in str(e.value)  # not in a kernel: no kernel's setting
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")  # as Kaggle's sessions set it
+    with pytest.raises(common.SuiteError) as e:
+        common.kaggle_submit(submission, "c", "m")
+    assert "a Kaggle kernel needs its internet setting on" in str(e.value)
 
 
 def test_dry_run_sends_nothing(kaggle_twin, submission, capsys):

@@ -541,7 +541,7 @@ def test_kernel_on_kaggle(layout, recipe, kaggle_world, kaggle_runs):
     assert [r[0] for r in rows[1:]] == tests[slug]  # its ids, its order: every test file
     assert {r[1] for r in rows[1:]} <= set(GENRES)
     assert "00004.wav" in log and "00005.wav" in log  # unreadable: warned, fallback label
-    assert f"runs/{name}/submission.json" in output  # the prediction's record, for compare.py
+    assert f"runs/{name}/prediction.json" in output  # the prediction's record, for compare.py
 
 
 RELAY_FLAGS = ["--competition", "genre-quest", "--size", "128", "--", "--epochs", "6",

@@ -41,6 +41,9 @@ def test_predict_writes_submission_and_lists_bad_files(trained, test_dir, tmp_pa
     assert rows[3][1] == saved["fallback_class"]  # unreadable: the fallback class
     assert "0003.wav" in capsys.readouterr().err
     assert "0003.wav" in (tmp_path / "sub_errors.csv").read_text()
+    # the record of the run's last prediction stays with the run, wherever the CSV went
+    record = json.loads((trained.parent / "prediction.json").read_text())
+    assert record["files"] == 3 and record["unreadable"] == 1
 
 
 def test_all_readable_says_nothing_of_unreadable_files(trained, tmp_path, capsys):
@@ -48,8 +51,29 @@ def test_all_readable_says_nothing_of_unreadable_files(trained, tmp_path, capsys
     assert predict.main([str(trained), str(tmp_path / "ok"), "--workers", "1"]) == 0
     out = capsys.readouterr().out
     assert "wrote" in out and "unreadable" not in out
-    record = json.loads((trained.parent / "submission.json").read_text())
+    record = json.loads((trained.parent / "prediction.json").read_text())
     assert record["files"] == 1 and record["unreadable"] == 0 and record["seconds_per_clip"] > 0
+    assert f"{record['seconds_per_clip']:.3f} s per clip" in out  # what compare.py shows
+
+
+def test_the_run_folder_stands_for_its_model(trained, test_dir, capsys):
+    assert predict.main([str(trained.parent), str(test_dir), "--workers", "1"]) == 0
+    assert (trained.parent / "submission.csv").is_file()
+
+
+def test_a_model_of_the_synthetic_demo_says_so_when_it_labels_music(tmp_path, capsys):
+    """A model trained on the demo data (not music) labels audio with a note saying so."""
+    data_conversion.make_demo(tmp_path / "demo", clips_per_genre=3, seconds=1.0)
+    assert data_conversion.main([str(tmp_path / "demo"), str(tmp_path / "img"), "--size", "16",
+                                 "--workers", "1"]) == 0
+    assert train_cnn.main(["--data", str(tmp_path / "img"), "--img-size", "16", "--epochs", "1",
+                           "--out", str(tmp_path / "runs"), "--name", "d"]) == 0
+    write_tone(tmp_path / "music" / "1.wav", 440)
+    capsys.readouterr()
+    assert predict.main([str(tmp_path / "runs" / "d"), str(tmp_path / "music"), "--workers", "1"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note")]
+    assert notes == ["note: this model was trained on SYNTHETIC demo data: its labels say nothing "
+                     "about music"]
 
 
 def test_prediction_uses_training_preprocessing(trained, tiny_audio):

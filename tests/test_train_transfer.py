@@ -86,6 +86,15 @@ def test_any_torchvision_name_and_augment_slow_path(tiny_images, tmp_path):
     assert json.loads((tmp_path / "m" / "metrics.json").read_text())["fast_path"] is False
 
 
+def test_a_random_backbone_says_so_when_it_predicts(spectrograms, tmp_path, capsys):
+    images, test = spectrograms
+    assert run(images, tmp_path, "--arch", "resnet18", "--weights", "none", "--predict", test,
+               "--workers", "1", name="r") == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note")]
+    assert "note: this model has a backbone with random weights (--weights none): no " \
+           "pretraining" in notes
+
+
 def test_fast_path_trains_what_the_full_frozen_model_would(tiny_images):
     """The head fitted on cached backbone features follows, epoch by epoch, the run of the whole
     frozen model on the images (same seed): the fast path is an optimization, not a change."""
