@@ -23,7 +23,7 @@ import shutil
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -105,7 +105,7 @@ class ArgumentParser(argparse.ArgumentParser):
         raise SuiteError(f"{message} (see {self.prog} --help)")
 
 
-def number(kind=int, minimum=None, above=None, below=None):
+def bounded(kind=int, minimum=None, above=None, below=None):
     """An argparse type: a finite number of `kind`, >= minimum, > above, < below (each optional)."""
     bounds = [f"{words} {b}" for words, b in ((">=", minimum), (">", above), ("<", below))
               if b is not None]
@@ -301,6 +301,11 @@ class Dist:
         out = [None] * self.world
         dist.all_gather_object(out, obj)
         return out
+
+    def log(self, line):
+        """print on rank 0 only (a warning to stderr)."""
+        if self.main:
+            print(line, file=sys.stderr if line.startswith("warning") else sys.stdout)
 
     def finish(self):
         """Wait for every rank, then leave the process group."""
@@ -946,9 +951,9 @@ def rotate(image, generator, degrees=15.0):
 AUGMENTATIONS = {"none": None, "rotate": rotate, "specaugment": SpecAugment()}
 
 
-def image_parts(dataset, indices, augment="none", seed=0):
-    """train/val/test views; the augmentation (AUGMENTATIONS) on the training part only, its
-    draws seeded by `seed`."""
+def split_parts(dataset, indices, augment="none", seed=0):
+    """train/val/test views of a dataset (images, audio windows, feature rows); the augmentation
+    (AUGMENTATIONS) on the training part only, its draws seeded by `seed`."""
     train = dataset.subset(indices["train"], AUGMENTATIONS[augment])
     train.augment_seed = seed
     return train, dataset.subset(indices["val"]), dataset.subset(indices["test"])
@@ -1235,7 +1240,7 @@ def classification_archs():
 AUX_ARCHS = {"googlenet": ("aux1", "aux2"), "inception_v3": ("AuxLogits",)}
 
 
-def transfer_network(arch, n_classes, head_dropout=0.5, finetune=False):
+def transfer_network(arch, n_classes, head_dropout=0.5, finetune=False, spec_augment=False):
     """(TransferNet with random weights, input size) for any torchvision classification model by
     name, built as torchvision builds it for its ImageNet weights, or for PANNs' CNN14 ('cnn14').
     train_transfer.py loads the pretrained weights into it; model.pt rebuilds it. Input size:
@@ -1243,7 +1248,8 @@ def transfer_network(arch, n_classes, head_dropout=0.5, finetune=False):
     (their crop size; the image is resized to it, not cropped: a spectrogram's edges are data);
     for cnn14 the sample rate (CNN14_SR) of the (batch, samples) float32 waveforms it takes."""
     if arch == "cnn14":
-        net = TransferNet(Cnn14(), mlp_head(2048, n_classes, head_dropout), frozen=not finetune)
+        net = TransferNet(Cnn14(spec_augment), mlp_head(2048, n_classes, head_dropout),
+                          frozen=not finetune)
         return net, CNN14_SR
     import torchvision
     archs = classification_archs()
@@ -1795,7 +1801,7 @@ def softmax(logits):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def scores(y_true, y_pred, n_classes):
+def classification_scores(y_true, y_pred, n_classes):
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tiny sets: classes absent from y_true
@@ -1808,7 +1814,7 @@ def scores(y_true, y_pred, n_classes):
 
 def clip_scores(logits, labels, clip_ids):
     _, clip_logits, clip_labels = clip_vote(logits, labels, clip_ids)
-    return scores(clip_labels, clip_logits.argmax(1), logits.shape[1])
+    return classification_scores(clip_labels, clip_logits.argmax(1), logits.shape[1])
 
 
 def test_metrics(model_name, classes, logits, test_set, probabilities=None):
@@ -1818,13 +1824,13 @@ def test_metrics(model_name, classes, logits, test_set, probabilities=None):
     from sklearn.metrics import classification_report
     clips, clip_logits, clip_labels = clip_vote(logits, test_set.labels, test_set.clip_ids)
     predicted = clip_logits.argmax(1)
-    s = scores(clip_labels, predicted, len(classes))
+    s = classification_scores(clip_labels, predicted, len(classes))
     metrics = {"model": model_name, "test_accuracy": s["accuracy"],
                "test_balanced_accuracy": s["balanced_accuracy"], "test_macro_f1": s["macro_f1"],
                "classes": list(classes), "confusion": s["confusion"], "n_test": len(clips),
                "kaggle_score": None}
     if len(test_set) > len(clips):
-        seg = scores(test_set.labels, logits.argmax(1), len(classes))
+        seg = classification_scores(test_set.labels, logits.argmax(1), len(classes))
         metrics.update({"segment_test_accuracy": seg["accuracy"],
                         "segment_test_balanced_accuracy": seg["balanced_accuracy"],
                         "segment_test_macro_f1": seg["macro_f1"], "n_test_segments": len(test_set)})
@@ -1864,30 +1870,30 @@ def add_common_args(parser, *, data_default, data_help, epochs=20, batch_size=32
     d.add_argument("--split", metavar="NAME|FILE", help="gtzan-filtered (GTZAN's artist-filtered "
                    "split: the honest GTZAN figure) or a split file to use instead of the shared "
                    "random one (DATA/split.json); clips it does not list are left out")
-    d.add_argument("--folds", type=number(int, minimum=2), metavar="K",
+    d.add_argument("--folds", type=bounded(int, minimum=2), metavar="K",
                    help="stratified K-fold cross-validation at clip level (mean and std reported)")
-    d.add_argument("--workers", type=number(int, minimum=1), default=default_workers(),
+    d.add_argument("--workers", type=bounded(int, minimum=1), default=default_workers(),
                    help="processes that decode data: audio when predicting or extracting, images "
                         "per batch above --cache-mb; 1 = this process (default: the %(default)s cores)")
     o = parser.add_argument_group("optimization")
-    o.add_argument("--epochs", type=number(int, minimum=1), default=epochs,
+    o.add_argument("--epochs", type=bounded(int, minimum=1), default=epochs,
                    help="maximum epochs (default %(default)s)")
-    o.add_argument("--batch-size", type=number(int, minimum=1), default=batch_size,
+    o.add_argument("--batch-size", type=bounded(int, minimum=1), default=batch_size,
                    help="global batch size, split across torchrun ranks (default %(default)s)")
-    o.add_argument("--lr", type=number(float, above=0), default=lr,
+    o.add_argument("--lr", type=bounded(float, above=0), default=lr,
                    help="Adam learning rate (default %(default)s)")
-    o.add_argument("--weight-decay", type=number(float, minimum=0), default=0.0,
+    o.add_argument("--weight-decay", type=bounded(float, minimum=0), default=0.0,
                    help="Adam weight decay (default 0)")
     o.add_argument("--schedule", choices=SCHEDULES, default="plateau",
                    help="plateau: lr x0.1 when the validation loss stalls, early stopping, the "
                         "best epoch's weights (the study's); cosine: lr from --lr to 0 over "
                         "--epochs, every epoch trained, the last weights (default %(default)s)")
-    o.add_argument("--patience", type=number(int, minimum=1), default=5,
+    o.add_argument("--patience", type=bounded(int, minimum=1), default=5,
                    help="plateau: early stopping after this many epochs without a better "
                         "validation balanced accuracy (default %(default)s)")
-    o.add_argument("--min-epochs", type=number(int, minimum=0), default=0,
+    o.add_argument("--min-epochs", type=bounded(int, minimum=0), default=0,
                    help="plateau: epochs to train before early stopping may stop (default 0)")
-    o.add_argument("--mixup", type=number(float, minimum=0), default=0.0,
+    o.add_argument("--mixup", type=bounded(float, minimum=0), default=0.0,
                    help="mixup: train on mixes of pairs, weights ~ Beta(a, a); 0 = off (default)")
     r = parser.add_argument_group("run")
     r.add_argument("--out", default="runs", help="runs folder (default %(default)s)")
@@ -1908,11 +1914,11 @@ def add_common_args(parser, *, data_default, data_help, epochs=20, batch_size=32
 
 def add_image_args(group, img_size_help, img_size_minimum):
     """The flags of the trainers that read spectrogram images."""
-    group.add_argument("--img-size", type=number(int, minimum=img_size_minimum), help=img_size_help)
+    group.add_argument("--img-size", type=bounded(int, minimum=img_size_minimum), help=img_size_help)
     group.add_argument("--augment", nargs="?", const="rotate", default="none", choices=list(AUGMENTATIONS),
                        help="training images only: rotate is the study's RandomRotation(15) "
                             "(--augment alone), specaugment masks and shifts (default none)")
-    group.add_argument("--cache-mb", type=number(int, minimum=0), default=4096,
+    group.add_argument("--cache-mb", type=bounded(int, minimum=0), default=4096,
                        help="decode all images into memory up to this size, else per batch "
                             "(default %(default)s)")
 
@@ -1978,6 +1984,8 @@ def check_flags(parser, args):
 
 
 def resumed_args(parser, args):
+    """--resume RUN_DIR: the arguments the run recorded in its config.json (only those of
+    RESUME_FLAGS may be given again). A finished run: nothing to do, said before any work."""
     run_dir = Path(args.resume)
     config_path = run_dir / "config.json"
     try:
@@ -1993,6 +2001,9 @@ def resumed_args(parser, args):
     if given:
         raise SuiteError(f"--resume continues {run_dir} with its recorded arguments; leave out "
                          + ", ".join(f"--{k.replace('_', '-')}" for k in given))
+    if run_finished(run_dir):
+        raise NothingToDo(f"{run_dir}: finished before; nothing to do (predict with: python "
+                          f"predict.py {run_dir} AUDIO_DIR)")
     return argparse.Namespace(**{
         **defaults, **{k: v for k, v in recorded.items() if k in defaults},
         "out": str(run_dir.parent), "name": run_dir.name, "overwrite": False,
@@ -2167,15 +2178,15 @@ def write_history(path, history):
     write_csv(path, HISTORY_COLUMNS, [[h[c] for c in HISTORY_COLUMNS] for h in history])
 
 
-def write_results(part_dir, metrics, history, report, predictions, classes):
+def write_results(part_dir, metrics, report):
     """Everything of a part's folder but config.json and the model; metrics.json last: it says
     the part was tested (rank 0 only)."""
-    write_history(part_dir / "history.csv", history)
-    write_predictions(part_dir / "predictions.csv", classes, *predictions)
-    atomic_write(part_dir / "report.txt", lambda f: f.write(report))
-    if history:
-        plot_curves(part_dir / "curves.png", history, metrics)
-    plot_confusion(part_dir / "confusion.png", metrics, classes)
+    write_history(part_dir / "history.csv", report.history)
+    write_predictions(part_dir / "predictions.csv", metrics["classes"], *report.predictions)
+    atomic_write(part_dir / "report.txt", lambda f: f.write(report.text))
+    if report.history:
+        plot_curves(part_dir / "curves.png", report.history, metrics)
+    plot_confusion(part_dir / "confusion.png", metrics, metrics["classes"])
     write_json(part_dir / "metrics.json", metrics)
 
 
@@ -2243,21 +2254,16 @@ def run_progress(run_dir):
 
 @dataclass
 class Run:
-    """A training command: its arguments, folder, device and processes, its parts (the split,
-    or the folds), and the metrics of the parts done so far."""
+    """A training command's run folder: claimed (or reopened with --resume) with its
+    config.json, the parts to train in it (the split, or the folds), its processes."""
     args: argparse.Namespace
     script: str
-    model_name: str
-    classes: list
     dir: Path
-    device: torch.device
     dist: Dist
     splits: list              # (part name: "" or "foldK", split)
     clip_ids: list            # of the items, to index the splits
     deadline: float = None    # --time-limit: time.time() at which training must have stopped
     replaced: Path = None     # --overwrite: the old run, kept aside until this one has results
-    results: list = field(default_factory=list)
-    stopped: bool = False     # a part stopped at the time limit: the others wait for --resume
 
     def __enter__(self):
         return self
@@ -2292,27 +2298,19 @@ class Run:
     def model_file(self):
         return next((self.dir / n for n in MODEL_FILES if (self.dir / n).is_file()), None)
 
-    def log(self, *args, **kwargs):
-        if self.dist.main:
-            print(*args, **kwargs)
-
     def parts(self):
-        """The parts still to train (each built from --seed): the split, or the folds; with
-        --resume, those not finished before; none after a part stopped at the time limit."""
+        """The parts to train: the split, or the folds; with --resume, those not finished
+        before."""
         for name, split in self.splits:
             folder = self.dir / name
             if part_finished(folder):  # --resume: finished before
                 metrics = json.loads((folder / "metrics.json").read_text())
-                self.log(f"{folder}: finished before (balanced accuracy "
-                         f"{metrics['test_balanced_accuracy']:.3f})")
-                self.results.append(metrics)
+                self.dist.log(f"{folder}: finished before (balanced accuracy "
+                              f"{metrics['test_balanced_accuracy']:.3f})")
                 continue
-            if self.stopped:
-                return
-            seed_everything(self.args.seed)  # a resumed fold builds its model as it did
             part = Part(self, folder, split, split_indices(split, self.clip_ids), name)
-            self.log(f"{name or 'split'}: {sum(map(len, part.indices.values()))} items: "
-                     + ", ".join(f"{len(part.indices[p])} {p}" for p in ("train", "val", "test")))
+            self.dist.log(f"{name or 'split'}: {sum(map(len, part.indices.values()))} items: "
+                          + ", ".join(f"{len(part.indices[p])} {p}" for p in ("train", "val", "test")))
             yield part
 
 
@@ -2347,18 +2345,10 @@ def claim_run_folder(out, name, overwrite):
     return run_dir, replaced
 
 
-def start_run(args, argv, script, model_name, *, classes, clip_ids, labels, split_dir, dist,
+def start_run(args, argv, script, model_name, *, classes, splits, clip_ids, device, dist,
               started):
-    """The run's device (joining torchrun's process group), splits, then its folder (claimed, or
-    reopened with --resume) and config.json. --resume of a finished run: nothing to do.
-    started: the time.time() --time-limit counts from."""
-    device = dist.setup(pick_device(args.device))
-    if args.resume and run_finished(args.resume):
-        raise NothingToDo(f"{args.resume}: finished before; nothing to do (predict with: python "
-                          f"predict.py {args.resume}/model.pt AUDIO_DIR)")
-    splits = resolve_splits(args, clip_ids, labels, split_dir,
-                            log=lambda line: dist.main and print(line, file=sys.stderr
-                                                                 if line.startswith("warning") else sys.stdout))
+    """The run's folder, claimed (or reopened with --resume, its split unchanged), and its
+    config.json. started: the time.time() --time-limit counts from."""
     hashes = [split_hash(s) for _, s in splits]
     replaced = None
     if args.resume:
@@ -2380,8 +2370,7 @@ def start_run(args, argv, script, model_name, *, classes, clip_ids, labels, spli
     if not args.resume:
         run_dir = Path(args.out) / dist.gather(run_dir.name if dist.main else None)[0]
     deadline = started + args.time_limit if args.time_limit else None
-    run = Run(args, script, model_name, list(classes), run_dir, device, dist, splits,
-              list(clip_ids), deadline, replaced)
+    run = Run(args, script, run_dir, dist, splits, list(clip_ids), deadline, replaced)
     if dist.main:
         if not args.resume:
             command = " ".join([script, *(sys.argv[1:] if argv is None else argv)])
@@ -2429,58 +2418,76 @@ def small_part_note(per_class):
             f"by up to {1 / (len(per_class) * smallest):.3f}; --folds K tests every clip once")
 
 
-def save(part, model, spec, tested, result, *, train, val, test, prepare_seconds=0.0, notes=None):
-    """Write the part's model (model.pt, or model.joblib for a scikit-learn estimator), then its
-    report (metrics.json last), then drop the checkpoint unless training stopped at the time
-    limit (then --resume goes on from it). Returns the metrics."""
-    run, classes = part.run, part.run.classes
+@dataclass
+class Report:
+    metrics: dict       # metrics.json
+    text: str           # scikit-learn's classification report
+    predictions: tuple  # (clip ids, true labels, probabilities): predictions.csv
+    history: list       # a dict per epoch trained (none for a scikit-learn estimator)
+
+
+def test_report(part, model_name, classes, tested, result, *, train, val, test,
+                prepare_seconds=0.0, notes=None):
+    """The part's figures from the model's predictions on its test clips (scikit-learn, clip
+    level), with what the run was: its split and sizes, epochs and times, whether training
+    completed (result None: a scikit-learn estimator, fitted in prepare_seconds)."""
+    args = part.run.args
     history = result.history if result else []
     best_epoch = result.best_epoch if result else 0
-    metrics, report, predictions = test_metrics(run.model_name, classes, tested.logits, test,
-                                                tested.probabilities)
+    metrics, text, predictions = test_metrics(model_name, classes, tested.logits, test,
+                                              tested.probabilities)
     seconds = [h["seconds"] for h in history] or [0.0]
     metrics.update({
-        "split": split_label(run.args, part.split), "n_train": len(set(train.clip_ids)),
+        "split": split_label(args, part.split), "n_train": len(set(train.clip_ids)),
         "n_val": len(set(val.clip_ids)), "epochs_run": len(history), "best_epoch": best_epoch,
         "train_seconds": prepare_seconds + seconds[-1],
         "seconds_to_best": prepare_seconds + seconds[max(best_epoch, 1) - 1],
         "seconds_to_best_val": prepare_seconds + seconds[best_validation_epoch(history) - 1],
-        "epochs": getattr(run.args, "epochs", None),
+        "epochs": getattr(args, "epochs", None),
         "predict_seconds_per_clip": tested.seconds / metrics["n_test"],
-        "split_hash": split_hash(part.split), "data": str(run.args.data),
-        "run": run.dir.name + (f"/{part.name}" if part.name else ""),
+        "split_hash": split_hash(part.split), "data": str(args.data),
+        "run": part.run.dir.name + (f"/{part.name}" if part.name else ""),
         "complete": result.complete if result else True,
         "small_test": small_part_note(clip_counts(test)), "small_val": small_part_note(clip_counts(val)),
         **({"amp_skipped_steps": result.skipped_steps} if result else {}), **(notes or {})})
     if part.name:
-        metrics.update({"group": run.dir.name, "fold": int(part.name[4:]), "folds": run.args.folds})
-    if run.dist.main:
-        extra = {"run": str(part.dir), "fallback_class": majority_class(classes, train.labels),
-                 "caveats": caveats(run.args.data, notes or {})}
-        if isinstance(model, nn.Module):
-            save_model(part.dir / "model.pt", model, spec, classes, best_epoch=best_epoch, **extra)
-        else:
-            import joblib
-            saved = {"estimator": model, "spec": spec, "classes": classes, **extra}
-            atomic_write(part.dir / "model.joblib", lambda f: joblib.dump(saved, f), mode="wb")
-        write_results(part.dir, metrics, history, report, predictions, classes)
-        if metrics["complete"]:  # the model file has the weights
-            part.checkpoint.unlink(missing_ok=True)
-            part.checkpoint.with_suffix(".json").unlink(missing_ok=True)
-        print(f"test: balanced accuracy {metrics['test_balanced_accuracy']:.3f}, accuracy "
-              f"{metrics['test_accuracy']:.3f}, macro F1 {metrics['test_macro_f1']:.3f} on "
-              f"{metrics['n_test']} clips ({metrics['split']}) -> {part.dir}")
-        print(report.rstrip("\n"))
-        print(confusion_text(metrics["confusion"], classes))
-        for part_name in ("test", "val"):
-            if metrics[f"small_{part_name}"]:
-                print(f"note: a small {part_name} part: {metrics[f'small_{part_name}']}")
-        if not metrics["complete"]:
-            print(f"note: stopped at the time limit after epoch {len(history)} of "
-                  f"{run.args.epochs}; continue with: python {run.script} --resume {run.dir}")
-    run.stopped = run.stopped or not metrics["complete"]
-    run.results.append(metrics)
-    return metrics
+        metrics.update({"group": part.run.dir.name, "fold": int(part.name[4:]), "folds": args.folds})
+    return Report(metrics, text, predictions, history)
+
+
+def save(part, model, spec, report, *, train):
+    """Write the part's model (model.pt, or model.joblib for a scikit-learn estimator, with the
+    fallback class for unreadable audio and the caveats a prediction repeats), then its report
+    (metrics.json last: the part was tested), then drop the checkpoint once training completed
+    (else --resume goes on from it); and say so. Rank 0 only."""
+    run, metrics = part.run, report.metrics
+    classes = metrics["classes"]
+    if not run.dist.main:
+        return
+    extra = {"run": str(part.dir), "fallback_class": majority_class(classes, train.labels),
+             "caveats": caveats(run.args.data, metrics)}
+    if isinstance(model, nn.Module):
+        save_model(part.dir / "model.pt", model, spec, classes, best_epoch=metrics["best_epoch"],
+                   **extra)
+    else:
+        import joblib
+        saved = {"estimator": model, "spec": spec, "classes": classes, **extra}
+        atomic_write(part.dir / "model.joblib", lambda f: joblib.dump(saved, f), mode="wb")
+    write_results(part.dir, metrics, report)
+    if metrics["complete"]:  # the model file has the weights
+        part.checkpoint.unlink(missing_ok=True)
+        part.checkpoint.with_suffix(".json").unlink(missing_ok=True)
+    print(f"test: balanced accuracy {metrics['test_balanced_accuracy']:.3f}, accuracy "
+          f"{metrics['test_accuracy']:.3f}, macro F1 {metrics['test_macro_f1']:.3f} on "
+          f"{metrics['n_test']} clips ({metrics['split']}) -> {part.dir}")
+    print(report.text.rstrip("\n"))
+    print(confusion_text(metrics["confusion"], classes))
+    for part_name in ("test", "val"):
+        if metrics[f"small_{part_name}"]:
+            print(f"note: a small {part_name} part: {metrics[f'small_{part_name}']}")
+    if not metrics["complete"]:
+        print(f"note: stopped at the time limit after epoch {metrics['epochs_run']} of "
+              f"{metrics['epochs']}; continue with: python {run.script} --resume {run.dir}")
 
 
 def best_validation_epoch(history):
@@ -2526,10 +2533,13 @@ def caveats(data, notes):
 
 def summarize_folds(run):
     """--folds K: mean and sample standard deviation (ddof=1: K is small) over the folds, into
-    RUN/summary.json (once every fold is finished)."""
-    results = run.results
-    if not run.args.folds or not run.dist.main or run.stopped or len(results) < run.args.folds:
+    RUN/summary.json, once every fold is finished (read from their metrics.json)."""
+    if not run.args.folds or not run.dist.main:
         return None
+    folders = [run.dir / name for name, _ in run.splits]
+    if not all(part_finished(f) for f in folders):
+        return None
+    results = [json.loads((f / "metrics.json").read_text()) for f in folders]
     bal = np.array([m["test_balanced_accuracy"] for m in results])
     acc = np.array([m["test_accuracy"] for m in results])
     summary = {"model": results[0]["model"], "folds": len(results), "split": split_label(run.args),

@@ -52,9 +52,9 @@ def build_parser():
                    "report, and nothing else (default %(default)s)")
     d.add_argument("--demo-weights", default="imagenet",
                    help="vgg16 weights for the demo: imagenet (falls back to none offline), none, PATH")
-    d.add_argument("--demo-epochs", type=common.number(int, minimum=1), default=20,
+    d.add_argument("--demo-epochs", type=common.bounded(int, minimum=1), default=20,
                    help="maximum epochs per model in the demo (default %(default)s)")
-    d.add_argument("--demo-clips", type=common.number(int, minimum=3), default=20,
+    d.add_argument("--demo-clips", type=common.bounded(int, minimum=3), default=20,
                    help="synthetic clips per genre in the demo (default %(default)s)")
     return p
 
@@ -217,7 +217,7 @@ def ensemble_entry(runs_dir, members, name, out):
             raise common.SuiteError("--ensemble: the runs differ in classes or test clips")
         mean = np.mean([[rows[c][1] for c in clips] for rows, _ in predictions], axis=0)
         truth = [classes.index(predictions[0][0][c][0]) for c in clips]
-        s = common.scores(truth, mean.argmax(1), len(classes))
+        s = common.classification_scores(truth, mean.argmax(1), len(classes))
         metrics = {"model": name, "members": [str(d.name) for d in dirs], "classes": classes,
                    "data": " + ".join(sorted({str(m[i].get("data")) for m in member_metrics})),
                    "test_accuracy": s["accuracy"], "test_balanced_accuracy": s["balanced_accuracy"],

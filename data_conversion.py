@@ -41,7 +41,7 @@ GENRES = ["blues", "classical", "country", "disco", "hiphop",
 
 
 def build_parser():
-    number = common.number
+    bounded = common.bounded
     p = common.ArgumentParser(prog="data_conversion.py", description=__doc__)
     p.add_argument("src", nargs="?", help="labeled audio: one sub-folder per genre (or flat with --labels)")
     p.add_argument("out", nargs="?", help="output folder for the PNG tree")
@@ -51,28 +51,28 @@ def build_parser():
                    help="with --features: standard, the GTZAN table's 57 columns; extended adds "
                         "spectral contrast, onset strength and tonnetz")
     g = p.add_argument_group("conversion")
-    g.add_argument("--size", type=number(int, minimum=0), default=512,
+    g.add_argument("--size", type=bounded(int, minimum=0), default=512,
                    help="square image side in pixels; 0 keeps the native size (default 512)")
-    g.add_argument("--segment-seconds", type=number(float, minimum=0), default=0.0,
+    g.add_argument("--segment-seconds", type=bounded(float, minimum=0), default=0.0,
                    help="cut clips into S-second segments (default 0: whole clip)")
-    g.add_argument("--sr", type=number(int, minimum=1000), default=common.SR,
+    g.add_argument("--sr", type=bounded(int, minimum=1000), default=common.SR,
                    help="sample rate to decode at (default 22050)")
-    g.add_argument("--mel", type=number(int, minimum=0), default=0,
+    g.add_argument("--mel", type=bounded(int, minimum=0), default=0,
                    help="N log-mel bands instead of the linear STFT (default 0: the study's linear)")
     g.add_argument("--cmap", default="magma", help="matplotlib colormap (default magma, as specshow)")
     g.add_argument("--labels", help="CSV id,label for a flat folder of audio (Kaggle style)")
     g.add_argument("--unlabeled", action="store_true", help="src is a flat unlabeled folder (a test "
                    "set); with --make-demo, write one")
-    g.add_argument("--workers", type=number(int, minimum=1), default=common.default_workers(),
+    g.add_argument("--workers", type=bounded(int, minimum=1), default=common.default_workers(),
                    help="processes (default: the %(default)s cores)")
     g.add_argument("--overwrite", action="store_true",
                    help="OUT holds images made with other settings: redo them all; --features: "
                         "replace a table this source did not make")
     d = p.add_argument_group("data sets")
     d.add_argument("--make-demo", metavar="DIR", help="write the synthetic demo audio set to DIR and exit")
-    d.add_argument("--clips-per-genre", type=number(int, minimum=1), default=10,
+    d.add_argument("--clips-per-genre", type=bounded(int, minimum=1), default=10,
                    help="demo clips per class (default 10)")
-    d.add_argument("--seconds", type=number(float, above=0), default=6.0,
+    d.add_argument("--seconds", type=bounded(float, above=0), default=6.0,
                    help="demo clip length in seconds (default 6)")
     d.add_argument("--seed", type=int, default=0, help="demo seed (default 0)")
     d.add_argument("--download", metavar="DIR", help="download GTZAN from Kaggle into DIR and exit")

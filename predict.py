@@ -246,7 +246,7 @@ def build_parser():
     p.add_argument("audio_dir", help="flat folder of audio files (e.g. a Kaggle test set)")
     p.add_argument("--output", help="CSV to write (default: submission.csv beside the model)")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
-    p.add_argument("--workers", type=common.number(int, minimum=1), default=common.default_workers(),
+    p.add_argument("--workers", type=common.bounded(int, minimum=1), default=common.default_workers(),
                    help="processes that decode the audio (default: the %(default)s cores)")
     common.add_submission_args(p)
     return p

@@ -110,23 +110,31 @@ def main(argv=None, started=None):
             "preprocess": {"type": "image", **data.conversion, "img_size": img_size,
                            "channels": channels}}
 
+    # processes (torchrun's, or this one), device, and the clips each part trains and tests on
     dist = common.Dist.from_env()
-    with common.start_run(args, argv, "train_cnn.py", args.model, classes=classes,
-                          clip_ids=dataset.clip_ids, labels=dataset.labels, split_dir=args.data,
-                          dist=dist, started=started) as run:
-        for part in run.parts():  # the split, or each of the --folds
-            train, val, test = common.image_parts(dataset, part.indices, args.augment, args.seed)
+    device = dist.setup(common.pick_device(args.device))
+    splits = common.resolve_splits(args, dataset.clip_ids, dataset.labels, args.data, dist.log)
+    with common.start_run(args, argv, "train_cnn.py", args.model, classes=classes, splits=splits,
+                          clip_ids=dataset.clip_ids, device=device, dist=dist,
+                          started=started) as run:
+        for part in run.parts():  # the split, or each of the --folds not finished before
+            common.seed_everything(args.seed)  # each part starts as an uninterrupted run's did
+            train, val, test = common.split_parts(dataset, part.indices, args.augment, args.seed)
             model = common.build_model(spec)
             result = common.fit(model, train, val, criterion=torch.nn.CrossEntropyLoss(),
-                                device=run.device, dist=dist, checkpoint=part.checkpoint,
+                                device=device, dist=dist, checkpoint=part.checkpoint,
                                 deadline=run.deadline, **common.fit_options(args))
-            tested = common.test_model(model, test, device=run.device, dist=dist,
+            tested = common.test_model(model, test, device=device, dist=dist,
                                        batch_size=args.batch_size)
-            common.save(part, model, spec, tested, result, train=train, val=val, test=test,
-                        notes={"input": channels, "augment": args.augment})
+            report = common.test_report(part, args.model, classes, tested, result, train=train,
+                                        val=val, test=test,
+                                        notes={"input": channels, "augment": args.augment})
+            common.save(part, model, spec, report, train=train)
+            if not result.complete:
+                break  # stopped by --time-limit: the other parts wait for --resume
         common.summarize_folds(run)
     if args.predict and dist.main:
-        predict.predict_and_submit(run.model_file, args.predict, device=run.device,
+        predict.predict_and_submit(run.model_file, args.predict, device=device,
                                    **predict.options(args))
     return 0
 

@@ -32,7 +32,7 @@ import predict
 
 
 def build_parser():
-    number = common.number
+    bounded = common.bounded
     p = common.ArgumentParser(prog="train_mlp.py", description=__doc__)
     common.add_common_args(p, epochs=100, batch_size=32, data_default="data/features.csv",
                            data_help="features CSV (ours or the public GTZAN table)")
@@ -44,18 +44,18 @@ def build_parser():
     m.add_argument("--hidden", default="512:tanh,512:relu,512:tanh",
                    help="hidden layers as width:activation (relu, tanh, gelu, ...) (default: the "
                         "study's %(default)s)")
-    m.add_argument("--dropout", type=number(float, minimum=0, below=1), default=0.0,
+    m.add_argument("--dropout", type=bounded(float, minimum=0, below=1), default=0.0,
                    help="dropout after each hidden layer (default 0)")
     m.add_argument("--loss", choices=["ce", "hinge", "kl"], default="ce",
                    help="cross entropy, multi-class hinge (MultiMarginLoss) or KL divergence")
-    m.add_argument("--smoothing", type=number(float, minimum=0, below=1), default=0.0,
+    m.add_argument("--smoothing", type=bounded(float, minimum=0, below=1), default=0.0,
                    help="label smoothing for ce and kl targets (default 0)")
-    m.add_argument("--pca", type=number(float, minimum=0, below=1), default=0.95,
+    m.add_argument("--pca", type=bounded(float, minimum=0, below=1), default=0.95,
                    help="PCA keeping this share of the variance; 0 = no PCA (default 0.95)")
     m.add_argument("--drop-columns", default="", help="comma-separated feature columns to leave out")
     m.add_argument("--baseline", choices=["logreg", "svm"],
                    help="train this scikit-learn model instead (same split, features, run folder)")
-    m.add_argument("--svm-c", type=number(float, above=0), default=10.0,
+    m.add_argument("--svm-c", type=bounded(float, above=0), default=10.0,
                    help="C of the RBF SVM baseline (default %(default)s)")
     return p
 
@@ -258,20 +258,24 @@ def main(argv=None, started=None):
     dataset = common.ArrayDataset(torch.from_numpy(x), label_index, clip_ids)
     name = args.baseline or f"mlp-{args.loss}"
 
+    # processes (torchrun's, or this one), device, and the clips each part trains and tests on
     dist = common.Dist.from_env()
+    device = dist.setup(common.pick_device(args.device))
+    splits = common.resolve_splits(args, clip_ids, label_index, Path(args.data).parent, dist.log)
     # batches of 32 x 57 features: a second thread only waits (measured 2x-30x slower)
     with torch_threads(1), \
-            common.start_run(args, argv, "train_mlp.py", name, classes=classes, clip_ids=clip_ids,
-                             labels=label_index, split_dir=Path(args.data).parent, dist=dist,
-                             started=started) as run:
-        for part in run.parts():  # the split, or each of the --folds
-            train, val, test = (dataset.subset(part.indices[p]) for p in ("train", "val", "test"))
+            common.start_run(args, argv, "train_mlp.py", name, classes=classes, splits=splits,
+                             clip_ids=clip_ids, device=device, dist=dist, started=started) as run:
+        for part in run.parts():  # the split, or each of the --folds not finished before
+            common.seed_everything(args.seed)  # each part starts as an uninterrupted run's did
+            train, val, test = common.split_parts(dataset, part.indices)
             if args.baseline:
                 estimator = make_estimator(args)
                 fit_seconds, tested = fit_baseline(estimator, train, test)
+                report = common.test_report(part, name, classes, tested, None, train=train,
+                                            val=val, test=test, prepare_seconds=fit_seconds)
                 common.save(part, estimator, {"kind": args.baseline, "preprocess": preprocess},
-                            tested, None, train=train, val=val, test=test,
-                            prepare_seconds=fit_seconds)
+                            report, train=train)
                 continue
             # scaler and PCA fitted on the training rows only, stored inside the model
             train_rows = x[part.indices["train"]]
@@ -286,15 +290,18 @@ def main(argv=None, started=None):
             model.set_preprocessing(scaler, pca)
             result = common.fit(model, train, val,
                                 criterion=make_criterion(args.loss, len(classes), args.smoothing),
-                                device=run.device, dist=dist, checkpoint=part.checkpoint,
+                                device=device, dist=dist, checkpoint=part.checkpoint,
                                 deadline=run.deadline, **common.fit_options(args))
-            tested = common.test_model(model, test, device=run.device, dist=dist,
+            tested = common.test_model(model, test, device=device, dist=dist,
                                        batch_size=args.batch_size)
-            common.save(part, model, spec, tested, result, train=train, val=val, test=test,
-                        notes={"pca_components": int(n_components)})
+            report = common.test_report(part, name, classes, tested, result, train=train, val=val,
+                                        test=test, notes={"pca_components": int(n_components)})
+            common.save(part, model, spec, report, train=train)
+            if not result.complete:
+                break  # stopped by --time-limit: the other parts wait for --resume
         common.summarize_folds(run)
     if args.predict and dist.main:
-        predict.predict_and_submit(run.model_file, args.predict, device=run.device,
+        predict.predict_and_submit(run.model_file, args.predict, device=device,
                                    **predict.options(args))
     return 0
 

@@ -53,7 +53,7 @@ def build_parser():
                    "file for --arch (default: imagenet, or panns for cnn14)")
     m.add_argument("--finetune", action="store_true",
                    help="also train the backbone, at lr/10 (default: frozen, as in the study)")
-    m.add_argument("--head-dropout", type=common.number(float, minimum=0, below=1), default=0.5,
+    m.add_argument("--head-dropout", type=common.bounded(float, minimum=0, below=1), default=0.5,
                    help="dropout in the new head (default %(default)s)")
     common.add_image_args(m, "input side in pixels (default: the weights' own, 224 for most)",
                           img_size_minimum=1)
@@ -62,7 +62,7 @@ def build_parser():
                                        "~/.cache/music-genre-suite/backbone)")
     a = p.add_argument_group("audio (--arch cnn14)")
     a.add_argument("--labels", help="CSV id,label for a flat folder of audio (Kaggle style)")
-    a.add_argument("--clip-seconds", type=common.number(float, above=0), default=30.0,
+    a.add_argument("--clip-seconds", type=common.bounded(float, above=0), default=30.0,
                    help="window length: longer clips are cut into windows scored per clip, "
                         "shorter ones padded with silence (default %(default)s, GTZAN's clips)")
     return p
@@ -170,12 +170,14 @@ def load_backbone_weights(net, arch, state, source):
               f"(e.g. {', '.join(result.unexpected_keys[:3])})", file=sys.stderr)
 
 
-def build_transfer(arch, n_classes, weights="imagenet", head_dropout=0.5, finetune=False):
+def build_transfer(arch, n_classes, weights="imagenet", head_dropout=0.5, finetune=False,
+                   spec_augment=False):
     """(network, input size) for any torchvision classification model by name, with weights
     'imagenet' (torchvision's, downloaded once), 'none' (random) or a state-dict PATH; or for
     PANNs' CNN14 ('cnn14', input: its sample rate) with 'panns' (downloaded once), 'none' or
-    PATH (the published file, or a state dict)."""
-    net, size = common.transfer_network(arch, n_classes, head_dropout, finetune)
+    PATH (the published file, or a state dict), and PANNs' SpecAugmentation when training if
+    spec_augment."""
+    net, size = common.transfer_network(arch, n_classes, head_dropout, finetune, spec_augment)
     if arch == "cnn14":
         if weights == "imagenet":
             raise common.SuiteError("--arch cnn14 is pretrained on AudioSet, not ImageNet: "
@@ -361,8 +363,8 @@ def main(argv=None, started=None):
         if audio else common.list_images(args.data)[2]
     common.seed_everything(args.seed)  # --weights none: the random backbone follows --seed
     pristine, input_size = build_transfer(args.arch, len(classes), weights_of(args),
-                                          args.head_dropout, args.finetune)
-    pristine.backbone.spec_augment = audio and args.augment == "specaugment"
+                                          args.head_dropout, args.finetune,
+                                          spec_augment=audio and args.augment == "specaugment")
     img_size = None if audio else args.img_size or input_size
     if not audio:
         try:  # a size the backbone cannot take fails now, in one line
@@ -389,20 +391,24 @@ def main(argv=None, started=None):
     notes = {"weights": weights if weights in ("imagenet", "panns", "none") else "file",
              "fast_path": fast, "img_size": img_size, "augment": args.augment}
 
+    # processes (torchrun's, or this one), device, and the clips each part trains and tests on
     dist = common.Dist.from_env()
+    device = dist.setup(common.pick_device(args.device))
+    splits = common.resolve_splits(args, dataset.clip_ids, dataset.labels, args.data, dist.log)
     with common.start_run(args, argv, "train_transfer.py", args.arch, classes=classes,
-                          clip_ids=dataset.clip_ids, labels=dataset.labels, split_dir=args.data,
-                          dist=dist, started=started) as run:
+                          splits=splits, clip_ids=dataset.clip_ids, device=device, dist=dist,
+                          started=started) as run:
         features, backbone_seconds = None, 0.0
-        for part in run.parts():  # the split, or each of the --folds
-            train, val, test = common.image_parts(dataset, part.indices,
+        for part in run.parts():  # the split, or each of the --folds not finished before
+            common.seed_everything(args.seed)  # each part starts as an uninterrupted run's did
+            train, val, test = common.split_parts(dataset, part.indices,
                                                   "none" if audio else args.augment, args.seed)
             model = copy.deepcopy(pristine)
             trained, fit_train, fit_val, groups = model, train, val, None
             if fast:  # the head trains on the backbone's features, computed once for all folds
                 if features is None:
                     outputs, backbone_seconds = backbone_features(model, dataset, args, img_size,
-                                                                  run.device, dist)
+                                                                  device, dist)
                     features = common.ArrayDataset(outputs, dataset.labels, dataset.clip_ids)
                 trained = model.head
                 fit_train, fit_val = (features.subset(part.indices[p]) for p in ("train", "val"))
@@ -410,16 +416,20 @@ def main(argv=None, started=None):
                 groups = [{"params": model.head.parameters(), "lr": args.lr},
                           {"params": model.backbone.parameters(), "lr": args.lr / 10}]
             result = common.fit(trained, fit_train, fit_val, criterion=torch.nn.CrossEntropyLoss(),
-                                param_groups=groups, device=run.device, dist=dist,
+                                param_groups=groups, device=device, dist=dist,
                                 checkpoint=part.checkpoint, deadline=run.deadline,
                                 **common.fit_options(args))
-            tested = common.test_model(model, test, device=run.device, dist=dist,
+            tested = common.test_model(model, test, device=device, dist=dist,
                                        batch_size=args.batch_size)
-            common.save(part, model, spec, tested, result, train=train, val=val, test=test,
-                        prepare_seconds=backbone_seconds, notes=notes)
+            report = common.test_report(part, args.arch, classes, tested, result, train=train,
+                                        val=val, test=test, prepare_seconds=backbone_seconds,
+                                        notes=notes)
+            common.save(part, model, spec, report, train=train)
+            if not result.complete:
+                break  # stopped by --time-limit: the other parts wait for --resume
         common.summarize_folds(run)
     if args.predict and dist.main:
-        predict.predict_and_submit(run.model_file, args.predict, device=run.device,
+        predict.predict_and_submit(run.model_file, args.predict, device=device,
                                    **predict.options(args))
     return 0
 

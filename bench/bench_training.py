@@ -108,7 +108,7 @@ def main(argv=None):
     print(f"bench_training: ConvolNeuNet on CPU, {args.n} train images (+{args.n_val} validation "
           f"for fit), batch {args.batch_size}, {args.epochs} epochs, {torch.get_num_threads()} "
           f"torch threads, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    common.scores([0, 1], [0, 1], 2)  # untimed: fit's one-time import of sklearn.metrics
+    common.classification_scores([0, 1], [0, 1], 2)  # untimed: fit's one-time import of sklearn.metrics
     rows = []
     for size in args.sizes:
         rows.append((size, *bench_size(size, args)))

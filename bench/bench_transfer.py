@@ -71,7 +71,7 @@ def main(argv=None):
     net.eval()
     with torch.no_grad():
         net.features(x[:2])  # untimed warm-up: kernels
-    common.scores([0, 1], [0, 1], 2)  # and fit's one-time import of sklearn.metrics
+    common.classification_scores([0, 1], [0, 1], 2)  # and fit's one-time import of sklearn.metrics
 
     @torch.no_grad()
     def backbone_pass():

@@ -72,9 +72,9 @@ def build_parser():
                    "kernel (built in --out) whose finished run predicts")
     r.add_argument("--title", help="Kaggle title (default: Music Genre NAME); the id is its slug")
     c = p.add_argument_group("conversion (images for cnn and transfer kinds, features for mlp)")
-    c.add_argument("--size", type=common.number(int, minimum=0), help="image side (0: native)")
-    c.add_argument("--mel", type=common.number(int, minimum=0), help="log-mel bands (0: linear)")
-    c.add_argument("--segment-seconds", type=common.number(float, minimum=0),
+    c.add_argument("--size", type=common.bounded(int, minimum=0), help="image side (0: native)")
+    c.add_argument("--mel", type=common.bounded(int, minimum=0), help="log-mel bands (0: linear)")
+    c.add_argument("--segment-seconds", type=common.bounded(float, minimum=0),
                    help="cut clips into segments of this many seconds (0: whole clips)")
     c.add_argument("--feature-set", choices=list(common.FEATURE_SETS),
                    help="mlp kind: the audio features to extract (default standard)")

@@ -52,7 +52,7 @@ def build_parser():
     def pushing(c):
         c.add_argument("--accelerator", metavar="SHAPE", help="overrides the metadata's machine: "
                        "NvidiaTeslaT4 (GPU T4 x2), NvidiaL4, TpuV6E8, ... (default: the metadata's)")
-        c.add_argument("--timeout", type=common.number(int, minimum=1), metavar="S",
+        c.add_argument("--timeout", type=common.bounded(int, minimum=1), metavar="S",
                        help="the longest a version may run, in seconds (default: Kaggle's)")
         c.add_argument("--no-rescue", action="store_true", help="after a version that ended in "
                        "error, go on from the last complete version rather than from its output")
@@ -61,15 +61,15 @@ def build_parser():
     run = command("run", "push and follow version after version until the run is finished, "
                          "then bring it home")
     pushing(run)
-    run.add_argument("--interval", type=common.number(float, above=0), default=60, metavar="S",
+    run.add_argument("--interval", type=common.bounded(float, above=0), default=60, metavar="S",
                      help="seconds between status polls (default %(default)s)")
-    run.add_argument("--max-sessions", type=common.number(int, minimum=1), default=20,
+    run.add_argument("--max-sessions", type=common.bounded(int, minimum=1), default=20,
                      help="stop after this many versions (default %(default)s)")
     run.add_argument("--runs", default="runs", help="runs folder (default %(default)s)")
     status = command("status", "the status of the newest version; exit 2 if it failed")
     status.add_argument("--follow", action="store_true", help="poll until it ends: exit 0 when "
                         "complete, 2 with Kaggle's failure message and the log's tail otherwise")
-    status.add_argument("--interval", type=common.number(float, above=0), default=60,
+    status.add_argument("--interval", type=common.bounded(float, above=0), default=60,
                         metavar="S", help="seconds between polls (default %(default)s)")
     output = command("output", "download the output of the version that got furthest into "
                                "RUNS/NAME/")
@@ -86,7 +86,7 @@ def build_parser():
                         "kernel version (found out from Kaggle when not given)")
     submit.add_argument("--wait", action="store_true", help="follow the submission until Kaggle "
                         "scores it (print the public score) or rejects it (exit 2)")
-    submit.add_argument("--interval", type=common.number(float, above=0), default=30,
+    submit.add_argument("--interval", type=common.bounded(float, above=0), default=30,
                         metavar="S", help="seconds between polls with --wait (default %(default)s)")
     submit.add_argument("--runs", default="runs", help="where `output` put RUNS/NAME/"
                         "submission.csv, downloaded when missing (default %(default)s)")

@@ -404,15 +404,15 @@ def test_kill_9_leaves_no_worker_behind_and_the_next_run_takes_the_lock_over(tmp
     import signal
     import subprocess
     for g in ("blues", "metal", "pop"):
-        for i in range(6):
-            write_tone(tmp_path / "audio" / g / f"{g}.{i:05d}.wav", 200 * (i + 1), seconds=20)
+        for i in range(10):
+            write_tone(tmp_path / "audio" / g / f"{g}.{i:05d}.wav", 200 * (i + 1), seconds=30)
     command = [sys.executable, str(Path(data_conversion.__file__)), str(tmp_path / "audio"),
                str(tmp_path / "out"), "--size", "64", "--workers", "2"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True)
-    for _ in range(600):
+    for _ in range(600):  # until the workers are at work (an image written)
         workers = children(process.pid)
-        if len(workers) == 2 and (tmp_path / "out" / ".converting").exists():
+        if len(workers) == 2 and any((tmp_path / "out").rglob("*.png")):
             break
         time.sleep(0.05)
     assert len(workers) == 2, "the conversion did not start its workers"

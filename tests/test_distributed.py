@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 import common
 from conftest import ROOT, make_images
@@ -52,15 +51,3 @@ def test_two_processes_match_one(tmp_path):
     assert sorted(p.name for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")) == ["one", "two"]
     model, ckpt = common.load_model(tmp_path / "runs" / "two" / "model.pt")  # no DDP "module." prefix
     assert not any(k.startswith("module.") for k in ckpt["state_dict"])
-
-
-@pytest.mark.slow
-def test_cnn_runs_under_torchrun(tmp_path):
-    data = make_images(tmp_path / "img", n_per_class=5, size=16)
-    launch(2, "train_cnn.py", ["--data", str(data), "--img-size", "16", "--epochs", "2",
-                               "--out", str(tmp_path / "runs"), "--name", "c"], tmp_path)
-    m = json.loads((tmp_path / "runs" / "c" / "metrics.json").read_text())
-    assert m["epochs_run"] == 2
-    model, _ = common.load_model(tmp_path / "runs" / "c" / "model.pt")
-    with torch.no_grad():
-        assert model(torch.zeros(1, 3, 16, 16, dtype=torch.uint8)).shape == (1, 3)

@@ -198,7 +198,7 @@ def test_clip_vote_averages_segment_logits():
 def test_scores_balance_the_classes_and_confusion_rows_are_the_truth():
     """Three clips of class 0 and one of class 1, all predicted 0: accuracy 0.75, balanced
     accuracy 0.5 (the mean of the recalls 1 and 0), confusion[true][predicted]."""
-    s = common.scores(np.array([0, 0, 0, 1]), np.array([0, 0, 0, 0]), 3)
+    s = common.classification_scores(np.array([0, 0, 0, 1]), np.array([0, 0, 0, 0]), 3)
     assert s["accuracy"] == 0.75 and s["balanced_accuracy"] == 0.5
     assert s["confusion"] == [[3, 0, 0], [1, 0, 0], [0, 0, 0]]
 
