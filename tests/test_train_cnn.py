@@ -273,8 +273,11 @@ def test_mixup_mixes_pairs_and_their_losses():
     assert torch.allclose(mixed, weight * x + (1 - weight) * x[partner])
     assert torch.equal(partner_y, y[partner])
 
-    train, _ = tiny_sets(n=16)
-    model = torch.nn.Linear(6, 3)
+    train, _ = scripted_sets()  # features: the class one-hot, then the rank
+    model = torch.nn.Linear(4, 3)  # it reads a mix as its larger share's class
+    with torch.no_grad():
+        model.weight.copy_(torch.cat([torch.eye(3), torch.zeros(3, 1)], 1))
+        model.bias.zero_()
     loader = common.make_loader(train, 4, False, 0, 0, torch.device("cpu"))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # no step: the loss is what is seen
     autocast, scaler = common.amp_tools(torch.device("cpu"))
@@ -290,7 +293,7 @@ def test_mixup_mixes_pairs_and_their_losses():
         # accuracy: the label of the larger share (a w of 0.1 makes it the partner's)
         right = sum((model(m).argmax(1) == (y if w >= 0.5 else py)).sum().item()
                     for m, y, py, w in seen)
-    assert len(seen) == 2 and out["loss"] == pytest.approx(expected / len(train), rel=1e-6)
+    assert len(seen) == 3 and out["loss"] == pytest.approx(expected / len(train), rel=1e-6)
     assert {w >= 0.5 for *_, w in seen} == {True, False}  # seed 0 draws a weight each side
     assert out["acc"] == right / len(train)
 
