@@ -119,11 +119,12 @@ def main(argv=None, started=None):
                           started=started) as run:
         for part in run.parts():  # the split, or each of the --folds not finished before
             common.seed_everything(args.seed)  # each part starts as an uninterrupted run's did
-            train, val, test = common.split_parts(dataset, part.indices, args.augment, args.seed)
+            train, val, test = common.split_parts(dataset, part.indices)
             model = common.build_model(spec)
             result = common.fit(model, train, val, criterion=torch.nn.CrossEntropyLoss(),
-                                device=device, dist=dist, checkpoint=part.checkpoint,
-                                deadline=run.deadline, **common.fit_options(args))
+                                augment=args.augment, device=device, dist=dist,
+                                checkpoint=part.checkpoint, deadline=run.deadline,
+                                **common.fit_options(args))
             tested = common.test_model(model, test, device=device, dist=dist,
                                        batch_size=args.batch_size)
             report = common.test_report(part, args.model, classes, tested, result, train=train,

@@ -339,7 +339,7 @@ def backbone_features(net, dataset, args, img_size, device, dist):
     start = time.time()
     autocast, _ = common.amp_tools(device)
     loader = common.make_loader(dataset, args.batch_size, False, args.seed, 0, device, dist)
-    net = net.to(device)
+    net = common.on_device(net, device, images=dataset.x.dim() == 4)
     features = torch.from_numpy(common.predict_logits(net, loader, autocast, device, net.features,
                                                       desc=f"{args.arch} backbone", dist=dist))
     seconds = time.time() - start
@@ -401,8 +401,7 @@ def main(argv=None, started=None):
         features, backbone_seconds = None, 0.0
         for part in run.parts():  # the split, or each of the --folds not finished before
             common.seed_everything(args.seed)  # each part starts as an uninterrupted run's did
-            train, val, test = common.split_parts(dataset, part.indices,
-                                                  "none" if audio else args.augment, args.seed)
+            train, val, test = common.split_parts(dataset, part.indices)
             model = copy.deepcopy(pristine)
             trained, fit_train, fit_val, groups = model, train, val, None
             if fast:  # the head trains on the backbone's features, computed once for all folds
@@ -416,6 +415,7 @@ def main(argv=None, started=None):
                 groups = [{"params": model.head.parameters(), "lr": args.lr},
                           {"params": model.backbone.parameters(), "lr": args.lr / 10}]
             result = common.fit(trained, fit_train, fit_val, criterion=torch.nn.CrossEntropyLoss(),
+                                augment="none" if audio or fast else args.augment,
                                 param_groups=groups, device=device, dist=dist,
                                 checkpoint=part.checkpoint, deadline=run.deadline,
                                 **common.fit_options(args))

@@ -299,44 +299,58 @@ def test_mixup_mixes_pairs_and_their_losses():
 
 
 def test_specaugment_masks_bands_and_spans_then_shifts_in_time():
-    """Whole frequency bands (rows) and time spans (columns) set to level 0, at most 2 of 15 %
-    each, then a circular shift in time; the input is left as it was. Column t of the input
-    holds t + 1 (never 0), so the shift can be read off any unmasked pixel."""
-    height, width = 40, 60
-    image = (torch.arange(width) + 1).to(torch.uint8).repeat(1, height, 1)
-    before = image.clone()
+    """On a batch, each image: whole frequency bands (rows) and time spans (columns) set to level
+    0, at most 2 of 15 % each, then a circular shift in time; the input is left as it was.
+    Column t of the input holds t + 1 (never 0), so the shift can be read off any unmasked
+    pixel."""
+    height, width, n = 40, 60, 8
+    images = (torch.arange(width) + 1).to(torch.uint8).repeat(n, 1, height, 1)
+    before = images.clone()
+    augment = common.SpecAugment()
+    out = augment(images, common.item_uniforms(0, 1, torch.arange(n), augment.draws))
     masked_rows, masked_columns, shifts = [], [], []
-    for seed in range(5):
-        out = common.SpecAugment()(image, torch.Generator().manual_seed(seed))
-        zero = out[0] == 0
+    for image in out:
+        zero = image[0] == 0
         rows, columns = zero.all(1), zero.all(0)
         assert torch.equal(zero, rows[:, None] | columns[None, :])  # whole bands and spans only
         assert rows.sum() <= 2 * 6 and columns.sum() <= 2 * 9
         kept = (~zero).nonzero()
-        shift = {(t - int(out[0, f, t]) + 1) % width for f, t in kept.tolist()}
+        shift = {(t - int(image[0, f, t]) + 1) % width for f, t in kept.tolist()}
         assert len(shift) == 1  # one circular shift of the masked image
         masked_rows.append(int(rows.sum()))
         masked_columns.append(int(columns.sum()))
         shifts.append(shift.pop())
-    assert torch.equal(image, before)
-    assert sum(n > 0 for n in masked_rows) >= 3, masked_rows
-    assert sum(n > 0 for n in masked_columns) >= 3, masked_columns
-    assert len(set(shifts)) == 5, shifts
+    assert torch.equal(images, before)
+    assert sum(n > 0 for n in masked_rows) >= 5, masked_rows
+    assert sum(n > 0 for n in masked_columns) >= 5, masked_columns
+    assert len(set(shifts)) >= 7, shifts
+
+
+def test_an_items_draws_are_its_own_whatever_its_batch():
+    """item_uniforms is a function of (seed, epoch, item): the same numbers for an item alone, in
+    another batch or order; others for another epoch, seed or item; spread over [0, 1)."""
+    items = torch.arange(1000)
+    u = common.item_uniforms(3, 7, items, 5)
+    assert u.shape == (1000, 5) and 0 <= float(u.min()) and float(u.max()) < 1
+    assert abs(float(u.mean()) - 0.5) < 0.02 and abs(float(u.std()) - 12 ** -0.5) < 0.02
+    shuffled = torch.tensor([999, 4, 500])
+    assert torch.equal(common.item_uniforms(3, 7, shuffled, 5), u[shuffled])
+    assert not torch.equal(common.item_uniforms(3, 8, items, 5), u)
+    assert not torch.equal(common.item_uniforms(4, 7, items, 5), u)
+    assert len({tuple(row) for row in u.tolist()}) == 1000
 
 
 def test_rotate_turns_the_image_by_the_drawn_angle_within_15_degrees():
     """The study's RandomRotation(15): a horizontal line through the centre comes out turned
-    counter-clockwise by the angle drawn from the generator, uniform in +-15 degrees."""
+    counter-clockwise by its angle, 30 * u - 15 degrees for its uniform u."""
     size = 65
-    image = torch.zeros(1, size, size, dtype=torch.uint8)
-    image[0, size // 2, :] = 255
-    for seed in (1, 2, 3, 5):  # angles 7.7, 3.4, -14.9, 9.9
-        drawn = float(torch.empty(()).uniform_(-15, 15, generator=torch.Generator().manual_seed(seed)))
-        out = common.rotate(image, torch.Generator().manual_seed(seed))
-        rows, columns = (out[0] > 0).nonzero(as_tuple=True)
+    image = torch.zeros(1, 1, size, size, dtype=torch.uint8)
+    image[0, 0, size // 2, :] = 255
+    for u in (0.76, 0.61, 0.003, 0.83):
+        out = common.Rotate()(image, torch.tensor([[u]]))
+        rows, columns = (out[0, 0] > 0).nonzero(as_tuple=True)
         slope = np.polyfit(columns.numpy() - size // 2, size // 2 - rows.numpy(), 1)[0]
-        assert np.degrees(np.arctan(slope)) == pytest.approx(drawn, abs=1.0), seed
-        assert abs(drawn) > 2  # a turn that can be seen
+        assert np.degrees(np.arctan(slope)) == pytest.approx(30 * u - 15, abs=1.0), u
 
 
 def test_lazy_loading_above_memory_budget_gives_same_run(tiny_images, tmp_path, capsys):

@@ -106,8 +106,9 @@ def test_fast_path_trains_what_the_full_frozen_model_would(tiny_images):
         net, _ = train_transfer.build_transfer("resnet18", 3, "none", head_dropout=0.5)
         train, val = (data.dataset.subset(parts[p]) for p in ("train", "val"))
         if fast:
-            with torch.no_grad():
-                features = common.ArrayDataset(net.eval().features(data.dataset.x),
+            with torch.no_grad():  # the backbone as the fast path runs it (channels-last)
+                backbone = common.on_device(net, torch.device("cpu"), images=True).eval()
+                features = common.ArrayDataset(backbone.features(data.dataset.x),
                                                data.dataset.labels, data.dataset.clip_ids)
             train, val = (features.subset(parts[p]) for p in ("train", "val"))
         common.seed_everything(1)
