@@ -78,10 +78,10 @@ def user_errors(main):
     """Decorate a script's main(): SuiteError -> one line on stderr and its exit code; output
     line-buffered."""
     @functools.wraps(main)
-    def wrapper(argv=None, **kwargs):
+    def wrapper(argv=None, *args, **kwargs):
         line_buffered_output()
         try:
-            return main(argv, **kwargs) or 0
+            return main(argv, *args, **kwargs) or 0
         except NothingToDo as e:
             print(e)
             return 0
@@ -171,6 +171,7 @@ def progress(items, desc, *, total=None, unit="file", deadline=None, leave=True,
         yield from tqdm(items, desc=desc, total=total, unit=unit, leave=leave)
         return
     every = float(os.environ.get("SUITE_PROGRESS_SECONDS") or 30)
+    units = unit + ("es" if unit.endswith(("s", "sh", "ch", "x")) else "s")
     start = last = time.time()
     for done, item in enumerate(items, 1):
         yield item
@@ -179,7 +180,7 @@ def progress(items, desc, *, total=None, unit="file", deadline=None, leave=True,
             last = now
             to_go = (f", about {clock_text((now - start) / done * (total - done))} to go"
                      if total else "")
-            print(f"{desc}: {done}{f'/{total}' if total else ''} {unit}s, "
+            print(f"{desc}: {done}{f'/{total}' if total else ''} {units}, "
                   f"{clock_text(now - start)}{to_go}{time_left(deadline)}", flush=True)
 
 
@@ -321,7 +322,7 @@ def check_torchvision():
     minutes into it."""
     import importlib
     try:
-        importlib.import_module("torchvision")
+        importlib.import_module("torchvision")  # a plain import would be an unused name
     except Exception as e:
         first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
         raise SuiteError(f"torch {torch.__version__} and the installed torchvision do not work "
@@ -628,7 +629,8 @@ def read_conversion(root):
 
 # ----------------------------------------------------------------------------------------------
 # Audio features: the columns of the public GTZAN table (features_30_sec.csv), same meaning;
-# train_mlp.py extracts and reads the tables, prediction computes one clip's row.
+# data_conversion.py --features extracts the tables, train_mlp.py reads them, prediction
+# computes one clip's row.
 # The table was made with librosa < 0.10, whose STFT padded with "reflect"; newer librosa pads
 # with zeros, which moves most columns by ~0.1 %. Asking for "reflect" reproduces the table.
 
@@ -798,9 +800,21 @@ class ArrayDataset:
         self.x, self.y = x, torch.as_tensor(np.asarray(labels), dtype=torch.long)
         self.labels, self.clip_ids = np.asarray(labels), list(clip_ids)
         self.rows = rows  # positions in x (a view of a larger set without copying it)
+        self.device_copies = {}  # device -> x there; one dict for the set and all its parts
 
     def __len__(self):
         return len(self.y)
+
+    @property
+    def holds_images(self):
+        return self.x is not None and self.x.dim() == 4
+
+    def x_on(self, device):
+        """x on the device, copied there once for the set and all its parts (train, val and
+        test hold one copy between them)."""
+        if str(device) not in self.device_copies:
+            self.device_copies[str(device)] = self.x.to(device)
+        return self.device_copies[str(device)]
 
     def inputs(self, index):
         return self.x[index if self.rows is None else self.rows[index]]
@@ -842,6 +856,8 @@ class LazyImageDataset(ArrayDataset):
     def inputs(self, index):
         rows = index if self.rows is None else self.rows[index]
         return torch.stack([self.decode(self.paths[i]) for i in rows.tolist()])
+
+    holds_images = True
 
 
 @dataclass
@@ -1535,7 +1551,7 @@ class Batches:
         self.dataset, self.batch_size = dataset, max(1, batch_size // dist.world)
         self.sampler = DistributedSampler(dataset, num_replicas=dist.world, rank=dist.rank,
                                           shuffle=shuffle, seed=seed, drop_last=False)
-        self.x, self.y = dataset.x.to(device), dataset.y.to(device)
+        self.x, self.y = dataset.x_on(device), dataset.y.to(device)
         rows = dataset.rows if dataset.rows is not None else torch.arange(len(dataset))
         self.rows = rows.to(device)
 
@@ -1592,9 +1608,9 @@ def train_epoch(model, loader, criterion, optimizer, scaler, autocast, device, d
     when it gets the label of the larger share. Sums stay on the device until the end: no step
     waits for the host."""
     model.train()
-    start = time.time()
+    start, steps_before = time.time(), optimizer_steps(optimizer)
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
-    correct, count, skipped = torch.zeros((), dtype=torch.long, device=device), 0, 0
+    correct, count, batches = torch.zeros((), dtype=torch.long, device=device), 0, 0
     for x, y, index in progress(loader, desc, unit="batch", leave=False, show=dist.main):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if augment is not None:
@@ -1609,20 +1625,24 @@ def train_epoch(model, loader, criterion, optimizer, scaler, autocast, device, d
             if mixup:
                 loss = weight * loss + (1 - weight) * criterion(logits, y_partner)
         optimizer.zero_grad(set_to_none=True)
-        if scaler.is_enabled():
-            scale = scaler.get_scale()
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        if scaler.is_enabled():
-            skipped += scaler.get_scale() < scale  # the scale drops on a skip
         total_loss += loss.detach().double() * len(y)
         correct += (logits.argmax(1) == target).sum()
-        count += len(y)
-    total_loss, correct, count, skipped = dist.sum(
-        [total_loss.item(), correct.item(), count, skipped], device)
-    return {"loss": total_loss / count, "acc": correct / count, "skipped": int(skipped),
+        count, batches = count + len(y), batches + 1
+    total_loss, correct, count = dist.sum([total_loss.item(), correct.item(), count], device)
+    # every rank skips the same steps (their gradients are one all-reduced sum)
+    skipped = batches - (optimizer_steps(optimizer) - steps_before)
+    return {"loss": total_loss / count, "acc": correct / count, "skipped": skipped,
             "seconds": time.time() - start}
+
+
+def optimizer_steps(optimizer):
+    """Steps the optimizer has taken: Adam's own count, which a step GradScaler skips (inf or
+    NaN gradients) leaves as it was."""
+    return max((int(state["step"]) for state in optimizer.state.values() if "step" in state),
+               default=0)
 
 
 @torch.inference_mode()
@@ -1754,7 +1774,7 @@ def fit(model, train_set, val_set, *, criterion, epochs, lr, batch_size, seed, d
     if not len(train_set) or not len(val_set):
         raise SuiteError(f"{len(train_set)} training and {len(val_set)} validation items: each "
                          "class needs at least 3 clips (one to train, validate and test)")
-    model = on_device(model, device, isinstance(train_set, LazyImageDataset) or train_set.x.dim() == 4)
+    model = on_device(model, device, train_set.holds_images)
     trainable = param_groups or [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=lr, weight_decay=weight_decay,
                                  fused=device.type in ("cpu", "cuda"))  # one kernel: 2x on a big head
@@ -2120,12 +2140,14 @@ def check_paths(args, data_is_file, data_flag):
 # Run folder: config.json, history.csv, metrics.json, predictions.csv, report.txt, curves.png,
 # confusion.png, model.pt (and checkpoint.pt while training). A trainer's run:
 #
-#     with start_run(args, argv, "train_cnn.py", model_name, ...) as run:  # splits, folder, device
+#     with start_run(args, argv, "train_cnn.py", model_name, splits=..., device=...) as run:
 #         for part in run.parts():                      # the split, or each fold not finished yet
 #             model = build_model(spec)
 #             result = fit(model, train, val, checkpoint=part.checkpoint, ...)
 #             tested = test_model(model, test, ...)
-#             save(part, model, spec, tested, result, ...)  # model.pt, then the report
+#             report = test_report(part, model_name, classes, tested, result, ...)
+#             save(part, model, spec, report, train=train)  # model.pt, then the report's files
+#             if not result.complete: break                 # stopped by the time limit
 #         summarize_folds(run)
 #
 # A part is finished when it has its model and metrics.json and no checkpoint.pt; --resume
@@ -2257,12 +2279,17 @@ def write_results(part_dir, metrics, report):
     write_json(part_dir / "metrics.json", metrics)
 
 
+def model_in(folder):
+    """The model file a run folder (or fold) holds, or None."""
+    return next((Path(folder) / n for n in MODEL_FILES if (Path(folder) / n).is_file()), None)
+
+
 def part_finished(folder):
     """A part (a run, or one fold) whose model and report are written and whose training is over
     (no checkpoint left): the order save() writes them in makes this true only at the end."""
     folder = Path(folder)
     return ((folder / "metrics.json").is_file() and not (folder / "checkpoint.pt").exists()
-            and any((folder / name).is_file() for name in MODEL_FILES))
+            and model_in(folder) is not None)
 
 
 def run_finished(run_dir):
@@ -2363,7 +2390,7 @@ class Run:
 
     @property
     def model_file(self):
-        return next((self.dir / n for n in MODEL_FILES if (self.dir / n).is_file()), None)
+        return model_in(self.dir)
 
     def parts(self):
         """The parts to train: the split, or the folds; with --resume, those not finished
@@ -2541,9 +2568,10 @@ def save(part, model, spec, report, *, train):
         saved = {"estimator": model, "spec": spec, "classes": classes, **extra}
         atomic_write(part.dir / "model.joblib", lambda f: joblib.dump(saved, f), mode="wb")
     write_results(part.dir, metrics, report)
-    if metrics["complete"]:  # the model file has the weights
-        part.checkpoint.unlink(missing_ok=True)
+    if metrics["complete"]:  # the model file has the weights; checkpoint.json first, as
+        # run_progress reads it (killed in between, --resume tests the model again: no harm)
         part.checkpoint.with_suffix(".json").unlink(missing_ok=True)
+        part.checkpoint.unlink(missing_ok=True)
     print(f"test: balanced accuracy {metrics['test_balanced_accuracy']:.3f}, accuracy "
           f"{metrics['test_accuracy']:.3f}, macro F1 {metrics['test_macro_f1']:.3f} on "
           f"{metrics['n_test']} clips ({metrics['split']}) -> {part.dir}")
@@ -2596,6 +2624,15 @@ def caveats(data, notes):
     if notes.get("weights") == "none":
         said.append("has a backbone with random weights (--weights none): no pretraining")
     return said
+
+
+def tested_parts(run_dir):
+    """A run's folders with test figures: itself, or its folds in order."""
+    run_dir = Path(run_dir)
+    if (run_dir / "metrics.json").is_file():
+        return [run_dir]
+    return sorted((p.parent for p in run_dir.glob("fold*/metrics.json")),
+                  key=lambda p: int(p.name[4:]))
 
 
 def summarize_folds(run):

@@ -6,7 +6,7 @@
     python compare.py --demo                       # synthetic data, every model, CPU, minutes
 
 The table: model, balanced accuracy, accuracy, macro F1, epochs, time to converge (seconds to the
-best epoch), prediction time per clip (the model alone, and audio file to label), Kaggle's public
+best validation epoch), prediction time per clip (the model alone, and audio file to label), Kaggle's public
 and private scores (private once Kaggle shows it). Runs brought home from a Kaggle kernel
 (kernels/kaggle_loop.py output) show its version. K-fold runs appear once, as mean +- std.
 Runs tested on different splits or data are flagged: their figures are not comparable.
@@ -80,6 +80,7 @@ def load_runs(runs_dir, names=None):
             print(f"warning: skipped {path}: not a metrics.json of this suite", file=sys.stderr)
             continue
         m["_path"] = path
+        m.setdefault(CONVERGED, m.get("seconds_to_best"))  # a run recorded before it was kept
         record = prediction_record(path.parent)
         m.setdefault("audio_to_label_seconds_per_clip", audio_to_label([record]))
         m.setdefault("predict_workers", (record or {}).get("workers"))
@@ -91,9 +92,13 @@ def load_runs(runs_dir, names=None):
             m["name"] = m.get("run", path.parent.name)
             entries.append(m)
     for group_dir, folds in groups.items():
-        entry = {"name": f"{Path(group_dir).name} ({len(folds)}-fold)", "folds": folds,
+        planned = folds[0].get("folds") or len(folds)
+        entry = {"name": f"{Path(group_dir).name} ({planned}-fold)", "folds": folds,
                  "model": folds[0]["model"], "split_hash": "k-fold", "data": folds[0].get("data"),
                  "weights": folds[0].get("weights")}
+        stopped = [f"fold {f['fold']}: {f['stopped_at']}" for f in folds if f.get("stopped_at")]
+        if len(folds) < planned or stopped:  # killed or time-limited before its last fold
+            entry["stopped_at"] = ", ".join([f"{len(folds)} of {planned} folds tested", *stopped])
         entry.update({key: folds[0].get(key) for key in KAGGLE_KEYS})  # the run's, in every fold
         entry.update(fold_means(folds, ("test_balanced_accuracy", "test_accuracy",
                                         "test_macro_f1", "epochs_run", CONVERGED,
@@ -102,23 +107,25 @@ def load_runs(runs_dir, names=None):
     if not entries:
         unfinished = unfinished_runs(runs_dir, names)
         raise common.SuiteError(f"{runs_dir}: no metrics.json found " + (
-            f"(unfinished: {', '.join(f'{n} at {p}' for n, p in unfinished)}: --resume them)"
+            f"(unfinished: {'; '.join(f'{n} at {p}: {resume}' for n, p, resume in unfinished)})"
             if unfinished else "(train a model first)"))
     return entries
 
 
 def unfinished_runs(runs_dir, names=None):
-    """[(run folder name, RunProgress)] of runs with no test figures yet: killed, or still
-    training (a checkpoint and no metrics.json)."""
+    """[(run folder name, RunProgress, the command that goes on)] of runs killed or still
+    training: no test figures yet, or fewer folds tested than asked for."""
     found = []
     for config in sorted(Path(runs_dir).glob("*/config.json")):
         run = config.parent
         if run.name.startswith(".") or (names is not None and run.name not in names):
             continue
-        if not any(run.rglob("metrics.json")):
-            progress = common.run_progress(run)
-            if progress is not None:
-                found.append((run.name, progress))
+        progress = common.run_progress(run)
+        if progress is None or progress.finished or (progress.parts == 1 and
+                                                      (run / "metrics.json").exists()):
+            continue  # finished, or time-limited: its figures are in a table, marked
+        script = json.loads(config.read_text()).get("script", "train_cnn.py")
+        found.append((run.name, progress, f"python {script} --resume {run}"))
     return found
 
 
@@ -165,16 +172,6 @@ def sort_entries(entries):
 # ----------------------------------------------------------------------------------------------
 # Ensemble: the mean of the members' clip probabilities (predictions.csv), per split or fold
 
-def run_parts(run_dir):
-    """A run's folders with results: itself, or its folds in order."""
-    if (run_dir / "metrics.json").is_file():
-        return [run_dir]
-    folds = sorted(run_dir.glob("fold*/metrics.json"), key=lambda p: int(p.parent.name[4:]))
-    if not folds:
-        raise common.SuiteError(f"--ensemble {run_dir}: no metrics.json (not a finished run)")
-    return [p.parent for p in folds]
-
-
 def read_predictions(part_dir):
     """({clip id: (true class, probabilities)}, classes) from a run's predictions.csv."""
     import csv
@@ -201,7 +198,10 @@ def ensemble_entry(runs_dir, members, name, out):
     if missing or len(dirs) < 2:
         raise common.SuiteError(f"--ensemble: give two runs or more ({', '.join(missing)}: no such run)"
                                 if missing else "--ensemble: give two runs or more")
-    parts = [run_parts(d) for d in dirs]
+    parts = [common.tested_parts(d) for d in dirs]
+    if not all(parts):
+        unfinished = next(d for d, p in zip(dirs, parts) if not p)
+        raise common.SuiteError(f"--ensemble {unfinished}: no metrics.json (not a finished run)")
     if len({len(p) for p in parts}) != 1:
         raise common.SuiteError("--ensemble: the runs have different numbers of folds")
     results, member_metrics = [], [[json.loads((p / "metrics.json").read_text()) for p in run]
@@ -417,9 +417,9 @@ def write_report(entries, out, unfinished=()):
             who = "every run here" if len(names) == len(group) else ", ".join(names)
             text += f"† a small test part ({who}): {note}\n\n"
     if unfinished:
-        text += "## Unfinished (no test figures yet: killed, or still training)\n\n" + "".join(
-            f"- {name}: at {progress}; `--resume runs/{name}` goes on\n"
-            for name, progress in unfinished) + "\n"
+        text += "## Unfinished (killed, or still training)\n\n" + "".join(
+            f"- {name}: at {progress}; `{resume}` goes on\n"
+            for name, progress, resume in unfinished) + "\n"
     charts = {name: panels for name, panels in CHARTS.items()
               if any(e.get(key) is not None for _, group in groups for e in group
                      for key, _ in panels)}

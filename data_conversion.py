@@ -176,28 +176,50 @@ def conversion_lock(out):
     made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     lock = out / ".converting"
+    mine = out / f".converting.{os.getpid()}"
+    mine.write_text(str(os.getpid()))  # linked into place whole: a lock never lacks its owner
     try:
         for _ in range(2):
             try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                os.link(mine, lock)
                 break
             except FileExistsError:
-                owner = lock.read_text().strip()
-                if owner.isdigit() and Path(f"/proc/{owner}").exists():
-                    raise common.SuiteError(f"{out}: another conversion (process {owner}) is "
-                                            "writing into it; wait for it, or convert elsewhere") from None
+                try:
+                    owner = int(lock.read_text())
+                except (OSError, ValueError):  # gone meanwhile, or not ours: no owner
+                    owner = None
+                if owner and process_alive(owner):
+                    raise common.SuiteError(
+                        f"{out}: another conversion (process {owner}) is writing into it; wait "
+                        f"for it, or convert elsewhere (if none runs, delete {lock})") from None
                 print(f"note: {lock} was left by a conversion that was killed (process "
                       f"{owner or '?'}); taking it over", file=sys.stderr)
                 lock.unlink(missing_ok=True)
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
+        else:
+            raise common.SuiteError(f"{out}: another conversion took it over meanwhile; convert "
+                                    "elsewhere")
+        mine.unlink()
         try:
             yield
         finally:
             lock.unlink(missing_ok=True)
     finally:
+        mine.unlink(missing_ok=True)
         if made and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
+
+
+def process_alive(pid):
+    """Whether process `pid` runs (POSIX; elsewhere taken as running: the lock then stays)."""
+    if os.name != "posix":
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def claim_image_folder(out, settings, src, overwrite=False):
@@ -437,10 +459,16 @@ def download_gtzan(target):
     return 0
 
 
+IMAGE_FLAGS = ("size", "segment_seconds", "sr", "mel", "cmap", "unlabeled")
+
+
 def extract(args):
     if not args.src or args.out:
         raise common.SuiteError("--features CSV takes one SRC folder of labeled audio and no OUT "
                                 "folder (images and features are made by separate commands)")
+    common.refuse_unused(build_parser(), args, IMAGE_FLAGS, "a setting of the images; "
+                         "--features reads each whole clip at its own sample rate, as the "
+                         "public table was made")
     check_feature_table(args.features, args.src, args.feature_set, args.overwrite)
     start = time.time()
     n, computed, errors = extract_features(args.src, args.features, args.feature_set,
@@ -466,6 +494,7 @@ def main(argv=None):
     if not args.src or not args.out:
         raise common.SuiteError("give SRC and OUT folders, or SRC --features CSV (or --make-demo "
                                 "DIR / --download DIR)")
+    common.refuse_unused(build_parser(), args, ("feature_set",), "needs --features CSV")
     start = time.time()
     settings = {"size": args.size, "sr": args.sr, "segment_seconds": args.segment_seconds,
                 "cmap": args.cmap, "mel": args.mel}

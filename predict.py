@@ -256,9 +256,8 @@ def model_file(path):
     """A model file, or the run folder holding one (taken), or one line saying which file."""
     path = Path(path)
     if path.is_dir():
-        found = [path / name for name in common.MODEL_FILES if (path / name).is_file()]
-        if found:
-            return found[0]
+        if common.model_in(path):
+            return common.model_in(path)
         folds = sorted(path.glob("fold*/model.*"))
         if folds:
             raise common.SuiteError(f"{path}: a K-fold run, a model per fold: give one, e.g. "

@@ -221,9 +221,10 @@ def fit_baseline(estimator, train, test):
 
 
 def feature_set_of(path, columns):
-    """The feature set the CSV was extracted with (recorded beside it by --extract), else the
-    public table's (standard). Columns the set lacks, or has and the CSV lacks, are named: the
-    model trains on the CSV's columns, and predicts audio only when it can compute them all."""
+    """The feature set the CSV was extracted with (recorded beside it by data_conversion.py
+    --features), else the public table's (standard). Columns the set lacks, or has and the CSV
+    lacks, are named: the model trains on the CSV's columns, and predicts audio only when it can
+    compute them all."""
     feature_set = (common.feature_record(path) or {}).get("feature_set", "standard")
     expected = common.FEATURE_SETS[feature_set]
     unknown = [c for c in columns if c not in expected]

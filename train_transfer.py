@@ -339,7 +339,7 @@ def backbone_features(net, dataset, args, img_size, device, dist):
     start = time.time()
     autocast, _ = common.amp_tools(device)
     loader = common.make_loader(dataset, args.batch_size, False, args.seed, 0, device, dist)
-    net = common.on_device(net, device, images=dataset.x.dim() == 4)
+    net = common.on_device(net, device, images=dataset.holds_images)
     features = torch.from_numpy(common.predict_logits(net, loader, autocast, device, net.features,
                                                       desc=f"{args.arch} backbone", dist=dist))
     seconds = time.time() - start

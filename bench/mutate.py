@@ -111,15 +111,15 @@ MUTATIONS = [
       "target = y if weight >= 0.5 else y_partner", "target = y", MIXUP),
     # augmentations
     M("SpecAugment: returns its input unchanged", "common.py",
-      "image = image.clone()", "return image", SPECAUGMENT),
+      "masked = images * keep[:, None]", "return images", SPECAUGMENT),
     M("SpecAugment: masks only time", "common.py",
       "for axis, size in ((1, height), (2, width)):", "for axis, size in ((2, width),):",
       SPECAUGMENT),
     M("SpecAugment: no time shift", "common.py",
-      "return torch.roll(image, int(torch.randint(0, width, (), generator=generator)), dims=2)",
-      "return image", SPECAUGMENT),
+      "return masked.gather(3, index[:, None, None, :].expand(n, channels, height, width))",
+      "return masked", SPECAUGMENT),
     M("rotate: angle 0", "common.py",
-      "return functional.rotate(image, angle)", "return functional.rotate(image, 0.0)",
+      "functional.rotate(image, float(angle))", "functional.rotate(image, 0.0)",
       f"{CNN}::test_rotate_turns_the_image_by_the_drawn_angle_within_15_degrees"),
     # the MLP's scaler and PCA
     M("FeatureMLP: PCA parameters not copied", "common.py",
@@ -213,7 +213,7 @@ MUTATIONS = [
       '(folder / "metrics.json").is_file() and not (folder / "checkpoint.pt").exists()',
       '(folder / "metrics.json").is_file()', FINISHED),
     M("part_finished: model file ignored", "common.py",
-      "\n            and any((folder / name).is_file() for name in MODEL_FILES))", ")", FINISHED),
+      "\n            and model_in(folder) is not None)", ")", FINISHED),
 ]
 
 

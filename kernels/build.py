@@ -382,15 +382,17 @@ kernel_main.run_notebook(RECIPE)'''
 RESULTS = '''\
 from IPython.display import Image, Markdown, display
 
+import common
+
 run = kernel_main.run_folder(RECIPE)
-for part in kernel_main.tested_parts(run):
+for part in common.tested_parts(run):
     display(Markdown(kernel_main.results_table(part)))
     for chart in ("curves.png", "confusion.png"):
         if (part / chart).is_file():
             display(Image(filename=str(part / chart)))'''
 
 REPORT = '''\
-for part in kernel_main.tested_parts(run):
+for part in common.tested_parts(run):
     print((part / "report.txt").read_text())'''
 
 NEXT = '''\

@@ -164,9 +164,8 @@ class Version:
         return f"{self.kernel} version {self.number}"
 
 
-def version_count(api, kernel_id):
-    """The kernel's number of versions, from GetKernel (what `kaggle kernels pull` calls); 0 for
-    a kernel not pushed yet."""
+def kernel_metadata(api, kernel_id):
+    """GetKernel's metadata of a kernel (what `kaggle kernels pull` calls)."""
     from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelRequest
 
     def get():
@@ -174,8 +173,13 @@ def version_count(api, kernel_id):
             request = ApiGetKernelRequest()
             request.user_name, request.kernel_slug = kernel_id.split("/")
             return client.kernels.kernels_api_client.get_kernel(request)
+    return common.kaggle_call(f"looking up {kernel_id}", get).metadata
+
+
+def version_count(api, kernel_id):
+    """The kernel's number of versions; 0 for a kernel not pushed yet."""
     try:
-        return common.kaggle_call(f"looking up {kernel_id}", get).metadata.current_version_number
+        return kernel_metadata(api, kernel_id).current_version_number
     except common.SuiteError as e:
         if " 404 " in f"{e} ":
             return 0
@@ -354,7 +358,7 @@ def send(api, kernel, target, accelerator, timeout, resumes, partner=None, rescu
     version = Version(target, result.version_number, "QUEUED")
     left_out = {kind: list(getattr(result, f"invalid_{kind}_sources", None) or [])
                 for kind in ("dataset", "competition", "kernel", "model")}
-    needed = [s for s in ([partner[0].kernel] if partner else []) + ([rescued] if rescued else [])]
+    needed = ([partner[0].kernel] if partner else []) + ([rescued] if rescued else [])
     missing = [s for s in needed if s in left_out["kernel"] + left_out["dataset"]]
     if missing:
         raise common.SuiteError(f"Kaggle did not attach {missing[0]} to {version}, which holds "
@@ -424,14 +428,7 @@ def newest_pushed(api, kernel):
 
 
 def last_run(api, kernel_id):
-    from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelRequest
-
-    def get():
-        with api.build_kaggle_client() as client:
-            request = ApiGetKernelRequest()
-            request.user_name, request.kernel_slug = kernel_id.split("/")
-            return client.kernels.kernels_api_client.get_kernel(request)
-    return str(common.kaggle_call(f"looking up {kernel_id}", get).metadata.last_run_time or "")
+    return str(kernel_metadata(api, kernel_id).last_run_time or "")
 
 
 def status(api, kernel, follow_it, interval):
@@ -535,7 +532,8 @@ def submit(api, kernel, competition, message, code, runs):
         if came_from:  # the version brought home (what was looked at)
             version = Version(came_from["kernel"], came_from["version"], "COMPLETE")
         elif kernel.relay is None:
-            version = newest(api, kernel.id)[1] or newest(api, kernel.id)[0]
+            latest, done = newest(api, kernel.id)
+            version = done or latest
         else:
             version = furthest(api, kernel)[0]
         message = common.submission_message(message or f"{kernel.name} version {version.number}",
@@ -582,7 +580,8 @@ def wait_for_score(api, competition, ref, interval):
 
 
 def run(api, kernel, accelerator, timeout, rescue, interval, max_sessions, runs):
-    """push, follow, push ... until the run is finished, then bring it home."""
+    """push, follow, push ... until the run is finished, then bring it home. A predict kernel
+    (no relay partner) runs once, to be submitted."""
     failed = False
     for _ in range(max_sessions):
         try:
@@ -591,12 +590,20 @@ def run(api, kernel, accelerator, timeout, rescue, interval, max_sessions, runs)
             print(done)
             return output(api, kernel, runs, overwrite=False)
         version = follow(api, version, interval)
+        if version.status == "COMPLETE" and kernel.relay is None:  # it trains nothing
+            print(f"{version} is complete; submit it: kaggle_loop.py submit {kernel.name} "
+                  "--competition SLUG --code")
+            return version
         if version.status != "COMPLETE":
             if failed:  # twice in a row: not a session cut short but a kernel that fails
                 raise version_failed(api, version)
             print(f"{version} ended with status {version.status.lower()}: "
                   f"{version.failure or 'no reason given'}; pushing again")
         failed = version.status != "COMPLETE"
+    best = relay_state(api, kernel).best  # the last session may have finished it
+    if best and best[1].finished:
+        print(f"{kernel.name} is finished ({best[0]})")
+        return output(api, kernel, runs, overwrite=False)
     raise common.SuiteError(f"{kernel.name}: not finished after {max_sessions} versions; "
                             "run again to go on (or raise --max-sessions)", code=2)
 

@@ -247,9 +247,11 @@ def earlier_runs(input_dir, name):
 
 def same_run(run_dir, trainer, trainer_argv):
     """Whether the run in run_dir was started with these trainer flags (then it resumes). A
-    weights file counts by its name: the data set holding it may be mounted elsewhere now."""
+    file under input/ (weights, split, labels) counts by its name: what holds it may be mounted
+    elsewhere now."""
     def comparable(key, value):
-        return Path(value).name if key in ("weights", "split") and value else common.jsonable(value)
+        named = key in ("weights", "split", "labels") and value
+        return Path(value).name if named else common.jsonable(value)
     recorded = json.loads((run_dir / "config.json").read_text())["args"]
     wanted = vars(trainer.parse_args(trainer_argv, check_paths=False))
     return all(comparable(k, recorded.get(k)) == comparable(k, v) for k, v in wanted.items()
@@ -306,6 +308,7 @@ def find_weights(input_dir, args, trainer, internet):
 # Steps
 
 def prepare_images(args, train, labels, temp, deadline):
+    """The training audio converted into temp/images/ as the recipe says."""
     import data_conversion
     images = temp / "images"
     settings = {"size": args.size, "segment_seconds": args.segment_seconds, "mel": args.mel}
@@ -313,17 +316,16 @@ def prepare_images(args, train, labels, temp, deadline):
         train, images, settings, common.default_workers(), labels, overwrite=True,
         deadline=deadline)
     print(f"{converted} clips converted, {skipped} up to date, {len(errors)} bad -> {images}")
-    return ["--data", str(images)]
 
 
 def prepare_features(args, train, labels, temp, deadline):
+    """The training audio's features extracted into temp/features.csv."""
     import data_conversion
     features = temp / "features.csv"
     data_conversion.check_feature_table(features, train, args.feature_set, overwrite=True)
     n, computed, errors = data_conversion.extract_features(
         train, features, args.feature_set, common.default_workers(), labels, deadline=deadline)
     print(f"{n} clips -> {features} ({computed} extracted, {len(errors)} bad)")
-    return ["--features", str(features)]
 
 
 # T4 x2 (Kaggle's NvidiaTeslaT4) as the estimate sees it: fp16 convolutions as fast as they
@@ -414,21 +416,10 @@ def run_notebook(recipe):
         raise KernelStopped(f"exit code {code}: see the error line above")
 
 
+@common.user_errors
 def main(argv, recipe, started=None):
     """The kernel; a mistake (no data found, a bad flag) is one line and an exit code."""
     started = started or time.time()
-    common.line_buffered_output()
-    try:
-        return run_kernel(argv, recipe, started)
-    except common.SuiteError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-
-
-def run_kernel(argv, recipe, started):
     common.check_torchvision()
     args, passthrough = split_argv(argv, recipe)
     temp, working = Path(args.temp), Path(args.working)
@@ -451,18 +442,17 @@ def run_kernel(argv, recipe, started):
     run_dir = working / "runs" / name
     reserve = min(600.0, 0.1 * args.time_limit)  # to predict the test audio after training
 
-    def data_and_flags(data_argv):
-        return [*data_argv, "--out", str(working / "runs"), "--name", name, *flags, *weights]
-    # the flags as the run will record them, before any data is made (paths as they will be)
+    # the trainer's flags as the run records them: where its data will be made, and the recipe's
     audio = recipe["kind"] == "transfer" and parsed.arch == "cnn14"  # CNN14 reads the audio
     if recipe["kind"] == "mlp":
-        planned = ["--features", str(temp / "features.csv")]
+        data_argv = ["--features", str(temp / "features.csv")]
     elif audio:
-        planned = ["--data", str(train_dir), *(["--labels", labels] if labels else [])]
+        data_argv = ["--data", str(train_dir), *(["--labels", labels] if labels else [])]
     else:
-        planned = ["--data", str(temp / "images")]
+        data_argv = ["--data", str(temp / "images")]
+    trainer_argv = [*data_argv, "--out", str(working / "runs"), "--name", name, *flags, *weights]
     if not run_dir.exists():
-        take_over(earlier_runs(args.input, name), run_dir, trainer, data_and_flags(planned))
+        take_over(earlier_runs(args.input, name), run_dir, trainer, trainer_argv)
     progress = common.run_progress(run_dir) if run_dir.exists() else None
     if os.environ.get(RERUN):
         print("Kaggle's rerun on the hidden test set: " + (
@@ -473,12 +463,9 @@ def run_kernel(argv, recipe, started):
         print(f"{run_dir}: finished before; nothing to train")
     else:
         if recipe["kind"] == "mlp":
-            data_argv = prepare_features(args, train_dir, labels, temp, deadline)
-        elif audio:
-            data_argv = planned
-        else:
-            data_argv = prepare_images(args, train_dir, labels, temp, deadline)
-        trainer_argv = data_and_flags(data_argv)
+            prepare_features(args, train_dir, labels, temp, deadline)
+        elif not audio:
+            prepare_images(args, train_dir, labels, temp, deadline)
         if run_dir.exists() and same_run(run_dir, trainer, trainer_argv):
             trainer_argv = ["--resume", str(run_dir)]
         elif run_dir.exists():
@@ -490,12 +477,13 @@ def run_kernel(argv, recipe, started):
         code = train(trainer, trainer_argv, processes, deadline - reserve, started)
         if code:
             return code
-    model = next((run_dir / m for m in common.MODEL_FILES if (run_dir / m).is_file()), None)
+    model = common.model_in(run_dir)
     if model is None:  # --folds: one model per fold, no submission
         print(f"{name}: report in {run_dir}; no single model to predict with (--folds)")
         return 0
-    if not common.run_progress(run_dir).finished:
-        print(f"{name}: stopped at the time limit ({common.run_progress(run_dir)}); to go on, "
+    progress = common.run_progress(run_dir)
+    if not progress.finished:
+        print(f"{name}: stopped at the time limit ({progress}); to go on, "
               f"push the next version: python kernels/kaggle_loop.py push {name} (its relay "
               "partner attaches this output and resumes)")
     if test is None:
@@ -520,7 +508,7 @@ def predict_kernel(args, recipe, temp, working):
             f"no finished run {source} under {args.input}: attach the outputs of "
             f"{' and '.join(recipe['from_kernels'])} once the run has finished "
             f"(kaggle_loop.py status {source})")
-    model = next((finished[0] / m for m in common.MODEL_FILES if (finished[0] / m).is_file()), None)
+    model = common.model_in(finished[0])
     if model is None:
         raise common.SuiteError(f"{finished[0]}: no single model (--folds); train {source} "
                                 "without --folds to predict with it")
@@ -544,15 +532,6 @@ def predict_kernel(args, recipe, temp, working):
 def run_folder(recipe, working=None):
     working = Path(working or Path(os.environ.get("KAGGLE_ROOT", "/kaggle")) / "working")
     return working / "runs" / recipe["name"]
-
-
-def tested_parts(run_dir):
-    """The run's folders with a report: itself, or its folds in order."""
-    run_dir = Path(run_dir)
-    if (run_dir / "metrics.json").is_file():
-        return [run_dir]
-    return sorted((p.parent for p in run_dir.glob("fold*/metrics.json")),
-                  key=lambda p: int(p.name[4:]))
 
 
 def results_table(part):

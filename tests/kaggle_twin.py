@@ -68,7 +68,7 @@ class KaggleTwin:
         self.competitions = {}     # slug -> see add_competition
         self.missing = set()       # competition slugs answered 404; any other is an open one
         self.kernels = {}          # "owner/slug" -> [versions: dicts, see push()]
-        self.next_run = {}         # how the next version runs when no session runs it
+        self.next_run = {}         # how pushed versions run when no session runs them (or a list)
         self.kill_at = []          # per version run, in push order: a log line's start at which
         # the session is killed (as Kaggle ends one at its time limit), or None
         self.refuse_push = None    # a reason: the push answered with it in `error`, as Kaggle does
@@ -139,8 +139,9 @@ class KaggleTwin:
                        "pushed": datetime.datetime.utcnow().isoformat(timespec="microseconds") + "Z",
                        "status_calls": 0, "done": threading.Event(), "log": "", "output": {},
                        "failure": "", "executed": None}
-            if self.root is None:
-                version.update({"statuses": RUNNING, **self.next_run})
+            if self.root is None:  # next_run: one for every push, or a list, one each
+                scripted = self.next_run.pop(0) if isinstance(self.next_run, list) else self.next_run
+                version.update({"statuses": RUNNING, **scripted})
                 version["status"] = version["statuses"][-1]
                 version["done"].set()
             else:

@@ -155,6 +155,9 @@ CASES = [
     ("extract-labels-missing", "convert", "{w}/flat --features {w}/f.csv --labels {w}/nope.csv", 1, "--labels"),
     ("extract-over-public-table", "convert", "{w}/audio --features {w}/one_class.csv", 1, "--overwrite"),
     ("extract-with-out-folder", "convert", "{w}/audio {w}/o --features {w}/f.csv", 1, "--features"),
+    ("extract-with-image-size", "convert", "{w}/audio --features {w}/f.csv --size 64", 1, "--size: a setting of the images"),
+    ("extract-with-mel", "convert", "{w}/audio --features {w}/f.csv --mel 64", 1, "--mel: a setting of the images"),
+    ("feature-set-for-images", "convert", "{w}/audio {w}/o --feature-set extended", 1, "--feature-set: needs --features"),
     ("extract-moved", "mlp", "--extract {w}/audio --features {w}/f.csv", 1, "data_conversion.py"),
     # training: paths, checked before the work
     ("data-missing", "cnn", "--data {w}/nope", 1, "--data"),

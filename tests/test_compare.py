@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -53,17 +54,26 @@ def test_runs_without_test_figures_are_shown_not_dropped(tmp_path, capsys):
                                                              "epochs_run": 4, "epochs": 30}))
     killed = runs / "cnn-b"
     killed.mkdir()
-    (killed / "config.json").write_text(json.dumps({"args": {"epochs": 20}}))
+    (killed / "config.json").write_text(json.dumps({"script": "train_transfer.py",
+                                                     "args": {"epochs": 20}}))
     common.write_json(killed / "checkpoint.json", {"epochs_done": 3, "best_epoch": 2})
+    for fold in (1, 2):  # killed in its third fold of three
+        fake_run(runs, "mlp-k", 0.6, group="mlp-k", fold=fold, split=f"f{fold}")
+    (runs / "mlp-k" / "config.json").write_text(json.dumps({"script": "train_mlp.py",
+                                                           "args": {"epochs": 9, "folds": 3}}))
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "compare.md").write_text("old")
     (tmp_path / "r" / "kaggle_score.png").write_bytes(b"old chart")
     assert compare.main(["--runs", str(runs), "--out", str(tmp_path / "r")]) == 0
     md = (tmp_path / "r" / "compare.md").read_text()
     assert "| cnn-a (incomplete: stopped at epoch 4 of 30) |" in md
-    assert "- cnn-b: at epoch 3 of 20; `--resume runs/cnn-b` goes on" in md
+    assert f"- cnn-b: at epoch 3 of 20; `python train_transfer.py --resume {killed}` goes on" in md
+    assert "| mlp-k (3-fold) (incomplete: stopped at 2 of 3 folds tested) |" in md
+    assert f"- mlp-k: at fold 3 of 3, epoch 0 of 9; `python train_mlp.py --resume {runs / 'mlp-k'}`" in md
+    assert "- cnn-a" not in md  # time-limited: in the table
     assert not (tmp_path / "r" / "kaggle_score.png").exists()
     (runs / "cnn-a" / "metrics.json").unlink()  # nothing finished: said, with the killed run
+    shutil.rmtree(runs / "mlp-k")
     assert compare.main(["--runs", str(runs), "--out", str(tmp_path / "r")]) == 1
     assert "unfinished: cnn-b at epoch 3 of 20" in capsys.readouterr().err
 

@@ -134,6 +134,26 @@ def test_push_alternates_and_says_what_it_resumes_from(kaggle_twin, kernel, caps
     assert len(kaggle_twin.kernels[KERNEL_ID]) == 2
 
 
+@pytest.mark.parametrize("sessions,finished", [(2, True), (1, False)])
+def test_run_pushes_until_the_run_is_finished_then_brings_it_home(sessions, finished, kaggle_twin,
+                                                                   kernel, tmp_path, capsys):
+    """One session stopped at epoch 3, its partner's session finished the run: with
+    --max-sessions 2 `run` brings it home; with 1 it says it is not finished (exit 2)."""
+    kaggle_twin.next_run = [{"statuses": ["RUNNING", "COMPLETE"], "output": kernel_output(done=d)}
+                            for d in (3, 8)]
+    code = loop.main(["run", str(kernel), "--interval", "0.01", "--max-sessions", str(sessions),
+                      "--runs", str(tmp_path / "runs")])
+    out, err = capsys.readouterr()
+    assert code == (0 if finished else 2)
+    if finished:
+        assert (f"pushed {RELAY_ID} version 1: it resumes the run from {KERNEL_ID} version 1 "
+                "(epoch 3 of 8)") in out and f"cnn is finished ({RELAY_ID} version 1)" in out
+        metrics = json.loads((tmp_path / "runs" / "cnn" / "metrics.json").read_text())
+        assert (metrics["kaggle_kernel"], metrics["epochs_run"]) == (RELAY_ID, 8)
+    else:
+        assert "not finished after 1 versions" in err and one_line(err)
+
+
 def test_push_waits_for_a_running_version(kaggle_twin, kernel, capsys):
     ran(kaggle_twin, RELAY_ID, statuses=("RUNNING",))
     assert loop.main(["push", str(kernel)]) == 1

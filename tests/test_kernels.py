@@ -260,6 +260,26 @@ def test_earlier_runs_are_found_wherever_mounted_and_the_furthest_is_taken(tmp_p
     assert partner.exists() and os.access(run_dir, os.W_OK)
 
 
+def test_a_run_is_the_same_run_wherever_its_input_files_are_mounted_now(tmp_path):
+    """CNN14's labels, weights and split are files under input/, mounted elsewhere by the next
+    session: compared by name; another trainer flag makes it another run."""
+    import train_transfer
+
+    def argv(mount, *extra):
+        return ["--data", f"{mount}/train", "--labels", f"{mount}/train.csv", "--arch", "cnn14",
+                "--weights", f"{mount}/w/Cnn14_mAP=0.431.pth", "--split", f"{mount}/s.json", *extra]
+    run = tmp_path / "runs" / "x"
+    run.mkdir(parents=True)
+    recorded = vars(train_transfer.parse_args(argv("/kaggle/input/comp"), check_paths=False))
+    (run / "config.json").write_text(json.dumps({"args": common.jsonable(recorded)}))
+    moved = "/kaggle/input/competitions/comp"
+    assert kernel_main.same_run(run, train_transfer, argv(moved))
+    assert not kernel_main.same_run(run, train_transfer, argv(moved, "--lr", "0.1"))
+    other = argv(moved)
+    other[3] = f"{moved}/other.csv"
+    assert not kernel_main.same_run(run, train_transfer, other)
+
+
 def test_processes_auto_uses_both_gpus_only_when_it_pays(tmp_path, monkeypatch):
     """On T4 x2 (two visible GPUs) a recipe trains on both when the estimate says a step gets a
     quarter faster; else one line says why the other idles. Only the GPUs are faked here."""

@@ -1,3 +1,4 @@
+import contextlib
 import csv
 import json
 from pathlib import Path
@@ -73,6 +74,14 @@ class Clock:
     def __call__(self):
         self.now += self.step
         return self.now
+
+
+def test_progress_in_a_log_is_a_line_with_the_count_and_the_time_to_go(monkeypatch, capsys):
+    monkeypatch.setenv("SUITE_PROGRESS_SECONDS", "0")  # a line after every item
+    assert list(common.progress(range(3), "train", unit="batch")) == [0, 1, 2]
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(",")[0] for line in lines] == [f"train: {k}/3 batches" for k in (1, 2, 3)]
+    assert lines[0].endswith("to go") and "0s" in lines[0]
 
 
 def test_plateau_lowers_lr_after_3_flat_epochs_and_stops_after_5():
@@ -338,6 +347,44 @@ def test_an_items_draws_are_its_own_whatever_its_batch():
     assert not torch.equal(common.item_uniforms(3, 8, items, 5), u)
     assert not torch.equal(common.item_uniforms(4, 7, items, 5), u)
     assert len({tuple(row) for row in u.tolist()}) == 1000
+
+
+class BlowsUp(torch.nn.Module):
+    """Linear, with infinite outputs (so infinite gradients) for items whose last feature is set."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.linear(x) * torch.where(x[:, -1:] > 0, float("inf"), 1.0)
+
+
+def test_steps_gradscaler_skips_are_counted_per_epoch():
+    """A batch with infinite gradients is a step GradScaler skips (CUDA's AMP, here on the CPU's
+    scaler): counted, and the other batches train."""
+    x = torch.tensor([[1.0, 0, 0], [0, 1, 0], [1, 0, 1], [0, 1, 0]])
+    loader = common.Batches(common.ArrayDataset(x, np.array([0, 1, 0, 1]), list("abcd")), 1,
+                            True, 0, torch.device("cpu"))
+    model = BlowsUp()
+    optimizer = torch.optim.Adam(model.parameters(), fused=True)
+    scaler = torch.amp.GradScaler("cpu")
+    for epoch in (1, 2):
+        result = common.train_epoch(model, loader, torch.nn.CrossEntropyLoss(), optimizer, scaler,
+                                    contextlib.nullcontext, torch.device("cpu"), epoch=epoch)
+        assert result["skipped"] == 1 and common.optimizer_steps(optimizer) == 3 * epoch
+
+
+def test_the_parts_of_a_set_share_one_copy_on_the_device():
+    """Train, validation and test batches gather from one copy of the inputs on the device
+    (the meta device copies as a GPU would, without memory), and give each part's own items."""
+    ds = common.ArrayDataset(torch.arange(12.0)[:, None], np.arange(12) % 3,
+                             [f"c{i}" for i in range(12)])
+    train, val, _ = common.split_parts(ds, {"train": range(8), "val": [8, 9], "test": [10, 11]})
+    meta = torch.device("meta")
+    assert common.Batches(train, 4, True, 0, meta).x is common.Batches(val, 4, False, 0, meta).x
+    batches = common.Batches(val, 4, False, 0, torch.device("cpu"))
+    assert [x.flatten().tolist() for x, _, _ in batches] == [[8.0, 9.0]]
 
 
 def test_rotate_turns_the_image_by_the_drawn_angle_within_15_degrees():

@@ -212,3 +212,15 @@ def test_feature_cache_reused(tiny_images, tmp_path, capsys):
         backbone_seconds.append(metrics["train_seconds"] - float(rows[-1]["seconds"]))
     assert histories[0] == histories[1] == histories[2]
     assert backbone_seconds[1] == pytest.approx(backbone_seconds[0]) and backbone_seconds[0] > 0
+
+
+def test_fast_path_on_images_decoded_per_batch_trains_as_in_memory(tiny_images, tmp_path, capsys):
+    """Above --cache-mb the backbone pass reads images decoded per batch, to the same end."""
+    histories = []
+    for name, budget in (("memory", "4096"), ("lazy", "0")):
+        assert run(tiny_images, tmp_path, "--arch", "resnet18", "--weights", "none", "--cache-mb",
+                   budget, "--cache-dir", tmp_path / f"cache-{name}", name=name) == 0
+        with open(tmp_path / name / "history.csv") as f:
+            histories.append(without_seconds(csv.DictReader(f)))
+    assert "decoding per batch instead" in capsys.readouterr().err
+    assert histories[0] == histories[1]
