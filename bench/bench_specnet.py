@@ -13,6 +13,7 @@ cross-validate the same clips with the same folds (StratifiedKFold of the clip i
 their accuracies are compared fold by fold: the mean difference and its standard error.
 """
 import argparse
+import io
 import json
 import resource
 import shlex
@@ -53,7 +54,7 @@ def checkout(commit, folder):
     folder.mkdir(parents=True)
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], check=True,
                              capture_output=True).stdout
-    with tarfile.open(fileobj=__import__("io").BytesIO(archive)) as tar:
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(folder)
     return folder
 

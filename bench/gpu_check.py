@@ -12,6 +12,9 @@ each brightening its own frequency band), a features table and tones at 32 kHz.
   - PANNs' CNN14 on 32 kHz tones, frozen (embeddings cached) and --finetune with SpecAugment and
     mixup (random weights: --weights none)
   - train_cnn (SpecNet) under a 1-process torchrun (nccl)
+  - the specnet-mel recipe's training (kernels/recipes/specnet-mel.json: SpecNet, cosine, mixup
+    0.2, on 64x64 segments) at full GTZAN's scale: 1,000 clips of 10 segments, 10,000 segments;
+    segments per second and seconds per epoch (for the README's Kaggle table, once measured)
 For each run it prints training images per second, peak GPU memory and the optimizer steps
 GradScaler skipped (a few at the start are normal: it halves its scale until gradients are
 finite), and exits 1 when any run fails.
@@ -52,16 +55,21 @@ def build_parser():
     return p
 
 
-def make_images(root, per_class, size, seed=0):
-    """Palette PNGs as data_conversion writes them; class k brightens its own band of rows."""
+def make_images(root, per_class, size, segments=0, seed=0):
+    """Palette PNGs as data_conversion writes them; class k brightens its own band of rows.
+    segments > 0: each clip cut into that many 3-s mel segments (<clip>__sNN.png)."""
     rng = np.random.default_rng(seed)
+    names = [f"__s{j:02d}" for j in range(segments)] or [""]
     for k in range(N_CLASSES):
         for i in range(per_class):
-            levels = rng.integers(0, 90, (size, size)).astype(np.uint8)
-            band = slice(k * size // N_CLASSES, (k + 1) * size // N_CLASSES)
-            levels[band] += 120
-            data_conversion.save_spectrogram_png(root / f"c{k}" / f"c{k}.{i:05d}.png", levels)
-    common.write_json(root / common.CONVERSION_FILE, {**common.CONVERSION_DEFAULTS, "size": size})
+            for name in names:
+                levels = rng.integers(0, 90, (size, size)).astype(np.uint8)
+                levels[k * size // N_CLASSES:(k + 1) * size // N_CLASSES] += 120
+                data_conversion.save_spectrogram_png(root / f"c{k}" / f"c{k}.{i:05d}{name}.png",
+                                                     levels)
+    settings = {"mel": 128, "segment_seconds": 3.0} if segments else {}
+    common.write_json(root / common.CONVERSION_FILE,
+                      {**common.CONVERSION_DEFAULTS, "size": size, **settings})
     return root
 
 
@@ -155,6 +163,12 @@ def check(tmp, args, cuda, device_name):
                                       "--clip-seconds", str(seconds), "--batch-size", "16",
                                       *whole, *tuned]))
 
+    recipe = json.loads((ROOT / "kernels" / "recipes" / "specnet-mel.json").read_text())
+    clips = 10 if args.quick else 100  # per class: 1,000 clips, 10,000 segments in all
+    segments = make_images(tmp / "segments", clips, recipe["conversion"]["size"], segments=10)
+    runs.append((f"specnet-mel recipe, {clips * N_CLASSES * 10:,} segments", train_cnn,
+                 ["--data", str(segments), *recipe["trainer_args"], "--batch-size", "32"]))
+
     rows, failures = [], []
     for i, (label, script, run_argv) in enumerate(runs):
         name = f"run{i}"
@@ -175,6 +189,13 @@ def check(tmp, args, cuda, device_name):
         speed, backbone, skipped, n_epochs = figures(runs_dir / name)
         rows.append((label, f"{speed:,.0f}", f"{backbone:,.0f}" if backbone else "-",
                      f"{peak:.2f}", f"{skipped} / {n_epochs} epochs"))
+        if label.startswith("specnet-mel recipe"):  # figures() counts clips: 10 segments each
+            metrics = json.loads((runs_dir / name / "metrics.json").read_text())
+            per_epoch = metrics["train_seconds"] / n_epochs
+            rows[-1] = (label, f"{speed * 10:,.0f} segments", *rows[-1][2:])
+            print(f"specnet-mel recipe: {speed * 10:,.0f} training segments/s, {per_epoch:.1f} s "
+                  f"per epoch of {metrics['n_train'] * 10:,} segments; the recipe's 30 epochs: "
+                  f"about {30 * per_epoch / 60:.1f} min of training on {device_name}")
 
     label = "SpecNet (cosine, mixup), torchrun 1 process" + (" (nccl)" if cuda else " (gloo)")
     print(f"\n=== {label} ===", flush=True)

@@ -214,6 +214,25 @@ MUTATIONS = [
       '(folder / "metrics.json").is_file()', FINISHED),
     M("part_finished: model file ignored", "common.py",
       "\n            and model_in(folder) is not None)", ")", FINISHED),
+    # the input path and AMP's bookkeeping
+    M("Batches: the data copied to the device per loader", "common.py",
+      "self.x, self.y = dataset.x_on(device), dataset.y.to(device)",
+      "self.x, self.y = dataset.x.to(device), dataset.y.to(device)",
+      f"{CNN}::test_the_parts_of_a_set_share_one_copy_on_the_device"),
+    M("GradScaler's skipped steps not counted", "common.py",
+      "skipped = batches - (optimizer_steps(optimizer) - steps_before)", "skipped = 0",
+      f"{CNN}::test_steps_gradscaler_skips_are_counted_per_epoch"),
+    # Kaggle: the relay and what a kernel resumes
+    M("relay: the kernel pushed again, not its partner", "kernels/kaggle_loop.py",
+      "partner = kernel.relay if best[0].kernel == kernel.id else kernel.id",
+      "partner = kernel.id if best[0].kernel == kernel.id else kernel.relay",
+      "tests/test_kaggle_loop.py::test_push_alternates_and_says_what_it_resumes_from"),
+    M("kernel resume: a file under input/ compared by its path", "kernels/kernel_main.py",
+      'named = key in ("weights", "split", "labels") and value', "named = False",
+      "tests/test_kernels.py::test_a_run_is_the_same_run_wherever_its_input_files_are_mounted_now"),
+    M("compare: a K-fold run killed between folds shown complete", "compare.py",
+      "if len(folds) < planned or stopped:", "if stopped:",
+      "tests/test_compare.py::test_runs_without_test_figures_are_shown_not_dropped"),
 ]
 
 
