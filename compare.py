@@ -19,6 +19,11 @@ from pathlib import Path
 import numpy as np
 
 import common
+import kaggle_client
+import models
+import reports
+import runs
+import training
 
 CHARTS = {  # file -> [(metric key, axis label)]: one panel each
     "balanced_accuracy.png": [("test_balanced_accuracy", "test balanced accuracy")],
@@ -120,7 +125,7 @@ def unfinished_runs(runs_dir, names=None):
         run = config.parent
         if run.name.startswith(".") or (names is not None and run.name not in names):
             continue
-        progress = common.run_progress(run)
+        progress = runs.run_progress(run)
         if progress is None or progress.finished or (progress.parts == 1 and
                                                       (run / "metrics.json").exists()):
             continue  # finished, or time-limited: its figures are in a table, marked
@@ -198,7 +203,7 @@ def ensemble_entry(runs_dir, members, name, out):
     if missing or len(dirs) < 2:
         raise common.SuiteError(f"--ensemble: give two runs or more ({', '.join(missing)}: no such run)"
                                 if missing else "--ensemble: give two runs or more")
-    parts = [common.tested_parts(d) for d in dirs]
+    parts = [runs.tested_parts(d) for d in dirs]
     if not all(parts):
         unfinished = next(d for d, p in zip(dirs, parts) if not p)
         raise common.SuiteError(f"--ensemble {unfinished}: no metrics.json (not a finished run)")
@@ -217,7 +222,7 @@ def ensemble_entry(runs_dir, members, name, out):
             raise common.SuiteError("--ensemble: the runs differ in classes or test clips")
         mean = np.mean([[rows[c][1] for c in clips] for rows, _ in predictions], axis=0)
         truth = [classes.index(predictions[0][0][c][0]) for c in clips]
-        s = common.classification_scores(truth, mean.argmax(1), len(classes))
+        s = training.classification_scores(truth, mean.argmax(1), len(classes))
         metrics = {"model": name, "members": [str(d.name) for d in dirs], "classes": classes,
                    "data": " + ".join(sorted({str(m[i].get("data")) for m in member_metrics})),
                    "test_accuracy": s["accuracy"], "test_balanced_accuracy": s["balanced_accuracy"],
@@ -232,8 +237,8 @@ def ensemble_entry(runs_dir, members, name, out):
             [prediction_record(run[i]) for run in parts])
         folder = out / name / (parts[0][i].name if len(parts[0]) > 1 else "")
         common.write_json(folder / "metrics.json", metrics)
-        common.write_predictions(folder / "predictions.csv", classes, clips, truth, mean)
-        common.plot_confusion(folder / "confusion.png", metrics, classes)
+        training.write_predictions(folder / "predictions.csv", classes, clips, truth, mean)
+        reports.plot_confusion(folder / "confusion.png", metrics, classes)
         results.append(metrics)
     if len(results) == 1:
         return {**results[0], "name": name, "epochs_run": None}
@@ -262,20 +267,20 @@ def kaggle_submissions(api, competition):
                 if not token:
                     break
         return submissions
-    return common.kaggle_call(f"reading the submissions of {competition}", list_all)
+    return kaggle_client.kaggle_call(f"reading the submissions of {competition}", list_all)
 
 
 def fill_kaggle_scores(entries, competition):
     """Kaggle's public and private score (private: None until Kaggle shows it) of the newest
     scored submission whose message names the run, into the entries and their metrics.json."""
-    submissions = kaggle_submissions(common.kaggle_api(), competition)
+    submissions = kaggle_submissions(kaggle_client.kaggle_api(), competition)
     filled = 0
     for entry in entries:
         parts = entry.get("folds", [entry])
         run_name = (parts[0]["_path"].parent.parent if "folds" in entry
                     else entry["_path"].parent).name
         scored = next((s for s in submissions  # newest first
-                       if common.names_run(s.description, run_name)
+                       if kaggle_client.names_run(s.description, run_name)
                        and s.public_score not in (None, "")), None)
         if scored is None:
             continue
@@ -358,7 +363,7 @@ def bar_chart(path, groups, panels):
     """One bar panel per (metric key, label), runs grouped by split (a colour each, never
     ranked together, the legend naming the split and its number of test clips); runs without
     that figure are left out of it."""
-    plt = common.pyplot()
+    plt = reports.pyplot()
     n = sum(len(entries) for _, entries in groups) + len(groups) - 1
     fig, axes = plt.subplots(1, len(panels), figsize=(len(panels) * max(5, 1.1 * n + 2), 4),
                              squeeze=False)
@@ -386,7 +391,8 @@ def bar_chart(path, groups, panels):
         ax.set(ylabel=label, xlabel="run", title=label)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    common.save_figure(path, fig)
+    reports.save_figure(path, fig)
+    return fig
 
 
 def check_report_folder(out):
@@ -446,7 +452,7 @@ def run_demo(args):
     import train_mlp
     import train_transfer
     demo = Path(args.demo_dir)
-    common.check_torchvision()
+    models.check_torchvision()
     common.check_output_folder(demo, "--demo-dir")
     report_dir = check_report_folder(Path(args.out or demo / "report"))
     audio, images, features, runs = demo / "audio", demo / "images", demo / "features.csv", demo / "runs"

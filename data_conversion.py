@@ -32,7 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
+import audio
 import common
+import kaggle_client
+import runs
 
 GTZAN_DATASET = "andradaolteanu/gtzan-dataset-music-genre-classification"
 GTZAN_CORRUPT = "jazz.00054.wav"
@@ -47,7 +50,7 @@ def build_parser():
     p.add_argument("out", nargs="?", help="output folder for the PNG tree")
     p.add_argument("--features", metavar="CSV", help="extract audio features into this table "
                    "instead of images (what train_mlp.py --features reads)")
-    p.add_argument("--feature-set", choices=list(common.FEATURE_SETS), default="standard",
+    p.add_argument("--feature-set", choices=list(audio.FEATURE_SETS), default="standard",
                    help="with --features: standard, the GTZAN table's 57 columns; extended adds "
                         "spectral contrast, onset strength and tonnetz")
     g = p.add_argument_group("conversion")
@@ -55,7 +58,7 @@ def build_parser():
                    help="square image side in pixels; 0 keeps the native size (default 512)")
     g.add_argument("--segment-seconds", type=bounded(float, minimum=0), default=0.0,
                    help="cut clips into S-second segments (default 0: whole clip)")
-    g.add_argument("--sr", type=bounded(int, minimum=1000), default=common.SR,
+    g.add_argument("--sr", type=bounded(int, minimum=1000), default=audio.SR,
                    help="sample rate to decode at (default 22050)")
     g.add_argument("--mel", type=bounded(int, minimum=0), default=0,
                    help="N log-mel bands instead of the linear STFT (default 0: the study's linear)")
@@ -89,7 +92,7 @@ def save_spectrogram_png(path, levels, cmap="magma"):
     than 24-bit RGB."""
     from PIL import Image
     image = Image.frombytes("P", levels.shape[::-1], np.ascontiguousarray(levels).tobytes())
-    image.putpalette(common.colormap_lut(cmap).tobytes())
+    image.putpalette(audio.colormap_lut(cmap).tobytes())
     common.atomic_write(path, lambda f: image.save(f, format="PNG", compress_level=1), mode="wb")
 
 
@@ -130,7 +133,7 @@ def conversion_outputs(path, out_dir, sr, segment_seconds):
         return None
     if not segment_seconds:
         return [out_dir / f"{path.stem}.png"]
-    return [out_dir / f"{common.segment_name(path.stem, i)}.png" for i in range(count)]
+    return [out_dir / f"{audio.segment_name(path.stem, i)}.png" for i in range(count)]
 
 
 def convert_clip(job):
@@ -140,9 +143,9 @@ def convert_clip(job):
     if outputs and all(o.exists() and o.stat().st_mtime >= path.stat().st_mtime for o in outputs):
         return path, 0, len(outputs), None
     try:
-        images = common.clip_images(path, settings)
+        images = audio.clip_images(path, settings)
         for i, levels in enumerate(images):
-            name = common.segment_name(path.stem, i) if settings["segment_seconds"] else path.stem
+            name = audio.segment_name(path.stem, i) if settings["segment_seconds"] else path.stem
             save_spectrogram_png(out_dir / f"{name}.png", levels, settings["cmap"])
         return path, len(images), 0, None
     except common.BadAudio as e:
@@ -158,13 +161,13 @@ def check_mel(mel, sr):
     def empty(n):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # librosa warns of empty filters: we say it once
-            return int((common.mel_filters(sr, n).max(axis=1) == 0).sum())
+            return int((audio.mel_filters(sr, n).max(axis=1) == 0).sum())
     if mel and empty(mel):
         low, high = 1, mel  # the most bands with none empty, by bisection
         while high - low > 1:
             low, high = ((low + high) // 2, high) if not empty((low + high) // 2) else (low, (low + high) // 2)
         raise common.SuiteError(f"--mel {mel}: {empty(mel)} of the {mel} mel bands would be empty "
-                                f"(the {common.N_FFT}-sample STFT has {common.N_FFT // 2 + 1} "
+                                f"(the {audio.N_FFT}-sample STFT has {audio.N_FFT // 2 + 1} "
                                 f"frequency bins at --sr {sr}); use at most {low}, e.g. 128")
 
 
@@ -226,20 +229,20 @@ def claim_image_folder(out, settings, src, overwrite=False):
     """Make `out` the home of images with these settings, or refuse in one line: images made
     with other settings (or of unknown settings) are replaced only with --overwrite, and a
     folder holding other files is never used."""
-    recorded = out / common.CONVERSION_FILE
+    recorded = out / audio.CONVERSION_FILE
     images = list(out.rglob("*.png"))
     foreign = [p for p in out.rglob("*") if p.is_file() and p.suffix != ".png"
                and not p.name.startswith(".")  # interrupted writes (.x.png.123.tmp), the lock
-               and p.name not in ("errors.csv", "split.json", common.CONVERSION_FILE)]
+               and p.name not in ("errors.csv", "split.json", audio.CONVERSION_FILE)]
     if foreign:
         raise common.SuiteError(f"{out}: holds files that are not images of this suite (e.g. "
                                 f"{foreign[0].name}); convert into a new or empty folder")
     if images:
-        before = common.read_conversion(out) if recorded.exists() else None
+        before = audio.read_conversion(out) if recorded.exists() else None
         if before == settings:
             return  # the same identity: convert what is missing or stale
         if not overwrite:
-            changed = "unknown settings, no " + common.CONVERSION_FILE if before is None else ", ".join(
+            changed = "unknown settings, no " + audio.CONVERSION_FILE if before is None else ", ".join(
                 f"--{k.replace('_', '-')} {before[k]} -> {settings[k]}"
                 for k in settings if before[k] != settings[k])
             raise common.SuiteError(f"{out} holds images made with other settings ({changed}); "
@@ -256,15 +259,15 @@ def convert_folder(src, out, settings, workers=1, labels_csv=None, labeled=True,
     Bad files: a warning line each, a row in OUT/errors.csv, the rest converted.
     Returns (converted files, skipped up-to-date files, errors) and raises when nothing converted.
     """
-    settings = {**common.CONVERSION_DEFAULTS, **settings}
-    common.colormap_lut(settings["cmap"])  # fail fast on a bad name
+    settings = {**audio.CONVERSION_DEFAULTS, **settings}
+    audio.colormap_lut(settings["cmap"])  # fail fast on a bad name
     check_mel(settings["mel"], settings["sr"])
     out = Path(out).resolve()
     if labeled:
-        items = common.list_labeled_audio(src, labels_csv)
+        items = audio.list_labeled_audio(src, labels_csv)
         jobs = [(p, out / label, settings) for p, label in items]
     else:
-        jobs = [(p, out, settings) for p in common.list_audio(src)]
+        jobs = [(p, out, settings) for p in audio.list_audio(src)]
     source = Path(src).resolve()
     if out == source or source in out.parents:
         raise common.SuiteError(f"{out}: inside the input folder {source}; write the images elsewhere")
@@ -316,7 +319,7 @@ def feature_job(job):
     """Worker: (path, label, feature_set) -> (path, label, row or None, error)."""
     path, label, feature_set = job
     try:
-        row = common.audio_features(path, feature_set)
+        row = audio.audio_features(path, feature_set)
     except common.BadAudio as e:
         return path, label, None, e.reason
     except Exception as e:
@@ -339,7 +342,7 @@ def check_feature_table(out_csv, src, feature_set, overwrite):
     if out_csv.is_dir():
         raise common.SuiteError(f"--features {out_csv}: a folder; give the .csv file to write")
     common.check_output_folder(out_csv.parent, "--features")
-    record = common.feature_record(out_csv)
+    record = audio.feature_record(out_csv)
     ours = record and record.get("source") == str(source) and record["feature_set"] == feature_set
     for path in (out_csv, out_csv.with_suffix(".json")):
         if path.exists() and not ours and not overwrite:
@@ -365,7 +368,7 @@ def extract_features(src, out_csv, feature_set="standard", workers=1, labels_csv
     from the cache. Returns (rows written, rows computed, errors)."""
     out_csv = Path(out_csv)
     rows, jobs, errors = {}, [], []
-    for path, label in common.list_labeled_audio(src, labels_csv):
+    for path, label in audio.list_labeled_audio(src, labels_csv):
         row = cached_row(path, feature_set)
         if row is None:
             jobs.append((path, label, feature_set))
@@ -381,7 +384,7 @@ def extract_features(src, out_csv, feature_set="standard", workers=1, labels_csv
             rows[path] = (label, row)
     if not rows:
         raise common.SuiteError(f"nothing extracted: all {len(jobs)} files failed")
-    columns = common.FEATURE_SETS[feature_set]
+    columns = audio.FEATURE_SETS[feature_set]
     common.write_csv(out_csv, ["filename", *columns, "label"],
                      [[p.name, *(row[c] for c in columns), label]
                       for p, (label, row) in sorted(rows.items())])
@@ -402,7 +405,7 @@ DEMO_STYLES = {  # bpm, base pitch (Hz), harmonics, noise level, note length (be
 }
 
 
-def demo_clip(genre, rng, seconds, sr=common.SR):
+def demo_clip(genre, rng, seconds, sr=audio.SR):
     bpm, base, harmonics, noise, note_beats = DEMO_STYLES[genre]
     bpm *= rng.uniform(0.95, 1.05)
     t = np.arange(int(seconds * sr)) / sr
@@ -420,7 +423,7 @@ def demo_clip(genre, rng, seconds, sr=common.SR):
     return (0.9 * y / np.max(np.abs(y))).astype(np.float32)
 
 
-def make_demo(out, clips_per_genre=10, seconds=6.0, seed=0, sr=common.SR, flat=False):
+def make_demo(out, clips_per_genre=10, seconds=6.0, seed=0, sr=audio.SR, flat=False):
     """Write OUT/<genre>/<genre>.NNNNN.wav (flat: OUT/NNNNN.wav, unlabeled, a Kaggle-like test
     set), deterministic for `seed`. Returns the file count."""
     import soundfile
@@ -436,7 +439,7 @@ def make_demo(out, clips_per_genre=10, seconds=6.0, seed=0, sr=common.SR, flat=F
         for i in range(clips_per_genre):
             y = demo_clip(genre, rng, seconds, sr)
             path = out / f"{i * len(GENRES) + k:05d}.wav" if flat else out / genre / f"{genre}.{i:05d}.wav"
-            common.atomic_write(path, lambda f: soundfile.write(f, y, sr, format="WAV",
+            common.atomic_write(path, lambda f, y=y: soundfile.write(f, y, sr, format="WAV",
                                                                 subtype="PCM_16"), mode="wb")
     readme.write_text(
         "SYNTHETIC demo data made by `python data_conversion.py --make-demo`: not music, not "
@@ -447,9 +450,9 @@ def make_demo(out, clips_per_genre=10, seconds=6.0, seed=0, sr=common.SR, flat=F
 def download_gtzan(target):
     target = Path(target)
     common.check_output_folder(target, "--download")
-    api = common.kaggle_api()
+    api = kaggle_client.kaggle_api()
     print(f"downloading {GTZAN_DATASET} to {target} ...")
-    common.kaggle_call(f"download of {GTZAN_DATASET}", api.dataset_download_files,
+    kaggle_client.kaggle_call(f"download of {GTZAN_DATASET}", api.dataset_download_files,
                        GTZAN_DATASET, path=str(target), unzip=True, quiet=False)
     genres = next(iter(sorted(target.rglob("genres_original"))), None)
     print(f"GTZAN audio is in {genres or target}")
@@ -466,7 +469,7 @@ def extract(args):
     if not args.src or args.out:
         raise common.SuiteError("--features CSV takes one SRC folder of labeled audio and no OUT "
                                 "folder (images and features are made by separate commands)")
-    common.refuse_unused(build_parser(), args, IMAGE_FLAGS, "a setting of the images; "
+    runs.refuse_unused(build_parser(), args, IMAGE_FLAGS, "a setting of the images; "
                          "--features reads each whole clip at its own sample rate, as the "
                          "public table was made")
     check_feature_table(args.features, args.src, args.feature_set, args.overwrite)
@@ -494,7 +497,7 @@ def main(argv=None):
     if not args.src or not args.out:
         raise common.SuiteError("give SRC and OUT folders, or SRC --features CSV (or --make-demo "
                                 "DIR / --download DIR)")
-    common.refuse_unused(build_parser(), args, ("feature_set",), "needs --features CSV")
+    runs.refuse_unused(build_parser(), args, ("feature_set",), "needs --features CSV")
     start = time.time()
     settings = {"size": args.size, "sr": args.sr, "segment_seconds": args.segment_seconds,
                 "cmap": args.cmap, "mel": args.mel}

@@ -22,7 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import audio
 import common
+import kaggle_client
+import models
+import runs
+import training
 
 
 def options(args):
@@ -36,7 +41,7 @@ def options(args):
 # Audio file -> the model's input, exactly as its training data was made (model.pt's spec)
 
 def image_inputs(images, preprocess):
-    """A clip's image levels (common.clip_images) -> the model's input (n, C, img, img) uint8, as
+    """A clip's image levels (audio.clip_images) -> the model's input (n, C, img, img) uint8, as
     training decoded its PNGs: the colormap's RGB (or the levels), resized to img_size."""
     from PIL import Image
     size, out = preprocess["img_size"], []
@@ -44,7 +49,7 @@ def image_inputs(images, preprocess):
         if preprocess.get("channels", "rgb") == "levels":
             image = Image.fromarray(levels)
         else:
-            image = Image.fromarray(np.take(common.colormap_lut(preprocess["cmap"]), levels, axis=0))
+            image = Image.fromarray(np.take(audio.colormap_lut(preprocess["cmap"]), levels, axis=0))
         if size and image.size != (size, size):
             image = image.resize((size, size), Image.BILINEAR)
         array = np.asarray(image)
@@ -54,18 +59,18 @@ def image_inputs(images, preprocess):
 
 def image_clip_inputs(path, preprocess):
     """One audio file -> its spectrogram images as the model was trained on them."""
-    return image_inputs(common.clip_images(path, {**common.CONVERSION_DEFAULTS, **preprocess}), preprocess)
+    return image_inputs(audio.clip_images(path, {**audio.CONVERSION_DEFAULTS, **preprocess}), preprocess)
 
 
 def feature_clip_inputs(path, preprocess):
     """One audio file -> its row of features, the columns the model was trained on."""
-    row = common.audio_features(path, preprocess.get("feature_set", "standard"))
+    row = audio.audio_features(path, preprocess.get("feature_set", "standard"))
     return np.array([[row[c] for c in preprocess["columns"]]], np.float32)
 
 
 def audio_clip_inputs(path, preprocess):
     """One audio file -> its waveform windows (CNN14), as the model was trained on them."""
-    return common.audio_windows(path, preprocess["sr"], preprocess["clip_seconds"])
+    return audio.audio_windows(path, preprocess["sr"], preprocess["clip_seconds"])
 
 
 # Input kinds: model spec["preprocess"]["type"] -> (audio file -> the model's input batch, the
@@ -90,6 +95,26 @@ def model_inputs(job):
 # ----------------------------------------------------------------------------------------------
 # A saved model -> labels for a folder of audio -> submission.csv (-> Kaggle)
 
+def load_model(path, device="cpu"):
+    """(the network in eval mode on device, the saved dict) of a model.pt."""
+    path = Path(path)
+    if not path.is_file():
+        raise common.SuiteError(f"{path}: no such model file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        model = models.build_model(checkpoint["spec"])
+        model.load_state_dict(checkpoint["state_dict"])
+        n_outputs, classes = checkpoint["spec"]["n_classes"], checkpoint["classes"]
+    except common.SuiteError:
+        raise
+    except Exception as e:  # torch.load raises many kinds on a foreign or damaged file
+        raise common.SuiteError(f"{path}: not a model.pt of this suite ({type(e).__name__})") from None
+    if len(classes) != n_outputs:
+        raise common.SuiteError(f"{path}: lists {len(classes)} classes for {n_outputs} outputs; the "
+                         "file is damaged or was edited")
+    return model.to(device).eval(), checkpoint
+
+
 def load_predictor(path, device="cpu"):
     """(function: model inputs -> class scores, the saved dict) for a run's model.pt (a zip, as
     torch.save writes) or a scikit-learn baseline's model.joblib."""
@@ -98,8 +123,8 @@ def load_predictor(path, device="cpu"):
     if not path.is_file():
         raise common.SuiteError(f"{path}: no such model file")
     if zipfile.is_zipfile(path):
-        model, saved = common.load_model(path, device)
-        autocast, _ = common.amp_tools(device)
+        model, saved = load_model(path, device)
+        autocast, _ = training.amp_tools(device)
 
         @torch.no_grad()
         def predict(x):
@@ -114,13 +139,13 @@ def load_predictor(path, device="cpu"):
             ours = False
         if not ours:
             raise common.SuiteError(f"{path}: not a model.pt or model.joblib of this suite")
-        predict = functools.partial(common.estimator_scores, saved["estimator"])
+        predict = functools.partial(models.estimator_scores, saved["estimator"])
     preprocess = saved["spec"]["preprocess"]
     if preprocess.get("type") not in INPUT_KINDS:
         raise common.SuiteError(f"{path}: unknown input kind {preprocess.get('type')!r}; known: "
                          f"{', '.join(INPUT_KINDS)}")
     if preprocess["type"] == "features":
-        unknown = set(preprocess["columns"]) - set(common.FEATURE_SETS[preprocess.get("feature_set", "standard")])
+        unknown = set(preprocess["columns"]) - set(audio.FEATURE_SETS[preprocess.get("feature_set", "standard")])
         if unknown:
             raise common.SuiteError(f"{path}: trained on columns no audio file gives ({sorted(unknown)[0]}, "
                              f"...): it cannot predict from audio")
@@ -136,7 +161,7 @@ class Predictions:
     preprocess_seconds_per_clip: float  # decoding + spectrogram or features, one process
     model_seconds_per_clip: float       # the model alone
     preprocess: dict        # how audio became the model's input (model.pt's spec)
-    caveats: list           # what the model's training makes of its labels (common.caveats)
+    caveats: list           # what the model's training makes of its labels (reports.caveats)
 
 
 def predict_files(model_path, files, device="cpu", workers=1, batch_size=32):
@@ -175,11 +200,11 @@ def submission_table(labels, fallback, id_col="id", label_col="class", sample=No
     extension or zero padding), an id without a file getting the fallback class."""
     if sample is None:
         return [id_col, label_col], sorted(labels.items())
-    id_col, label_col, ids = common.read_sample_submission(sample)
-    by_id = {common.normalize_id(name): label for name, label in labels.items()}
-    rows = [(i, by_id.get(common.normalize_id(i), fallback)) for i in ids]
-    missing = [i for i in ids if common.normalize_id(i) not in by_id]
-    extra = sorted(set(by_id) - {common.normalize_id(i) for i in ids})
+    id_col, label_col, ids = runs.read_sample_submission(sample)
+    by_id = {audio.normalize_id(name): label for name, label in labels.items()}
+    rows = [(i, by_id.get(audio.normalize_id(i), fallback)) for i in ids]
+    missing = [i for i in ids if audio.normalize_id(i) not in by_id]
+    extra = sorted(set(by_id) - {audio.normalize_id(i) for i in ids})
     if missing:
         print(f"warning: {len(missing)} ids of {sample} have no audio file; labelled "
               f"{fallback!r} (first: {missing[0]})", file=sys.stderr)
@@ -207,10 +232,10 @@ def predict_and_submit(model_path, audio_dir, *, output=None, device="cpu", work
     out = Path(output) if output else Path(model_path).parent / "submission.csv"
     common.check_output_folder(out.parent, "--output")
     if submit and not dry_run:
-        common.kaggle_api()  # credentials now, not after predicting
-    files = common.list_audio(audio_dir)
+        kaggle_client.kaggle_api()  # credentials now, not after predicting
+    files = audio.list_audio(audio_dir)
     if sample_submission:
-        common.check_sample_submission(sample_submission, files)
+        runs.check_sample_submission(sample_submission, files)
     result = predict_files(model_path, files, device, workers)
     for caveat in result.caveats:
         print(f"note: this model {caveat}", file=sys.stderr)
@@ -231,7 +256,7 @@ def predict_and_submit(model_path, audio_dir, *, output=None, device="cpu", work
               f"{out.stem}_errors.csv")
         common.write_csv(out.with_name(out.stem + "_errors.csv"), ["file", "reason"], result.bad)
     if submit:
-        common.kaggle_submit(out, submit, common.submission_message(message, Path(model_path).parent.name),
+        kaggle_client.kaggle_submit(out, submit, kaggle_client.submission_message(message, Path(model_path).parent.name),
                       dry_run)
     return out, result
 
@@ -248,7 +273,7 @@ def build_parser():
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--workers", type=common.bounded(int, minimum=1), default=common.default_workers(),
                    help="processes that decode the audio (default: the %(default)s cores)")
-    common.add_submission_args(p)
+    runs.add_submission_args(p)
     return p
 
 
@@ -256,28 +281,28 @@ def model_file(path):
     """A model file, or the run folder holding one (taken), or one line saying which file."""
     path = Path(path)
     if path.is_dir():
-        if common.model_in(path):
-            return common.model_in(path)
+        if runs.model_in(path):
+            return runs.model_in(path)
         folds = sorted(path.glob("fold*/model.*"))
         if folds:
             raise common.SuiteError(f"{path}: a K-fold run, a model per fold: give one, e.g. "
                                     f"{folds[0]}")
-        if any(common.is_audio(p) for p in path.iterdir()):
+        if any(audio.is_audio(p) for p in path.iterdir()):
             raise common.SuiteError(f"{path}: a folder of audio, not a model: predict.py MODEL "
                                     "AUDIO_DIR (the model first)")
-        raise common.SuiteError(f"{path}: no {' or '.join(common.MODEL_FILES)} in it")
+        raise common.SuiteError(f"{path}: no {' or '.join(runs.MODEL_FILES)} in it")
     return path
 
 
 @common.user_errors
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    common.check_torchvision()
+    models.check_torchvision()
     if Path(args.audio_dir).is_file() and Path(args.model).is_dir():
         raise common.SuiteError(f"{args.model} {args.audio_dir}: the other way round? predict.py "
                                 "MODEL AUDIO_DIR")
     predict_and_submit(model_file(args.model), args.audio_dir, output=args.output,
-                       device=common.pick_device(args.device), workers=args.workers,
+                       device=training.pick_device(args.device), workers=args.workers,
                        id_col=args.id_col, label_col=args.label_col,
                        sample_submission=args.sample_submission, submit=args.submit,
                        message=args.message, dry_run=args.dry_run)

@@ -22,10 +22,16 @@ from pathlib import Path
 
 import torch
 
+import audio
 import common
+import data
+import models
 import predict
+import reports
+import runs
+import training
 
-# Optimization defaults per model, where they differ from the study's (common.add_common_args).
+# Optimization defaults per model, where they differ from the study's (runs.add_common_args).
 # SpecNet: on 30 training clips, choosing an epoch by 10 validation clips picks noise; a fixed
 # cosine run with mixup does better (bench/bench_accuracy.py, README).
 MODEL_DEFAULTS = {"convolneunet": {}, "specnet": {"schedule": "cosine", "epochs": 30, "mixup": 0.2}}
@@ -33,15 +39,15 @@ MODEL_DEFAULTS = {"convolneunet": {}, "specnet": {"schedule": "cosine", "epochs"
 
 def build_parser(model="convolneunet"):
     p = common.ArgumentParser(prog="train_cnn.py", description=__doc__)
-    common.add_common_args(p, data_default="data/images",
+    runs.add_common_args(p, data_default="data/images",
                            data_help="images from data_conversion.py: DATA/<genre>/*.png")
     m = p.add_argument_group("model")
-    m.add_argument("--model", choices=list(common.CNN_MODELS), default="convolneunet",
+    m.add_argument("--model", choices=list(models.CNN_MODELS), default="convolneunet",
                    help="convolneunet: the study's (default); specnet: small, batch norm, any size")
     m.add_argument("--input", choices=["auto", "rgb", "levels"], default="auto",
                    help="rgb: the colormap picture (the study's); levels: the dB level the PNG "
                         "stores, one channel (default auto: rgb for convolneunet, levels for specnet)")
-    common.add_image_args(m, "resize images to this square side; 0 keeps their size (default: "
+    runs.add_image_args(m, "resize images to this square side; 0 keeps their size (default: "
                              "the size the images were made at)", img_size_minimum=0)
     p.set_defaults(**MODEL_DEFAULTS[model])
     return p
@@ -50,7 +56,7 @@ def build_parser(model="convolneunet"):
 def parse_args(argv, check_paths=True):
     """--model first, for its defaults; then every flag, checked (and every path)."""
     model = build_parser().parse_known_args(argv)[0].model
-    return common.parse_run_args(build_parser(model), argv, check_model=check_model,
+    return runs.parse_run_args(build_parser(model), argv, check_model=check_model,
                                  paths=check_paths)
 
 
@@ -73,7 +79,7 @@ def check_model(args, image_shape=None):
         raise common.SuiteError(f"{what}: ConvolNeuNet needs square images whose side is a "
                                 "multiple of 8: give --img-size 128 (or 256, 512), or use "
                                 "--model specnet, which takes any size")
-    model = common.CNN_MODELS[args.model](2, shape[0], channels)
+    model = models.CNN_MODELS[args.model](2, shape[0], channels)
     try:
         with torch.no_grad():
             model.eval()(torch.zeros(1, channels, *shape, dtype=torch.uint8))
@@ -82,12 +88,12 @@ def check_model(args, image_shape=None):
                                 "16 px or more on each side)") from None
 
 
-def images_size(data):
+def images_size(data_dir):
     """The side the images were made at (conversion.json), else their own side when square,
     else 0 (each its own size)."""
-    if (Path(data) / common.CONVERSION_FILE).exists():
-        return common.read_conversion(data)["size"]
-    height, width = common.native_size(common.list_images(data)[0])
+    if (Path(data_dir) / audio.CONVERSION_FILE).exists():
+        return audio.read_conversion(data_dir)["size"]
+    height, width = data.native_size(data.list_images(data_dir)[0])
     return height if height == width else 0
 
 
@@ -100,40 +106,40 @@ def main(argv=None, started=None):
     img_size = args.img_size if args.img_size is not None else images_size(args.data)
     if args.img_size is None:  # the data's own size: check it as a given --img-size is
         check_model(args, (img_size, img_size) if img_size else
-                    common.native_size(common.list_images(args.data)[0]))
+                    data.native_size(data.list_images(args.data)[0]))
 
     # data: every image decoded once into memory (or per batch above --cache-mb)
-    data = common.load_image_data(args.data, img_size, channels, args.cache_mb)
-    dataset, classes = data.dataset, data.classes
+    images = data.load_image_data(args.data, img_size, channels, args.cache_mb)
+    dataset, classes = images.dataset, images.classes
     spec = {"kind": "cnn", "model": args.model, "img_size": img_size, "n_classes": len(classes),
             "in_channels": 1 if channels == "levels" else 3,
-            "preprocess": {"type": "image", **data.conversion, "img_size": img_size,
+            "preprocess": {"type": "image", **images.conversion, "img_size": img_size,
                            "channels": channels}}
 
     # processes (torchrun's, or this one), device, and the clips each part trains and tests on
-    dist = common.Dist.from_env()
-    device = dist.setup(common.pick_device(args.device))
-    splits = common.resolve_splits(args, dataset.clip_ids, dataset.labels, args.data, dist.log)
-    with common.start_run(args, argv, "train_cnn.py", args.model, classes=classes, splits=splits,
+    dist = training.Dist.from_env()
+    device = dist.setup(training.pick_device(args.device))
+    splits = data.resolve_splits(args, dataset.clip_ids, dataset.labels, args.data, dist.log)
+    with runs.start_run(args, argv, "train_cnn.py", args.model, classes=classes, splits=splits,
                           clip_ids=dataset.clip_ids, device=device, dist=dist,
                           started=started) as run:
         for part in run.parts():  # the split, or each of the --folds not finished before
-            common.seed_everything(args.seed)  # each part starts as an uninterrupted run's did
-            train, val, test = common.split_parts(dataset, part.indices)
-            model = common.build_model(spec)
-            result = common.fit(model, train, val, criterion=torch.nn.CrossEntropyLoss(),
+            training.seed_everything(args.seed)  # each part starts as an uninterrupted run's did
+            train, val, test = data.split_parts(dataset, part.indices)
+            model = models.build_model(spec)
+            result = training.fit(model, train, val, criterion=torch.nn.CrossEntropyLoss(),
                                 augment=args.augment, device=device, dist=dist,
                                 checkpoint=part.checkpoint, deadline=run.deadline,
-                                **common.fit_options(args))
-            tested = common.test_model(model, test, device=device, dist=dist,
+                                **training.fit_options(args))
+            tested = reports.test_model(model, test, device=device, dist=dist,
                                        batch_size=args.batch_size)
-            report = common.test_report(part, args.model, classes, tested, result, train=train,
+            report = reports.test_report(part, args.model, classes, tested, result, train=train,
                                         val=val, test=test,
                                         notes={"input": channels, "augment": args.augment})
-            common.save(part, model, spec, report, train=train)
+            runs.save(part, model, spec, report, train=train)
             if not result.complete:
                 break  # stopped by --time-limit: the other parts wait for --resume
-        common.summarize_folds(run)
+        runs.summarize_folds(run)
     if args.predict and dist.main:
         predict.predict_and_submit(run.model_file, args.predict, device=device,
                                    **predict.options(args))

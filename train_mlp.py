@@ -27,14 +27,20 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
+import audio
 import common
+import data
+import models
 import predict
+import reports
+import runs
+import training
 
 
 def build_parser():
     bounded = common.bounded
     p = common.ArgumentParser(prog="train_mlp.py", description=__doc__)
-    common.add_common_args(p, epochs=100, batch_size=32, data_default="data/features.csv",
+    runs.add_common_args(p, epochs=100, batch_size=32, data_default="data/features.csv",
                            data_help="features CSV (ours or the public GTZAN table)")
     p.add_argument("--features", dest="data", help="the features CSV (same as --data): "
                    "python data_conversion.py AUDIO_DIR --features CSV makes one")
@@ -119,7 +125,7 @@ def read_features_csv(path, label_col="label"):
 
 def feature_clip_id(filename):
     """'blues.00000.wav' -> 'blues.00000'; GTZAN's 3-second table 'blues.00000.3.wav' too."""
-    stem = common.clip_id_of(filename)
+    stem = audio.clip_id_of(filename)
     head, _, tail = stem.rpartition(".")
     return head if tail.isdigit() and head.rpartition(".")[2].isdigit() else stem
 
@@ -129,7 +135,7 @@ def feature_clip_id(filename):
 
 def parse_args(argv, check_paths=True):
     """Every training flag, checked (and every path)."""
-    return common.parse_run_args(build_parser(), argv, data_is_file=True, data_flag="--features",
+    return runs.parse_run_args(build_parser(), argv, data_is_file=True, data_flag="--features",
                                  check_model=check_model, paths=check_paths)
 
 
@@ -146,10 +152,10 @@ def check_model(args):
                                 "--features CSV trains on them")
     parser = build_parser()
     if args.baseline:
-        common.refuse_unused(parser, args, MLP_FLAGS, f"the {args.baseline} baseline does not "
+        runs.refuse_unused(parser, args, MLP_FLAGS, f"the {args.baseline} baseline does not "
                              "use it (it is a flag of the MLP)")
     if args.baseline != "svm":
-        common.refuse_unused(parser, args, ("svm_c",), "a flag of --baseline svm")
+        runs.refuse_unused(parser, args, ("svm_c",), "a flag of --baseline svm")
     parse_hidden(args.hidden)
 
 
@@ -159,9 +165,9 @@ def parse_hidden(text):
     for part in filter(None, text.split(",")):
         width, _, act = part.partition(":")
         act = act or "relu"
-        if not width.strip().isdigit() or int(width) < 1 or act not in common.ACTIVATIONS:
+        if not width.strip().isdigit() or int(width) < 1 or act not in models.ACTIVATIONS:
             raise common.SuiteError(f"--hidden {text!r}: expected width:activation items, widths >= 1, "
-                             f"activations {', '.join(common.ACTIVATIONS)}")
+                             f"activations {', '.join(models.ACTIVATIONS)}")
         layers.append((int(width), act))
     if not layers:
         raise common.SuiteError("--hidden needs at least one layer")
@@ -213,9 +219,9 @@ def fit_baseline(estimator, train, test):
     estimator.fit(rows(train), train.labels)
     fit_seconds = time.time() - start
     start = time.time()
-    tested = common.Tested(common.estimator_scores(estimator, rows(test)), time.time() - start)
+    tested = reports.Tested(models.estimator_scores(estimator, rows(test)), time.time() - start)
     if hasattr(estimator, "predict_proba"):
-        tested.probabilities = common.clip_vote(estimator.predict_proba(rows(test)), test.labels,
+        tested.probabilities = training.clip_vote(estimator.predict_proba(rows(test)), test.labels,
                                                 test.clip_ids)[1]
     return fit_seconds, tested
 
@@ -225,8 +231,8 @@ def feature_set_of(path, columns):
     --features), else the public table's (standard). Columns the set lacks, or has and the CSV
     lacks, are named: the model trains on the CSV's columns, and predicts audio only when it can
     compute them all."""
-    feature_set = (common.feature_record(path) or {}).get("feature_set", "standard")
-    expected = common.FEATURE_SETS[feature_set]
+    feature_set = (audio.feature_record(path) or {}).get("feature_set", "standard")
+    expected = audio.FEATURE_SETS[feature_set]
     unknown = [c for c in columns if c not in expected]
     missing = [c for c in expected if c not in columns]
     if unknown:
@@ -256,26 +262,26 @@ def main(argv=None, started=None):
                   "feature_set": feature_set_of(args.data, columns + sorted(drop))}
     classes = sorted(set(labels))
     label_index = [classes.index(label) for label in labels]
-    dataset = common.ArrayDataset(torch.from_numpy(x), label_index, clip_ids)
+    dataset = data.ArrayDataset(torch.from_numpy(x), label_index, clip_ids)
     name = args.baseline or f"mlp-{args.loss}"
 
     # processes (torchrun's, or this one), device, and the clips each part trains and tests on
-    dist = common.Dist.from_env()
-    device = dist.setup(common.pick_device(args.device))
-    splits = common.resolve_splits(args, clip_ids, label_index, Path(args.data).parent, dist.log)
+    dist = training.Dist.from_env()
+    device = dist.setup(training.pick_device(args.device))
+    splits = data.resolve_splits(args, clip_ids, label_index, Path(args.data).parent, dist.log)
     # batches of 32 x 57 features: a second thread only waits (measured 2x-30x slower)
     with torch_threads(1), \
-            common.start_run(args, argv, "train_mlp.py", name, classes=classes, splits=splits,
+            runs.start_run(args, argv, "train_mlp.py", name, classes=classes, splits=splits,
                              clip_ids=clip_ids, device=device, dist=dist, started=started) as run:
         for part in run.parts():  # the split, or each of the --folds not finished before
-            common.seed_everything(args.seed)  # each part starts as an uninterrupted run's did
-            train, val, test = common.split_parts(dataset, part.indices)
+            training.seed_everything(args.seed)  # each part starts as an uninterrupted run's did
+            train, val, test = data.split_parts(dataset, part.indices)
             if args.baseline:
                 estimator = make_estimator(args)
                 fit_seconds, tested = fit_baseline(estimator, train, test)
-                report = common.test_report(part, name, classes, tested, None, train=train,
+                report = reports.test_report(part, name, classes, tested, None, train=train,
                                             val=val, test=test, prepare_seconds=fit_seconds)
-                common.save(part, estimator, {"kind": args.baseline, "preprocess": preprocess},
+                runs.save(part, estimator, {"kind": args.baseline, "preprocess": preprocess},
                             report, train=train)
                 continue
             # scaler and PCA fitted on the training rows only, stored inside the model
@@ -287,20 +293,20 @@ def main(argv=None, started=None):
             spec = {"kind": "mlp", "n_inputs": len(columns), "n_components": int(n_components),
                     "hidden": [list(h) for h in hidden], "n_classes": len(classes),
                     "dropout": args.dropout, "preprocess": preprocess}
-            model = common.build_model(spec)
+            model = models.build_model(spec)
             model.set_preprocessing(scaler, pca)
-            result = common.fit(model, train, val,
+            result = training.fit(model, train, val,
                                 criterion=make_criterion(args.loss, len(classes), args.smoothing),
                                 device=device, dist=dist, checkpoint=part.checkpoint,
-                                deadline=run.deadline, **common.fit_options(args))
-            tested = common.test_model(model, test, device=device, dist=dist,
+                                deadline=run.deadline, **training.fit_options(args))
+            tested = reports.test_model(model, test, device=device, dist=dist,
                                        batch_size=args.batch_size)
-            report = common.test_report(part, name, classes, tested, result, train=train, val=val,
+            report = reports.test_report(part, name, classes, tested, result, train=train, val=val,
                                         test=test, notes={"pca_components": int(n_components)})
-            common.save(part, model, spec, report, train=train)
+            runs.save(part, model, spec, report, train=train)
             if not result.complete:
                 break  # stopped by --time-limit: the other parts wait for --resume
-        common.summarize_folds(run)
+        runs.summarize_folds(run)
     if args.predict and dist.main:
         predict.predict_and_submit(run.model_file, args.predict, device=device,
                                    **predict.options(args))

@@ -35,13 +35,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import audio
 import common
+import data
+import models
 import predict
+import reports
+import runs
+import training
 
 
 def build_parser():
     p = common.ArgumentParser(prog="train_transfer.py", description=__doc__)
-    common.add_common_args(p, data_default="data/images",
+    runs.add_common_args(p, data_default="data/images",
                            data_help="images from data_conversion.py: DATA/<genre>/*.png; for "
                                      "--arch cnn14 audio: DATA/<genre>/*.wav (or flat + --labels)")
     m = p.add_argument_group("model")
@@ -55,7 +61,7 @@ def build_parser():
                    help="also train the backbone, at lr/10 (default: frozen, as in the study)")
     m.add_argument("--head-dropout", type=common.bounded(float, minimum=0, below=1), default=0.5,
                    help="dropout in the new head (default %(default)s)")
-    common.add_image_args(m, "input side in pixels (default: the weights' own, 224 for most)",
+    runs.add_image_args(m, "input side in pixels (default: the weights' own, 224 for most)",
                           img_size_minimum=1)
     m.add_argument("--cache-dir", help="where the frozen backbone's features are cached "
                                        "(default: the suite's cache, $SUITE_CACHE/backbone or "
@@ -70,7 +76,7 @@ def build_parser():
 
 def parse_args(argv, check_paths=True):
     """Every flag, checked (and every path)."""
-    return common.parse_run_args(build_parser(), argv, check_model=check_model, paths=check_paths)
+    return runs.parse_run_args(build_parser(), argv, check_model=check_model, paths=check_paths)
 
 
 def weights_of(args):
@@ -81,19 +87,19 @@ def weights_of(args):
 def check_model(args):
     """--arch is a torchvision classification model or cnn14, and its weights, augmentation and
     other flags fit it (before any work)."""
-    archs = common.classification_archs()
+    archs = models.classification_archs()
     if args.arch not in archs + ["cnn14"]:
         raise common.SuiteError(f"unknown --arch {args.arch!r}; choose from: {', '.join(archs)}, cnn14")
     audio = args.arch == "cnn14"
     parser = build_parser()
     if audio:
-        common.refuse_unused(parser, args, ("img_size", "cache_mb"), "cnn14 reads audio, not "
+        runs.refuse_unused(parser, args, ("img_size", "cache_mb"), "cnn14 reads audio, not "
                              "images (--clip-seconds sets its input)")
     else:
-        common.refuse_unused(parser, args, ("clip_seconds",), "only --arch cnn14 reads audio "
+        runs.refuse_unused(parser, args, ("clip_seconds",), "only --arch cnn14 reads audio "
                              "in windows; images are resized to --img-size")
     if args.finetune or args.augment != "none":
-        common.refuse_unused(parser, args, ("cache_dir",), "nothing is cached when the backbone "
+        runs.refuse_unused(parser, args, ("cache_dir",), "nothing is cached when the backbone "
                              "trains or sees augmented images (--finetune, --augment)")
     if weights_of(args) == ("imagenet" if audio else "panns"):
         raise common.SuiteError(f"--weights {args.weights}: {args.arch} is pretrained on "
@@ -151,7 +157,7 @@ def file_state_dict(path, arch):
 def load_backbone_weights(net, arch, state, source):
     """torchvision's weights into the backbone; their classifier and auxiliary heads (replaced
     and dropped here) are left out; a file of another network is refused in one line."""
-    unused = (net.replaced_classifier, *common.AUX_ARCHS.get(arch, ()))
+    unused = (net.replaced_classifier, *models.AUX_ARCHS.get(arch, ()))
     state = {k: v for k, v in state.items()
              if not any(k == u or k.startswith(u + ".") for u in unused)}
     own = net.backbone.state_dict()
@@ -177,7 +183,7 @@ def build_transfer(arch, n_classes, weights="imagenet", head_dropout=0.5, finetu
     PANNs' CNN14 ('cnn14', input: its sample rate) with 'panns' (downloaded once), 'none' or
     PATH (the published file, or a state dict), and PANNs' SpecAugmentation when training if
     spec_augment."""
-    net, size = common.transfer_network(arch, n_classes, head_dropout, finetune, spec_augment)
+    net, size = models.transfer_network(arch, n_classes, head_dropout, finetune, spec_augment)
     if arch == "cnn14":
         if weights == "imagenet":
             raise common.SuiteError("--arch cnn14 is pretrained on AudioSet, not ImageNet: "
@@ -260,7 +266,7 @@ def cnn14_weights_path():
             if digest != CNN14_MD5:
                 raise common.SuiteError(f"{path}: not the published file (its MD5 is {digest}, "
                                         f"Zenodo lists {CNN14_MD5}); not kept", code=2)
-            load_cnn14_weights(common.Cnn14(), path)
+            load_cnn14_weights(models.Cnn14(), path)
         except common.SuiteError:
             path.unlink()
             raise
@@ -274,18 +280,18 @@ def window_job(job):
     """Worker: (path, sr, seconds) -> (path, windows or None, error)."""
     path, sr, seconds = job
     try:
-        return path, common.audio_windows(path, sr, seconds), None
+        return path, audio.audio_windows(path, sr, seconds), None
     except common.BadAudio as e:
         return path, None, e.reason
     except Exception as e:  # a decoder crash must not stop the other files
         return path, None, f"{type(e).__name__}: {e}"
 
 
-def load_audio_windows(data, labels_csv, sr, seconds, workers):
+def load_audio_windows(audio_dir, labels_csv, sr, seconds, workers):
     """(ArrayDataset of float32 windows, classes) for a labeled audio folder; an unreadable file
     is named in a warning and left out."""
-    root = Path(data)
-    items = common.list_labeled_audio(root, labels_csv)
+    root = Path(audio_dir)
+    items = audio.list_labeled_audio(root, labels_csv)
     classes = sorted({label for _, label in items})
     label_of = {path: label for path, label in items}
     windows, labels, clip_ids, paths = [], [], [], []
@@ -296,11 +302,11 @@ def load_audio_windows(data, labels_csv, sr, seconds, workers):
             continue
         windows.append(torch.from_numpy(clip))
         labels += [classes.index(label_of[path])] * len(clip)
-        clip_ids += [common.clip_id_of(path.name)] * len(clip)
+        clip_ids += [audio.clip_id_of(path.name)] * len(clip)
         paths += [path] * len(clip)
     if len(set(labels)) < 2:
         raise common.SuiteError(f"--data {root}: audio of fewer than two classes could be read")
-    dataset = common.ArrayDataset(torch.cat(windows), labels, clip_ids)
+    dataset = data.ArrayDataset(torch.cat(windows), labels, clip_ids)
     dataset.paths = paths
     return dataset, classes
 
@@ -337,10 +343,10 @@ def backbone_features(net, dataset, args, img_size, device, dist):
             print(f"warning: {cache} is damaged ({type(e).__name__}); computing the features again",
                   file=sys.stderr)
     start = time.time()
-    autocast, _ = common.amp_tools(device)
-    loader = common.make_loader(dataset, args.batch_size, False, args.seed, 0, device, dist)
-    net = common.on_device(net, device, images=dataset.holds_images)
-    features = torch.from_numpy(common.predict_logits(net, loader, autocast, device, net.features,
+    autocast, _ = training.amp_tools(device)
+    loader = training.make_loader(dataset, args.batch_size, False, args.seed, 0, device, dist)
+    net = training.on_device(net, device, images=dataset.holds_images)
+    features = torch.from_numpy(training.predict_logits(net, loader, autocast, device, net.features,
                                                       desc=f"{args.arch} backbone", dist=dist))
     seconds = time.time() - start
     if dist.main:
@@ -354,19 +360,19 @@ def main(argv=None, started=None):
     """The command; started: the time.time() --time-limit counts from (default: now)."""
     started = started or time.time()
     args = parse_args(argv)
-    audio = args.arch == "cnn14"
-    if audio and (next(Path(args.data).glob("*/*.png"), None) or
-                  (Path(args.data) / common.CONVERSION_FILE).exists()):
+    reads_audio = args.arch == "cnn14"
+    if reads_audio and (next(Path(args.data).glob("*/*.png"), None) or
+                  (Path(args.data) / audio.CONVERSION_FILE).exists()):
         raise common.SuiteError(f"--data {args.data}: spectrogram images; --arch cnn14 reads the "
                                 "audio they were made from: give that folder")
-    classes = sorted({label for _, label in common.list_labeled_audio(args.data, args.labels)}) \
-        if audio else common.list_images(args.data)[2]
-    common.seed_everything(args.seed)  # --weights none: the random backbone follows --seed
+    classes = sorted({label for _, label in audio.list_labeled_audio(args.data, args.labels)}) \
+        if reads_audio else data.list_images(args.data)[2]
+    training.seed_everything(args.seed)  # --weights none: the random backbone follows --seed
     pristine, input_size = build_transfer(args.arch, len(classes), weights_of(args),
                                           args.head_dropout, args.finetune,
-                                          spec_augment=audio and args.augment == "specaugment")
-    img_size = None if audio else args.img_size or input_size
-    if not audio:
+                                          spec_augment=reads_audio and args.augment == "specaugment")
+    img_size = None if reads_audio else args.img_size or input_size
+    if not reads_audio:
         try:  # a size the backbone cannot take fails now, in one line
             with torch.no_grad():
                 pristine.eval().features(torch.zeros(1, 3, img_size, img_size, dtype=torch.uint8))
@@ -376,14 +382,14 @@ def main(argv=None, started=None):
 
     # data: every image decoded once into memory at the backbone's input size; or every clip's
     # audio windows at CNN14's sample rate
-    if audio:
+    if reads_audio:
         dataset, classes = load_audio_windows(args.data, args.labels, input_size,
                                               args.clip_seconds, args.workers)
         preprocess = {"type": "audio", "sr": input_size, "clip_seconds": args.clip_seconds}
     else:
-        data = common.load_image_data(args.data, img_size, "rgb", args.cache_mb)
-        dataset, classes = data.dataset, data.classes
-        preprocess = {"type": "image", **data.conversion, "img_size": img_size}
+        images = data.load_image_data(args.data, img_size, "rgb", args.cache_mb)
+        dataset, classes = images.dataset, images.classes
+        preprocess = {"type": "image", **images.conversion, "img_size": img_size}
     fast = not args.finetune and args.augment == "none"
     spec = {"kind": "transfer", "arch": args.arch, "n_classes": len(classes),
             "head_dropout": args.head_dropout, "finetune": args.finetune, "preprocess": preprocess}
@@ -392,42 +398,42 @@ def main(argv=None, started=None):
              "fast_path": fast, "img_size": img_size, "augment": args.augment}
 
     # processes (torchrun's, or this one), device, and the clips each part trains and tests on
-    dist = common.Dist.from_env()
-    device = dist.setup(common.pick_device(args.device))
-    splits = common.resolve_splits(args, dataset.clip_ids, dataset.labels, args.data, dist.log)
-    with common.start_run(args, argv, "train_transfer.py", args.arch, classes=classes,
+    dist = training.Dist.from_env()
+    device = dist.setup(training.pick_device(args.device))
+    splits = data.resolve_splits(args, dataset.clip_ids, dataset.labels, args.data, dist.log)
+    with runs.start_run(args, argv, "train_transfer.py", args.arch, classes=classes,
                           splits=splits, clip_ids=dataset.clip_ids, device=device, dist=dist,
                           started=started) as run:
         features, backbone_seconds = None, 0.0
         for part in run.parts():  # the split, or each of the --folds not finished before
-            common.seed_everything(args.seed)  # each part starts as an uninterrupted run's did
-            train, val, test = common.split_parts(dataset, part.indices)
+            training.seed_everything(args.seed)  # each part starts as an uninterrupted run's did
+            train, val, test = data.split_parts(dataset, part.indices)
             model = copy.deepcopy(pristine)
             trained, fit_train, fit_val, groups = model, train, val, None
             if fast:  # the head trains on the backbone's features, computed once for all folds
                 if features is None:
                     outputs, backbone_seconds = backbone_features(model, dataset, args, img_size,
                                                                   device, dist)
-                    features = common.ArrayDataset(outputs, dataset.labels, dataset.clip_ids)
+                    features = data.ArrayDataset(outputs, dataset.labels, dataset.clip_ids)
                 trained = model.head
                 fit_train, fit_val = (features.subset(part.indices[p]) for p in ("train", "val"))
             elif args.finetune:  # the backbone at a tenth of the head's learning rate
                 groups = [{"params": model.head.parameters(), "lr": args.lr},
                           {"params": model.backbone.parameters(), "lr": args.lr / 10}]
-            result = common.fit(trained, fit_train, fit_val, criterion=torch.nn.CrossEntropyLoss(),
-                                augment="none" if audio or fast else args.augment,
+            result = training.fit(trained, fit_train, fit_val, criterion=torch.nn.CrossEntropyLoss(),
+                                augment="none" if reads_audio or fast else args.augment,
                                 param_groups=groups, device=device, dist=dist,
                                 checkpoint=part.checkpoint, deadline=run.deadline,
-                                **common.fit_options(args))
-            tested = common.test_model(model, test, device=device, dist=dist,
+                                **training.fit_options(args))
+            tested = reports.test_model(model, test, device=device, dist=dist,
                                        batch_size=args.batch_size)
-            report = common.test_report(part, args.arch, classes, tested, result, train=train,
+            report = reports.test_report(part, args.arch, classes, tested, result, train=train,
                                         val=val, test=test, prepare_seconds=backbone_seconds,
                                         notes=notes)
-            common.save(part, model, spec, report, train=train)
+            runs.save(part, model, spec, report, train=train)
             if not result.complete:
                 break  # stopped by --time-limit: the other parts wait for --resume
-        common.summarize_folds(run)
+        runs.summarize_folds(run)
     if args.predict and dist.main:
         predict.predict_and_submit(run.model_file, args.predict, device=device,
                                    **predict.options(args))

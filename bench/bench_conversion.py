@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, f
 
 import numpy as np  # noqa: E402
 
+import audio  # noqa: E402
 import common  # noqa: E402
 import data_conversion  # noqa: E402
 
@@ -40,7 +41,7 @@ def build_parser():
 def pick_clips(src, limit):
     """[(path, genre)], round-robin over genres so a small limit still covers every genre."""
     by_genre = {}
-    for path, genre in common.list_labeled_audio(src):
+    for path, genre in audio.list_labeled_audio(src):
         by_genre.setdefault(genre, []).append(path)
     queues = [[(p, g) for p in paths] for g, paths in sorted(by_genre.items())]
     picked = [item for row in zip(*queues) for item in row]  # GTZAN: equal counts per genre
@@ -72,7 +73,7 @@ def study_convert(path, png, size):
 
 
 def our_convert(path, out_dir, size):
-    settings = {**common.CONVERSION_DEFAULTS, "size": size}
+    settings = {**audio.CONVERSION_DEFAULTS, "size": size}
     _, n_written, _, error = data_conversion.convert_clip((path, out_dir, settings))
     if error or n_written != 1:
         raise SystemExit(f"convert_clip failed on {path}: {error}")

@@ -7,7 +7,7 @@ One core (BLAS/FFT and numba limited to one thread, as each worker is): every cl
 once, untimed, then its features are computed, in an order that rotates from clip to clip, by
   librosa   each feature from the waveform with its own librosa call, as the public table was made
   today     the clip_features this benchmark was written against (a frozen copy below)
-  new       common.clip_features
+  new       audio.clip_features
 Prints the median seconds per clip of each, CPU (this process's: what other work on shared cores
 disturbs least) and wall, and the median over clips of the per-clip ratios of CPU seconds; the
 largest deviation of new from today per column, in units of the column's scale (max |today| over
@@ -32,9 +32,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `common`
 
+from bench_conversion import link_tree, pick_clips  # noqa: E402  (bench/ is on sys.path)
+
+import audio  # noqa: E402
 import common  # noqa: E402
 import data_conversion  # noqa: E402
-from bench_conversion import link_tree, pick_clips  # noqa: E402  (bench/ is on sys.path)
 
 PAD = "reflect"  # the public table's STFT padding (librosa < 0.10)
 
@@ -44,7 +46,7 @@ def build_parser():
     p.add_argument("src", help="labeled audio: one sub-folder per genre")
     p.add_argument("--limit", type=int, default=0,
                    help="use this many clips, taken round-robin over the genres (default 0: all)")
-    p.add_argument("--feature-set", choices=list(common.FEATURE_SETS), default="standard",
+    p.add_argument("--feature-set", choices=list(audio.FEATURE_SETS), default="standard",
                    help="standard (the GTZAN table's columns) or extended (default standard)")
     p.add_argument("--public-csv", type=Path,
                    help="the public table to compare with (default SRC/../features_30_sec.csv)")
@@ -83,11 +85,11 @@ def librosa_features(y, sr, feature_set="standard"):
         _rows_mean_var(out, "spectral_contrast", librosa.feature.spectral_contrast(y=y, sr=sr, pad_mode=PAD))
         _mean_var(out, "onset_strength", librosa.onset.onset_strength(y=y, sr=sr, pad_mode=PAD))
         _rows_mean_var(out, "tonnetz", librosa.feature.tonnetz(y=y, sr=sr))
-    return {c: out[c] for c in common.FEATURE_SETS[feature_set]}
+    return {c: out[c] for c in audio.FEATURE_SETS[feature_set]}
 
 
 def today_features(y, sr, feature_set="standard"):
-    """common.clip_features before the fast HPSS (commit 54bc878), frozen: the reference."""
+    """audio.clip_features before the fast HPSS (commit 54bc878), frozen: the reference."""
     import librosa
     stft = librosa.stft(y, pad_mode=PAD)  # n_fft 2048, hop 512, Hann, centered
     magnitude = np.abs(stft)
@@ -112,10 +114,10 @@ def today_features(y, sr, feature_set="standard"):
         _rows_mean_var(out, "spectral_contrast", librosa.feature.spectral_contrast(S=magnitude, sr=sr))
         _mean_var(out, "onset_strength", librosa.onset.onset_strength(S=log_mel, sr=sr))
         _rows_mean_var(out, "tonnetz", librosa.feature.tonnetz(y=y, sr=sr))
-    return {c: out[c] for c in common.FEATURE_SETS[feature_set]}
+    return {c: out[c] for c in audio.FEATURE_SETS[feature_set]}
 
 
-WAYS = {"librosa": librosa_features, "today": today_features, "new": common.clip_features}
+WAYS = {"librosa": librosa_features, "today": today_features, "new": audio.clip_features}
 
 
 def one_core_side_by_side(clips, feature_set):
@@ -124,7 +126,7 @@ def one_core_side_by_side(clips, feature_set):
     wall = {way: [] for way in WAYS}
     rows = {way: [] for way in WAYS}
     for i, (path, _) in enumerate(clips):
-        y, sr = common.decode_audio(path)
+        y, sr = audio.decode_audio(path)
         names = list(WAYS)
         for way in names[i % 3:] + names[:i % 3]:  # each way first, second and third in turn
             start, start_wall = time.process_time(), time.perf_counter()
@@ -156,7 +158,7 @@ def main(argv=None):
     public_csv = args.public_csv or Path(args.src).resolve().parent / "features_30_sec.csv"
     print(f"bench_features: {len(clips)} clips from {args.src}, feature set {args.feature_set}, "
           f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    common.audio_features(clips[0][0], args.feature_set)  # untimed warm-up: imports, numba JIT
+    audio.audio_features(clips[0][0], args.feature_set)  # untimed warm-up: imports, numba JIT
     common.warm_imports(common.FEATURE_MODULES)
 
     workers_seconds = {}
@@ -172,11 +174,11 @@ def main(argv=None):
                 print(f"warning: workers={workers} extracted {n} of {len(clips)} ({len(errors)} errors)")
 
     common.one_thread()
-    y, sr = common.decode_audio(clips[0][0])
+    y, sr = audio.decode_audio(clips[0][0])
     for fn in WAYS.values():  # untimed warm-up of each way (beat_track's JIT)
         fn(y, sr, args.feature_set)
     seconds, wall, rows = one_core_side_by_side(clips, args.feature_set)
-    columns = common.FEATURE_SETS[args.feature_set]
+    columns = audio.FEATURE_SETS[args.feature_set]
 
     print(f"\none core, {len(clips)} clips{'':<8}{'CPU s/clip':>10}{'wall':>8}")
     for way in WAYS:

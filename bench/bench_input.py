@@ -3,9 +3,9 @@
     python bench/bench_input.py                       # CPU, the specnet-mel recipe's segments
     python bench/bench_input.py --device cuda --n 10000
 
-The input path is what fit() does to bring a batch to the model: common.Batches (the uint8
+The input path is what fit() does to bring a batch to the model: training.Batches (the uint8
 segments on the device, one index gather per batch), SpecAugment on the batch (its draws
-common.item_uniforms) and mixup, with no model. The model is SpecNet's forward + backward +
+data.item_uniforms) and mixup, with no model. The model is SpecNet's forward + backward +
 Adam step on one batch, its input already there. Both in segments per second, side by side in
 one run, and their ratio. Targets (issue 30): the input path at least 10x the model on the CPU,
 and at least 20,000 segments/s on any device.
@@ -19,7 +19,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import common  # noqa: E402
+import data  # noqa: E402
+import models  # noqa: E402
+import training  # noqa: E402
 
 
 def build_parser():
@@ -36,14 +38,14 @@ def build_parser():
 
 def input_path(loader, device, seconds=3.0):
     """Segments per second through Batches + SpecAugment + mixup (a few epochs, no model)."""
-    augment, rng, done, epoch = common.SpecAugment(), np.random.default_rng(0), 0, 0
+    augment, rng, done, epoch = data.SpecAugment(), np.random.default_rng(0), 0, 0
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:
         epoch += 1
         loader.sampler.set_epoch(epoch)
         for x, y, index in loader:
-            x = augment(x, common.item_uniforms(0, epoch, index, augment.draws))
-            x, _, _ = common.mixup_pairs(x, y, 0.2, rng)
+            x = augment(x, data.item_uniforms(0, epoch, index, augment.draws))
+            x, _, _ = training.mixup_pairs(x, y, 0.2, rng)
             done += len(y)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -52,9 +54,9 @@ def input_path(loader, device, seconds=3.0):
 
 def model_path(device, size, batch_size, steps):
     """Segments per second through SpecNet's training step alone, on a batch already there."""
-    model = common.on_device(common.SpecNet(10), device, images=True).train()
+    model = training.on_device(models.SpecNet(10), device, images=True).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=device.type in ("cpu", "cuda"))
-    autocast, scaler = common.amp_tools(device)
+    autocast, scaler = training.amp_tools(device)
     x = torch.rand(batch_size, 1, size, size, device=device) * 255
     y = torch.randint(0, 10, (batch_size,), device=device)
 
@@ -79,11 +81,11 @@ def model_path(device, size, batch_size, steps):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    device = common.pick_device(args.device)
-    data = common.ArrayDataset(torch.randint(0, 256, (args.n, 1, args.size, args.size),
+    device = training.pick_device(args.device)
+    dataset = data.ArrayDataset(torch.randint(0, 256, (args.n, 1, args.size, args.size),
                                              dtype=torch.uint8),
                                np.arange(args.n) % 10, [f"clip{i // 10}" for i in range(args.n)])
-    loader = common.Batches(data, args.batch_size, True, 0, device)
+    loader = training.Batches(dataset, args.batch_size, True, 0, device)
     fed = input_path(loader, device)
     trained = model_path(device, args.size, args.batch_size, args.steps)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"

@@ -51,9 +51,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "kernels")]
 
 import numpy as np  # noqa: E402
 
+import audio  # noqa: E402
 import build  # noqa: E402  (kernels/build.py: the recipes and their conversion defaults)
 import common  # noqa: E402
 import kernel_main  # noqa: E402  (which trainer a recipe's kind runs)
+import reports  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "gtzan" / "genres"
 KAGGLE_CLIPS, KAGGLE_RAM_GB, GROWTH_FLAG = 1000, 30.0, 1.1
@@ -109,7 +111,7 @@ def build_parser():
 # ----------------------------------------------------------------------------------------------
 # Stages: a name, the command line, what it writes (relative to the size's folder), what it needs
 
-LOAD = ("import sys, common; d = common.load_image_data(sys.argv[1], int(sys.argv[2]), sys.argv[3])"
+LOAD = ("import sys, common; d = data.load_image_data(sys.argv[1], int(sys.argv[2]), sys.argv[3])"
         ".dataset; print(len(d), 'images', tuple(d.x.shape) if d.x is not None else "
         "'over --cache-mb: decoded per batch')")
 
@@ -235,7 +237,7 @@ def make_audio(src, root, per_genre, seed):
                 if pcm.tobytes() not in seen:
                     break
             seen.add(pcm.tobytes())
-            soundfile.write(root / genre / f"{genre}.{k:05d}.wav", pcm, common.SR, subtype="PCM_16")
+            soundfile.write(root / genre / f"{genre}.{k:05d}.wav", pcm, audio.SR, subtype="PCM_16")
     return genres
 
 
@@ -673,7 +675,7 @@ def text_chart(rows, stages, workers, width=12):
 def chart(rows, stages, args, path):
     """Wall seconds against N, log-log, a line per stage (data solid, training dashed,
     prediction dotted) and a slope-1 guide: a line steeper than it grows faster than N."""
-    plt = common.pyplot()
+    plt = reports.pyplot()
     from matplotlib.ticker import NullFormatter
     fig, ax = plt.subplots(figsize=(10, 6))
     colors = plt.get_cmap("tab20").colors
@@ -694,7 +696,7 @@ def chart(rows, stages, args, path):
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    common.save_figure(path, fig)
+    reports.save_figure(path, fig)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,11 +3,11 @@
     python bench/bench_training.py
     python bench/bench_training.py --sizes 256 --n 32 --epochs 2
 
-For each image size, on random uint8 images held in memory (common.ArrayDataset), seconds per
+For each image size, on random uint8 images held in memory (data.ArrayDataset), seconds per
 epoch of:
   raw          forward + backward + Adam step over pre-sliced in-memory batches (no DataLoader)
-  train_epoch  common.train_epoch with a loader from common.make_loader (shuffled, as fit uses)
-  fit          common.fit, whole epochs: train_epoch + a validation pass over a tiny validation
+  train_epoch  training.train_epoch with a loader from training.make_loader (shuffled, as fit uses)
+  fit          training.fit, whole epochs: train_epoch + a validation pass over a tiny validation
                set (--n-val items) + copying the best weights when validation improves
 Target: train_epoch / raw <= 1.1 (the data path is never the bottleneck). fit / raw is shown
 for information. raw and train_epoch alternate epoch by epoch on one model, after one untimed
@@ -27,7 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, f
 
 import torch  # noqa: E402
 
-import common  # noqa: E402
+import data  # noqa: E402
+import models  # noqa: E402
+import training  # noqa: E402
 
 TARGET = 1.1
 N_CLASSES = 10
@@ -49,7 +51,7 @@ def random_images(n, size, seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, N_CLASSES, (n,), generator=g).numpy()
-    return common.ArrayDataset(x, labels, [f"clip{i}" for i in range(n)])
+    return data.ArrayDataset(x, labels, [f"clip{i}" for i in range(n)])
 
 
 def raw_epoch(model, batches, criterion, optimizer):
@@ -73,27 +75,27 @@ def bench_size(size, args):
     batches = [(train.x[i:i + args.batch_size], train.y[i:i + args.batch_size])
                for i in range(0, args.n, args.batch_size)]  # views: no copy
     criterion = torch.nn.CrossEntropyLoss()
-    autocast, scaler = common.amp_tools(device)
+    autocast, scaler = training.amp_tools(device)
 
-    common.seed_everything(args.seed)
-    model = common.ConvolNeuNet(N_CLASSES, size)
+    training.seed_everything(args.seed)
+    model = models.ConvolNeuNet(N_CLASSES, size)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loader = common.make_loader(train, args.batch_size, True, args.seed, 0, device)
+    loader = training.make_loader(train, args.batch_size, True, args.seed, 0, device)
     raw_epoch(model, batches[:1], criterion, optimizer)  # warm-up: kernels, Adam state
     raw, loop = [], []
     for epoch in range(args.epochs):
         raw.append(raw_epoch(model, batches, criterion, optimizer))
         loader.sampler.set_epoch(epoch)
         start = time.perf_counter()
-        common.train_epoch(model, loader, criterion, optimizer, scaler, autocast, device)
+        training.train_epoch(model, loader, criterion, optimizer, scaler, autocast, device)
         loop.append(time.perf_counter() - start)
     del model, optimizer
     gc.collect()
 
-    common.seed_everything(args.seed)
-    model = common.ConvolNeuNet(N_CLASSES, size)
+    training.seed_everything(args.seed)
+    model = models.ConvolNeuNet(N_CLASSES, size)
     start = time.perf_counter()
-    common.fit(model, train, val, criterion=criterion, **loop_args, log=lambda *_: None)
+    training.fit(model, train, val, criterion=criterion, **loop_args, log=lambda *_: None)
     fit_s = (time.perf_counter() - start) / args.epochs
     del model
     gc.collect()
@@ -108,7 +110,7 @@ def main(argv=None):
     print(f"bench_training: ConvolNeuNet on CPU, {args.n} train images (+{args.n_val} validation "
           f"for fit), batch {args.batch_size}, {args.epochs} epochs, {torch.get_num_threads()} "
           f"torch threads, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    common.classification_scores([0, 1], [0, 1], 2)  # untimed: fit's one-time import of sklearn.metrics
+    training.classification_scores([0, 1], [0, 1], 2)  # untimed: fit's one-time import of sklearn.metrics
     rows = []
     for size in args.sizes:
         rows.append((size, *bench_size(size, args)))

@@ -5,12 +5,12 @@
 
 VGG16 built by train_transfer.build_transfer("vgg16", 10, "none") (random weights: no download; the
 cost does not depend on the weights), random uint8 images in memory, timed side by side:
-  (a) fast path: one batched backbone pass over the n images (common.predict_logits with
-      forward=net.features, as train_transfer.backbone_features) + --epochs epochs of common.fit
+  (a) fast path: one batched backbone pass over the n images (training.predict_logits with
+      forward=net.features, as train_transfer.backbone_features) + --epochs epochs of training.fit
       on the head alone, on the cached features
   (b) one forward pass of the backbone over the same images, nothing else (run before and
       after (a); the faster is kept, to damp noise from other processes)
-  (c) slow path: common.fit of the whole TransferNet (frozen backbone) on the images; it runs
+  (c) slow path: training.fit of the whole TransferNet (frozen backbone) on the images; it runs
       --slow-epochs epochs and is extrapolated linearly to --epochs
 Targets: (a) / (b) <= 1.5. slow / fast is printed for information. n - --n-val images train and
 --n-val validate, in (a) and (c) alike; early stopping is off (patience > epochs).
@@ -25,8 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, f
 
 import torch  # noqa: E402
 
-import common  # noqa: E402
+import data  # noqa: E402
 import train_transfer  # noqa: E402
+import training  # noqa: E402
 
 TARGET = 1.5
 N_CLASSES = 10
@@ -56,22 +57,22 @@ def main(argv=None):
           f"{torch.get_num_threads()} torch threads, "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     device = torch.device("cpu")
-    common.seed_everything(args.seed)
+    training.seed_everything(args.seed)
     net, _ = train_transfer.build_transfer(args.arch, N_CLASSES, "none")
     g = torch.Generator().manual_seed(args.seed)
     x = torch.randint(0, 256, (args.n, 3, args.img_size, args.img_size), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, N_CLASSES, (args.n,), generator=g).numpy()
-    images = common.ArrayDataset(x, labels, [f"clip{i}" for i in range(args.n)])
+    images = data.ArrayDataset(x, labels, [f"clip{i}" for i in range(args.n)])
     train_rows, val_rows = range(args.n - args.n_val), range(args.n - args.n_val, args.n)
     criterion = torch.nn.CrossEntropyLoss()
-    autocast, _ = common.amp_tools(device)
+    autocast, _ = training.amp_tools(device)
     fit_args = dict(criterion=criterion, lr=1e-3, epochs=args.epochs, batch_size=args.batch_size,
                     seed=args.seed, early_stopping=None, device=device, log=lambda *_: None)
 
     net.eval()
     with torch.no_grad():
         net.features(x[:2])  # untimed warm-up: kernels
-    common.classification_scores([0, 1], [0, 1], 2)  # and fit's one-time import of sklearn.metrics
+    training.classification_scores([0, 1], [0, 1], 2)  # and fit's one-time import of sklearn.metrics
 
     @torch.no_grad()
     def backbone_pass():
@@ -85,18 +86,18 @@ def main(argv=None):
 
     # (a) the fast path: backbone once through the loader, then the head on cached features
     start = time.perf_counter()
-    loader = common.make_loader(images, args.batch_size, False, args.seed, 0, device)
-    features = torch.from_numpy(common.predict_logits(net, loader, autocast, device, net.features))
-    cached = common.ArrayDataset(features, labels, images.clip_ids)
+    loader = training.make_loader(images, args.batch_size, False, args.seed, 0, device)
+    features = torch.from_numpy(training.predict_logits(net, loader, autocast, device, net.features))
+    cached = data.ArrayDataset(features, labels, images.clip_ids)
     features_s = time.perf_counter() - start
-    common.fit(net.head, cached.subset(train_rows), cached.subset(val_rows), **fit_args)
+    training.fit(net.head, cached.subset(train_rows), cached.subset(val_rows), **fit_args)
     fast_s = time.perf_counter() - start
     backbone_s = min(backbone_s, backbone_pass())
 
     # (c) the slow path: the whole model, backbone re-run on every image every epoch
     slow_args = {**fit_args, "epochs": args.slow_epochs, "patience": args.slow_epochs + 1}
     start = time.perf_counter()
-    common.fit(net, images.subset(train_rows), images.subset(val_rows), **slow_args,
+    training.fit(net, images.subset(train_rows), images.subset(val_rows), **slow_args,
                param_groups=[{"params": net.head.parameters(), "lr": 1e-3}])
     slow_run_s = time.perf_counter() - start
     slow_s = slow_run_s * args.epochs / args.slow_epochs

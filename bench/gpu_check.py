@@ -37,11 +37,13 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import audio  # noqa: E402
 import common  # noqa: E402
 import data_conversion  # noqa: E402
 import train_cnn  # noqa: E402
 import train_mlp  # noqa: E402
 import train_transfer  # noqa: E402
+import training  # noqa: E402
 
 N_CLASSES = 10
 
@@ -68,8 +70,8 @@ def make_images(root, per_class, size, segments=0, seed=0):
                 data_conversion.save_spectrogram_png(root / f"c{k}" / f"c{k}.{i:05d}{name}.png",
                                                      levels)
     settings = {"mel": 128, "segment_seconds": 3.0} if segments else {}
-    common.write_json(root / common.CONVERSION_FILE,
-                      {**common.CONVERSION_DEFAULTS, "size": size, **settings})
+    common.write_json(root / audio.CONVERSION_FILE,
+                      {**audio.CONVERSION_DEFAULTS, "size": size, **settings})
     return root
 
 
@@ -77,10 +79,10 @@ def make_features(path, per_class, seed=0):
     rng = np.random.default_rng(seed)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["filename", *common.FEATURE_COLUMNS, "label"])
+        w.writerow(["filename", *audio.FEATURE_COLUMNS, "label"])
         for k in range(N_CLASSES):
             for i in range(per_class):
-                values = rng.normal(0, 1, len(common.FEATURE_COLUMNS))
+                values = rng.normal(0, 1, len(audio.FEATURE_COLUMNS))
                 values[k] += 3
                 w.writerow([f"c{k}.{i:05d}.wav", *values, f"c{k}"])
     return path
@@ -123,7 +125,7 @@ def main(argv=None):
     print(f"gpu_check: {device_name}; torch {torch.__version__}, CUDA {torch.version.cuda}, "
           f"built for {', '.join(torch.cuda.get_arch_list()) or '-'}"
           + (f", capability {torch.cuda.get_device_capability(0)}" if cuda else ""), flush=True)
-    reason = common.cuda_unsupported_reason() if cuda else None
+    reason = training.cuda_unsupported_reason() if cuda else None
     if reason:
         print(f"error: {reason}")
         return 1

@@ -43,6 +43,9 @@ KERNELS_DIR = Path(__file__).resolve().parent
 ROOT = KERNELS_DIR.parent
 sys.path[:0] = [str(ROOT), str(KERNELS_DIR)]
 import common  # noqa: E402
+import audio  # noqa: E402
+import data  # noqa: E402
+import runs  # noqa: E402
 import kernel_main  # noqa: E402  (the kernel's own code: its flags and its check of a recipe)
 
 RECIPES_DIR = KERNELS_DIR / "recipes"  # the ready-made recipes
@@ -76,7 +79,7 @@ def build_parser():
     c.add_argument("--mel", type=common.bounded(int, minimum=0), help="log-mel bands (0: linear)")
     c.add_argument("--segment-seconds", type=common.bounded(float, minimum=0),
                    help="cut clips into segments of this many seconds (0: whole clips)")
-    c.add_argument("--feature-set", choices=list(common.FEATURE_SETS),
+    c.add_argument("--feature-set", choices=list(audio.FEATURE_SETS),
                    help="mlp kind: the audio features to extract (default standard)")
     s = p.add_argument_group("sources and session")
     s.add_argument("--user", help=f"your Kaggle user name (default {DEFAULTS['user']})")
@@ -306,7 +309,7 @@ def data_files(recipe):
     flags = recipe["trainer_args"]
     used = [flags[i + 1] for i, flag in enumerate(flags[:-1]) if flag == "--split"]
     return {f"splits/{path.name}": path.read_text(encoding="utf-8")
-            for name, path in sorted(common.NAMED_SPLITS.items()) if name in used}
+            for name, path in sorted(data.NAMED_SPLITS.items()) if name in used}
 
 
 def describe(recipe):
@@ -385,14 +388,14 @@ from IPython.display import Image, Markdown, display
 import common
 
 run = kernel_main.run_folder(RECIPE)
-for part in common.tested_parts(run):
+for part in runs.tested_parts(run):
     display(Markdown(kernel_main.results_table(part)))
     for chart in ("curves.png", "confusion.png"):
         if (part / chart).is_file():
             display(Image(filename=str(part / chart)))'''
 
 REPORT = '''\
-for part in common.tested_parts(run):
+for part in runs.tested_parts(run):
     print((part / "report.txt").read_text())'''
 
 NEXT = '''\

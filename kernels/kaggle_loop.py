@@ -32,6 +32,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
+import kaggle_client  # noqa: E402
+import models  # noqa: E402
+import runs  # noqa: E402
 
 KERNELS_DIR = Path(__file__).resolve().parent
 RUNNING = {"QUEUED", "RUNNING", "NEW_SCRIPT", "CANCEL_REQUESTED"}  # Kaggle's unfinished states
@@ -173,7 +176,7 @@ def kernel_metadata(api, kernel_id):
             request = ApiGetKernelRequest()
             request.user_name, request.kernel_slug = kernel_id.split("/")
             return client.kernels.kernels_api_client.get_kernel(request)
-    return common.kaggle_call(f"looking up {kernel_id}", get).metadata
+    return kaggle_client.kaggle_call(f"looking up {kernel_id}", get).metadata
 
 
 def version_count(api, kernel_id):
@@ -187,7 +190,7 @@ def version_count(api, kernel_id):
 
 
 def version_status(api, kernel_id, number):
-    answer = common.kaggle_call(f"status of {kernel_id} version {number}", api.kernels_status,
+    answer = kaggle_client.kaggle_call(f"status of {kernel_id} version {number}", api.kernels_status,
                                 f"{kernel_id}/{number}")
     return Version(kernel_id, number, answer.status.name if answer.status else "UNKNOWN",
                    answer.failure_message or "")
@@ -206,7 +209,7 @@ def newest(api, kernel_id):
 
 
 def download(api, version, target, pattern=None):
-    common.kaggle_call(f"output of {version}", api.kernels_output,
+    kaggle_client.kaggle_call(f"output of {version}", api.kernels_output,
                        f"{version.kernel}/{version.number}", str(target), file_pattern=pattern,
                        force=True, quiet=True)
 
@@ -218,7 +221,7 @@ def progress_of(api, version, name):
     pattern = rf"^{folder}(fold\d+/)?({'|'.join(map(re.escape, PROGRESS))})$"
     with tempfile.TemporaryDirectory(prefix=".kaggle-progress-") as tmp:
         download(api, version, tmp, pattern)
-        return common.run_progress(Path(tmp) / "runs" / name)
+        return runs.run_progress(Path(tmp) / "runs" / name)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -349,7 +352,7 @@ def send(api, kernel, target, accelerator, timeout, resumes, partner=None, rescu
             Path(tmp, "kernel-metadata.json").write_text(json.dumps(meta, indent=2))
             folder = Path(tmp)
         printed = []
-        result = common.kaggle_call(f"push of {target}", api.kernels_push, str(folder), timeout,
+        result = kaggle_client.kaggle_call(f"push of {target}", api.kernels_push, str(folder), timeout,
                                     accelerator, printed=printed)
     for line in "".join(printed).splitlines():  # the package's warnings (a slug off the title)
         print(f"warning: {line}", file=sys.stderr)
@@ -399,7 +402,7 @@ def log_lines(log):
 def version_failed(api, version):
     """The tail of Kaggle's log on stdout, and the one line that says why."""
     try:
-        lines = log_lines(common.kaggle_call(f"log of {version}", api.kernels_logs,
+        lines = log_lines(kaggle_client.kaggle_call(f"log of {version}", api.kernels_logs,
                                              f"{version.kernel}/{version.number}"))
         last = lines[-1].strip() if lines else "the log is empty"
     except common.SuiteError as e:
@@ -513,7 +516,7 @@ def output(api, kernel, runs, overwrite, version=None):
 def is_code_competition(api, competition):
     """Whether Kaggle lists the competition as kernels-only; False when the list does not
     show it (the file is sent, and Kaggle says so if that is wrong)."""
-    answer = common.kaggle_call(f"looking up {competition}", api.competitions_list,
+    answer = kaggle_client.kaggle_call(f"looking up {competition}", api.competitions_list,
                                 search=competition)
     for listed in answer.competitions or []:
         if (listed.ref or "").rstrip("/").rsplit("/", 1)[-1] == competition:
@@ -521,10 +524,10 @@ def is_code_competition(api, competition):
     return False
 
 
-def submit(api, kernel, competition, message, code, runs):
+def submit(api, kernel, competition, message, code, runs_dir):
     """The submission (the kaggle package's answer): the kernel version holding the finished run
     in a code competition, else that version's submission.csv."""
-    run = Path(runs) / kernel.name
+    run = Path(runs_dir) / kernel.name
     came_from = origin(run)
     if came_from and came_from.get("kernel") not in kernel.ids:
         came_from = None
@@ -536,26 +539,26 @@ def submit(api, kernel, competition, message, code, runs):
             version = done or latest
         else:
             version = furthest(api, kernel)[0]
-        message = common.submission_message(message or f"{kernel.name} version {version.number}",
+        message = kaggle_client.submission_message(message or f"{kernel.name} version {version.number}",
                                             kernel.name)
         printed = []
-        result = common.kaggle_call(
+        result = kaggle_client.kaggle_call(
             f"code submission of {version} to {competition}", api.competition_submit_code,
             "submission.csv", message, competition, kernel=version.kernel,
             kernel_version=version.number, quiet=True, printed=printed)
-        return common.kaggle_submitted(api, competition, result, str(version), "".join(printed))
+        return kaggle_client.kaggle_submitted(api, competition, result, str(version), "".join(printed))
     if not (came_from and (run / "submission.csv").is_file()):
-        run = output(api, kernel, runs, overwrite=False)
+        run = output(api, kernel, runs_dir, overwrite=False)
     came_from = origin(run)
     if not (run / "submission.csv").is_file():
         raise common.SuiteError(f"{came_from['kernel']} version {came_from['version']} wrote no "
                                 "submission.csv (no test set?): nothing to submit", code=2)
-    progress = common.run_progress(run)
+    progress = runs.run_progress(run)
     if progress and not progress.finished:
         print(f"note: the run is not finished ({progress}): submitting the model so far")
-    message = common.submission_message(message or f"{kernel.name} version "
+    message = kaggle_client.submission_message(message or f"{kernel.name} version "
                                                     f"{came_from['version']}", kernel.name)
-    return common.kaggle_submit(run / "submission.csv", competition, message)
+    return kaggle_client.kaggle_submit(run / "submission.csv", competition, message)
 
 
 def wait_for_score(api, competition, ref, interval):
@@ -563,7 +566,7 @@ def wait_for_score(api, competition, ref, interval):
     submission `ref`."""
     start = time.monotonic()
     while True:
-        page = common.kaggle_call(f"reading the submissions of {competition}",
+        page = kaggle_client.kaggle_call(f"reading the submissions of {competition}",
                                   api.competition_submissions, competition)
         found = next((s for s in page or [] if str(s.ref) == str(ref)), None)
         state = found.status.name if found is not None and found.status else "PENDING"
@@ -616,21 +619,21 @@ def publish(api, folder, dataset, title, description):
         "title": title, "id": dataset, "licenses": [{"name": "other"}],
         "description": description})
     try:
-        exists = common.kaggle_call(f"looking up {dataset}", api.dataset_status, dataset)
+        exists = kaggle_client.kaggle_call(f"looking up {dataset}", api.dataset_status, dataset)
     except common.SuiteError as e:
         if " 404 " not in f"{e} ":
             raise
         exists = None
     if exists:
-        answer = common.kaggle_call(f"new version of {dataset}", api.dataset_create_version,
+        answer = kaggle_client.kaggle_call(f"new version of {dataset}", api.dataset_create_version,
                                     str(folder), "files of today", quiet=True, dir_mode="zip")
     else:
-        answer = common.kaggle_call(f"creating {dataset}", api.dataset_create_new, str(folder),
+        answer = kaggle_client.kaggle_call(f"creating {dataset}", api.dataset_create_new, str(folder),
                                     quiet=True, dir_mode="zip")
     if getattr(answer, "error", None):
         raise common.SuiteError(f"Kaggle refused {dataset}: {answer.error}", code=2)
     for _ in range(600):  # a new version is attachable once processed
-        state = common.kaggle_call(f"status of {dataset}", api.dataset_status, dataset)
+        state = kaggle_client.kaggle_call(f"status of {dataset}", api.dataset_status, dataset)
         if state == "ready":
             return dataset
         if state == "failed":
@@ -649,7 +652,7 @@ def weights(api, arch, user, slug):
                  "3987831, CC BY 4.0), for offline kernels of the music-genre suite.")
     else:
         import torch
-        archs = common.classification_archs()
+        archs = models.classification_archs()
         if arch not in archs:
             raise common.SuiteError(f"unknown --arch {arch!r}; choose from: {', '.join(archs)}, cnn14")
         train_transfer.imagenet_state_dict(arch)  # into torch's hub cache, once
@@ -671,9 +674,9 @@ def weights(api, arch, user, slug):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.command == "weights":
-        return 0 if weights(common.kaggle_api(), args.arch, args.user, args.slug) else 1
+        return 0 if weights(kaggle_client.kaggle_api(), args.arch, args.user, args.slug) else 1
     kernel = find_kernel(args.kernel)
-    api = common.kaggle_api()
+    api = kaggle_client.kaggle_api()
     if args.command == "push":
         push(api, kernel, args.accelerator, args.timeout, not args.no_rescue)
     elif args.command == "run":

@@ -33,6 +33,11 @@ from pathlib import Path
 if not (Path(__file__).parent / "common.py").is_file():  # kernels/ of the repository, not a kernel
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
+import audio  # noqa: E402
+import data  # noqa: E402
+import models  # noqa: E402
+import runs  # noqa: E402
+import training  # noqa: E402
 import predict  # noqa: E402
 
 TRAINERS = {"cnn": "train_cnn", "transfer": "train_transfer", "mlp": "train_mlp"}  # by kind
@@ -73,7 +78,7 @@ def build_parser(recipe):
                    f"{recipe['time_limit']})")
     if kind == "mlp":
         p.add_argument("--feature-set", default=conversion.get("feature_set", "standard"),
-                       choices=list(common.FEATURE_SETS),
+                       choices=list(audio.FEATURE_SETS),
                        help="the audio features to extract (default %(default)s)")
     else:
         p.add_argument("--size", type=int, default=conversion.get("size", 512),
@@ -126,10 +131,10 @@ def check_recipe(recipe):
         flag = "--data/--features" if owned[0] == "data" else f"--{owned[0].replace('_', '-')}"
         raise common.SuiteError(f"{flag}: set by the kernel (data, run folder, resume, "
                                 "prediction, time limit), not a trainer flag of a recipe")
-    if args.split and args.split not in common.NAMED_SPLITS and Path(args.split).name != args.split:
+    if args.split and args.split not in data.NAMED_SPLITS and Path(args.split).name != args.split:
         raise common.SuiteError(f"--split {args.split}: give the split file's name (the kernel "
                                 "looks for it under /kaggle/input: attach the data set holding "
-                                f"it) or a named split ({', '.join(common.NAMED_SPLITS)})")
+                                f"it) or a named split ({', '.join(data.NAMED_SPLITS)})")
     return args
 
 
@@ -139,7 +144,7 @@ def trainer_flags(recipe, passthrough, input_dir):
     flags = [*recipe["trainer_args"], *passthrough]
     for i, flag in enumerate(flags[:-1]):
         name = flags[i + 1]
-        if flag == "--split" and name not in common.NAMED_SPLITS and not Path(name).is_file():
+        if flag == "--split" and name not in data.NAMED_SPLITS and not Path(name).is_file():
             found = find_file(input_dir, Path(name).name)
             if found is None:
                 raise common.SuiteError(f"--split {name}: no file of that name under {input_dir}; "
@@ -168,9 +173,9 @@ def source_roots(input_dir, sources):
 def has_audio(folder, labeled):
     """A flat folder with audio, or (labeled) one whose sub-folders hold audio."""
     children = [p for p in folder.iterdir() if not p.name.startswith(".")]
-    if any(p.is_file() and common.is_audio(p) for p in children):
+    if any(p.is_file() and audio.is_audio(p) for p in children):
         return True
-    return labeled and any(d.is_dir() and any(common.is_audio(f) for f in d.iterdir())
+    return labeled and any(d.is_dir() and any(audio.is_audio(f) for f in d.iterdir())
                            for d in children)
 
 
@@ -225,7 +230,7 @@ def find_test(args, recipe, near=None):
     test = Path(args.test) if args.test else find_folder(roots, (recipe["test_folder"],),
                                                          labeled=False)
     if test is not None:
-        common.list_audio(test)
+        audio.list_audio(test)
     sample = args.sample_submission
     if not sample and test is not None and (test.parent / recipe["sample_submission"]).is_file():
         sample = str(test.parent / recipe["sample_submission"])
@@ -239,7 +244,7 @@ def earlier_runs(input_dir, name):
     found = []
     for folder in breadth_first([input_dir]):
         run = folder / "runs" / name
-        progress = common.run_progress(run) if run.is_dir() else None
+        progress = runs.run_progress(run) if run.is_dir() else None
         if progress is not None:
             found.append((run, progress))
     return found
@@ -251,11 +256,11 @@ def same_run(run_dir, trainer, trainer_argv):
     elsewhere now."""
     def comparable(key, value):
         named = key in ("weights", "split", "labels") and value
-        return Path(value).name if named else common.jsonable(value)
+        return Path(value).name if named else runs.jsonable(value)
     recorded = json.loads((run_dir / "config.json").read_text())["args"]
     wanted = vars(trainer.parse_args(trainer_argv, check_paths=False))
     return all(comparable(k, recorded.get(k)) == comparable(k, v) for k, v in wanted.items()
-               if k not in common.RESUME_FLAGS + KERNEL_FLAGS)
+               if k not in runs.RESUME_FLAGS + KERNEL_FLAGS)
 
 
 def take_over(earlier, run_dir, trainer, trainer_argv):
@@ -344,12 +349,12 @@ def training_network(recipe, trainer, parsed, data_argv):
         if parsed.img_size:
             shape = (parsed.img_size, parsed.img_size)
         else:
-            shape = common.native_size(images[:1]) if images else (128, 128)
-        return (common.CNN_MODELS[parsed.model](10, shape[0], channels),
+            shape = data.native_size(images[:1]) if images else (128, 128)
+        return (models.CNN_MODELS[parsed.model](10, shape[0], channels),
                 torch.zeros(1, channels, *shape, dtype=torch.uint8), parsed.model)
     if not parsed.finetune and parsed.augment == "none":
         return None
-    net, size = common.transfer_network(parsed.arch, 10, parsed.head_dropout, finetune=True)
+    net, size = models.transfer_network(parsed.arch, 10, parsed.head_dropout, finetune=True)
     example = (torch.zeros(1, int(size * parsed.clip_seconds)) if parsed.arch == "cnn14" else
                torch.zeros(1, 3, parsed.img_size or size, parsed.img_size or size, dtype=torch.uint8))
     return net, example, parsed.arch
@@ -420,7 +425,7 @@ def run_notebook(recipe):
 def main(argv, recipe, started=None):
     """The kernel; a mistake (no data found, a bad flag) is one line and an exit code."""
     started = started or time.time()
-    common.check_torchvision()
+    models.check_torchvision()
     args, passthrough = split_argv(argv, recipe)
     temp, working = Path(args.temp), Path(args.working)
     if recipe["kind"] == "predict":
@@ -453,7 +458,7 @@ def main(argv, recipe, started=None):
     trainer_argv = [*data_argv, "--out", str(working / "runs"), "--name", name, *flags, *weights]
     if not run_dir.exists():
         take_over(earlier_runs(args.input, name), run_dir, trainer, trainer_argv)
-    progress = common.run_progress(run_dir) if run_dir.exists() else None
+    progress = runs.run_progress(run_dir) if run_dir.exists() else None
     if os.environ.get(RERUN):
         print("Kaggle's rerun on the hidden test set: " + (
             "the run is finished, predicting only" if progress and progress.finished else
@@ -477,11 +482,11 @@ def main(argv, recipe, started=None):
         code = train(trainer, trainer_argv, processes, deadline - reserve, started)
         if code:
             return code
-    model = common.model_in(run_dir)
+    model = runs.model_in(run_dir)
     if model is None:  # --folds: one model per fold, no submission
         print(f"{name}: report in {run_dir}; no single model to predict with (--folds)")
         return 0
-    progress = common.run_progress(run_dir)
+    progress = runs.run_progress(run_dir)
     if not progress.finished:
         print(f"{name}: stopped at the time limit ({progress}); to go on, "
               f"push the next version: python kernels/kaggle_loop.py push {name} (its relay "
@@ -492,7 +497,7 @@ def main(argv, recipe, started=None):
         return 0
     predict.predict_and_submit(model, test, output=run_dir / "submission.csv",
                                workers=common.default_workers(), sample_submission=sample,
-                               device=common.pick_device("auto"))
+                               device=training.pick_device("auto"))
     shutil.copyfile(run_dir / "submission.csv", working / "submission.csv")
     print(f"{name}: {working / 'submission.csv'} (report in {run_dir})")
     return 0
@@ -508,7 +513,7 @@ def predict_kernel(args, recipe, temp, working):
             f"no finished run {source} under {args.input}: attach the outputs of "
             f"{' and '.join(recipe['from_kernels'])} once the run has finished "
             f"(kaggle_loop.py status {source})")
-    model = common.model_in(finished[0])
+    model = runs.model_in(finished[0])
     if model is None:
         raise common.SuiteError(f"{finished[0]}: no single model (--folds); train {source} "
                                 "without --folds to predict with it")
@@ -522,7 +527,7 @@ def predict_kernel(args, recipe, temp, working):
     print(f"model: {model}; test: {test}" + (f"; sample submission: {sample}" if sample else ""))
     predict.predict_and_submit(model, test, output=working / "submission.csv",
                                workers=common.default_workers(), sample_submission=sample,
-                               device=common.pick_device("auto"))
+                               device=training.pick_device("auto"))
     return 0
 
 
@@ -562,7 +567,7 @@ def next_steps(recipe, run_dir):
     working = run_dir.parent.parent
     if (working / "submission.csv").is_file():
         lines.append(f"submission.csv: {working / 'submission.csv'} (in this version's output)")
-    progress = common.run_progress(run_dir)
+    progress = runs.run_progress(run_dir)
     if progress is None:
         return "\n".join(lines + ["no run folder: see the log above"])
     if not progress.finished:

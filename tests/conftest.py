@@ -10,9 +10,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SHARED_GTZAN = ROOT.parent / "shared" / "gtzan"
 
-import common  # noqa: E402
-import data_conversion  # noqa: E402
 import torch  # noqa: E402
+
+import audio  # noqa: E402
+import data_conversion  # noqa: E402
+import models  # noqa: E402
 
 torch.set_num_threads(1)  # tiny models: a second thread only adds waiting (36x slower under load)
 
@@ -40,7 +42,7 @@ def without_seconds(history):
     return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
 
 
-def write_tone(path, freq=440.0, seconds=1.0, sr=common.SR, channels=1, noise=0.0, seed=0):
+def write_tone(path, freq=440.0, seconds=1.0, sr=audio.SR, channels=1, noise=0.0, seed=0):
     import soundfile
     t = np.arange(int(seconds * sr)) / sr
     y = 0.5 * np.sin(2 * np.pi * freq * t) + noise * np.random.default_rng(seed).standard_normal(t.size)
@@ -173,7 +175,7 @@ def imagenet_twin(torch_home, monkeypatch):
         weights = torchvision.models.get_model_weights(arch).DEFAULT
         path = torch_home / "hub" / "checkpoints" / Path(weights.url).name
         if not path.exists():
-            extra = {"aux_logits": True, "init_weights": True} if arch in common.AUX_ARCHS else {}
+            extra = {"aux_logits": True, "init_weights": True} if arch in models.AUX_ARCHS else {}
             torch.manual_seed(1234)
             model = torchvision.models.get_model(arch, weights=None,
                                                  num_classes=len(weights.meta["categories"]), **extra)

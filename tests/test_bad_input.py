@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 import torch
 
+import audio
 import common
-import predict
 import compare
 import data_conversion
+import predict
+import runs
 import train_cnn
 import train_mlp
 import train_transfer
@@ -261,6 +263,7 @@ def test_a_broken_torch_and_torchvision_pair_is_one_line_before_any_work(world, 
     it says so in one line before any work, and says to reinstall both from one index."""
     import subprocess
     import sys
+
     from conftest import ROOT
     broken = tmp_path / "site" / "torchvision"
     broken.mkdir(parents=True)
@@ -415,7 +418,7 @@ def test_default_image_size_is_the_datas(world, tmp_path):
     """The images are 16 px: ConvolNeuNet is built for 16 px, not upscaled into 512 px."""
     assert train_cnn.main(["--data", str(world / "images"), "--epochs", "1", "--out",
                            str(tmp_path), "--name", "r"]) == 0
-    _, saved = common.load_model(tmp_path / "r" / "model.pt")
+    _, saved = predict.load_model(tmp_path / "r" / "model.pt")
     assert saved["spec"]["img_size"] == 16
 
 
@@ -457,6 +460,7 @@ def test_ctrl_c_in_the_demo_exits_130(tmp_path):
     import signal
     import subprocess
     import sys
+
     from conftest import ROOT
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
     demo = subprocess.Popen([sys.executable, str(ROOT / "compare.py"), "--demo", "--demo-dir",
@@ -475,10 +479,10 @@ def test_short_clip_is_bad_input_for_images_and_features(tmp_path):
     """0.04 s is less than one STFT frame: both converters reject it, with the same reason."""
     path = write_tone(tmp_path / "tiny.wav", 300, seconds=0.04)
     with pytest.raises(common.BadAudio, match="shorter than one 2048-sample frame"):
-        common.load_audio(path)
+        audio.load_audio(path)
     with pytest.raises(common.BadAudio, match="shorter than one 2048-sample frame"):
-        common.audio_features(path)
-    assert np.isfinite(common.load_audio(write_tone(tmp_path / "ok.wav", 300, seconds=0.1))).all()
+        audio.audio_features(path)
+    assert np.isfinite(audio.load_audio(write_tone(tmp_path / "ok.wav", 300, seconds=0.1))).all()
 
 
 def test_nothing_converted_is_an_error_with_the_reasons_listed(world, tmp_path, capsys):
@@ -499,9 +503,9 @@ def test_levels_of_rgb_images_is_one_line(tmp_path, capsys):
 
 def test_a_run_folder_is_claimed_once(tmp_path):
     """The claim is the folder's creation: a second claim of the name fails in one line."""
-    common.claim_run_folder(tmp_path, "r", overwrite=False)
+    runs.claim_run_folder(tmp_path, "r", overwrite=False)
     with pytest.raises(common.SuiteError, match="just made by another run"):
-        common.claim_run_folder(tmp_path, "r", overwrite=False)
+        runs.claim_run_folder(tmp_path, "r", overwrite=False)
 
 
 @pytest.mark.slow
@@ -510,6 +514,7 @@ def test_two_runs_of_one_name_at_once_one_wins(world, tmp_path):
     before training; the folder holds the winner's run."""
     import subprocess
     import sys
+
     from conftest import ROOT
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     runs = [subprocess.Popen([sys.executable, str(ROOT / "train_cnn.py"), "--data",
@@ -530,6 +535,7 @@ def test_two_runs_of_one_name_at_once_one_wins(world, tmp_path):
 def test_two_conversions_into_one_folder_at_once_one_is_refused(world, tmp_path):
     import subprocess
     import sys
+
     from conftest import ROOT
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = tmp_path / "img"
@@ -554,6 +560,7 @@ def test_ctrl_c_during_conversion_is_one_line(tmp_path):
     import subprocess
     import sys
     import time
+
     from conftest import ROOT
     for i in range(40):
         write_tone(tmp_path / "audio" / ("a" if i % 2 else "b") / f"{i}.wav", 300 + i, seconds=8)

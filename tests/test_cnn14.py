@@ -15,7 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import audio
 import common
+import models
 import predict
 import train_transfer
 from conftest import ctrl_c_after
@@ -122,7 +124,7 @@ def checkpoint_file(published_state, tmp_path_factory):
 @pytest.fixture(scope="module")
 def fresh_cnn14():
     """A Cnn14 as built, in eval mode; tests only read it."""
-    return common.Cnn14().eval()
+    return models.Cnn14().eval()
 
 
 def test_tensors_are_the_published_ones(fresh_cnn14):
@@ -152,7 +154,7 @@ def test_own_front_end_is_torchlibrosas(fresh_cnn14):
 def test_embedding_equals_published_forward(published_state):
     """Same weights: our embedding is PANNs' within 1e-4 of its scale, in eval mode, and in
     training with the same random draws (dropout where PANNs has it, batch statistics)."""
-    model = common.Cnn14()
+    model = models.Cnn14()
     model.load_state_dict({k: v for k, v in published_state.items() if "fc_audioset" not in k})
     x = waveforms()
     for training in (False, True):
@@ -202,7 +204,7 @@ def test_published_file_loads_weights_only(checkpoint_file, published_state, tmp
     tensors); ours loads it with just the NumPy types it needs, and a plain state dict too."""
     with pytest.raises(pickle.UnpicklingError, match="numpy"):
         torch.load(checkpoint_file, weights_only=True)
-    model = common.Cnn14()
+    model = models.Cnn14()
     train_transfer.load_cnn14_weights(model, checkpoint_file)
     for key, value in model.state_dict().items():
         assert torch.equal(value, published_state[key]), key
@@ -305,8 +307,8 @@ def test_audio_windows_pad_the_last_one_with_silence(seconds, windows, tmp_path)
     more is padded with silence, a shorter one dropped, a clip under a window is one window."""
     from conftest import write_tone
     path = write_tone(tmp_path / "clip.wav", 300, seconds=seconds)
-    y, sr = common.decode_audio(path)
-    out = common.audio_windows(path, sr, 1.0)
+    y, sr = audio.decode_audio(path)
+    out = audio.audio_windows(path, sr, 1.0)
     assert out.shape == (windows, sr) and out.dtype == np.float32
     flat, n = out.reshape(-1), min(len(y), windows * sr)
     assert np.array_equal(flat[:n], y[:n]) and not flat[n:].any()
@@ -317,7 +319,7 @@ def test_build_transfer_cnn14():
     eval mode and untrainable, a fine-tuned one trains all but the front end; model.pt's spec
     rebuilds it; ImageNet weights are refused in one line."""
     net, sample_rate = train_transfer.build_transfer("cnn14", 3, weights="none", head_dropout=0.5)
-    assert sample_rate == common.CNN14_SR == 32000
+    assert sample_rate == models.CNN14_SR == 32000
     x = waveforms()
     net.train()
     assert not net.backbone.training and net.head.training
@@ -327,7 +329,7 @@ def test_build_transfer_cnn14():
         embedding = net.features(x)
         assert embedding.shape == (2, 2048) and torch.equal(embedding, net.backbone(x))
         assert torch.equal(net(x), net.head(embedding)) and net(x).shape == (2, 3)
-    rebuilt = common.build_model({"kind": "transfer", "arch": "cnn14", "n_classes": 3,
+    rebuilt = models.build_model({"kind": "transfer", "arch": "cnn14", "n_classes": 3,
                                   "head_dropout": 0.5, "finetune": True})
     rebuilt.load_state_dict(net.state_dict())
     rebuilt.train()
@@ -375,7 +377,7 @@ def test_cnn14_trains_frozen_and_finetuned_resumes_predicts_and_joins_an_ensembl
     assert "broken.wav" in err and "Traceback" not in err  # named, left out
     metrics = json.loads((runs / "frozen" / "metrics.json").read_text())
     assert metrics["fast_path"] and metrics["n_train"] + metrics["n_val"] + metrics["n_test"] == 9
-    _, saved = common.load_model(runs / "frozen" / "model.pt")
+    _, saved = predict.load_model(runs / "frozen" / "model.pt")
     assert saved["spec"]["preprocess"] == {"type": "audio", "sr": 32000, "clip_seconds": 1.0}
     rows = (runs / "frozen" / "submission.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["blues-new.wav", "metal-new.wav", "pop-new.wav"]

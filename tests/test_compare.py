@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import compare
+import reports
 
 
 def fake_run(runs, name, bal, split="s1", group=None, fold=None, data="d"):
@@ -118,10 +119,12 @@ def test_ensemble_averages_clip_probabilities_of_two_families(tiny_audio, tmp_pa
     ensemble row is the balanced accuracy of their mean probabilities, and both runs timed
     audio to label on the test audio they predicted."""
     import csv
+
+    from sklearn.metrics import balanced_accuracy_score
+
     import data_conversion
     import train_cnn
     import train_mlp
-    from sklearn.metrics import balanced_accuracy_score
     runs = tmp_path / "runs"
     assert data_conversion.main([str(tiny_audio), str(tmp_path / "img"), "--size", "16",
                                  "--workers", "1"]) == 0
@@ -166,24 +169,22 @@ def test_ensemble_of_runs_on_other_clips_is_refused(tmp_path, capsys):
     assert "different clips" in err and err.count("\n") == 1
 
 
-def test_charts_name_the_split_and_its_test_clips(tmp_path, monkeypatch):
-    figures = []
-    monkeypatch.setattr(compare.common, "save_figure", lambda path, fig: figures.append(fig))
+def test_charts_name_the_split_and_its_test_clips(tmp_path):
     runs = tmp_path / "runs"
     fake_run(runs, "cnn-a", 0.5, split="aaa")
     metrics = json.loads((runs / "cnn-a" / "metrics.json").read_text())
     metrics.update(split="gtzan-filtered", n_test=290)
     (runs / "cnn-a" / "metrics.json").write_text(json.dumps(metrics))
-    assert compare.main(["--runs", str(runs), "--out", str(tmp_path / "r")]) == 0
+    groups = compare.by_split(compare.load_runs(runs))
+    figures = [compare.bar_chart(tmp_path / name, groups, panels)
+               for name, panels in compare.CHARTS.items()]
     legends = [ax.get_legend() for fig in figures for ax in fig.axes if ax.get_legend()]
     assert legends and all([t.get_text() for t in legend.get_texts()] == ["gtzan-filtered: 290 test clips"]
                            for legend in legends)
 
 
-def test_confusion_chart_names_the_split_and_its_test_clips(tmp_path, monkeypatch):
-    figures = []
-    monkeypatch.setattr(compare.common, "save_figure", lambda path, fig: figures.append(fig))
+def test_confusion_chart_names_the_split_and_its_test_clips(tmp_path):
     metrics = {"model": "mlp", "test_balanced_accuracy": 0.5, "n_test": 290, "split": "gtzan-filtered",
                "confusion": [[1, 1], [0, 2]]}
-    compare.common.plot_confusion(tmp_path / "c.png", metrics, ["a", "b"])
-    assert figures[0].axes[0].get_title() == "mlp: balanced accuracy 0.500\n290 test clips, gtzan-filtered"
+    figure = reports.plot_confusion(tmp_path / "c.png", metrics, ["a", "b"])
+    assert figure.axes[0].get_title() == "mlp: balanced accuracy 0.500\n290 test clips, gtzan-filtered"

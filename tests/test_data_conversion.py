@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import audio
 import common
 import data_conversion
 from conftest import SHARED_GTZAN, write_tone
@@ -35,7 +36,7 @@ def test_converts_tree_to_mirrored_pngs_with_study_orientation(tiny_audio, tmp_p
     brightness = img.astype(float).sum(axis=(1, 2))
     assert brightness.argmax() >= 60 and brightness[-4:].mean() > brightness[:4].mean() + 1000
     # every pixel is a colour of the magma table
-    lut = {tuple(c) for c in common.colormap_lut("magma")}
+    lut = {tuple(c) for c in audio.colormap_lut("magma")}
     assert all(tuple(px) in lut for px in img.reshape(-1, 3)[::97])
     assert json.loads((out / "conversion.json").read_text())["size"] == 64
 
@@ -44,8 +45,8 @@ def test_native_size_keeps_stft_shape(tiny_audio, tmp_path, capsys):
     out = tmp_path / "img"
     assert run([tiny_audio, out, "--size", "0", "--workers", "1"], capsys)[0] == 0
     img = np.asarray(Image.open(out / "pop" / "pop.00000.png").convert("RGB"))
-    frames = 1 + common.SR // common.HOP
-    assert img.shape == (1 + common.N_FFT // 2, frames, 3)
+    frames = 1 + audio.SR // audio.HOP
+    assert img.shape == (1 + audio.N_FFT // 2, frames, 3)
 
 
 def test_image_matches_specshow_rendering(tmp_path):
@@ -56,12 +57,12 @@ def test_image_matches_specshow_rendering(tmp_path):
     import librosa.display
     import matplotlib.pyplot as plt
     path = write_tone(tmp_path / "x.wav", 1000, seconds=3, noise=0.05)
-    y = common.load_audio(path)
-    ours = np.take(common.colormap_lut("magma"), common.spectrogram_levels(y, 128), axis=0).astype(float)
+    y = audio.load_audio(path)
+    ours = np.take(audio.colormap_lut("magma"), audio.spectrogram_levels(y, 128), axis=0).astype(float)
     fig = plt.figure(figsize=(1.28, 1.28), dpi=100)
     ax = fig.add_axes([0, 0, 1, 1])
     ax.axis("off")
-    librosa.display.specshow(common.spectrogram_db(y), sr=common.SR, hop_length=common.HOP, ax=ax)
+    librosa.display.specshow(audio.spectrogram_db(y), sr=audio.SR, hop_length=audio.HOP, ax=ax)
     fig.savefig(tmp_path / "s.png")
     plt.close(fig)
     theirs = np.asarray(Image.open(tmp_path / "s.png").convert("RGB")).astype(float)
@@ -76,7 +77,7 @@ def test_segments_named_and_counted(tmp_path, capsys):
     assert code == 0
     names = sorted(p.name for p in (tmp_path / "o" / "rock").glob("*.png"))
     assert names == ["rock.00000__s00.png", "rock.00000__s01.png"]
-    assert {common.clip_id_of(n) for n in names} == {"rock.00000"}
+    assert {audio.clip_id_of(n) for n in names} == {"rock.00000"}
 
 
 def test_bad_files_are_warned_recorded_and_skipped(tiny_audio, tmp_path, capsys):
@@ -102,8 +103,8 @@ def test_bad_files_are_warned_recorded_and_skipped(tiny_audio, tmp_path, capsys)
 
 
 def test_stereo_is_mixed_to_mono_and_resampled(tmp_path):
-    y = common.load_audio(write_tone(tmp_path / "s.wav", 500, seconds=1, sr=44100, channels=2))
-    assert y.ndim == 1 and len(y) == common.SR and np.isclose(np.abs(y).max(), 1.0)
+    y = audio.load_audio(write_tone(tmp_path / "s.wav", 500, seconds=1, sr=44100, channels=2))
+    assert y.ndim == 1 and len(y) == audio.SR and np.isclose(np.abs(y).max(), 1.0)
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "genre_without_audio", "all_bad"])
@@ -188,10 +189,10 @@ def test_real_gtzan_clip(tmp_path, capsys):
 
 def test_spectrogram_db_equals_librosa_amplitude_to_db(tmp_path):
     import librosa
-    y = common.load_audio(write_tone(tmp_path / "t.wav", 700, seconds=2, noise=0.01))
+    y = audio.load_audio(write_tone(tmp_path / "t.wav", 700, seconds=2, noise=0.01))
     expected = librosa.amplitude_to_db(np.abs(librosa.stft(y, n_fft=2048, hop_length=512)),
                                        ref=np.max, top_db=80)
-    ours = common.spectrogram_db(y)
+    ours = audio.spectrogram_db(y)
     assert ours.shape == expected.shape and np.abs(ours - expected).max() < 1e-4
     assert ours.max() == 0 and ours.min() == -80
 
@@ -206,14 +207,14 @@ def test_mel_levels_are_librosas_log_mel(tmp_path, capsys):
         assert png.mode == "P"
         levels = np.asarray(png)
         rgb = np.asarray(png.convert("RGB"))
-    y = common.load_audio(path)
-    mel = librosa.feature.melspectrogram(y=y, sr=common.SR, n_fft=2048, hop_length=512, n_mels=64)
+    y = audio.load_audio(path)
+    mel = librosa.feature.melspectrogram(y=y, sr=audio.SR, n_fft=2048, hop_length=512, n_mels=64)
     db = librosa.power_to_db(mel, ref=np.max, top_db=80)
     expected = np.clip((db + 80) * 255 / 80 + 0.5, 0, 255).astype(np.uint8)[::-1]
-    assert levels.shape == (64, 1 + 2 * common.SR // 512)
+    assert levels.shape == (64, 1 + 2 * audio.SR // 512)
     assert np.abs(levels.astype(int) - expected).max() <= 1
     assert levels[-8:].mean() > levels[:8].mean() + 50  # 300 Hz: the bottom rows are loud
-    assert np.array_equal(rgb, common.colormap_lut("magma")[levels])
+    assert np.array_equal(rgb, audio.colormap_lut("magma")[levels])
     assert json.loads((tmp_path / "o" / "conversion.json").read_text())["mel"] == 64
 
 
@@ -247,7 +248,7 @@ def test_extract_writes_gtzan_columns_caches_and_skips_bad(tiny_audio, tmp_path,
     out = tmp_path / "f.csv"
     code, io = run([tiny_audio, "--features", out, "--workers", "2"], capsys)
     header, *rows = table(out)
-    assert code == 0 and header == ["filename", *common.FEATURE_COLUMNS, "label"] and len(rows) == 9
+    assert code == 0 and header == ["filename", *audio.FEATURE_COLUMNS, "label"] and len(rows) == 9
     assert "broken.wav" in io.err and "broken.wav" in (tmp_path / "f_errors.csv").read_text()
     assert "(9 extracted, 0 unchanged" in io.out
     entries = {p: p.stat().st_mtime_ns for p in common.cache_dir("features").rglob("*.json")}
@@ -307,7 +308,7 @@ def test_extraction_agrees_with_public_csv():
     with open(PUBLIC_CSV) as f:
         public = {r["filename"]: r for r in csv.DictReader(f)}
     for name in ("blues.00001.wav", "metal.00003.wav"):
-        ours = common.audio_features(SHARED_GTZAN / "genres" / name.split(".")[0] / name)
+        ours = audio.audio_features(SHARED_GTZAN / "genres" / name.split(".")[0] / name)
         theirs = public[name]
         for column, value in ours.items():
             expected = float(theirs[column])
@@ -322,7 +323,7 @@ def test_hpss_median_filter_is_scipys_exactly():
     rng = np.random.default_rng(0)
     for frames in (3, 5, 16, 40):  # a clip has 5 frames or more; windows wider than the row too
         x = rng.random((30, frames)).astype(np.float32)
-        assert np.array_equal(common._median_filter_rows(x, 31),
+        assert np.array_equal(audio._median_filter_rows(x, 31),
                               median_filter(x, size=(1, 31), mode="reflect")), frames
 
 
@@ -359,14 +360,14 @@ def test_features_equal_librosa_feature_by_feature():
          + 0.1 * rng.standard_normal(t.size) * (np.sin(2 * np.pi * 2 * t) > 0.7)  # noise bursts
          + 0.5 * (np.arange(t.size) % (sr // 4) < 50))           # clicks
     y = y.astype(np.float32)
-    ours, theirs = common.clip_features(y, sr), librosa_row(y, sr)
-    assert list(ours) == common.FEATURE_COLUMNS
+    ours, theirs = audio.clip_features(y, sr), librosa_row(y, sr)
+    assert list(ours) == audio.FEATURE_COLUMNS
     for column, value in ours.items():
         # a mean's scale is its spread (the mean of a waveform is near zero)
         scale = np.sqrt(theirs[column[:-4] + "var"]) if column.endswith("_mean") else 0
         assert abs(value - theirs[column]) <= 1e-5 * max(abs(theirs[column]), scale), column
-    extended = common.clip_features(y, sr, "extended")
-    assert {c: extended[c] for c in common.FEATURE_COLUMNS} == ours
+    extended = audio.clip_features(y, sr, "extended")
+    assert {c: extended[c] for c in audio.FEATURE_COLUMNS} == ours
 
 
 def test_extended_feature_set_adds_columns(tiny_audio, tmp_path, capsys):
@@ -374,7 +375,7 @@ def test_extended_feature_set_adds_columns(tiny_audio, tmp_path, capsys):
     assert run([tiny_audio, "--features", out, "--feature-set", "extended", "--workers", "1"], capsys)[0] == 0
     with open(out) as f:
         header, first, *_ = list(csv.reader(f))
-    assert header == ["filename", *common.FEATURE_COLUMNS, *common.EXTENDED_COLUMNS, "label"]
+    assert header == ["filename", *audio.FEATURE_COLUMNS, *audio.EXTENDED_COLUMNS, "label"]
     assert all(np.isfinite(float(v)) for v in first[1:-1])
 
 
@@ -417,7 +418,11 @@ def test_kill_9_leaves_no_worker_behind_and_the_next_run_takes_the_lock_over(tmp
         time.sleep(0.05)
     assert len(workers) == 2, "the conversion did not start its workers"
     process.send_signal(signal.SIGKILL)
-    err = process.communicate(timeout=30)[1]  # the pipe closes once every worker has ended
+    err = process.communicate(timeout=30)[1]  # the pipe closes as the workers exit...
+    for _ in range(600):  # ...but an exiting process closes its files before it is gone
+        if not any(alive(w) for w in workers):
+            break
+        time.sleep(0.05)
     assert not any(alive(w) for w in workers)
     assert "Traceback" not in err and (tmp_path / "out" / ".converting").exists()
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)

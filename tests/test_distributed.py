@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-import common
+import predict
 from conftest import ROOT, make_images
 
 TOLERANCE = 1e-4  # float summation order differs between 1 and 2 processes; nothing else does
@@ -49,5 +49,5 @@ def test_two_processes_match_one(tmp_path):
     # rank 0 alone printed and wrote: one "test:" line, one run folder
     assert two.stdout.count("test: balanced accuracy") == 1
     assert sorted(p.name for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")) == ["one", "two"]
-    model, ckpt = common.load_model(tmp_path / "runs" / "two" / "model.pt")  # no DDP "module." prefix
+    model, ckpt = predict.load_model(tmp_path / "runs" / "two" / "model.pt")  # no DDP "module." prefix
     assert not any(k.startswith("module.") for k in ckpt["state_dict"])

@@ -10,8 +10,8 @@ import pytest
 import common
 import compare
 import data_conversion
+import kaggle_client
 from conftest import ROOT
-
 from kaggle_twin import TOKEN
 
 
@@ -28,7 +28,7 @@ def one_line(err):
 
 
 def test_submission_accepted(kaggle_twin, submission, capsys):
-    result = common.kaggle_submit(submission, "genre-comp", "run-a first try")
+    result = kaggle_client.kaggle_submit(submission, "genre-comp", "run-a first try")
     assert result.ref == 1
     sent = kaggle_twin.submissions[0]
     assert (sent["competition"], sent["description"]) == ("genre-comp", "run-a first try")
@@ -39,7 +39,7 @@ def test_submission_accepted(kaggle_twin, submission, capsys):
 def test_refused_upload_relays_the_reason_the_package_printed(kaggle_twin, submission):
     kaggle_twin.upload_url = "ftp://localhost/upload"  # requests cannot PUT there: it says why
     with pytest.raises(common.SuiteError) as e:
-        common.kaggle_submit(submission, "genre-comp", "m")
+        kaggle_client.kaggle_submit(submission, "genre-comp", "m")
     assert e.value.code == 2 and "No connection adapters" in str(e.value)
     assert "\n" not in str(e.value) and kaggle_twin.submissions == []
 
@@ -47,7 +47,7 @@ def test_refused_upload_relays_the_reason_the_package_printed(kaggle_twin, submi
 def test_refused_upload_is_an_error_not_a_success(kaggle_twin, submission, capsys):
     kaggle_twin.refuse_upload = True
     with pytest.raises(common.SuiteError) as e:
-        common.kaggle_submit(submission, "genre-comp", "m")
+        kaggle_client.kaggle_submit(submission, "genre-comp", "m")
     assert e.value.code == 2 and "refused" in str(e.value) and str(submission) in str(e.value)
     assert kaggle_twin.submissions == [] and submission.exists()
 
@@ -56,7 +56,7 @@ def test_refused_upload_is_an_error_not_a_success(kaggle_twin, submission, capsy
 def test_submit_http_errors_one_line_exit_2(status, words, kaggle_twin, submission, capsys):
     kaggle_twin.fail_with = status
     with pytest.raises(common.SuiteError) as e:
-        common.kaggle_submit(submission, "genre-comp", "m")
+        kaggle_client.kaggle_submit(submission, "genre-comp", "m")
     assert e.value.code == 2 and words in str(e.value) and TOKEN not in str(e.value)
     assert "\n" not in str(e.value)
 
@@ -64,14 +64,14 @@ def test_submit_http_errors_one_line_exit_2(status, words, kaggle_twin, submissi
 def test_rejected_token_says_so_not_missing(kaggle_twin, submission):
     kaggle_twin.reject_credentials = True
     with pytest.raises(common.SuiteError) as e:
-        common.kaggle_api()
+        kaggle_client.kaggle_api()
     assert e.value.code == 2 and "rejected the credentials" in str(e.value)
     assert "not found" not in str(e.value)
 
 
 def test_no_credentials_one_line(no_kaggle_credentials, submission):
     with pytest.raises(common.SuiteError) as e:
-        common.kaggle_submit(submission, "c", "m")
+        kaggle_client.kaggle_submit(submission, "c", "m")
     assert e.value.code == 2 and "Kaggle credentials not found" in str(e.value)
 
 
@@ -79,17 +79,17 @@ def test_no_network_says_so(no_kaggle_credentials, monkeypatch, submission):
     monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "TEST")  # nothing listens on localhost:7777
     monkeypatch.setenv("KAGGLE_API_TOKEN", TOKEN)
     with pytest.raises(common.SuiteError) as e:
-        common.kaggle_submit(submission, "c", "m")
+        kaggle_client.kaggle_submit(submission, "c", "m")
     assert e.value.code == 2 and "could not reach Kaggle" in str(e.value)
     assert "internet setting" not in str(e.value)  # not in a kernel: no kernel's setting
     monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")  # as Kaggle's sessions set it
     with pytest.raises(common.SuiteError) as e:
-        common.kaggle_submit(submission, "c", "m")
+        kaggle_client.kaggle_submit(submission, "c", "m")
     assert "a Kaggle kernel needs its internet setting on" in str(e.value)
 
 
 def test_dry_run_sends_nothing(kaggle_twin, submission, capsys):
-    assert common.kaggle_submit(submission, "genre-comp", "m", dry_run=True) is None
+    assert kaggle_client.kaggle_submit(submission, "genre-comp", "m", dry_run=True) is None
     assert "would submit" in capsys.readouterr().out and kaggle_twin.requests == []
 
 
@@ -169,7 +169,7 @@ def test_download_without_credentials_exit_2(no_kaggle_credentials, tmp_path, ca
 def test_verbose_never_prints_the_token(kaggle_twin, submission, tmp_path):
     """kagglesdk prints request headers when VERBOSE is set; a whole submit, in a fresh process
     (the package reads VERBOSE on import), must not show the token anywhere."""
-    code = f"import common; common.kaggle_submit({str(submission)!r}, 'comp', 'm')"
+    code = f"import kaggle_client; kaggle_client.kaggle_submit({str(submission)!r}, 'comp', 'm')"
     env = {**os.environ, "VERBOSE": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)

@@ -367,8 +367,9 @@ def test_weights_become_a_data_set_under_the_name_a_kernel_looks_for(kaggle_twin
                                                                      monkeypatch, capsys):
     """torchvision's file from the hub cache (the twin serves it there) as a new data set, then
     as its new version; the line to build with."""
-    import torch
     from pathlib import Path
+
+    import torch
     imagenet_twin("resnet18")
     monkeypatch.setenv("no_proxy", "localhost")  # the Kaggle twin is on this machine
     cached = Path(torch.hub.get_dir()) / "checkpoints" / "resnet18-f37072fd.pth"

@@ -50,8 +50,8 @@ def inputs(twin, kernel_id, number=None):
 
 @pytest.fixture
 def api(kaggle_sessions):
-    import common
-    return common.kaggle_api()
+    import kaggle_client
+    return kaggle_client.kaggle_api()
 
 
 def test_a_kernel_cannot_attach_its_own_output(kaggle_sessions, api, tmp_path):

@@ -4,9 +4,10 @@ import json
 
 import pytest
 
-import common
-import predict
+import audio
+import data
 import data_conversion
+import predict
 import train_cnn
 from conftest import write_tone
 
@@ -37,7 +38,7 @@ def test_predict_writes_submission_and_lists_bad_files(trained, test_dir, tmp_pa
     rows = list(csv.reader(open(out)))
     assert rows[0] == ["file", "genre"]
     assert [r[0] for r in rows[1:]] == ["0001.wav", "0002.wav", "0003.wav"]  # every test file
-    model, saved = common.load_model(trained)
+    model, saved = predict.load_model(trained)
     assert rows[3][1] == saved["fallback_class"]  # unreadable: the fallback class
     assert "0003.wav" in capsys.readouterr().err
     assert "0003.wav" in (tmp_path / "sub_errors.csv").read_text()
@@ -80,14 +81,14 @@ def test_prediction_uses_training_preprocessing(trained, tiny_audio):
     """The audio -> segments -> image path of prediction gives the logits of the training images."""
     import numpy as np
     import torch
-    model, ckpt = common.load_model(trained)
+    model, ckpt = predict.load_model(trained)
     pre = ckpt["spec"]["preprocess"]
-    assert pre == {"type": "image", "size": 32, "sr": common.SR, "segment_seconds": 0.5,
+    assert pre == {"type": "image", "size": 32, "sr": audio.SR, "segment_seconds": 0.5,
                    "cmap": "magma", "mel": 0, "img_size": 16, "channels": "rgb"}
     path = tiny_audio / "metal" / "metal.00001.wav"
     _, inputs, error, _ = predict.model_inputs((path, pre))
     images_dir = trained.parents[2] / "img" / "metal"
-    decoded = torch.stack([common.decode_image(p, 16) for p in sorted(images_dir.glob("metal.00001__s*.png"))])
+    decoded = torch.stack([data.decode_image(p, 16) for p in sorted(images_dir.glob("metal.00001__s*.png"))])
     assert error is None and np.array_equal(inputs, decoded.numpy())
 
 
@@ -141,11 +142,11 @@ def test_prediction_repeats_mel_levels_preprocessing(tiny_audio, tmp_path):
                                  "--segment-seconds", "0.5", "--workers", "1"]) == 0
     assert train_cnn.main(["--data", str(images), "--model", "specnet", "--epochs", "1",
                            "--out", str(tmp_path / "runs"), "--name", "m"]) == 0
-    _, ckpt = common.load_model(tmp_path / "runs" / "m" / "model.pt")
+    _, ckpt = predict.load_model(tmp_path / "runs" / "m" / "model.pt")
     pre = ckpt["spec"]["preprocess"]
     assert (pre["mel"], pre["channels"], pre["img_size"]) == (32, "levels", 0)
     path = tiny_audio / "pop" / "pop.00002.wav"
     _, inputs, error, _ = predict.model_inputs((path, pre))
-    decoded = torch.stack([common.decode_image(p, 0, "levels")
+    decoded = torch.stack([data.decode_image(p, 0, "levels")
                            for p in sorted((images / "pop").glob("pop.00002__s*.png"))])
     assert error is None and np.array_equal(inputs, decoded.numpy())

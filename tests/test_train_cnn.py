@@ -9,24 +9,28 @@ import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 import common
+import data
+import predict
+import runs
 import train_cnn
+import training
 from conftest import ctrl_c_after, make_images, on_line, without_seconds
 
 
 def fit(model, train, val, **kw):
-    """common.fit with small defaults (the study's plateau schedule, early stopping after 5
+    """training.fit with small defaults (the study's plateau schedule, early stopping after 5
     epochs) and no log."""
     base = dict(criterion=torch.nn.CrossEntropyLoss(), lr=1e-3, epochs=20, batch_size=8, seed=0,
-                early_stopping=common.EarlyStopping(5), device=torch.device("cpu"),
+                early_stopping=training.EarlyStopping(5), device=torch.device("cpu"),
                 log=lambda *_: None)
-    return common.fit(model, train, val, **{**base, **kw})
+    return training.fit(model, train, val, **{**base, **kw})
 
 
 def tiny_sets(n=24, d=6, classes=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     y = torch.arange(n) % classes
     x = torch.randn(n, d, generator=g) + 2 * torch.nn.functional.one_hot(y, d).float()
-    ds = common.ArrayDataset(x, y.numpy(), [f"c{i}" for i in range(n)])
+    ds = data.ArrayDataset(x, y.numpy(), [f"c{i}" for i in range(n)])
     return ds.subset(range(0, n, 2)), ds.subset(range(1, n, 2))
 
 
@@ -35,7 +39,7 @@ def scripted_sets(n_per_class=4, classes=3):
     y = torch.arange(n_per_class * classes) % classes
     rank = torch.arange(n_per_class * classes) // classes
     x = torch.cat([torch.nn.functional.one_hot(y, classes).float(), rank[:, None].float()], 1)
-    ds = common.ArrayDataset(x, y.numpy(), [f"c{i}" for i in range(len(y))])
+    ds = data.ArrayDataset(x, y.numpy(), [f"c{i}" for i in range(len(y))])
     return ds, ds.subset(range(len(y)))
 
 
@@ -98,7 +102,7 @@ def test_plateau_lowers_lr_after_3_flat_epochs_and_stops_after_5():
 def test_min_epochs_delays_early_stopping():
     train, val = tiny_sets()
     result = fit(torch.nn.Linear(6, 3), train, val, lr=1e-12,
-                 early_stopping=common.EarlyStopping(5, min_epochs=9))
+                 early_stopping=training.EarlyStopping(5, min_epochs=9))
     assert result.best_epoch == 1 and len(result.history) == 9
 
 
@@ -131,7 +135,7 @@ def test_cosine_run_resumes_from_its_last_epoch(tmp_path):
     train, val = tiny_sets()
 
     def run(checkpoint, log=lambda *_: None):
-        common.seed_everything(0)
+        training.seed_everything(0)
         model = torch.nn.Sequential(torch.nn.Dropout(0.2), torch.nn.Linear(6, 3))
         result = fit(model, train, val, epochs=8, schedule="cosine", early_stopping=None,
                      mixup=0.2, lr=0.05, checkpoint=checkpoint, log=log)
@@ -196,18 +200,18 @@ def test_run_folder_complete_and_metrics_match_sklearn(tiny_images, tmp_path):
 def test_clip_vote_averages_segment_logits():
     logits = np.array([[2.0, 0.0], [0.0, 1.0], [0.0, 1.5], [0.0, 3.0], [1.0, 0.0]])
     labels = np.array([0, 0, 0, 1, 1])
-    clips, clip_logits, clip_labels = common.clip_vote(logits, labels, ["x", "x", "x", "y", "y"])
+    clips, clip_logits, clip_labels = training.clip_vote(logits, labels, ["x", "x", "x", "y", "y"])
     # x: mean (0.667, 0.833) -> class 1 although 1 of 3 segments says 0; y: (0.5, 1.5) -> 1
     assert clips == ["x", "y"] and clip_logits.argmax(1).tolist() == [1, 1]
     assert np.allclose(clip_logits[0], [2 / 3, 2.5 / 3]) and clip_labels.tolist() == [0, 1]
-    s = common.clip_scores(logits, labels, ["x", "x", "x", "y", "y"])
+    s = training.clip_scores(logits, labels, ["x", "x", "x", "y", "y"])
     assert s["accuracy"] == 0.5 and s["balanced_accuracy"] == 0.5
 
 
 def test_scores_balance_the_classes_and_confusion_rows_are_the_truth():
     """Three clips of class 0 and one of class 1, all predicted 0: accuracy 0.75, balanced
     accuracy 0.5 (the mean of the recalls 1 and 0), confusion[true][predicted]."""
-    s = common.classification_scores(np.array([0, 0, 0, 1]), np.array([0, 0, 0, 0]), 3)
+    s = training.classification_scores(np.array([0, 0, 0, 1]), np.array([0, 0, 0, 0]), 3)
     assert s["accuracy"] == 0.75 and s["balanced_accuracy"] == 0.5
     assert s["confusion"] == [[3, 0, 0], [1, 0, 0], [0, 0, 0]]
 
@@ -225,13 +229,13 @@ def test_reloaded_model_reproduces_the_run_predictions(tiny_images, tmp_path):
     """model.pt, rebuilt from its spec, gives the test predictions the run recorded."""
     assert train_cnn.main(["--data", str(tiny_images), "--img-size", "16", "--epochs", "3",
                            "--lr", "3e-3", "--out", str(tmp_path), "--name", "m"]) == 0
-    model, ckpt = common.load_model(tmp_path / "m" / "model.pt")
+    model, ckpt = predict.load_model(tmp_path / "m" / "model.pt")
     assert ckpt["spec"]["kind"] == "cnn" and ckpt["classes"] == ["a", "b", "c"]
     with open(tmp_path / "m" / "predictions.csv") as f:
         recorded = list(csv.DictReader(f))
     for row in recorded:
         path = next(tiny_images.glob(f"*/{row['clip_id']}.png"))
-        x = common.decode_image(path, 16)[None]
+        x = data.decode_image(path, 16)[None]
         with torch.no_grad():
             probabilities = torch.softmax(model(x), 1)[0]
         assert ckpt["classes"][int(probabilities.argmax())] == row["predicted"]
@@ -275,7 +279,7 @@ def test_mixup_mixes_pairs_and_their_losses():
     """The model sees w*x + (1-w)*x[partner], and the loss is w*loss(y) + (1-w)*loss(y[partner])
     with the same w and partner."""
     x, y = torch.arange(24.0).view(8, 3), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
-    mixed, partner_y, weight = common.mixup_pairs(x, y, 0.4, np.random.default_rng(1))
+    mixed, partner_y, weight = training.mixup_pairs(x, y, 0.4, np.random.default_rng(1))
     partner = [int((x[:, 0] - (mixed[i, 0] - weight * x[i, 0]) / (1 - weight)).abs().argmin())
                for i in range(8)]
     assert 0 < weight < 1 and sorted(partner) == list(range(8)) and partner != list(range(8))
@@ -287,14 +291,14 @@ def test_mixup_mixes_pairs_and_their_losses():
     with torch.no_grad():
         model.weight.copy_(torch.cat([torch.eye(3), torch.zeros(3, 1)], 1))
         model.bias.zero_()
-    loader = common.make_loader(train, 4, False, 0, 0, torch.device("cpu"))
+    loader = training.make_loader(train, 4, False, 0, 0, torch.device("cpu"))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # no step: the loss is what is seen
-    autocast, scaler = common.amp_tools(torch.device("cpu"))
-    out = common.train_epoch(model, loader, torch.nn.CrossEntropyLoss(), optimizer, scaler,
+    autocast, scaler = training.amp_tools(torch.device("cpu"))
+    out = training.train_epoch(model, loader, torch.nn.CrossEntropyLoss(), optimizer, scaler,
                              autocast, torch.device("cpu"), mixup=0.4,
                              rng=np.random.default_rng(0))
     replay = np.random.default_rng(0)  # the same draws, batch by batch, in the loader's order
-    seen = [(m, y, py, w) for x, y, _ in loader for m, py, w in [common.mixup_pairs(x, y, 0.4, replay)]]
+    seen = [(m, y, py, w) for x, y, _ in loader for m, py, w in [training.mixup_pairs(x, y, 0.4, replay)]]
     ce = torch.nn.functional.cross_entropy
     with torch.no_grad():
         expected = sum((w * ce(model(m), y) + (1 - w) * ce(model(m), py)).item() * len(y)
@@ -315,8 +319,8 @@ def test_specaugment_masks_bands_and_spans_then_shifts_in_time():
     height, width, n = 40, 60, 8
     images = (torch.arange(width) + 1).to(torch.uint8).repeat(n, 1, height, 1)
     before = images.clone()
-    augment = common.SpecAugment()
-    out = augment(images, common.item_uniforms(0, 1, torch.arange(n), augment.draws))
+    augment = data.SpecAugment()
+    out = augment(images, data.item_uniforms(0, 1, torch.arange(n), augment.draws))
     masked_rows, masked_columns, shifts = [], [], []
     for image in out:
         zero = image[0] == 0
@@ -339,13 +343,13 @@ def test_an_items_draws_are_its_own_whatever_its_batch():
     """item_uniforms is a function of (seed, epoch, item): the same numbers for an item alone, in
     another batch or order; others for another epoch, seed or item; spread over [0, 1)."""
     items = torch.arange(1000)
-    u = common.item_uniforms(3, 7, items, 5)
+    u = data.item_uniforms(3, 7, items, 5)
     assert u.shape == (1000, 5) and 0 <= float(u.min()) and float(u.max()) < 1
     assert abs(float(u.mean()) - 0.5) < 0.02 and abs(float(u.std()) - 12 ** -0.5) < 0.02
     shuffled = torch.tensor([999, 4, 500])
-    assert torch.equal(common.item_uniforms(3, 7, shuffled, 5), u[shuffled])
-    assert not torch.equal(common.item_uniforms(3, 8, items, 5), u)
-    assert not torch.equal(common.item_uniforms(4, 7, items, 5), u)
+    assert torch.equal(data.item_uniforms(3, 7, shuffled, 5), u[shuffled])
+    assert not torch.equal(data.item_uniforms(3, 8, items, 5), u)
+    assert not torch.equal(data.item_uniforms(4, 7, items, 5), u)
     assert len({tuple(row) for row in u.tolist()}) == 1000
 
 
@@ -364,26 +368,26 @@ def test_steps_gradscaler_skips_are_counted_per_epoch():
     """A batch with infinite gradients is a step GradScaler skips (CUDA's AMP, here on the CPU's
     scaler): counted, and the other batches train."""
     x = torch.tensor([[1.0, 0, 0], [0, 1, 0], [1, 0, 1], [0, 1, 0]])
-    loader = common.Batches(common.ArrayDataset(x, np.array([0, 1, 0, 1]), list("abcd")), 1,
+    loader = training.Batches(data.ArrayDataset(x, np.array([0, 1, 0, 1]), list("abcd")), 1,
                             True, 0, torch.device("cpu"))
     model = BlowsUp()
     optimizer = torch.optim.Adam(model.parameters(), fused=True)
     scaler = torch.amp.GradScaler("cpu")
     for epoch in (1, 2):
-        result = common.train_epoch(model, loader, torch.nn.CrossEntropyLoss(), optimizer, scaler,
+        result = training.train_epoch(model, loader, torch.nn.CrossEntropyLoss(), optimizer, scaler,
                                     contextlib.nullcontext, torch.device("cpu"), epoch=epoch)
-        assert result["skipped"] == 1 and common.optimizer_steps(optimizer) == 3 * epoch
+        assert result["skipped"] == 1 and training.optimizer_steps(optimizer) == 3 * epoch
 
 
 def test_the_parts_of_a_set_share_one_copy_on_the_device():
     """Train, validation and test batches gather from one copy of the inputs on the device
     (the meta device copies as a GPU would, without memory), and give each part's own items."""
-    ds = common.ArrayDataset(torch.arange(12.0)[:, None], np.arange(12) % 3,
+    ds = data.ArrayDataset(torch.arange(12.0)[:, None], np.arange(12) % 3,
                              [f"c{i}" for i in range(12)])
-    train, val, _ = common.split_parts(ds, {"train": range(8), "val": [8, 9], "test": [10, 11]})
+    train, val, _ = data.split_parts(ds, {"train": range(8), "val": [8, 9], "test": [10, 11]})
     meta = torch.device("meta")
-    assert common.Batches(train, 4, True, 0, meta).x is common.Batches(val, 4, False, 0, meta).x
-    batches = common.Batches(val, 4, False, 0, torch.device("cpu"))
+    assert training.Batches(train, 4, True, 0, meta).x is training.Batches(val, 4, False, 0, meta).x
+    batches = training.Batches(val, 4, False, 0, torch.device("cpu"))
     assert [x.flatten().tolist() for x, _, _ in batches] == [[8.0, 9.0]]
 
 
@@ -394,7 +398,7 @@ def test_rotate_turns_the_image_by_the_drawn_angle_within_15_degrees():
     image = torch.zeros(1, 1, size, size, dtype=torch.uint8)
     image[0, 0, size // 2, :] = 255
     for u in (0.76, 0.61, 0.003, 0.83):
-        out = common.Rotate()(image, torch.tensor([[u]]))
+        out = data.Rotate()(image, torch.tensor([[u]]))
         rows, columns = (out[0, 0] > 0).nonzero(as_tuple=True)
         slope = np.polyfit(columns.numpy() - size // 2, size // 2 - rows.numpy(), 1)[0]
         assert np.degrees(np.arctan(slope)) == pytest.approx(30 * u - 15, abs=1.0), u
@@ -422,13 +426,13 @@ def test_gpu_too_old_for_this_torch_build_falls_back_to_cpu(capability, supporte
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Tesla P100-PCIE-16GB")
     monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_75", "sm_80", "sm_86", "sm_90",
                                                               "sm_120"])
-    assert common.pick_device("auto").type == ("cuda" if supported else "cpu")
+    assert training.pick_device("auto").type == ("cuda" if supported else "cpu")
     err = capsys.readouterr().err
     assert ("not supported by this torch build" in err) is not supported
     if not supported:
         assert err.count("\n") == 1 and "sm_" in err
         with pytest.raises(common.SuiteError, match="not supported"):
-            common.pick_device("cuda")
+            training.pick_device("cuda")
 
 
 @pytest.mark.slow
@@ -440,6 +444,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     import signal
     import subprocess
     import sys
+
     from conftest import ROOT
     data = make_images(tmp_path / "img", n_per_class=8, size=64)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
@@ -497,7 +502,7 @@ def test_amp_on_cuda(tmp_path):
     assert m["amp_skipped_steps"] < steps  # GradScaler skips a few at first, never every step
     state = torch.load(tmp_path / "amp" / "model.pt", weights_only=True)["state_dict"]
     assert all(v.dtype in (torch.float32, torch.int64) for v in state.values())
-    common.seed_everything(0)  # the weights it started from, as the run built them
+    training.seed_everything(0)  # the weights it started from, as the run built them
     start = train_cnn.common.build_model({"kind": "cnn", "model": "convolneunet", "img_size": 32,
                                           "n_classes": 3, "in_channels": 3}).state_dict()
     assert not torch.equal(start["classifier.1.weight"], state["classifier.1.weight"].cpu())
@@ -564,7 +569,7 @@ def test_time_limit_stops_between_epochs_and_resume_finishes(tmp_path):
     train, val = tiny_sets()
 
     def run(checkpoint, deadline=None):
-        common.seed_everything(0)
+        training.seed_everything(0)
         model = torch.nn.Sequential(torch.nn.Dropout(0.2), torch.nn.Linear(6, 3))
         result = fit(model, train, val, epochs=6, batch_size=4, schedule="cosine",
                      early_stopping=None, mixup=0.2, lr=0.05, checkpoint=checkpoint,
@@ -592,11 +597,11 @@ def test_a_part_stopped_by_the_time_limit_is_not_finished(tiny_images, tmp_path)
     m = json.loads((run / "metrics.json").read_text())
     assert (m["complete"], m["epochs_run"]) == (False, 0)
     assert (run / "model.pt").exists() and (run / "checkpoint.pt").exists()
-    assert not common.part_finished(run)
+    assert not runs.part_finished(run)
     assert train_cnn.main(["--resume", str(run)]) == 0
     m = json.loads((run / "metrics.json").read_text())
     assert (m["complete"], m["epochs_run"]) == (True, 2)
-    assert common.part_finished(run) and not (run / "checkpoint.pt").exists()
+    assert runs.part_finished(run) and not (run / "checkpoint.pt").exists()
 
 
 def test_plateau_run_stopped_by_the_time_limit_resumes_to_the_uninterrupted_result(tmp_path):
@@ -608,7 +613,7 @@ def test_plateau_run_stopped_by_the_time_limit_resumes_to_the_uninterrupted_resu
     validation = [4] + [1] * 5
 
     def run(right, checkpoint=None, deadline=None):
-        common.seed_everything(0)
+        training.seed_everything(0)
         model = ScriptedNet(right)
         return fit(model, train, val, lr=0.1, checkpoint=checkpoint, deadline=deadline,
                    clock=Clock(1000.0, 10.0)), model
@@ -621,3 +626,14 @@ def test_plateau_run_stopped_by_the_time_limit_resumes_to_the_uninterrupted_resu
     assert resumed.complete and resumed.best_epoch == 1
     assert without_seconds(resumed.history) == without_seconds(whole.history)
     assert torch.equal(whole_model.linear.weight, resumed_model.linear.weight)
+
+
+def test_a_resumed_run_rewrites_a_checkpoint_summary_left_behind_by_a_kill(tmp_path):
+    """A kill between checkpoint.pt and checkpoint.json leaves the .json an epoch behind; the
+    run that resumes from the .pt says where it really stands."""
+    train, val = tiny_sets()
+    checkpoint = tmp_path / "checkpoint.pt"
+    fit(torch.nn.Linear(6, 3), train, val, epochs=3, early_stopping=None, checkpoint=checkpoint)
+    common.write_json(tmp_path / "checkpoint.json", {"epochs_done": 2, "best_epoch": 2})
+    fit(torch.nn.Linear(6, 3), train, val, epochs=3, early_stopping=None, checkpoint=checkpoint)
+    assert json.loads((tmp_path / "checkpoint.json").read_text())["epochs_done"] == 3

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-import common
+import audio
 import data_conversion
 import predict
 import train_mlp
@@ -41,7 +41,7 @@ def test_mlp_trains_with_scaler_and_pca_fitted_on_train_only(tmp_path):
                "--hidden", "32:tanh,32:relu") == 0
     m = json.loads((tmp_path / "m" / "metrics.json").read_text())
     assert m["test_balanced_accuracy"] >= 0.66 and m["model"] == "mlp-ce"
-    model, ckpt = common.load_model(tmp_path / "m" / "model.pt")
+    model, ckpt = predict.load_model(tmp_path / "m" / "model.pt")
     x, columns, clip_ids, _ = train_mlp.read_features_csv(data)
     split = json.loads((tmp_path / "split.json").read_text())
     train_rows = x[[i for i, c in enumerate(clip_ids) if c in set(split["train"])]]
@@ -68,7 +68,7 @@ def test_the_chosen_loss_is_what_training_minimizes(loss, tmp_path):
     data = synthetic_csv(tmp_path / "f.csv")
     assert run("--features", data, "--epochs", "1", "--lr", "1e-12", "--loss", loss,
                "--smoothing", "0.1", "--out", tmp_path, "--name", loss) == 0
-    model, _ = common.load_model(tmp_path / loss / "model.pt")
+    model, _ = predict.load_model(tmp_path / loss / "model.pt")
     x, _, clip_ids, labels = train_mlp.read_features_csv(data)
     train = set(json.loads((tmp_path / "split.json").read_text())["train"])
     rows = [i for i, c in enumerate(clip_ids) if c in train]
@@ -222,9 +222,9 @@ def test_prediction_gives_the_features_in_the_models_column_order(tmp_path):
     """From an audio file, prediction's input is the file's features in the columns the model
     was trained on, in their order (here the table's first six, reversed)."""
     path = write_tone(tmp_path / "a.wav", 440)
-    columns = common.FEATURE_COLUMNS[5::-1]
+    columns = audio.FEATURE_COLUMNS[5::-1]
     _, row, error, _ = predict.model_inputs((path, {"type": "features", "columns": columns}))
-    features = common.audio_features(path)
+    features = audio.audio_features(path)
     assert error is None and row.tolist() == [[np.float32(features[c]).item() for c in columns]]
 
 
@@ -232,7 +232,7 @@ def test_missing_and_foreign_feature_columns_are_named(tmp_path, capsys):
     """A table extracted here without one of its columns trains on the rest and says so; columns
     no audio file gives are named too, and the model then refuses to predict from audio."""
     data = tmp_path / "f.csv"
-    columns = common.FEATURE_COLUMNS[:-1]  # mfcc20_var missing
+    columns = audio.FEATURE_COLUMNS[:-1]  # mfcc20_var missing
     rng = np.random.default_rng(0)
     with open(data, "w", newline="") as f:
         w = csv.writer(f)

@@ -6,9 +6,11 @@ import torch
 import torchvision
 
 import common
-import predict
+import data
 import data_conversion
+import predict
 import train_transfer
+import training
 from conftest import without_seconds, write_tone
 
 
@@ -52,7 +54,7 @@ def test_imagenet_weights_frozen_then_predict(arch, imagenet_twin, spectrograms,
                                 "--batch-size", "9", "--out", str(tmp_path), "--name", "r"]) == 0
     m = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert m["weights"] == "imagenet" and m["fast_path"] is True
-    model, ckpt = common.load_model(tmp_path / "r" / "model.pt")
+    model, ckpt = predict.load_model(tmp_path / "r" / "model.pt")
     transforms = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
     assert ckpt["spec"]["preprocess"]["img_size"] == transforms.crop_size[0]
     assert model.norm.mean.flatten().tolist() == pytest.approx(transforms.mean)
@@ -75,7 +77,7 @@ def test_imagenet_weights_finetune(arch, imagenet_twin, spectrograms, tmp_path):
     assert train_transfer.main(["--data", str(images), "--arch", arch, "--epochs", "1",
                                 "--batch-size", "9", "--finetune", "--out", str(tmp_path),
                                 "--name", "ft"]) == 0
-    model, _ = common.load_model(tmp_path / "ft" / "model.pt")
+    model, _ = predict.load_model(tmp_path / "ft" / "model.pt")
     first = next(k for k in served if k.endswith("conv.weight"))
     assert not torch.equal(model.backbone.state_dict()[first], served[first])  # it trained
 
@@ -98,23 +100,23 @@ def test_a_random_backbone_says_so_when_it_predicts(spectrograms, tmp_path, caps
 def test_fast_path_trains_what_the_full_frozen_model_would(tiny_images):
     """The head fitted on cached backbone features follows, epoch by epoch, the run of the whole
     frozen model on the images (same seed): the fast path is an optimization, not a change."""
-    data = common.load_image_data(tiny_images, 32)
+    images = data.load_image_data(tiny_images, 32)
     parts = {"train": list(range(0, 18, 2)), "val": list(range(1, 18, 2))}
     runs = []
     for fast in (False, True):
-        common.seed_everything(0)
+        training.seed_everything(0)
         net, _ = train_transfer.build_transfer("resnet18", 3, "none", head_dropout=0.5)
-        train, val = (data.dataset.subset(parts[p]) for p in ("train", "val"))
+        train, val = (images.dataset.subset(parts[p]) for p in ("train", "val"))
         if fast:
             with torch.no_grad():  # the backbone as the fast path runs it (channels-last)
-                backbone = common.on_device(net, torch.device("cpu"), images=True).eval()
-                features = common.ArrayDataset(backbone.features(data.dataset.x),
-                                               data.dataset.labels, data.dataset.clip_ids)
+                backbone = training.on_device(net, torch.device("cpu"), images=True).eval()
+                features = data.ArrayDataset(backbone.features(images.dataset.x),
+                                               images.dataset.labels, images.dataset.clip_ids)
             train, val = (features.subset(parts[p]) for p in ("train", "val"))
-        common.seed_everything(1)
-        result = common.fit(net.head if fast else net, train, val,
+        training.seed_everything(1)
+        result = training.fit(net.head if fast else net, train, val,
                             criterion=torch.nn.CrossEntropyLoss(), epochs=3, lr=3e-3,
-                            batch_size=4, early_stopping=common.EarlyStopping(5), seed=0,
+                            batch_size=4, early_stopping=training.EarlyStopping(5), seed=0,
                             device=torch.device("cpu"),
                             log=lambda *_: None)
         runs.append((result.history, net.head.state_dict()))
@@ -132,9 +134,9 @@ def test_frozen_backbone_untouched_on_the_slow_path(tiny_images, tmp_path):
     for flag, name in ((["--augment"], "frozen"), (["--finetune"], "ft")):
         assert run(tiny_images, tmp_path, "--arch", "resnet18", "--weights", "none", "--seed", "0",
                    *flag, name=name) == 0
-    frozen = common.load_model(tmp_path / "frozen" / "model.pt")[0].backbone.state_dict()
-    tuned = common.load_model(tmp_path / "ft" / "model.pt")[0].backbone.state_dict()
-    common.seed_everything(0)  # the random backbone both runs started from
+    frozen = predict.load_model(tmp_path / "frozen" / "model.pt")[0].backbone.state_dict()
+    tuned = predict.load_model(tmp_path / "ft" / "model.pt")[0].backbone.state_dict()
+    training.seed_everything(0)  # the random backbone both runs started from
     start = train_transfer.build_transfer("resnet18", 3, "none")[0].backbone.state_dict()
     assert all(torch.equal(frozen[k], start[k]) for k in start)
     for k in ("conv1.weight", "bn1.running_mean"):
@@ -152,7 +154,7 @@ def test_weights_from_local_state_dict(tiny_images, tmp_path, capsys):
     path = tmp_path / "resnet18.pth"
     torch.save(reference.state_dict(), path)
     assert run(tiny_images, tmp_path, "--arch", "resnet18", "--weights", path, name="w") == 0
-    model, _ = common.load_model(tmp_path / "w" / "model.pt")
+    model, _ = predict.load_model(tmp_path / "w" / "model.pt")
     assert torch.equal(model.backbone.conv1.weight, reference.conv1.weight)
     # a state dict of another architecture: one clear line naming the missing keys
     torch.save(torchvision.models.mobilenet_v3_small().state_dict(), tmp_path / "other.pth")
