@@ -6,7 +6,11 @@ checked and loaded here.
 Used by the trainers, predict.py and the kernels.
 """
 
+import hashlib
 import math
+import re
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -94,6 +98,12 @@ class SpecNet(nn.Module):
 
 
 CNN_MODELS = {"convolneunet": ConvolNeuNet, "specnet": SpecNet}
+
+
+def input_channels(model, given="auto"):
+    """What a CNN reads from the PNGs: 'rgb' (the colormap's picture, the study's) or 'levels'
+    (the dB level, one channel); --input auto: rgb for ConvolNeuNet, levels for the others."""
+    return given if given != "auto" else ("rgb" if model == "convolneunet" else "levels")
 
 
 def mlp_head(in_features, n_classes, dropout, widths=(512, 256, 128, 64)):
@@ -343,3 +353,165 @@ def estimator_scores(estimator, x):
     """A scikit-learn classifier's decision scores as (n, classes), standing in for logits."""
     scores = np.asarray(estimator.decision_function(x), np.float32)
     return np.stack([-scores, scores], axis=1) if scores.ndim == 1 else scores
+
+
+# ----------------------------------------------------------------------------------------------
+# Pretrained weights: torchvision's ImageNet file (downloaded once into its cache), or a file
+
+def pretrained_weights(arch, weights=None):
+    """--weights, or when left out the architecture's pretrained ones."""
+    return weights or ("panns" if arch == "cnn14" else "imagenet")
+
+
+def imagenet_file_name(arch):
+    """torchvision's file for the architecture's default weights (vgg16-397923af.pth): the name
+    a data set must hold them under (the hex is the start of the file's SHA-256)."""
+    import torchvision
+    return Path(torchvision.models.get_model_weights(arch).DEFAULT.url).name
+
+
+def imagenet_state_dict(arch):
+    """torchvision's weights, downloaded once into torch's hub cache; a download is kept only
+    when its SHA-256 starts with the hash in the file's name (torch.hub's check_hash)."""
+    import torchvision
+    try:
+        return torchvision.models.get_model_weights(arch).DEFAULT.get_state_dict(
+            progress=True, check_hash=True)
+    except Exception as e:
+        raise SuiteError(
+            f"could not download ImageNet weights for {arch} ({type(e).__name__}: {e}); "
+            f"pass --weights PATH (a torchvision state dict for {arch}, e.g. attached to a "
+            "Kaggle kernel as a dataset) or --weights none", code=2) from None
+
+
+def file_state_dict(path, arch):
+    path = Path(path)
+    if not path.is_file():
+        raise SuiteError(f"--weights {path}: no such file (or use imagenet / none)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise SuiteError(f"--weights {path}: not a loadable state dict ({type(e).__name__})") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise SuiteError(f"--weights {path}: expected a state dict of {arch}")
+    return state
+
+
+def load_backbone_weights(net, arch, state, source):
+    """torchvision's weights into the backbone; their classifier and auxiliary heads (replaced
+    and dropped here) are left out; a file of another network is refused in one line."""
+    unused = (net.replaced_classifier, *AUX_ARCHS.get(arch, ()))
+    state = {k: v for k, v in state.items()
+             if not any(k == u or k.startswith(u + ".") for u in unused)}
+    own = net.backbone.state_dict()
+    wrong = [k for k, v in state.items() if k in own and getattr(v, "shape", None) != own[k].shape]
+    if wrong:
+        raise SuiteError(f"{source} does not fit {arch}: {len(wrong)} tensors of another "
+                                f"shape (e.g. {wrong[0]}: {tuple(getattr(state[wrong[0]], 'shape', ()))} "
+                                f"there, {tuple(own[wrong[0]].shape)} in {arch})")
+    result = net.backbone.load_state_dict(state, strict=False)
+    if result.missing_keys:
+        raise SuiteError(f"{source} does not fit {arch}: {len(result.missing_keys)} missing "
+                                f"keys (e.g. {', '.join(result.missing_keys[:3])}), "
+                                f"{len(result.unexpected_keys)} unexpected")
+    if result.unexpected_keys:
+        print(f"warning: {source}: ignored {len(result.unexpected_keys)} unexpected keys "
+              f"(e.g. {', '.join(result.unexpected_keys[:3])})", file=sys.stderr)
+
+
+def build_transfer(arch, n_classes, weights="imagenet", head_dropout=0.5, finetune=False,
+                   spec_augment=False):
+    """(network, input size) for any torchvision classification model by name, with weights
+    'imagenet' (torchvision's, downloaded once), 'none' (random) or a state-dict PATH; or for
+    PANNs' CNN14 ('cnn14', input: its sample rate) with 'panns' (downloaded once), 'none' or
+    PATH (the published file, or a state dict), and PANNs' SpecAugmentation when training if
+    spec_augment."""
+    net, size = transfer_network(arch, n_classes, head_dropout, finetune, spec_augment)
+    if arch == "cnn14":
+        if weights == "imagenet":
+            raise SuiteError("--arch cnn14 is pretrained on AudioSet, not ImageNet: "
+                                    "--weights panns, PATH or none")
+        if weights != "none":
+            load_cnn14_weights(net.backbone, cnn14_weights_path() if weights == "panns" else weights)
+    elif weights == "imagenet":
+        load_backbone_weights(net, arch, imagenet_state_dict(arch), f"ImageNet weights of {arch}")
+    elif weights != "none":
+        load_backbone_weights(net, arch, file_state_dict(weights, arch), f"--weights {weights}")
+    return net, size
+
+
+# PANNs' CNN14 weights: the published file (Zenodo record 3987831), downloaded once into torch's
+# hub cache, or a file (e.g. attached to a Kaggle kernel as a data set)
+CNN14_URL = "https://zenodo.org/record/3987831/files/Cnn14_mAP%3D0.431.pth?download=1"
+CNN14_FILE = "Cnn14_mAP=0.431.pth"
+CNN14_MD5 = "541141fa2ee191a88f24a3219fff024e"  # Zenodo's checksum of the file
+
+
+def cnn14_numpy_globals():
+    """What a weights-only load must allow for PANNs' checkpoint beyond tensors: its sampler's
+    state holds int64 index arrays and a RandomState.get_state() tuple (a uint32 array and plain
+    numbers), pickled by NumPy 1.x as numpy.core..., which NumPy 2 calls numpy._core."""
+    reconstruct = np.zeros(0).__reduce__()[0]  # what an ndarray is pickled with
+    return [np.ndarray, np.dtype, type(np.dtype(np.int64)), type(np.dtype(np.uint32)),
+            (reconstruct, "numpy.core.multiarray._reconstruct"),
+            (reconstruct, "numpy._core.multiarray._reconstruct")]
+
+
+def load_cnn14_weights(model, path):
+    """Load CNN14 weights into a Cnn14: PANNs' published file (a dict whose "model" is the state
+    dict) or a plain state dict. Its AudioSet head (fc_audioset) is skipped; any other tensor
+    missing, extra or of another shape refuses the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SuiteError(f"--weights {path}: no such file (or use panns / none)")
+    try:
+        with torch.serialization.safe_globals(cnn14_numpy_globals()):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        found = re.search(r"(GLOBAL \S+|got <class '[^']+'>)", str(e))
+        why = f"{found[1]}, refused by a weights-only load" if found else type(e).__name__
+        raise SuiteError(f"--weights {path}: not a loadable CNN14 file ({why})") from None
+    state = state.get("model", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise SuiteError(f"--weights {path}: expected PANNs' CNN14 checkpoint or a state dict")
+    state = {k: v for k, v in state.items() if not k.startswith("fc_audioset.")}
+    own = model.state_dict()
+    for key, value in state.items():
+        if key not in own:
+            raise SuiteError(f"--weights {path} is not CNN14: it holds {key}, which CNN14 has not")
+        if getattr(value, "shape", None) != own[key].shape:
+            raise SuiteError(f"--weights {path} does not fit CNN14: {key} is "
+                                    f"{tuple(getattr(value, 'shape', ()))} there, "
+                                    f"{tuple(own[key].shape)} in CNN14")
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise SuiteError(f"--weights {path} does not fit CNN14: {len(missing)} tensors "
+                                f"missing (e.g. {missing[0]})")
+    model.load_state_dict(state)
+
+
+def cnn14_weights_path():
+    """PANNs' published CNN14 file in torch's hub cache, downloaded once (and kept only when it
+    has Zenodo's MD5 and loads as CNN14)."""
+    path = Path(torch.hub.get_dir()) / "checkpoints" / CNN14_FILE
+    if not path.is_file():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(CNN14_URL, str(path))
+        except Exception as e:
+            raise SuiteError(
+                f"could not download PANNs' CNN14 weights ({type(e).__name__}: "
+                f"{' '.join(str(e).split())}); pass --weights PATH ({CNN14_FILE} from "
+                "zenodo.org/record/3987831, e.g. attached to a Kaggle kernel as a data set) or "
+                "--weights none", code=2) from None
+        try:
+            digest = hashlib.md5(path.read_bytes()).hexdigest()
+            if digest != CNN14_MD5:
+                raise SuiteError(f"{path}: not the published file (its MD5 is {digest}, "
+                                        f"Zenodo lists {CNN14_MD5}); not kept", code=2)
+            load_cnn14_weights(Cnn14(), path)
+        except SuiteError:
+            path.unlink()
+            raise
+    return path

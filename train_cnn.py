@@ -60,15 +60,10 @@ def parse_args(argv, check_paths=True):
                                  paths=check_paths)
 
 
-def channels_of(args):
-    return args.input if args.input != "auto" else \
-        ("rgb" if args.model == "convolneunet" else "levels")
-
-
 def check_model(args, image_shape=None):
     """The network can take the images: --img-size (else the data's (height, width), when
     known) is checked by a forward pass of an empty batch, before any work."""
-    channels = 1 if channels_of(args) == "levels" else 3
+    channels = 1 if models.input_channels(args.model, args.input) == "levels" else 3
     if args.img_size is not None:
         shape, what = (args.img_size, args.img_size), f"--img-size {args.img_size}"
     elif image_shape is not None:
@@ -102,7 +97,7 @@ def main(argv=None, started=None):
     """The command; started: the time.time() --time-limit counts from (default: now)."""
     started = started or time.time()
     args = parse_args(argv)
-    channels = channels_of(args)
+    channels = models.input_channels(args.model, args.input)
     img_size = args.img_size if args.img_size is not None else images_size(args.data)
     if args.img_size is None:  # the data's own size: check it as a given --img-size is
         check_model(args, (img_size, img_size) if img_size else

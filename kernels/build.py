@@ -45,6 +45,7 @@ sys.path[:0] = [str(ROOT), str(KERNELS_DIR)]
 import common  # noqa: E402
 import audio  # noqa: E402
 import data  # noqa: E402
+import models  # noqa: E402
 import runs  # noqa: E402
 import kernel_main  # noqa: E402  (the kernel's own code: its flags and its check of a recipe)
 
@@ -218,7 +219,7 @@ def check_recipe(recipe):
         args = kernel_main.check_recipe(recipe)
     except common.SuiteError as e:
         raise common.SuiteError(f"trainer flags ({' '.join(recipe['trainer_args'])}): {e}") from None
-    weights = recipe["kind"] == "transfer" and kernel_main.trainer_weights(args)
+    weights = recipe["kind"] == "transfer" and models.pretrained_weights(args.arch, args.weights)
     if weights in ("imagenet", "panns") and not (recipe["internet"] or recipe["weights_dataset"]):
         raise common.SuiteError(
             f"{'PANNs' if weights == 'panns' else 'ImageNet'} weights for {args.arch} cannot "

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 import common  # noqa: E402
 import kaggle_client  # noqa: E402
 import models  # noqa: E402
@@ -269,12 +269,9 @@ def next_turn(kernel, relay):
 
 def check_fresh(kernel):
     """A kernel built by build.py must carry today's code: an hour of GPU on stale code is lost."""
-    import importlib.util
     if kernel.recipe is None:
         return  # made by hand
-    spec = importlib.util.spec_from_file_location("kernel_build", KERNELS_DIR / "build.py")
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
+    import build  # its neighbour (kernels/ is on the path): the notebook as it would be built now
     recipe = {**build.DEFAULTS, **kernel.recipe}
     if build.stale_files(kernel.folder, build.render(build.check_recipe(recipe))):
         raise common.SuiteError(f"{kernel.folder} was built from older code or another recipe; "
@@ -644,9 +641,8 @@ def publish(api, folder, dataset, title, description):
 
 def weights(api, arch, user, slug):
     """Publish --arch's pretrained weights file under the name the kernel looks for."""
-    import train_transfer
     if arch == "cnn14":
-        path = train_transfer.cnn14_weights_path()
+        path = models.cnn14_weights_path()
         title = "PANNs CNN14 weights (AudioSet)"
         about = ("PANNs' published Cnn14_mAP=0.431.pth (Kong et al. 2020, zenodo.org/record/"
                  "3987831, CC BY 4.0), for offline kernels of the music-genre suite.")
@@ -655,8 +651,8 @@ def weights(api, arch, user, slug):
         archs = models.classification_archs()
         if arch not in archs:
             raise common.SuiteError(f"unknown --arch {arch!r}; choose from: {', '.join(archs)}, cnn14")
-        train_transfer.imagenet_state_dict(arch)  # into torch's hub cache, once
-        path = Path(torch.hub.get_dir()) / "checkpoints" / train_transfer.imagenet_file_name(arch)
+        models.imagenet_state_dict(arch)  # into torch's hub cache, once
+        path = Path(torch.hub.get_dir()) / "checkpoints" / models.imagenet_file_name(arch)
         title = f"{arch} ImageNet weights (torchvision)"[:50]
         about = (f"torchvision's {path.name} (ImageNet weights of {arch}, BSD-3-Clause), for "
                  "offline kernels of the music-genre suite.")

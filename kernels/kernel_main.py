@@ -282,21 +282,16 @@ def take_over(earlier, run_dir, trainer, trainer_argv):
     return True
 
 
-def trainer_weights(args):
-    """A transfer recipe's --weights as train_transfer resolves it."""
-    return importlib.import_module(TRAINERS["transfer"]).weights_of(args)
-
-
 def find_weights(input_dir, args, trainer, internet):
     """--weights PATH for a transfer kernel: the pretrained weights file for --arch in an
     attached data set (torchvision's e.g. vgg16-397923af.pth, or PANNs' Cnn14_mAP=0.431.pth),
     so no internet is needed. Looked for before any work: without it and without internet the
     trainer could only fail after the conversion."""
-    weights = trainer.weights_of(args)
+    weights = models.pretrained_weights(args.arch, args.weights)
     if weights == "panns":
-        name = trainer.CNN14_FILE
+        name = models.CNN14_FILE
     elif weights == "imagenet":
-        name = trainer.imagenet_file_name(args.arch)
+        name = models.imagenet_file_name(args.arch)
     else:
         return []
     found = find_file(input_dir, name)
@@ -344,7 +339,7 @@ def training_network(recipe, trainer, parsed, data_argv):
     for a frozen backbone's fast path (the backbone runs once, the head trains in seconds)."""
     import torch
     if recipe["kind"] == "cnn":
-        channels = 1 if trainer.channels_of(parsed) == "levels" else 3
+        channels = 1 if models.input_channels(parsed.model, parsed.input) == "levels" else 3
         images = sorted(Path(data_argv[1]).glob("*/*.png"))
         if parsed.img_size:
             shape = (parsed.img_size, parsed.img_size)

@@ -110,7 +110,7 @@ def checkpoint_file(published_state, tmp_path_factory):
     """A file made up as the published one: the state dict under "model" beside the iteration and
     the training sampler's state (NumPy index arrays, plain lists, a RandomState's state), saved
     in torch's legacy format with NumPy 1.x's module names, as PANNs saved it in 2020."""
-    path = tmp_path_factory.mktemp("panns") / train_transfer.CNN14_FILE
+    path = tmp_path_factory.mktemp("panns") / models.CNN14_FILE
     rng = np.random.RandomState(0)
     sampler = {"indexes_per_class": [np.where(rng.rand(40) < 0.3)[0] for _ in range(3)],
                "queue": [2, 0, 1], "pointers_of_classes": [0, 4, 1],
@@ -205,12 +205,12 @@ def test_published_file_loads_weights_only(checkpoint_file, published_state, tmp
     with pytest.raises(pickle.UnpicklingError, match="numpy"):
         torch.load(checkpoint_file, weights_only=True)
     model = models.Cnn14()
-    train_transfer.load_cnn14_weights(model, checkpoint_file)
+    models.load_cnn14_weights(model, checkpoint_file)
     for key, value in model.state_dict().items():
         assert torch.equal(value, published_state[key]), key
     plain = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
     torch.save(plain, tmp_path / "plain.pt")
-    train_transfer.load_cnn14_weights(model, tmp_path / "plain.pt")
+    models.load_cnn14_weights(model, tmp_path / "plain.pt")
     assert not model.fc1.weight.any() and not model.logmel_extractor.melW.any()
 
 
@@ -230,7 +230,7 @@ def test_other_files_refused_in_one_line(content, culprit, fresh_cnn14, tmp_path
     elif content is not None:
         torch.save(content, path)
     with pytest.raises(common.SuiteError) as error:
-        train_transfer.load_cnn14_weights(fresh_cnn14, path)
+        models.load_cnn14_weights(fresh_cnn14, path)
     assert str(path) in str(error.value) and culprit in str(error.value)
     assert "\n" not in str(error.value) and error.value.code == 1
 
@@ -251,7 +251,7 @@ def test_panns_weights_from_hub_cache_without_network(offline, checkpoint_file, 
     """The file in torch's hub cache (as a first download leaves it) is used, no network."""
     offline.parent.mkdir(parents=True)
     offline.symlink_to(checkpoint_file)
-    net, sample_rate = train_transfer.build_transfer("cnn14", 3, weights="panns")
+    net, sample_rate = models.build_transfer("cnn14", 3, weights="panns")
     assert sample_rate == 32000
     assert torch.equal(net.backbone.conv_block6.bn2.running_var,
                        published_state["conv_block6.bn2.running_var"])
@@ -259,7 +259,7 @@ def test_panns_weights_from_hub_cache_without_network(offline, checkpoint_file, 
 
 def test_no_network_says_what_to_attach(offline):
     with pytest.raises(common.SuiteError) as error:
-        train_transfer.build_transfer("cnn14", 3, weights="panns")
+        models.build_transfer("cnn14", 3, weights="panns")
     message = str(error.value)
     assert error.value.code == 2 and "\n" not in message
     assert "could not download PANNs' CNN14 weights" in message
@@ -285,17 +285,17 @@ def test_download_kept_only_when_it_loads(offline, checkpoint_file, monkeypatch,
     monkeypatch.setenv("no_proxy", "127.0.0.1")
     url = f"http://127.0.0.1:{server.server_port}"
     try:
-        monkeypatch.setattr(train_transfer, "CNN14_URL", f"{url}/page.html")
+        monkeypatch.setattr(models, "CNN14_URL", f"{url}/page.html")
         with pytest.raises(common.SuiteError, match=f"{offline}: not the published file"):
-            train_transfer.cnn14_weights_path()
+            models.cnn14_weights_path()
         assert not offline.exists()
-        monkeypatch.setattr(train_transfer, "CNN14_MD5",
+        monkeypatch.setattr(models, "CNN14_MD5",
                             hashlib.md5(checkpoint_file.read_bytes()).hexdigest())
-        monkeypatch.setattr(train_transfer, "CNN14_URL", f"{url}/file.pth")
-        assert train_transfer.cnn14_weights_path() == offline
+        monkeypatch.setattr(models, "CNN14_URL", f"{url}/file.pth")
+        assert models.cnn14_weights_path() == offline
         assert offline.read_bytes() == checkpoint_file.read_bytes()
-        monkeypatch.setattr(train_transfer, "CNN14_URL", f"{url}/page.html")  # cached: not asked again
-        assert train_transfer.cnn14_weights_path() == offline
+        monkeypatch.setattr(models, "CNN14_URL", f"{url}/page.html")  # cached: not asked again
+        assert models.cnn14_weights_path() == offline
     finally:
         server.shutdown()
         server.server_close()
@@ -318,7 +318,7 @@ def test_build_transfer_cnn14():
     """features(x) is the embedding, forward the suite's head on it; a frozen backbone stays in
     eval mode and untrainable, a fine-tuned one trains all but the front end; model.pt's spec
     rebuilds it; ImageNet weights are refused in one line."""
-    net, sample_rate = train_transfer.build_transfer("cnn14", 3, weights="none", head_dropout=0.5)
+    net, sample_rate = models.build_transfer("cnn14", 3, weights="none", head_dropout=0.5)
     assert sample_rate == models.CNN14_SR == 32000
     x = waveforms()
     net.train()
@@ -338,7 +338,7 @@ def test_build_transfer_cnn14():
     assert trainable == {n for n in rebuilt.backbone.state_dict()
                          if "extractor" not in n and "running" not in n and "num_batches" not in n}
     with pytest.raises(common.SuiteError, match="--weights panns, PATH or none"):
-        train_transfer.build_transfer("cnn14", 3, weights="imagenet")
+        models.build_transfer("cnn14", 3, weights="imagenet")
 
 
 # ----------------------------------------------------------------------------------------------

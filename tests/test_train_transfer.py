@@ -8,6 +8,7 @@ import torchvision
 import common
 import data
 import data_conversion
+import models
 import predict
 import train_transfer
 import training
@@ -105,7 +106,7 @@ def test_fast_path_trains_what_the_full_frozen_model_would(tiny_images):
     runs = []
     for fast in (False, True):
         training.seed_everything(0)
-        net, _ = train_transfer.build_transfer("resnet18", 3, "none", head_dropout=0.5)
+        net, _ = models.build_transfer("resnet18", 3, "none", head_dropout=0.5)
         train, val = (images.dataset.subset(parts[p]) for p in ("train", "val"))
         if fast:
             with torch.no_grad():  # the backbone as the fast path runs it (channels-last)
@@ -137,11 +138,11 @@ def test_frozen_backbone_untouched_on_the_slow_path(tiny_images, tmp_path):
     frozen = predict.load_model(tmp_path / "frozen" / "model.pt")[0].backbone.state_dict()
     tuned = predict.load_model(tmp_path / "ft" / "model.pt")[0].backbone.state_dict()
     training.seed_everything(0)  # the random backbone both runs started from
-    start = train_transfer.build_transfer("resnet18", 3, "none")[0].backbone.state_dict()
+    start = models.build_transfer("resnet18", 3, "none")[0].backbone.state_dict()
     assert all(torch.equal(frozen[k], start[k]) for k in start)
     for k in ("conv1.weight", "bn1.running_mean"):
         assert not torch.equal(tuned[k], start[k])
-    net = train_transfer.build_transfer("resnet18", 3, "none")[0].train()
+    net = models.build_transfer("resnet18", 3, "none")[0].train()
     torch.nn.functional.cross_entropy(net(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)),
                                       torch.tensor([0, 1])).backward()
     assert all(p.grad is None for p in net.backbone.parameters())
