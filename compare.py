@@ -129,7 +129,7 @@ def unfinished_runs(runs_dir, names=None):
         if progress is None or progress.finished or (progress.parts == 1 and
                                                       (run / "metrics.json").exists()):
             continue  # finished, or time-limited: its figures are in a table, marked
-        script = json.loads(config.read_text()).get("script", "train_cnn.py")
+        script = runs.read_json(config).get("script", "train_cnn.py")
         found.append((run.name, progress, f"python {script} --resume {run}"))
     return found
 
@@ -209,8 +209,7 @@ def ensemble_entry(runs_dir, members, name, out):
         raise common.SuiteError(f"--ensemble {unfinished}: no metrics.json (not a finished run)")
     if len({len(p) for p in parts}) != 1:
         raise common.SuiteError("--ensemble: the runs have different numbers of folds")
-    results, member_metrics = [], [[json.loads((p / "metrics.json").read_text()) for p in run]
-                                   for run in parts]
+    results, member_metrics = [], [[runs.read_metrics(p) for p in run] for run in parts]
     for i in range(len(parts[0])):
         if len({m[i].get("split_hash") for m in member_metrics}) != 1:
             raise common.SuiteError(f"--ensemble: {', '.join(map(str, dirs))} were tested on "
@@ -289,9 +288,7 @@ def fill_kaggle_scores(entries, competition):
                   "kaggle_private_score": float(private) if private not in (None, "") else None}
         entry.update(scores)
         for part in parts:
-            metrics = json.loads(part["_path"].read_text())
-            metrics.update(scores)
-            common.write_json(part["_path"], metrics)
+            runs.update_metrics(part["_path"].parent, **scores)
         filled += 1
     print(f"Kaggle scores found for {filled} of {len(entries)} runs "
           f"({len(submissions)} submissions to {competition})")

@@ -303,12 +303,38 @@ def model_in(folder):
     return next((Path(folder) / n for n in MODEL_FILES if (Path(folder) / n).is_file()), None)
 
 
-def part_finished(folder):
-    """A part (a run, or one fold) whose model and report are written and whose training is over
-    (no checkpoint left): the order save() writes them in makes this true only at the end."""
-    folder = Path(folder)
-    return ((folder / "metrics.json").is_file() and not (folder / "checkpoint.pt").exists()
-            and model_in(folder) is not None)
+def read_json(path):
+    """A run's small JSON file (config.json, metrics.json, checkpoint.json, summary.json) as a
+    dict; {} when it is missing or damaged (a copy cut short)."""
+    try:
+        found = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def read_metrics(part_dir):
+    return read_json(Path(part_dir) / "metrics.json")
+
+
+def update_metrics(part_dir, **changes):
+    """The one rewrite of a tested part's metrics.json (a Kaggle score, where a run came from):
+    the other figures kept as they are; False when there is none to update."""
+    metrics = read_metrics(part_dir)
+    if metrics:
+        write_json(Path(part_dir) / "metrics.json", {**metrics, **changes})
+    return bool(metrics)
+
+
+def part_finished(folder, *, model=True):
+    """A part (a run, or one fold) tested after its training completed (metrics.json says so)
+    and, with model=True, its model file there. save() writes the model, then metrics.json, so
+    this is true only at the end (an older order wrote the report first: --resume finishes such
+    a part). model=False reads the small files alone: a Kaggle output's progress, brought home
+    without weights."""
+    metrics = read_metrics(folder)
+    return bool(metrics) and metrics.get("complete", True) \
+        and (not model or model_in(folder) is not None)
 
 
 def run_finished(run_dir):
@@ -342,26 +368,16 @@ def run_progress(run_dir):
     """RunProgress of a run folder, or None when it is not one (no readable config.json)."""
     run_dir = Path(run_dir)
     try:
-        args = json.loads((run_dir / "config.json").read_text())["args"]
+        args = read_json(run_dir / "config.json")["args"]
         parts, epochs = int(args.get("folds") or 1), int(args["epochs"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError, ValueError):
         return None
-
-    def read(path):
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
-            return {}
-
-    def done(folder):  # tested after complete training, its checkpoint gone
-        metrics = read(folder / "metrics.json")
-        return bool(metrics) and metrics.get("complete", True) \
-            and not (folder / "checkpoint.json").exists()
     folders = [run_dir] if parts == 1 else [run_dir / f"fold{k}" for k in range(1, parts + 1)]
-    parts_done = sum(map(done, folders))
-    current = next((f for f in folders if not done(f)), folders[-1])
-    epochs_done = read(current / "checkpoint.json").get(
-        "epochs_done", read(current / "metrics.json").get("epochs_run", 0))
+    done = [part_finished(f, model=False) for f in folders]
+    parts_done = sum(done)
+    current = next((f for f, d in zip(folders, done) if not d), folders[-1])
+    epochs_done = read_json(current / "checkpoint.json").get(
+        "epochs_done", read_metrics(current).get("epochs_run", 0))
     return RunProgress(parts_done == parts, parts, parts_done, int(epochs_done), epochs)
 
 
@@ -417,7 +433,8 @@ class Run:
         for name, split in self.splits:
             folder = self.dir / name
             if part_finished(folder):  # --resume: finished before
-                metrics = json.loads((folder / "metrics.json").read_text())
+                drop_checkpoint(folder / "checkpoint.pt")  # left by a kill at the very end
+                metrics = read_metrics(folder)
                 self.dist.log(f"{folder}: finished before (balanced accuracy "
                               f"{metrics['test_balanced_accuracy']:.3f})")
                 continue
@@ -466,7 +483,7 @@ def start_run(args, argv, script, model_name, *, classes, splits, clip_ids, devi
     replaced = None
     if args.resume:
         run_dir = Path(args.resume)
-        recorded = json.loads((run_dir / "config.json").read_text()).get("split_hashes")
+        recorded = read_json(run_dir / "config.json").get("split_hashes")
         if recorded and recorded != hashes:
             raise SuiteError(f"--resume {run_dir}: the data or its split changed since the run "
                              "started; start a new run")
@@ -499,6 +516,11 @@ def start_run(args, argv, script, model_name, *, classes, splits, clip_ids, devi
     return run
 
 
+def drop_checkpoint(path):
+    path.with_suffix(".json").unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
+
+
 def save(part, model, spec, report, *, train):
     """Write the part's model (model.pt, or model.joblib for a scikit-learn estimator, with the
     fallback class for unreadable audio and the caveats a prediction repeats), then its report
@@ -518,10 +540,8 @@ def save(part, model, spec, report, *, train):
         saved = {"estimator": model, "spec": spec, "classes": classes, **extra}
         atomic_write(part.dir / "model.joblib", lambda f: joblib.dump(saved, f), mode="wb")
     write_results(part.dir, metrics, report)
-    if metrics["complete"]:  # the model file has the weights; checkpoint.json first, as
-        # run_progress reads it (killed in between, --resume tests the model again: no harm)
-        part.checkpoint.with_suffix(".json").unlink(missing_ok=True)
-        part.checkpoint.unlink(missing_ok=True)
+    if metrics["complete"]:  # the model file has the weights (a kill before this: --resume drops it)
+        drop_checkpoint(part.checkpoint)
     print(f"test: balanced accuracy {metrics['test_balanced_accuracy']:.3f}, accuracy "
           f"{metrics['test_accuracy']:.3f}, macro F1 {metrics['test_macro_f1']:.3f} on "
           f"{metrics['n_test']} clips ({metrics['split']}) -> {part.dir}")
@@ -552,7 +572,7 @@ def summarize_folds(run):
     folders = [run.dir / name for name, _ in run.splits]
     if not all(part_finished(f) for f in folders):
         return None
-    results = [json.loads((f / "metrics.json").read_text()) for f in folders]
+    results = [read_metrics(f) for f in folders]
     bal = np.array([m["test_balanced_accuracy"] for m in results])
     acc = np.array([m["test_accuracy"] for m in results])
     summary = {"model": results[0]["model"], "folds": len(results), "split": split_label(run.args),

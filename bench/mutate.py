@@ -209,11 +209,11 @@ MUTATIONS = [
       'np.array([[row[c] for c in sorted(preprocess["columns"])]], np.float32)',
       f"{MLP}::test_prediction_gives_the_features_in_the_models_column_order"),
     # a finished part is not trained again; an unfinished one is
-    M("part_finished: checkpoint ignored", "runs.py",
-      '(folder / "metrics.json").is_file() and not (folder / "checkpoint.pt").exists()',
-      '(folder / "metrics.json").is_file()', FINISHED),
     M("part_finished: model file ignored", "runs.py",
-      "\n            and model_in(folder) is not None)", ")", FINISHED),
+      "and (not model or model_in(folder) is not None)", "and True", FINISHED),
+    M("part_finished: a part stopped by the time limit counts as finished", "runs.py",
+      'return bool(metrics) and metrics.get("complete", True)', "return bool(metrics) and True",
+      FINISHED),
     # the input path and AMP's bookkeeping
     M("Batches: the data copied to the device per loader", "training.py",
       "self.x, self.y = dataset.x_on(device), dataset.y.to(device)",

@@ -485,17 +485,13 @@ def output(api, kernel, runs, overwrite, version=None):
             raise common.SuiteError(f"the output of {version} has no runs/{kernel.name}/", code=2)
         marked = 0
         for path in run.rglob("metrics.json"):
-            try:
-                metrics = json.loads(path.read_text())
-            except ValueError:
+            named = {key: kernel.name for key in ("run", "group")  # the run's name is now the folder's
+                     if runs.read_metrics(path.parent).get(key)}
+            if not runs.update_metrics(path.parent, kaggle_kernel=version.kernel,
+                                       kaggle_version=version.number, **named):
                 print(f"warning: {path.relative_to(tmp)} in the output is not JSON; left as is",
                       file=sys.stderr)
                 continue
-            metrics.update(kaggle_kernel=version.kernel, kaggle_version=version.number)
-            for key in ("run", "group"):  # the run's name is now the folder's
-                if metrics.get(key):
-                    metrics[key] = kernel.name
-            common.write_json(path, metrics)
             marked += 1
         for name, kept in (("submission.csv", "submission.csv"),
                            (f"{version.kernel.split('/')[1]}.log", "kaggle.log")):

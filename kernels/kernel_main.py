@@ -257,7 +257,7 @@ def same_run(run_dir, trainer, trainer_argv):
     def comparable(key, value):
         named = key in ("weights", "split", "labels") and value
         return Path(value).name if named else runs.jsonable(value)
-    recorded = json.loads((run_dir / "config.json").read_text())["args"]
+    recorded = runs.read_json(run_dir / "config.json")["args"]
     wanted = vars(trainer.parse_args(trainer_argv, check_paths=False))
     return all(comparable(k, recorded.get(k)) == comparable(k, v) for k, v in wanted.items()
                if k not in runs.RESUME_FLAGS + KERNEL_FLAGS)
@@ -537,7 +537,7 @@ def run_folder(recipe, working=None):
 def results_table(part):
     """The part's metrics as a markdown table, with the split and its number of test clips, and
     a word when training stopped at the time limit."""
-    m = json.loads((Path(part) / "metrics.json").read_text())
+    m = runs.read_metrics(part)
     rows = [("model", m["model"]), ("test clips", f"{m['n_test']} ({m.get('split', '?')})"),
             ("balanced accuracy", f"{m['test_balanced_accuracy']:.3f}"),
             ("accuracy", f"{m['test_accuracy']:.3f}"), ("macro F1", f"{m['test_macro_f1']:.3f}"),

@@ -251,3 +251,25 @@ def test_missing_and_foreign_feature_columns_are_named(tmp_path, capsys):
     write_tone(tmp_path / "test" / "1.wav", 300)
     assert predict.main([str(tmp_path / "runs" / "g" / "model.joblib"), str(tmp_path / "test")]) == 1
     assert "cannot predict from audio" in capsys.readouterr().err
+
+
+def test_run_folders_made_before_the_split_of_common_resume_and_load(tmp_path, monkeypatch):
+    """Run folders written by the suite before common.py was split into modules (commit
+    28c0280, tests/fixtures/before-split): an MLP run killed in epoch 3 resumes to the end,
+    and an SVM baseline's model.joblib (pickled scikit-learn objects) still loads and scores."""
+    import shutil
+    from pathlib import Path
+
+    import joblib
+
+    import models
+    shutil.copytree(Path(__file__).parent / "fixtures" / "before-split", tmp_path, dirs_exist_ok=True)
+    monkeypatch.chdir(tmp_path)  # the runs recorded their data as the relative features.csv
+    assert json.loads(Path("mlp/checkpoint.json").read_text())["epochs_done"] == 1  # the best so far
+    assert train_mlp.main(["--resume", "mlp"]) == 0
+    metrics = json.loads(Path("mlp/metrics.json").read_text())
+    assert metrics["complete"] and metrics["epochs_run"] == 6
+    saved = joblib.load("svm/model.joblib")
+    x, _, _, labels = train_mlp.read_features_csv("features.csv")
+    scores = models.estimator_scores(saved["estimator"], x)
+    assert scores.shape == (len(x), 3) and (np.array(saved["classes"])[scores.argmax(1)] == labels).mean() > 0.9
