@@ -465,20 +465,20 @@ def origin(run_dir):
         return None
 
 
-def output(api, kernel, runs, overwrite, version=None):
+def output(api, kernel, runs_dir, overwrite, version=None):
     """The output of `version` (default: the one holding the run furthest on) into a temporary
     folder, then its run folder to RUNS/NAME/ with submission.csv and the log, every
     metrics.json marked with the kernel and version. Returns the run folder."""
-    runs = common.check_output_folder(Path(runs), "--runs")
-    target = runs / kernel.name
+    runs_dir = common.check_output_folder(Path(runs_dir), "--runs")
+    target = runs_dir / kernel.name
     if target.exists() and (origin(target) or {}).get("kernel") not in kernel.ids and not overwrite:
         raise common.SuiteError(f"--runs {target} exists and is not a Kaggle output of "
                                 f"{kernel.id}; give --overwrite to replace it")
     if version is None:
         version, progress = furthest(api, kernel)
         print(f"{version} holds the run furthest on ({progress})")
-    runs.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".kaggle-output-", dir=runs) as tmp:  # hidden
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".kaggle-output-", dir=runs_dir) as tmp:  # hidden
         download(api, version, tmp)
         run = Path(tmp) / "runs" / kernel.name
         if not run.is_dir():
@@ -575,7 +575,7 @@ def wait_for_score(api, competition, ref, interval):
         time.sleep(interval)
 
 
-def run(api, kernel, accelerator, timeout, rescue, interval, max_sessions, runs):
+def run(api, kernel, accelerator, timeout, rescue, interval, max_sessions, runs_dir):
     """push, follow, push ... until the run is finished, then bring it home. A predict kernel
     (no relay partner) runs once, to be submitted."""
     failed = False
@@ -584,7 +584,7 @@ def run(api, kernel, accelerator, timeout, rescue, interval, max_sessions, runs)
             version = push(api, kernel, accelerator, timeout, rescue)
         except common.NothingToDo as done:
             print(done)
-            return output(api, kernel, runs, overwrite=False)
+            return output(api, kernel, runs_dir, overwrite=False)
         version = follow(api, version, interval)
         if version.status == "COMPLETE" and kernel.relay is None:  # it trains nothing
             print(f"{version} is complete; submit it: kaggle_loop.py submit {kernel.name} "
@@ -599,7 +599,7 @@ def run(api, kernel, accelerator, timeout, rescue, interval, max_sessions, runs)
     best = relay_state(api, kernel).best  # the last session may have finished it
     if best and best[1].finished:
         print(f"{kernel.name} is finished ({best[0]})")
-        return output(api, kernel, runs, overwrite=False)
+        return output(api, kernel, runs_dir, overwrite=False)
     raise common.SuiteError(f"{kernel.name}: not finished after {max_sessions} versions; "
                             "run again to go on (or raise --max-sessions)", code=2)
 

@@ -45,6 +45,7 @@ def world(tmp_path_factory):
                            "--name", "r1", "--workers", "1"]) == 0
     shutil.copytree(w / "runs" / "r1", w / "runs" / "r2")  # a run killed before its end
     (w / "runs" / "r2" / "checkpoint.pt").write_bytes(b"")
+    (w / "runs" / "r2" / "metrics.json").unlink()  # killed before its test: not finished
     write_tone(w / "test" / "0001.wav", 300)
     (w / "empty").mkdir()
     (w / "readonly").mkdir()
