@@ -75,9 +75,10 @@ class ArrayDataset:
     __getitems__ returns a whole batch (x, y, index) for a DataLoader; Batches gathers batches
     where the model is, without one."""
 
-    def __init__(self, x, labels, clip_ids, rows=None):
+    def __init__(self, x, labels, clip_ids, rows=None, paths=None):
         self.x, self.y = x, torch.as_tensor(np.asarray(labels), dtype=torch.long)
         self.labels, self.clip_ids = np.asarray(labels), list(clip_ids)
+        self.paths = None if paths is None else list(paths)  # the file of each row of x
         self.rows = rows  # positions in x (a view of a larger set without copying it)
         self.device_copies = {}  # device -> x there; one dict for the set and all its parts
 
@@ -122,8 +123,8 @@ class LazyImageDataset(ArrayDataset):
     cannot be decoded then (in a loader worker) is named in a warning and read as silence."""
 
     def __init__(self, paths, labels, clip_ids, img_size, channels, shape):
-        super().__init__(None, labels, clip_ids)
-        self.paths, self.img_size, self.channels, self.shape = list(paths), img_size, channels, shape
+        super().__init__(None, labels, clip_ids, paths=paths)
+        self.img_size, self.channels, self.shape = img_size, channels, shape
 
     def decode(self, path):
         try:
@@ -202,8 +203,7 @@ def load_image_data(data_dir, img_size, channels="rgb", cache_mb=4096):
     if lazy:
         dataset = LazyImageDataset(paths, label_index, clip_ids, img_size, channels, shape)
     else:
-        dataset = ArrayDataset(x[:len(good)], label_index, clip_ids)
-        dataset.paths = paths
+        dataset = ArrayDataset(x[:len(good)], label_index, clip_ids, paths=paths)
     return ImageData(dataset, classes, conversion)
 
 

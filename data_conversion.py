@@ -453,7 +453,7 @@ def download_gtzan(target):
     api = kaggle_client.kaggle_api()
     print(f"downloading {GTZAN_DATASET} to {target} ...")
     kaggle_client.kaggle_call(f"download of {GTZAN_DATASET}", api.dataset_download_files,
-                       GTZAN_DATASET, path=str(target), unzip=True, quiet=False)
+                              GTZAN_DATASET, path=str(target), unzip=True, quiet=False)
     genres = next(iter(sorted(target.rglob("genres_original"))), None)
     print(f"GTZAN audio is in {genres or target}")
     corrupt = list(target.rglob(GTZAN_CORRUPT))
@@ -470,8 +470,8 @@ def extract(args):
         raise common.SuiteError("--features CSV takes one SRC folder of labeled audio and no OUT "
                                 "folder (images and features are made by separate commands)")
     runs.refuse_unused(build_parser(), args, IMAGE_FLAGS, "a setting of the images; "
-                         "--features reads each whole clip at its own sample rate, as the "
-                         "public table was made")
+                       "--features reads each whole clip at its own sample rate, as the "
+                       "public table was made")
     check_feature_table(args.features, args.src, args.feature_set, args.overwrite)
     start = time.time()
     n, computed, errors = extract_features(args.src, args.features, args.feature_set,

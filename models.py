@@ -119,10 +119,11 @@ class TransferNet(nn.Module):
     std), + a new head. A frozen backbone stays in eval mode (BatchNorm statistics untouched), so
     head(backbone(x)) can be cached."""
 
-    def __init__(self, backbone, head, mean=None, std=None, frozen=True):
+    def __init__(self, backbone, head, mean=None, std=None, frozen=True, replaced_classifier=None):
         super().__init__()
         self.norm = nn.Identity() if mean is None else InputNorm(mean, std)
         self.backbone, self.head, self.frozen = backbone, head, frozen
+        self.replaced_classifier = replaced_classifier  # its pretrained weights have no place here
         if frozen:
             self.backbone.requires_grad_(False)
 
@@ -173,9 +174,8 @@ def transfer_network(arch, n_classes, head_dropout=0.5, finetune=False, spec_aug
         setattr(model, name, None)
     in_features, classifier = replace_classifier(model, arch)
     transforms = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
-    net = TransferNet(model, mlp_head(in_features, n_classes, head_dropout),
-                      transforms.mean, transforms.std, frozen=not finetune)
-    net.replaced_classifier = classifier  # its pretrained weights have no place here
+    net = TransferNet(model, mlp_head(in_features, n_classes, head_dropout), transforms.mean,
+                      transforms.std, frozen=not finetune, replaced_classifier=classifier)
     return net, transforms.crop_size[0]
 
 
@@ -229,7 +229,12 @@ class Cnn14(nn.Module):
     each), mean over frequency, max + mean over time, dropout 0.5, fc1 + ReLU and dropout 0.5 (the
     published embedding, which PANNs fine-tunes from). spec_augment: PANNs' training-time
     SpecAugmentation after bn0 (2 time stripes < 64 frames, 2 frequency stripes < 8 bands), off
-    by default. Mixup is the training loop's."""
+    by default. Mixup is the training loop's.
+
+    The front end is written here rather than imported from torchlibrosa (as PANNs does): Kaggle's
+    image does not ship torchlibrosa (Kaggle/docker-python's kaggle_requirements.txt lists no
+    torchlibrosa) and an offline kernel installs nothing. tests/test_cnn14.py
+    holds it equal to torchlibrosa's Spectrogram + LogmelFilterBank, key for key."""
 
     def __init__(self, spec_augment=False):
         super().__init__()
@@ -408,13 +413,13 @@ def load_backbone_weights(net, arch, state, source):
     wrong = [k for k, v in state.items() if k in own and getattr(v, "shape", None) != own[k].shape]
     if wrong:
         raise SuiteError(f"{source} does not fit {arch}: {len(wrong)} tensors of another "
-                                f"shape (e.g. {wrong[0]}: {tuple(getattr(state[wrong[0]], 'shape', ()))} "
-                                f"there, {tuple(own[wrong[0]].shape)} in {arch})")
+                         f"shape (e.g. {wrong[0]}: {tuple(getattr(state[wrong[0]], 'shape', ()))} "
+                         f"there, {tuple(own[wrong[0]].shape)} in {arch})")
     result = net.backbone.load_state_dict(state, strict=False)
     if result.missing_keys:
         raise SuiteError(f"{source} does not fit {arch}: {len(result.missing_keys)} missing "
-                                f"keys (e.g. {', '.join(result.missing_keys[:3])}), "
-                                f"{len(result.unexpected_keys)} unexpected")
+                         f"keys (e.g. {', '.join(result.missing_keys[:3])}), "
+                         f"{len(result.unexpected_keys)} unexpected")
     if result.unexpected_keys:
         print(f"warning: {source}: ignored {len(result.unexpected_keys)} unexpected keys "
               f"(e.g. {', '.join(result.unexpected_keys[:3])})", file=sys.stderr)
@@ -431,7 +436,7 @@ def build_transfer(arch, n_classes, weights="imagenet", head_dropout=0.5, finetu
     if arch == "cnn14":
         if weights == "imagenet":
             raise SuiteError("--arch cnn14 is pretrained on AudioSet, not ImageNet: "
-                                    "--weights panns, PATH or none")
+                             "--weights panns, PATH or none")
         if weights != "none":
             load_cnn14_weights(net.backbone, cnn14_weights_path() if weights == "panns" else weights)
     elif weights == "imagenet":
@@ -482,12 +487,12 @@ def load_cnn14_weights(model, path):
             raise SuiteError(f"--weights {path} is not CNN14: it holds {key}, which CNN14 has not")
         if getattr(value, "shape", None) != own[key].shape:
             raise SuiteError(f"--weights {path} does not fit CNN14: {key} is "
-                                    f"{tuple(getattr(value, 'shape', ()))} there, "
-                                    f"{tuple(own[key].shape)} in CNN14")
+                             f"{tuple(getattr(value, 'shape', ()))} there, "
+                             f"{tuple(own[key].shape)} in CNN14")
     missing = [k for k in own if k not in state]
     if missing:
         raise SuiteError(f"--weights {path} does not fit CNN14: {len(missing)} tensors "
-                                f"missing (e.g. {missing[0]})")
+                         f"missing (e.g. {missing[0]})")
     model.load_state_dict(state)
 
 
@@ -509,7 +514,7 @@ def cnn14_weights_path():
             digest = hashlib.md5(path.read_bytes()).hexdigest()
             if digest != CNN14_MD5:
                 raise SuiteError(f"{path}: not the published file (its MD5 is {digest}, "
-                                        f"Zenodo lists {CNN14_MD5}); not kept", code=2)
+                                 f"Zenodo lists {CNN14_MD5}); not kept", code=2)
             load_cnn14_weights(Cnn14(), path)
         except SuiteError:
             path.unlink()

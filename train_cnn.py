@@ -40,7 +40,7 @@ MODEL_DEFAULTS = {"convolneunet": {}, "specnet": {"schedule": "cosine", "epochs"
 def build_parser(model="convolneunet"):
     p = common.ArgumentParser(prog="train_cnn.py", description=__doc__)
     runs.add_common_args(p, data_default="data/images",
-                           data_help="images from data_conversion.py: DATA/<genre>/*.png")
+                         data_help="images from data_conversion.py: DATA/<genre>/*.png")
     m = p.add_argument_group("model")
     m.add_argument("--model", choices=list(models.CNN_MODELS), default="convolneunet",
                    help="convolneunet: the study's (default); specnet: small, batch norm, any size")
@@ -57,7 +57,7 @@ def parse_args(argv, check_paths=True):
     """--model first, for its defaults; then every flag, checked (and every path)."""
     model = build_parser().parse_known_args(argv)[0].model
     return runs.parse_run_args(build_parser(model), argv, check_model=check_model,
-                                 paths=check_paths)
+                               paths=check_paths)
 
 
 def check_model(args, image_shape=None):
@@ -116,21 +116,21 @@ def main(argv=None, started=None):
     device = dist.setup(training.pick_device(args.device))
     splits = data.resolve_splits(args, dataset.clip_ids, dataset.labels, args.data, dist.log)
     with runs.start_run(args, argv, "train_cnn.py", args.model, classes=classes, splits=splits,
-                          clip_ids=dataset.clip_ids, device=device, dist=dist,
-                          started=started) as run:
+                        clip_ids=dataset.clip_ids, device=device, dist=dist,
+                        started=started) as run:
         for part in run.parts():  # the split, or each of the --folds not finished before
             training.seed_everything(args.seed)  # each part starts as an uninterrupted run's did
             train, val, test = data.split_parts(dataset, part.indices)
             model = models.build_model(spec)
             result = training.fit(model, train, val, criterion=torch.nn.CrossEntropyLoss(),
-                                augment=args.augment, device=device, dist=dist,
-                                checkpoint=part.checkpoint, deadline=run.deadline,
-                                **training.fit_options(args))
+                                  augment=args.augment, device=device, dist=dist,
+                                  checkpoint=part.checkpoint, deadline=run.deadline,
+                                  **training.fit_options(args))
             tested = reports.test_model(model, test, device=device, dist=dist,
-                                       batch_size=args.batch_size)
+                                        batch_size=args.batch_size)
             report = reports.test_report(part, args.model, classes, tested, result, train=train,
-                                        val=val, test=test,
-                                        notes={"input": channels, "augment": args.augment})
+                                         val=val, test=test,
+                                         notes={"input": channels, "augment": args.augment})
             runs.save(part, model, spec, report, train=train)
             if not result.complete:
                 break  # stopped by --time-limit: the other parts wait for --resume

@@ -41,7 +41,7 @@ def build_parser():
     bounded = common.bounded
     p = common.ArgumentParser(prog="train_mlp.py", description=__doc__)
     runs.add_common_args(p, epochs=100, batch_size=32, data_default="data/features.csv",
-                           data_help="features CSV (ours or the public GTZAN table)")
+                         data_help="features CSV (ours or the public GTZAN table)")
     p.add_argument("--features", dest="data", help="the features CSV (same as --data): "
                    "python data_conversion.py AUDIO_DIR --features CSV makes one")
     p.add_argument("--label-column", default="label", help="label column of the features CSV")
@@ -136,7 +136,7 @@ def feature_clip_id(filename):
 def parse_args(argv, check_paths=True):
     """Every training flag, checked (and every path)."""
     return runs.parse_run_args(build_parser(), argv, data_is_file=True, data_flag="--features",
-                                 check_model=check_model, paths=check_paths)
+                               check_model=check_model, paths=check_paths)
 
 
 MLP_FLAGS = ("hidden", "dropout", "loss", "smoothing", "epochs", "batch_size", "lr",
@@ -153,7 +153,7 @@ def check_model(args):
     parser = build_parser()
     if args.baseline:
         runs.refuse_unused(parser, args, MLP_FLAGS, f"the {args.baseline} baseline does not "
-                             "use it (it is a flag of the MLP)")
+                           "use it (it is a flag of the MLP)")
     if args.baseline != "svm":
         runs.refuse_unused(parser, args, ("svm_c",), "a flag of --baseline svm")
     parse_hidden(args.hidden)
@@ -222,7 +222,7 @@ def fit_baseline(estimator, train, test):
     tested = reports.Tested(models.estimator_scores(estimator, rows(test)), time.time() - start)
     if hasattr(estimator, "predict_proba"):
         tested.probabilities = training.clip_vote(estimator.predict_proba(rows(test)), test.labels,
-                                                test.clip_ids)[1]
+                                                  test.clip_ids)[1]
     return fit_seconds, tested
 
 
@@ -272,7 +272,7 @@ def main(argv=None, started=None):
     # batches of 32 x 57 features: a second thread only waits (measured 2x-30x slower)
     with torch_threads(1), \
             runs.start_run(args, argv, "train_mlp.py", name, classes=classes, splits=splits,
-                             clip_ids=clip_ids, device=device, dist=dist, started=started) as run:
+                           clip_ids=clip_ids, device=device, dist=dist, started=started) as run:
         for part in run.parts():  # the split, or each of the --folds not finished before
             training.seed_everything(args.seed)  # each part starts as an uninterrupted run's did
             train, val, test = data.split_parts(dataset, part.indices)
@@ -280,9 +280,9 @@ def main(argv=None, started=None):
                 estimator = make_estimator(args)
                 fit_seconds, tested = fit_baseline(estimator, train, test)
                 report = reports.test_report(part, name, classes, tested, None, train=train,
-                                            val=val, test=test, prepare_seconds=fit_seconds)
+                                             val=val, test=test, prepare_seconds=fit_seconds)
                 runs.save(part, estimator, {"kind": args.baseline, "preprocess": preprocess},
-                            report, train=train)
+                          report, train=train)
                 continue
             # scaler and PCA fitted on the training rows only, stored inside the model
             train_rows = x[part.indices["train"]]
@@ -296,13 +296,13 @@ def main(argv=None, started=None):
             model = models.build_model(spec)
             model.set_preprocessing(scaler, pca)
             result = training.fit(model, train, val,
-                                criterion=make_criterion(args.loss, len(classes), args.smoothing),
-                                device=device, dist=dist, checkpoint=part.checkpoint,
-                                deadline=run.deadline, **training.fit_options(args))
+                                  criterion=make_criterion(args.loss, len(classes), args.smoothing),
+                                  device=device, dist=dist, checkpoint=part.checkpoint,
+                                  deadline=run.deadline, **training.fit_options(args))
             tested = reports.test_model(model, test, device=device, dist=dist,
-                                       batch_size=args.batch_size)
+                                        batch_size=args.batch_size)
             report = reports.test_report(part, name, classes, tested, result, train=train, val=val,
-                                        test=test, notes={"pca_components": int(n_components)})
+                                         test=test, notes={"pca_components": int(n_components)})
             runs.save(part, model, spec, report, train=train)
             if not result.complete:
                 break  # stopped by --time-limit: the other parts wait for --resume

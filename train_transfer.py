@@ -46,7 +46,7 @@ import training
 def build_parser():
     p = common.ArgumentParser(prog="train_transfer.py", description=__doc__)
     runs.add_common_args(p, data_default="data/images",
-                           data_help="images from data_conversion.py: DATA/<genre>/*.png; for "
+                         data_help="images from data_conversion.py: DATA/<genre>/*.png; for "
                                      "--arch cnn14 audio: DATA/<genre>/*.wav (or flat + --labels)")
     m = p.add_argument_group("model")
     m.add_argument("--arch", default="vgg16", help="torchvision model name: vgg16, googlenet, "
@@ -60,7 +60,7 @@ def build_parser():
     m.add_argument("--head-dropout", type=common.bounded(float, minimum=0, below=1), default=0.5,
                    help="dropout in the new head (default %(default)s)")
     runs.add_image_args(m, "input side in pixels (default: the weights' own, 224 for most)",
-                          img_size_minimum=1)
+                        img_size_minimum=1)
     m.add_argument("--cache-dir", help="where the frozen backbone's features are cached "
                                        "(default: the suite's cache, $SUITE_CACHE/backbone or "
                                        "~/.cache/music-genre-suite/backbone)")
@@ -87,13 +87,13 @@ def check_model(args):
     parser = build_parser()
     if audio:
         runs.refuse_unused(parser, args, ("img_size", "cache_mb"), "cnn14 reads audio, not "
-                             "images (--clip-seconds sets its input)")
+                           "images (--clip-seconds sets its input)")
     else:
         runs.refuse_unused(parser, args, ("clip_seconds",), "only --arch cnn14 reads audio "
-                             "in windows; images are resized to --img-size")
+                           "in windows; images are resized to --img-size")
     if args.finetune or args.augment != "none":
         runs.refuse_unused(parser, args, ("cache_dir",), "nothing is cached when the backbone "
-                             "trains or sees augmented images (--finetune, --augment)")
+                           "trains or sees augmented images (--finetune, --augment)")
     if models.pretrained_weights(args.arch, args.weights) == ("imagenet" if audio else "panns"):
         raise common.SuiteError(f"--weights {args.weights}: {args.arch} is pretrained on "
                                 + ("AudioSet: --weights panns, PATH or none" if audio else
@@ -142,8 +142,7 @@ def load_audio_windows(audio_dir, labels_csv, sr, seconds, workers):
         paths += [path] * len(clip)
     if len(set(labels)) < 2:
         raise common.SuiteError(f"--data {root}: audio of fewer than two classes could be read")
-    dataset = data.ArrayDataset(torch.cat(windows), labels, clip_ids)
-    dataset.paths = paths
+    dataset = data.ArrayDataset(torch.cat(windows), labels, clip_ids, paths=paths)
     return dataset, classes
 
 
@@ -183,7 +182,7 @@ def backbone_features(net, dataset, args, img_size, device, dist):
     loader = training.make_loader(dataset, args.batch_size, False, args.seed, 0, device, dist)
     net = training.on_device(net, device, images=dataset.holds_images)
     features = torch.from_numpy(training.predict_logits(net, loader, autocast, device, net.features,
-                                                      desc=f"{args.arch} backbone", dist=dist))
+                                                        desc=f"{args.arch} backbone", dist=dist))
     seconds = time.time() - start
     if dist.main:
         common.atomic_write(cache, lambda f: torch.save({"features": features, "seconds": seconds},
@@ -238,8 +237,8 @@ def main(argv=None, started=None):
     device = dist.setup(training.pick_device(args.device))
     splits = data.resolve_splits(args, dataset.clip_ids, dataset.labels, args.data, dist.log)
     with runs.start_run(args, argv, "train_transfer.py", args.arch, classes=classes,
-                          splits=splits, clip_ids=dataset.clip_ids, device=device, dist=dist,
-                          started=started) as run:
+                        splits=splits, clip_ids=dataset.clip_ids, device=device, dist=dist,
+                        started=started) as run:
         features, backbone_seconds = None, 0.0
         for part in run.parts():  # the split, or each of the --folds not finished before
             training.seed_everything(args.seed)  # each part starts as an uninterrupted run's did
@@ -257,15 +256,15 @@ def main(argv=None, started=None):
                 groups = [{"params": model.head.parameters(), "lr": args.lr},
                           {"params": model.backbone.parameters(), "lr": args.lr / 10}]
             result = training.fit(trained, fit_train, fit_val, criterion=torch.nn.CrossEntropyLoss(),
-                                augment="none" if reads_audio or fast else args.augment,
-                                param_groups=groups, device=device, dist=dist,
-                                checkpoint=part.checkpoint, deadline=run.deadline,
-                                **training.fit_options(args))
+                                  augment="none" if reads_audio or fast else args.augment,
+                                  param_groups=groups, device=device, dist=dist,
+                                  checkpoint=part.checkpoint, deadline=run.deadline,
+                                  **training.fit_options(args))
             tested = reports.test_model(model, test, device=device, dist=dist,
-                                       batch_size=args.batch_size)
+                                        batch_size=args.batch_size)
             report = reports.test_report(part, args.arch, classes, tested, result, train=train,
-                                        val=val, test=test, prepare_seconds=backbone_seconds,
-                                        notes=notes)
+                                         val=val, test=test, prepare_seconds=backbone_seconds,
+                                         notes=notes)
             runs.save(part, model, spec, report, train=train)
             if not result.complete:
                 break  # stopped by --time-limit: the other parts wait for --resume

@@ -12,7 +12,7 @@ import random
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -404,45 +404,26 @@ def fit(model, train_set, val_set, *, criterion, epochs, lr, batch_size, seed, d
     loader_workers = workers if isinstance(train_set, LazyImageDataset) and workers > 1 else 0
     train_loader = make_loader(train_set, batch_size, True, seed, loader_workers, device, dist)
     val_loader = make_loader(val_set, batch_size, False, seed, loader_workers, device, dist)
-    history, best_epoch, best_score, best_state, skipped = [], 0, -1.0, None, 0
-
-    def state(best_model):
-        return {"model": model.state_dict(), "best_model": best_model,
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "history": history, "best_epoch": best_epoch,
-                "best_score": best_score, "skipped_steps": skipped, "rng": rng_state(),
-                "device_type": device.type}
-
+    parts = (model, optimizer, scheduler, scaler)
+    standing = Standing()
     if checkpoint and Path(checkpoint).exists():
-        saved = load_checkpoint(checkpoint, device)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        scaler.load_state_dict(saved["scaler"])
-        history, best_epoch, best_score = saved["history"], saved["best_epoch"], saved["best_score"]
-        skipped = saved["skipped_steps"]
-        if early_stopping:  # the weights to end with, unless a better epoch comes
-            best_state = saved["best_model"] or saved["model"]
-        set_rng_state(saved["rng"])
+        standing = resume(checkpoint, *parts, device, early_stopping, dist)
         if dist.main:
-            write_checkpoint_summary(checkpoint, saved)
-            log(f"resuming from {checkpoint} after epoch {len(history)}" + (
-                f" (best so far: epoch {best_epoch}, {best_score:.3f})" if early_stopping else ""))
+            log(f"resuming from {checkpoint} after epoch {len(standing.history)}" + (
+                f" (best so far: epoch {standing.best_epoch}, {standing.best_score:.3f})"
+                if early_stopping else ""))
     epoch_seconds = []  # this session's, each with its validation
-    for epoch in range(len(history) + 1, epochs + 1):
+    for epoch in range(len(standing.history) + 1, epochs + 1):
         started = clock()
-        # the longest epoch so far, with a margin, must fit before the deadline (all ranks agree)
-        if deadline and dist.sum([started + 1.2 * max(epoch_seconds, default=0.0) > deadline],
-                                 device)[0]:
+        if out_of_time(deadline, started, epoch_seconds, device, dist):
             if dist.main:
                 log(f"time limit: stopping before epoch {epoch} (" + (
                     f"an epoch takes about {clock_text(max(epoch_seconds))}" if epoch_seconds
                     else "the time is up") + "); continue with --resume")
                 if checkpoint:  # where it stands, and the best weights when they differ
-                    save_checkpoint(checkpoint, state(None if best_epoch == len(history) else best_state))
-            if best_state is not None:
-                model.load_state_dict(best_state)
-            return FitResult(history, best_epoch, skipped, complete=False)
+                    best = None if standing.best_epoch == len(standing.history) else standing.best_state
+                    save_checkpoint(checkpoint, training_state(*parts, standing, device, best))
+            return standing.result(model, complete=False)
         train_loader.sampler.set_epoch(epoch)
         if hasattr(train_loader, "generator"):  # a DataLoader's workers
             train_loader.generator.manual_seed(seed * 100003 + epoch)
@@ -456,33 +437,90 @@ def fit(model, train_set, val_set, *, criterion, epochs, lr, batch_size, seed, d
             scheduler.step(va["loss"])  # every rank sees the same gathered val loss: same decision
         else:
             scheduler.step()
-        skipped += tr["skipped"]
-        seconds = (history[-1]["seconds"] if history else 0.0) + tr["seconds"]
-        history.append({"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
-                        "val_loss": va["loss"], "val_acc": va["acc"],
-                        "val_balanced_acc": va["balanced_acc"], "lr": lr_now, "seconds": seconds})
-        improved = early_stopping is None or va["balanced_acc"] > best_score
-        if improved:
-            best_score, best_epoch = va["balanced_acc"], epoch
-            if early_stopping:  # kept to end with; without early stopping the last one is kept
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if checkpoint and dist.main:
-                save_checkpoint(checkpoint, state(None))  # the model is the one to keep
+        improved = standing.record(epoch, tr, va, lr_now, model, keep_best=early_stopping is not None)
+        if improved and checkpoint and dist.main:
+            save_checkpoint(checkpoint, training_state(*parts, standing, device))  # the model to keep
         epoch_seconds.append(clock() - started)
         if dist.main:
             log(f"epoch {epoch:3d}  train loss {tr['loss']:.4f} acc {tr['acc']:.3f}  "
                 f"val loss {va['loss']:.4f} acc {va['acc']:.3f} bal {va['balanced_acc']:.3f}  "
                 f"lr {lr_now:.1e}  {tr['seconds']:.1f}s{'  *' if improved and early_stopping else ''}"
                 + time_left(deadline))
-        if early_stopping and epoch - best_epoch >= early_stopping.patience \
+        if early_stopping and epoch - standing.best_epoch >= early_stopping.patience \
                 and epoch >= early_stopping.min_epochs:
             if dist.main:
-                log(f"early stop: no better validation balanced accuracy for "
-                    f"{early_stopping.patience} epochs; best epoch {best_epoch} ({best_score:.3f})")
+                log(f"early stop: no better validation balanced accuracy for {early_stopping.patience} "
+                    f"epochs; best epoch {standing.best_epoch} ({standing.best_score:.3f})")
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return FitResult(history, best_epoch, skipped)
+    return standing.result(model)
+
+
+@dataclass
+class Standing:
+    """Where a training stands between epochs: its history, the best epoch so far (and, with
+    early stopping, its weights to end with), GradScaler's skipped steps."""
+    history: list = field(default_factory=list)  # a dict per epoch: HISTORY_COLUMNS
+    best_epoch: int = 0
+    best_score: float = -1.0  # validation balanced accuracy of best_epoch
+    best_state: dict = None
+    skipped: int = 0
+
+    def record(self, epoch, tr, va, lr, model, *, keep_best):
+        """Add the epoch (train_epoch's and evaluate's figures) to the history; True when its
+        weights are the ones to keep: a better validation score, or every epoch without
+        early stopping (keep_best False: the last weights are kept)."""
+        seconds = (self.history[-1]["seconds"] if self.history else 0.0) + tr["seconds"]
+        self.history.append({"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
+                             "val_loss": va["loss"], "val_acc": va["acc"],
+                             "val_balanced_acc": va["balanced_acc"], "lr": lr, "seconds": seconds})
+        self.skipped += tr["skipped"]
+        improved = not keep_best or va["balanced_acc"] > self.best_score
+        if improved:
+            self.best_score, self.best_epoch = va["balanced_acc"], epoch
+            if keep_best:
+                self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return improved
+
+    def result(self, model, complete=True):
+        """The FitResult, the model given the weights to end with."""
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+        return FitResult(self.history, self.best_epoch, self.skipped, complete)
+
+
+def training_state(model, optimizer, scheduler, scaler, standing, device, best_model=None):
+    """What a checkpoint holds: all that the next epoch depends on, as a plain dict (best_model:
+    the weights to end with, when they are not the model's own)."""
+    return {"model": model.state_dict(), "best_model": best_model,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "history": standing.history,
+            "best_epoch": standing.best_epoch, "best_score": standing.best_score,
+            "skipped_steps": standing.skipped, "rng": rng_state(), "device_type": device.type}
+
+
+def resume(checkpoint, model, optimizer, scheduler, scaler, device, early_stopping, dist):
+    """Load the checkpoint's states into the model, optimizer, scheduler, scaler and random
+    generators; the Standing it saved."""
+    saved = load_checkpoint(checkpoint, device)
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    scaler.load_state_dict(saved["scaler"])
+    standing = Standing(saved["history"], saved["best_epoch"], saved["best_score"],
+                        skipped=saved["skipped_steps"])
+    if early_stopping:  # the weights to end with, unless a better epoch comes
+        standing.best_state = saved["best_model"] or saved["model"]
+    set_rng_state(saved["rng"])
+    if dist.main:
+        write_checkpoint_summary(checkpoint, saved)
+    return standing
+
+
+def out_of_time(deadline, now, epoch_seconds, device, dist):
+    """Whether the longest epoch so far, with a 20 % margin, would end after the deadline (all
+    ranks agree)."""
+    return bool(deadline) and bool(
+        dist.sum([now + 1.2 * max(epoch_seconds, default=0.0) > deadline], device)[0])
 
 
 # ----------------------------------------------------------------------------------------------

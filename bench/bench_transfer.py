@@ -98,7 +98,7 @@ def main(argv=None):
     slow_args = {**fit_args, "epochs": args.slow_epochs, "patience": args.slow_epochs + 1}
     start = time.perf_counter()
     training.fit(net, images.subset(train_rows), images.subset(val_rows), **slow_args,
-               param_groups=[{"params": net.head.parameters(), "lr": 1e-3}])
+                 param_groups=[{"params": net.head.parameters(), "lr": 1e-3}])
     slow_run_s = time.perf_counter() - start
     slow_s = slow_run_s * args.epochs / args.slow_epochs
 

@@ -191,7 +191,7 @@ def version_count(api, kernel_id):
 
 def version_status(api, kernel_id, number):
     answer = kaggle_client.kaggle_call(f"status of {kernel_id} version {number}", api.kernels_status,
-                                f"{kernel_id}/{number}")
+                                       f"{kernel_id}/{number}")
     return Version(kernel_id, number, answer.status.name if answer.status else "UNKNOWN",
                    answer.failure_message or "")
 
@@ -210,8 +210,8 @@ def newest(api, kernel_id):
 
 def download(api, version, target, pattern=None):
     kaggle_client.kaggle_call(f"output of {version}", api.kernels_output,
-                       f"{version.kernel}/{version.number}", str(target), file_pattern=pattern,
-                       force=True, quiet=True)
+                              f"{version.kernel}/{version.number}", str(target), file_pattern=pattern,
+                              force=True, quiet=True)
 
 
 def progress_of(api, version, name):
@@ -350,7 +350,7 @@ def send(api, kernel, target, accelerator, timeout, resumes, partner=None, rescu
             folder = Path(tmp)
         printed = []
         result = kaggle_client.kaggle_call(f"push of {target}", api.kernels_push, str(folder), timeout,
-                                    accelerator, printed=printed)
+                                           accelerator, printed=printed)
     for line in "".join(printed).splitlines():  # the package's warnings (a slug off the title)
         print(f"warning: {line}", file=sys.stderr)
     if result.error:
@@ -400,7 +400,7 @@ def version_failed(api, version):
     """The tail of Kaggle's log on stdout, and the one line that says why."""
     try:
         lines = log_lines(kaggle_client.kaggle_call(f"log of {version}", api.kernels_logs,
-                                             f"{version.kernel}/{version.number}"))
+                                                    f"{version.kernel}/{version.number}"))
         last = lines[-1].strip() if lines else "the log is empty"
     except common.SuiteError as e:
         lines, last = [], f"no log ({e})"
@@ -510,7 +510,7 @@ def is_code_competition(api, competition):
     """Whether Kaggle lists the competition as kernels-only; False when the list does not
     show it (the file is sent, and Kaggle says so if that is wrong)."""
     answer = kaggle_client.kaggle_call(f"looking up {competition}", api.competitions_list,
-                                search=competition)
+                                       search=competition)
     for listed in answer.competitions or []:
         if (listed.ref or "").rstrip("/").rsplit("/", 1)[-1] == competition:
             return listed.is_kernels_submissions_only
@@ -533,7 +533,7 @@ def submit(api, kernel, competition, message, code, runs_dir):
         else:
             version = furthest(api, kernel)[0]
         message = kaggle_client.submission_message(message or f"{kernel.name} version {version.number}",
-                                            kernel.name)
+                                                   kernel.name)
         printed = []
         result = kaggle_client.kaggle_call(
             f"code submission of {version} to {competition}", api.competition_submit_code,
@@ -560,7 +560,7 @@ def wait_for_score(api, competition, ref, interval):
     start = time.monotonic()
     while True:
         page = kaggle_client.kaggle_call(f"reading the submissions of {competition}",
-                                  api.competition_submissions, competition)
+                                         api.competition_submissions, competition)
         found = next((s for s in page or [] if str(s.ref) == str(ref)), None)
         state = found.status.name if found is not None and found.status else "PENDING"
         print(f"submission {ref}: {state.lower()} "
@@ -619,10 +619,10 @@ def publish(api, folder, dataset, title, description):
         exists = None
     if exists:
         answer = kaggle_client.kaggle_call(f"new version of {dataset}", api.dataset_create_version,
-                                    str(folder), "files of today", quiet=True, dir_mode="zip")
+                                           str(folder), "files of today", quiet=True, dir_mode="zip")
     else:
         answer = kaggle_client.kaggle_call(f"creating {dataset}", api.dataset_create_new, str(folder),
-                                    quiet=True, dir_mode="zip")
+                                           quiet=True, dir_mode="zip")
     if getattr(answer, "error", None):
         raise common.SuiteError(f"Kaggle refused {dataset}: {answer.error}", code=2)
     for _ in range(600):  # a new version is attachable once processed

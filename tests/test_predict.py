@@ -34,7 +34,7 @@ def test_dir(tmp_path):
 def test_predict_writes_submission_and_lists_bad_files(trained, test_dir, tmp_path, capsys):
     out = tmp_path / "sub.csv"
     assert predict.main([str(trained), str(test_dir), "--output", str(out),
-                        "--workers", "1", "--id-col", "file", "--label-col", "genre"]) == 0
+                         "--workers", "1", "--id-col", "file", "--label-col", "genre"]) == 0
     rows = list(csv.reader(open(out)))
     assert rows[0] == ["file", "genre"]
     assert [r[0] for r in rows[1:]] == ["0001.wav", "0002.wav", "0003.wav"]  # every test file

@@ -295,8 +295,8 @@ def test_mixup_mixes_pairs_and_their_losses():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # no step: the loss is what is seen
     autocast, scaler = training.amp_tools(torch.device("cpu"))
     out = training.train_epoch(model, loader, torch.nn.CrossEntropyLoss(), optimizer, scaler,
-                             autocast, torch.device("cpu"), mixup=0.4,
-                             rng=np.random.default_rng(0))
+                               autocast, torch.device("cpu"), mixup=0.4,
+                               rng=np.random.default_rng(0))
     replay = np.random.default_rng(0)  # the same draws, batch by batch, in the loader's order
     seen = [(m, y, py, w) for x, y, _ in loader for m, py, w in [training.mixup_pairs(x, y, 0.4, replay)]]
     ce = torch.nn.functional.cross_entropy
@@ -369,13 +369,13 @@ def test_steps_gradscaler_skips_are_counted_per_epoch():
     scaler): counted, and the other batches train."""
     x = torch.tensor([[1.0, 0, 0], [0, 1, 0], [1, 0, 1], [0, 1, 0]])
     loader = training.Batches(data.ArrayDataset(x, np.array([0, 1, 0, 1]), list("abcd")), 1,
-                            True, 0, torch.device("cpu"))
+                              True, 0, torch.device("cpu"))
     model = BlowsUp()
     optimizer = torch.optim.Adam(model.parameters(), fused=True)
     scaler = torch.amp.GradScaler("cpu")
     for epoch in (1, 2):
         result = training.train_epoch(model, loader, torch.nn.CrossEntropyLoss(), optimizer, scaler,
-                                    contextlib.nullcontext, torch.device("cpu"), epoch=epoch)
+                                      contextlib.nullcontext, torch.device("cpu"), epoch=epoch)
         assert result["skipped"] == 1 and training.optimizer_steps(optimizer) == 3 * epoch
 
 

@@ -64,7 +64,7 @@ def test_imagenet_weights_frozen_then_predict(arch, imagenet_twin, spectrograms,
     same = [k for k in backbone if k in served and torch.equal(backbone[k], served[k])]
     assert len(same) >= 0.9 * len(backbone)  # all but the replaced classifier
     assert predict.main([str(tmp_path / "r" / "model.pt"), str(test_audio),
-                        "--workers", "1"]) == 0
+                         "--workers", "1"]) == 0
     with open(tmp_path / "r" / "submission.csv") as f:
         rows = list(csv.reader(f))
     assert [r[0] for r in rows[1:]] == ["blues-new.wav", "metal-new.wav", "pop-new.wav"]
@@ -112,14 +112,14 @@ def test_fast_path_trains_what_the_full_frozen_model_would(tiny_images):
             with torch.no_grad():  # the backbone as the fast path runs it (channels-last)
                 backbone = training.on_device(net, torch.device("cpu"), images=True).eval()
                 features = data.ArrayDataset(backbone.features(images.dataset.x),
-                                               images.dataset.labels, images.dataset.clip_ids)
+                                             images.dataset.labels, images.dataset.clip_ids)
             train, val = (features.subset(parts[p]) for p in ("train", "val"))
         training.seed_everything(1)
         result = training.fit(net.head if fast else net, train, val,
-                            criterion=torch.nn.CrossEntropyLoss(), epochs=3, lr=3e-3,
-                            batch_size=4, early_stopping=training.EarlyStopping(5), seed=0,
-                            device=torch.device("cpu"),
-                            log=lambda *_: None)
+                              criterion=torch.nn.CrossEntropyLoss(), epochs=3, lr=3e-3,
+                              batch_size=4, early_stopping=training.EarlyStopping(5), seed=0,
+                              device=torch.device("cpu"),
+                              log=lambda *_: None)
         runs.append((result.history, net.head.state_dict()))
     (slow, slow_head), (fast, fast_head) = runs
     for a, b in zip(slow, fast):
