@@ -248,31 +248,10 @@ def ensemble_entry(runs_dir, members, name, out):
     return entry
 
 
-def kaggle_submissions(api, competition):
-    """Every submission of the user to a competition, newest first: all pages, which the
-    package's competition_submissions() cannot give (it drops the next-page token)."""
-    from kagglesdk.competitions.types.competition_api_service import ApiListSubmissionsRequest
-
-    def list_all():
-        submissions, token = [], ""
-        with api.build_kaggle_client() as client:
-            for _ in range(1000):  # a guard against a server that never stops paging
-                request = ApiListSubmissionsRequest()
-                request.competition_name, request.page_size = competition, 100
-                request.page_token = token
-                response = client.competitions.competition_api_client.list_submissions(request)
-                submissions += response.submissions or []
-                token = response.next_page_token
-                if not token:
-                    break
-        return submissions
-    return kaggle_client.kaggle_call(f"reading the submissions of {competition}", list_all)
-
-
 def fill_kaggle_scores(entries, competition):
     """Kaggle's public and private score (private: None until Kaggle shows it) of the newest
     scored submission whose message names the run, into the entries and their metrics.json."""
-    submissions = kaggle_submissions(kaggle_client.kaggle_api(), competition)
+    submissions = kaggle_client.all_submissions(kaggle_client.kaggle_api(), competition)
     filled = 0
     for entry in entries:
         parts = entry.get("folds", [entry])

@@ -169,6 +169,27 @@ def kaggle_submitted(api, competition, result, what, printed=""):
     return result
 
 
+def all_submissions(api, competition):
+    """Every submission of the user to a competition, newest first: all pages, which the
+    package's competition_submissions() cannot give (it drops the next-page token)."""
+    from kagglesdk.competitions.types.competition_api_service import ApiListSubmissionsRequest
+
+    def list_all():
+        submissions, token = [], ""
+        with api.build_kaggle_client() as client:
+            for _ in range(1000):  # a guard against a server that never stops paging
+                request = ApiListSubmissionsRequest()
+                request.competition_name, request.page_size = competition, 100
+                request.page_token = token
+                response = client.competitions.competition_api_client.list_submissions(request)
+                submissions += response.submissions or []
+                token = response.next_page_token
+                if not token:
+                    break
+        return submissions
+    return kaggle_call(f"reading the submissions of {competition}", list_all)
+
+
 def kaggle_submissions_left(api, competition):
     """Submissions left today as `kaggle competitions submit` tells them (GetSubmissionLimits'
     num_allowed_now), or None when Kaggle does not say: never a failure after submitting."""
