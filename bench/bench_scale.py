@@ -5,32 +5,28 @@
     python bench/bench_scale.py --sizes 50,100 --stages conversion-linear,conversion-mel,features
 
 Data: a GTZAN-shaped folder (<genre>/<genre>.NNNNN.wav, 30 s, 22 050 Hz) of the largest N clips,
-made once from the shared clips (../shared/gtzan/genres): each genre's real clips first, then
-clips made from them by cheap deterministic transformations (a mix of two clips of the genre,
-circular time shift, gain, polarity; --seed), every file distinct. A smaller N is the first
-N/genres clips of each genre (a folder of symlinks). The predict set is a flat folder of
---predict-clips of them.
+made once from the shared clips (../shared/gtzan/genres): each genre's real clips first, then clips
+made from them by cheap deterministic transformations (a mix of two clips of the genre, circular
+time shift, gain, polarity; --seed), every file distinct. A smaller N is the first N/genres clips of
+each genre (a folder of symlinks). The predict set is a flat folder of --predict-clips of them.
 
 Each stage runs as the user runs it, as a child process of the real script (python
-data_conversion.py ..., python train_cnn.py ... --epochs 1, ...), one child per stage, and gets:
-  wall time      the child's, start-up and imports included (as the user waits for them)
-  peak memory    the larger of: the summed PSS of the child and its workers (sampled once a
-                 second from /proc: PSS counts the pages forked workers share once) and the
-                 peak RSS (VmHWM) of its largest process, read five times a second
-  disk           bytes of the files the stage wrote (its outputs)
-  per clip       wall / N (prediction: wall / the clips predicted)
-and per stage, from the smallest to the largest N: the growth exponent log(t2/t1)/log(N2/N1)
-(1.0 = linear; flagged above 1.1) and a projection to 1000 clips (a fixed cost plus a cost per
-clip, through the two points); peak memory above --ram-gb at the largest N, or above Kaggle's
-~30 GB projected to 1000 clips, is flagged. Stages that spread clips over --workers processes
-run again with one worker at the smallest and largest N: their speedup.
+data_conversion.py ..., python train_cnn.py ... --epochs 1, ...), and gets: wall time (start-up and
+imports included), peak memory (the larger of the summed PSS of the child and its workers, sampled
+from /proc each second, and the peak RSS of its largest process), disk (the bytes it wrote) and the
+cost per clip (wall / N, or / the clips predicted); and per stage, from the smallest to the largest
+N: the growth exponent log(t2/t1)/log(N2/N1) (1.0 = linear; flagged above 1.1) and a projection to
+1000 clips (a fixed cost plus a cost per clip, through the two points); peak memory above --ram-gb
+at the largest N, or above Kaggle's ~30 GB projected to 1000 clips, is flagged. Stages that spread
+clips over --workers processes run again with one worker at the smallest and largest N: their
+speedup.
 
-Writes --out/scale.md (the tables, also printed), scale.png (cost against N, log-log, one line
-per stage) and scale.json (every measurement), and an estimate of a Kaggle kernel's whole run on
-full GTZAN (1000 clips) for each recipe in kernels/recipes/: CPU stages (conversion, features,
-decoding images) scaled from the measured cost per clip to 2 and 4 cores with the measured
-speedup; training on the GPU from bench/gpu_check.py's H100 throughput divided by --t4-factor (an
-estimate until measured on a T4), times the recipe's epochs.
+Writes --out/scale.md (the tables, also printed), scale.png (cost against N, log-log, one line per
+stage) and scale.json (every measurement), and an estimate of a Kaggle kernel's whole run on full
+GTZAN (1000 clips) for each recipe in kernels/recipes/: CPU stages (conversion, features, decoding
+images) scaled from the measured cost per clip to 2 and 4 cores with the measured speedup; training
+on the GPU from bench/gpu_check.py's H100 throughput divided by --t4-factor (an estimate until
+measured on a T4), times the recipe's epochs.
 """
 import argparse
 import importlib
@@ -199,8 +195,7 @@ def selected_stages(text):
         raise SystemExit(f"--stages: unknown {', '.join(unknown)}; known: {', '.join(BY_NAME)}")
     wanted, todo = set(), list(names)
     while todo:
-        name = todo.pop()
-        if name not in wanted:
+        if (name := todo.pop()) not in wanted:
             wanted.add(name)
             todo += [] if name == "compare" else list(BY_NAME[name].needs)
     added = sorted(wanted - set(names), key=list(BY_NAME).index)
@@ -325,13 +320,9 @@ def measure(argv, log_path):
 
 
 def disk_bytes(paths):
-    total = 0
-    for path in paths:
-        if path.is_file() and not path.is_symlink():
-            total += path.stat().st_size
-        elif path.is_dir():
-            total += sum(f.lstat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
-    return total
+    """Bytes of the files under paths (symlinks, such as the subsets' clips, not counted)."""
+    files = [f for p in paths for f in ([p] if p.is_file() else p.rglob("*") if p.is_dir() else [])]
+    return sum(f.stat().st_size for f in files if f.is_file() and not f.is_symlink())
 
 
 def remove(path):
