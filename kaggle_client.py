@@ -16,6 +16,9 @@ from common import SuiteError
 # ----------------------------------------------------------------------------------------------
 # Kaggle: one authenticated client, or one clear line and exit code 2
 
+KAGGLE_MINIMUM = (2, 2, 5)  # versioned kernel calls: up to 2.2.4 OWNER/SLUG/N acts on the newest
+# version (kaggle-cli issue 1200, fixed by PR 1201 in 2.2.5, which sends version_label)
+
 KAGGLE_HELP = ("Kaggle credentials not found: create a token at https://www.kaggle.com/settings/api "
                "and export KAGGLE_API_TOKEN=... (or save it to ~/.kaggle/access_token, or put "
                "kaggle.json in ~/.kaggle/)")
@@ -47,6 +50,28 @@ def kaggle_api_class():
                                 api_token=self.config_values.get(self.CONFIG_NAME_TOKEN),
                                 response_processor=self.get_response_processor())
     return SuiteKaggleApi
+
+
+def installed_kaggle_version():
+    """The installed kaggle package's version text, or None (a seam: tests point it elsewhere)."""
+    from importlib import metadata
+    try:
+        return metadata.version("kaggle")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def check_kaggle_version(minimum=KAGGLE_MINIMUM):
+    """One line and exit code 2 when the kaggle client is missing or older than `minimum`."""
+    needed = ".".join(map(str, minimum))
+    found = installed_kaggle_version()
+    numbers = tuple(int(n) for n in re.findall(r"\d+", found or "")[:3])
+    if numbers < minimum:
+        raise SuiteError(f"kaggle {found or 'is not installed'}"
+                         f"{' is too old' if found else ''}: this needs kaggle >= {needed} "
+                         f"(older clients act on the newest kernel version, not the one asked "
+                         f"for); pip install 'kaggle>={needed}'", code=2)
+    return found
 
 
 def kaggle_error(action, error):

@@ -673,6 +673,7 @@ def weights(api, arch, user, slug):
 @common.user_errors
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    kaggle_client.check_kaggle_version()  # before any call: older ones act on the wrong version
     if args.command == "weights":
         return 0 if weights(kaggle_client.kaggle_api(), args.arch, args.user, args.slug) else 1
     kernel = find_kernel(args.kernel)

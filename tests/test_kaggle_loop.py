@@ -381,3 +381,26 @@ def test_weights_become_a_data_set_under_the_name_a_kernel_looks_for(kaggle_twin
     assert f"--weights-dataset {USER}/resnet18-weights" in capsys.readouterr().out
     assert loop.main(["weights", "--arch", "resnet19", "--user", USER]) == 1
     assert "unknown --arch 'resnet19'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("version", ["2.2.4", None])
+def test_an_old_kaggle_client_is_one_line_naming_the_version_needed(version, kaggle_twin, kernel,
+                                                                    tmp_path, monkeypatch, capsys):
+    """kaggle <= 2.2.4 acts on the newest version whatever /N says (kaggle-cli issue 1200): a
+    fake distribution first on sys.path is what importlib.metadata finds; nothing is called."""
+    fake = tmp_path / "site"
+    if version:
+        (fake / f"kaggle-{version}.dist-info").mkdir(parents=True)
+        (fake / f"kaggle-{version}.dist-info" / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: kaggle\nVersion: {version}\n")
+        monkeypatch.syspath_prepend(str(fake))
+    else:  # not installed at all
+        from importlib import metadata
+
+        def missing(name):
+            raise metadata.PackageNotFoundError(name)
+        monkeypatch.setattr(metadata, "version", missing)
+    assert loop.main(["status", str(kernel)]) == 2
+    err = capsys.readouterr().err
+    assert one_line(err) and "kaggle >= 2.2.5" in err and "pip install 'kaggle>=2.2.5'" in err
+    assert (version or "not installed") in err and not kaggle_twin.requests
