@@ -56,7 +56,7 @@ DEFAULTS = {
     "user": "your-kaggle-username", "title": None, "datasets": [], "competition": None,
     "code_competition": False, "weights_dataset": None, "test_folder": "test",
     "sample_submission": "sample_submission.csv", "time_limit": None, "processes": "auto",
-    "internet": False, "trainer_args": [], "note": None,
+    "internet": False, "trainer_args": [], "note": None, "allow_cpu": False,
 }
 IMAGE_CONVERSION = {"size": 512, "mel": 0, "segment_seconds": 0.0}  # data_conversion.py's
 
@@ -100,6 +100,9 @@ def build_parser():
                                         "passed (default 11h30m; 8h30m in a code competition)")
     s.add_argument("--processes", help="training processes: auto (both T4s when the recipe gains "
                                        "from it) or N (default auto)")
+    s.add_argument("--allow-cpu", action="store_true", help="train on the CPU when the session "
+                   "has no GPU (default: a kernel that asks for a GPU and finds none stops in its "
+                   "first lines)")
     s.add_argument("--internet", action="store_true", help="let the kernel use the internet "
                    "(code competitions forbid it)")
     o = p.add_argument_group("output")
@@ -140,6 +143,7 @@ def make_recipe(args, trainer_args, out):
              "weights_dataset": args.weights_dataset, "test_folder": args.test_folder,
              "sample_submission": args.sample_submission, "time_limit": args.time_limit,
              "processes": args.processes, "internet": args.internet or None,
+             "allow_cpu": args.allow_cpu or None,
              "trainer_args": base.get("trainer_args", []) + trainer_args or None}
     recipe = {**DEFAULTS, **base, **{k: v for k, v in given.items() if v is not None}}
     if recipe["kind"] == "predict":
@@ -250,7 +254,7 @@ def metadata(recipe, relay=False):
     """kernel-metadata.json of the kernel, or of its relay partner: the same notebook, each
     attaching the other's output (never its own: Kaggle refuses that source and mounts nothing)."""
     own, partner = kernel_ids(recipe)[::-1] if relay else kernel_ids(recipe)
-    gpu = recipe["kind"] != "mlp" and recipe.get("source_kind") != "mlp"
+    gpu = kernel_main.asks_for_gpu(recipe)
     datasets = list(recipe["datasets"])
     if recipe["weights_dataset"]:
         datasets.append(recipe["weights_dataset"])

@@ -48,6 +48,9 @@ KERNEL_FLAGS = ("data", "out", "name", "resume", "overwrite", "predict", "sample
 # Kaggle sets this when it reruns a code competition's kernel on the hidden test set
 # (practitioners test it to skip training: os.getenv("KAGGLE_IS_COMPETITION_RERUN")).
 RERUN = "KAGGLE_IS_COMPETITION_RERUN"
+# Set in Kaggle's sessions ("Batch" for a committed version, "Interactive" in the editor); the
+# GPU check applies there only (a local run picks its own device).
+RUN_TYPE = "KAGGLE_KERNEL_RUN_TYPE"
 SEARCH_DEPTH = 6  # how deep under input/ mounts are looked for: their layout has changed over time
 
 
@@ -136,6 +139,33 @@ def check_recipe(recipe):
                                 "looks for it under /kaggle/input: attach the data set holding "
                                 f"it) or a named split ({', '.join(data.NAMED_SPLITS)})")
     return args
+
+
+def asks_for_gpu(recipe):
+    """Whether the kernel's metadata asks Kaggle for a GPU: all but the MLP's (and a predict
+    kernel of an MLP run), which get a CPU session."""
+    return recipe["kind"] != "mlp" and recipe.get("source_kind") != "mlp"
+
+
+def check_gpu(recipe):
+    """First thing in a Kaggle session: the GPU it asked for is there, else one line and stop
+    before any work (a version has been reported running with no GPU, KAGGLE.md: an hour of
+    training on the CPU is an hour lost), unless the recipe says a CPU is fine (--allow-cpu)."""
+    if not os.environ.get(RUN_TYPE):
+        return
+    gpus = training.usable_gpus()
+    if gpus:
+        print(f"device: {gpus} x {training.device_label('cuda')}", flush=True)
+    elif not asks_for_gpu(recipe):
+        print("device: cpu (this kernel asks for no GPU)", flush=True)
+    elif recipe.get("allow_cpu"):
+        print("device: cpu: this kernel asked for a GPU and the session has none; training on "
+              "the CPU, as its recipe allows (--allow-cpu)", flush=True)
+    else:
+        raise common.SuiteError(
+            "this kernel asked for a GPU and the session has none (Accelerator off, or the "
+            "weekly GPU quota used up: kaggle quota): stopping before any work; turn the GPU on "
+            "and run it again, or rebuild with kernels/build.py --allow-cpu to train on the CPU")
 
 
 def trainer_flags(recipe, passthrough, input_dir):
@@ -425,6 +455,7 @@ def run_notebook(recipe):
 def main(argv, recipe, started=None):
     """The kernel; a mistake (no data found, a bad flag) is one line and an exit code."""
     started = started or time.time()
+    check_gpu(recipe)
     models.check_torchvision()
     args, passthrough = split_argv(argv, recipe)
     temp, working = Path(args.temp), Path(args.working)
@@ -547,6 +578,7 @@ def results_table(part):
             ("balanced accuracy", f"{m['test_balanced_accuracy']:.3f}"),
             ("accuracy", f"{m['test_accuracy']:.3f}"), ("macro F1", f"{m['test_macro_f1']:.3f}"),
             ("epochs", f"{m['epochs_run']} (weights of epoch {m['best_epoch']})"),
+            ("device", m.get("device") or "not recorded"),
             ("training time", common.clock_text(m["train_seconds"]))]
     if m.get("segment_test_balanced_accuracy") is not None:
         rows.insert(3, ("segment balanced accuracy",

@@ -328,6 +328,43 @@ def test_kernel_mistakes_are_one_line(tree, words, tmp_path, monkeypatch, capsys
     assert err.count("\n") == 1 and words in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("case", ["no gpu", "no gpu, --allow-cpu", "gpu", "mlp", "local"])
+def test_a_gpu_kernel_without_a_gpu_stops_in_its_first_lines(case, tmp_path, monkeypatch,
+                                                            capsys):
+    """In a Kaggle session (KAGGLE_KERNEL_RUN_TYPE set) a recipe whose metadata asks for a GPU
+    and finds none says so first and stops before any work, unless built with --allow-cpu; the
+    first line names the device either way. A local run picks its own device."""
+    recipe = json.loads(built(tmp_path / "k", "--recipe", "mlp" if case == "mlp" else "cnn",
+                              *(["--allow-cpu"] if "allow" in case else []))
+                        .joinpath("recipe.json").read_text())
+    assert recipe["allow_cpu"] == ("allow" in case)
+    capsys.readouterr()  # build's line
+    monkeypatch.setenv("KAGGLE_ROOT", str(tmp_path / "kaggle"))  # no input/: fails after the check
+    monkeypatch.delenv("KERNEL_ARGS", raising=False)
+    if case != "local":
+        monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
+    else:
+        monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: case == "gpu")
+    if case == "gpu":
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Tesla T4")
+        monkeypatch.setattr(build.kernel_main.training, "cuda_unsupported_reason",
+                            lambda index=0: None)
+    assert kernel_main.main([], recipe) == 1
+    out, err = capsys.readouterr()
+    first = out.splitlines()[0] if out else ""
+    if case == "no gpu":
+        assert out == "" and err.count("\n") == 1 and "asked for a GPU and the session has none" \
+            in err and "--allow-cpu" in err
+        return
+    assert "--input" in err  # went on, to the next thing missing
+    assert first == {"no gpu, --allow-cpu": "device: cpu: this kernel asked for a GPU and the "
+                     "session has none; training on the CPU, as its recipe allows (--allow-cpu)",
+                     "gpu": "device: 2 x cuda (Tesla T4)",
+                     "mlp": "device: cpu (this kernel asks for no GPU)", "local": ""}[case]
+
+
 def test_missing_weights_file_fails_before_any_work(tmp_path, monkeypatch, capsys):
     """A transfer kernel offline whose attached data set lacks the architecture's weights file
     names the file in one line before converting anything (the trainer would fail after it)."""
@@ -526,7 +563,7 @@ def kaggle_runs(kaggle_world):
     for (layout, recipe), flags in TWIN_RUNS.items():
         name = f"{recipe}-{layout}"[:40]
         folder = built(base / "kernels", "--recipe", recipe, "--name", name, "--user", USER,
-                       *flags)
+                       "--allow-cpu", *flags)  # the twin's sessions have no GPU
         assert loop.main(["push", str(folder)]) == 0
         pushed[layout, recipe] = folder, newest_version(twin, folder)
     for _, version in pushed.values():
@@ -557,7 +594,8 @@ def test_kernel_on_kaggle(layout, recipe, kaggle_world, kaggle_runs):
     assert shown["results"].count("display_data:image/png,text/plain") == 2  # curves, confusion
     notebook = nbformat.reads(version["executed"], as_version=4)
     table = next(c for c in notebook.cells if c.id == "results").outputs[0]["data"]["text/markdown"]
-    assert f"| test clips | {metrics['n_test']} (" in table
+    assert f"| test clips | {metrics['n_test']} (" in table and "| device | cpu |" in table
+    assert "device: cpu: this kernel asked for a GPU" in log or recipe == "mlp"
     if layout == "gtzan":
         assert "jazz.00054.wav" in log  # the corrupt clip: skipped with a warning
         assert "submission.csv" not in output
@@ -572,7 +610,7 @@ def test_kernel_on_kaggle(layout, recipe, kaggle_world, kaggle_runs):
     assert f"runs/{name}/prediction.json" in output  # the prediction's record, for compare.py
 
 
-RELAY_FLAGS = ["--competition", "genre-quest", "--size", "128", "--", "--epochs", "6",
+RELAY_FLAGS = ["--competition", "genre-quest", "--size", "128", "--allow-cpu", "--", "--epochs", "6",
                "--img-size", "128", "--batch-size", "2", "--schedule", "cosine", "--augment",
                "specaugment", "--mixup", "0.2"]
 
@@ -642,7 +680,7 @@ def test_a_run_longer_than_a_session_finishes_through_the_relay(kaggle_world, tm
 def test_two_processes_train_under_torchrun_in_a_session(kaggle_world, tmp_path):
     twin, _, _ = kaggle_world
     folder = built(tmp_path, "--name", "two", "--kind", "cnn", "--user", USER, "--competition",
-                   "genre-quest", "--size", "32", "--processes", "2", "--", "--epochs", "2",
+                   "genre-quest", "--size", "32", "--processes", "2", "--allow-cpu", "--", "--epochs", "2",
                    "--img-size", "16")
     version = push_and_wait(twin, folder)
     log = log_of(version)
@@ -664,9 +702,10 @@ def test_a_code_competition_reruns_the_predict_kernel_on_the_hidden_test_set(kag
     kernels = tmp_path / "kernels"
     train = push_and_wait(twin, built(kernels, "--name", "coder", "--kind", "cnn", "--user", USER,
                                       "--competition", "hidden-quest", "--code-competition",
-                                      "--size", "32", "--", "--epochs", "3", "--img-size", "16"))
+                                      "--size", "32", "--allow-cpu", "--", "--epochs", "3", "--img-size", "16"))
     assert train["status"] == "COMPLETE"
-    infer_folder = built(kernels, "--name", "coder-infer", "--kind", "predict", "--from", "coder")
+    infer_folder = built(kernels, "--name", "coder-infer", "--kind", "predict", "--from", "coder",
+                         "--allow-cpu")
     infer = push_and_wait(twin, infer_folder)
     assert infer["status"] == "COMPLETE", log_of(infer)[-3000:]
     assert "submission.csv" in infer["output"] and "epoch" not in log_of(infer)
