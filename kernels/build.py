@@ -58,6 +58,8 @@ DEFAULTS = {
     "sample_submission": "sample_submission.csv", "time_limit": None, "processes": "auto",
     "internet": False, "trainer_args": [], "note": None, "allow_cpu": False,
 }
+NO_INFERENCE_SERVER = ("competitions that serve their test through kaggle_evaluation inference "
+                       "servers are not supported")
 IMAGE_CONVERSION = {"size": 512, "mel": 0, "segment_seconds": 0.0}  # data_conversion.py's
 
 
@@ -322,7 +324,10 @@ def describe(recipe):
     if recipe["kind"] == "predict":
         return (f"predicts the test audio with the finished run of the training kernel "
                 f"`{recipe['from']}` (attached: {', '.join(recipe['from_kernels'])}); it trains "
-                "nothing, so a code competition's rerun on the hidden test set only predicts")
+                "nothing, so a code competition's rerun on the hidden test set only predicts. "
+                "Its commit run, which does not see the hidden test, writes the sample "
+                "submission as a placeholder `submission.csv`. The test must come as audio "
+                f"files: {NO_INFERENCE_SERVER}")
     conversion = recipe["conversion"]
     if recipe["kind"] == "mlp":
         data = f"the {conversion['feature_set']} audio features of each clip"
@@ -524,7 +529,9 @@ def main(argv=None):
             write_files(folder, files)
             ids = " and ".join(filter(None, kernel_ids(recipe)))
             print(f"{folder}: {'built' if changed else 'up to date'} ({ids}; {recipe['kind']}, "
-                  f"{' '.join(recipe['trainer_args']) or 'default flags'})")
+                  f"{' '.join(recipe['trainer_args']) or 'default flags'}"
+                  + (f"; test audio as files: {NO_INFERENCE_SERVER}" if recipe["kind"] ==
+                     "predict" else "") + ")")
     if args.check:
         for path in stale:
             print(f"stale: {path}")

@@ -87,6 +87,10 @@ def build_parser():
                         "is added when missing, so compare.py --kaggle finds the score)")
     submit.add_argument("--code", action="store_true", help="a code competition: submit the "
                         "kernel version (found out from Kaggle when not given)")
+    submit.add_argument("--retrain-in-rerun", action="store_true", help="a code competition: "
+                        "submit a training kernel anyway; Kaggle's rerun starts from an empty "
+                        "/kaggle/working and trains it again before predicting (default: refused, "
+                        "submit a predict kernel: build.py --kind predict --from NAME)")
     submit.add_argument("--wait", action="store_true", help="follow the submission until Kaggle "
                         "scores it (print the public score) or rejects it (exit 2)")
     submit.add_argument("--interval", type=common.bounded(float, above=0), default=30,
@@ -524,7 +528,20 @@ def is_code_competition(api, competition):
     return False
 
 
-def submit(api, kernel, competition, message, code, runs_dir):
+def check_predicts(kernel, competition, retrain):
+    """A code competition scores the rerun of the submitted version, which starts from an empty
+    /kaggle/working with the inputs attached at commit time: a training kernel would train again
+    (its own output is never attached), within 9 h, before predicting."""
+    if retrain or (kernel.recipe or {}).get("kind") in (None, "predict"):
+        return
+    raise common.SuiteError(
+        f"{kernel.name} trains: Kaggle's rerun of it for {competition} would train again from an "
+        f"empty /kaggle/working; submit a predict kernel of its finished run instead: python "
+        f"kernels/build.py --name {kernel.name}-predict --kind predict --from {kernel.name} "
+        "(or --retrain-in-rerun to submit it anyway)", code=2)
+
+
+def submit(api, kernel, competition, message, code, runs_dir, retrain=False):
     """The submission (the kaggle package's answer): the kernel version holding the finished run
     in a code competition, else that version's submission.csv."""
     run = Path(runs_dir) / kernel.name
@@ -532,6 +549,7 @@ def submit(api, kernel, competition, message, code, runs_dir):
     if came_from and came_from.get("kernel") not in kernel.ids:
         came_from = None
     if code or is_code_competition(api, competition):
+        check_predicts(kernel, competition, retrain)
         if came_from:  # the version brought home (what was looked at)
             version = Version(came_from["kernel"], came_from["version"], "COMPLETE")
         elif kernel.relay is None:
@@ -688,7 +706,8 @@ def main(argv=None):
     elif args.command == "output":
         output(api, kernel, args.runs, args.overwrite)
     else:
-        result = submit(api, kernel, args.competition, args.message, args.code, args.runs)
+        result = submit(api, kernel, args.competition, args.message, args.code, args.runs,
+                        args.retrain_in_rerun)
         if args.wait:
             wait_for_score(api, args.competition, result.ref, args.interval)
     return 0

@@ -549,16 +549,37 @@ def predict_kernel(args, recipe, temp, working):
         raise common.SuiteError(f"{finished[0]}: no single model (--folds); train {source} "
                                 "without --folds to predict with it")
     test, sample = find_test(args, recipe)
-    if test is None:
-        raise common.SuiteError(f"no {recipe['test_folder']}/ folder of audio under {args.input}: "
-                                "attach the competition")
     common.check_output_folder(temp, "--temp")
     common.check_output_folder(working, "--working")
+    if test is None:
+        return placeholder_submission(args, recipe, working)
     os.environ["SUITE_CACHE"] = str(temp / "cache")
     print(f"model: {model}; test: {test}" + (f"; sample submission: {sample}" if sample else ""))
     predict.predict_and_submit(model, test, output=working / "submission.csv",
                                workers=common.default_workers(), sample_submission=sample,
                                device=training.pick_device("auto"))
+    return 0
+
+
+def placeholder_submission(args, recipe, working):
+    """A code competition's commit run sees no test audio (the hidden test appears only in
+    Kaggle's rerun): the version completes with the sample submission as a placeholder
+    submission.csv, so that it can be submitted; the rerun predicts for real."""
+    missing = f"no {recipe['test_folder']}/ folder of audio under {args.input}"
+    if os.environ.get(RERUN):
+        raise common.SuiteError(f"{missing} in Kaggle's rerun: the competition's test is not "
+                                "where this kernel looks (--test-folder)")
+    sample = Path(args.sample_submission) if args.sample_submission else find_file(
+        args.input, recipe["sample_submission"])
+    if sample is None:
+        raise common.SuiteError(f"{missing} and no {recipe['sample_submission']}: attach the "
+                                "competition")
+    _, _, ids = runs.read_sample_submission(sample)
+    working.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(sample, working / "submission.csv")
+    print(f"{missing}: a code competition's commit run, which does not see the hidden test; "
+          f"{working / 'submission.csv'} is a placeholder, {sample.name} as it is ({len(ids)} "
+          "rows); Kaggle's rerun of this version predicts the hidden test")
     return 0
 
 
@@ -606,6 +627,10 @@ def next_steps(recipe, run_dir):
         lines.append(f"the run is at {progress}: push the next version with python "
                      f"kernels/kaggle_loop.py push {name}; its relay partner attaches this output "
                      "and resumes")
+    elif recipe.get("code_competition"):
+        lines.append(f"finished: a code competition reruns what is submitted, so submit a kernel "
+                     f"that only predicts: python kernels/build.py --name {name}-predict --kind "
+                     f"predict --from {name}, then kaggle_loop.py run and submit {name}-predict")
     elif recipe.get("competition"):
         lines.append(f"finished: python kernels/kaggle_loop.py submit {name} --competition "
                      f"{recipe['competition']} --wait")

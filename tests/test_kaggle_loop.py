@@ -203,13 +203,20 @@ def test_a_partner_left_unattached_is_an_error_not_a_fresh_start(kaggle_twin, ke
 @pytest.mark.parametrize("flag", [[], ["--code"]])
 def test_code_competition_submits_the_kernel_version(flag, kaggle_twin, kernel, tmp_path, capsys):
     """Kaggle lists the competition as kernels-only (or --code says so): the version holding the
-    finished run is submitted by kernel and version, no file is uploaded."""
+    finished run is submitted by kernel and version, no file is uploaded. A training kernel is
+    refused in one line naming the predict kernel to build, unless --retrain-in-rerun."""
     kaggle_twin.add_competition("code-comp", code=not flag)
     ran(kaggle_twin, KERNEL_ID, kernel_output(done=4))
     ran(kaggle_twin, RELAY_ID, kernel_output(done=8))
     ran(kaggle_twin, KERNEL_ID, kernel_output(done=8), statuses=("ERROR",))
-    assert loop.main(["submit", str(kernel), "--competition", "code-comp",
-                      "--runs", str(tmp_path / "runs")] + flag) == 0
+    command = ["submit", str(kernel), "--competition", "code-comp", "--runs",
+               str(tmp_path / "runs")] + flag
+    assert loop.main(command) == 2
+    err = capsys.readouterr().err
+    assert one_line(err) and "cnn trains: Kaggle's rerun of it for code-comp would train again" \
+        in err and "build.py --name cnn-predict --kind predict --from cnn" in err
+    assert "--retrain-in-rerun" in err and not kaggle_twin.submissions
+    assert loop.main(command + ["--retrain-in-rerun"]) == 0
     sent = kaggle_twin.submissions[-1]
     assert (sent["kernel"], sent["kernelVersion"], sent["outputFile"]) == (
         RELAY_ID, 1, "submission.csv")

@@ -174,13 +174,17 @@ def test_one_name_one_id(tmp_path, capsys):
     assert err.count("\n") == 1 and "music-genre-mlp is" in err and not (tmp_path / "y").exists()
 
 
-def test_a_code_competition_has_a_training_and_a_predict_kernel(tmp_path):
+def test_a_code_competition_has_a_training_and_a_predict_kernel(tmp_path, capsys):
     """Its time limit under 9 h; a predict kernel attaches both training kernels and trains
-    nothing."""
+    nothing; its build line and intro say an inference-server competition is not supported."""
     train = built(tmp_path, "--recipe", "specnet-mel", "--competition", "comp",
                   "--code-competition")
     assert json.loads((train / "recipe.json").read_text())["time_limit"] == "8h30m"
+    capsys.readouterr()
     infer = built(tmp_path, "--name", "specnet-infer", "--kind", "predict", "--from", "specnet-mel")
+    line = capsys.readouterr().out
+    assert line.count("\n") == 1 and "kaggle_evaluation inference servers are not supported" in line
+    assert "placeholder `submission.csv`" in cells(infer)[0].source
     meta = json.loads((infer / "kernel-metadata.json").read_text())
     assert meta["kernel_sources"] == ["your-kaggle-username/music-genre-specnet-mel",
                                       "your-kaggle-username/music-genre-specnet-mel-relay"]
@@ -363,6 +367,37 @@ def test_a_gpu_kernel_without_a_gpu_stops_in_its_first_lines(case, tmp_path, mon
                      "session has none; training on the CPU, as its recipe allows (--allow-cpu)",
                      "gpu": "device: 2 x cuda (Tesla T4)",
                      "mlp": "device: cpu (this kernel asks for no GPU)", "local": ""}[case]
+
+
+@pytest.mark.parametrize("rerun", [False, True])
+def test_a_predict_kernel_without_test_audio_writes_a_placeholder_in_its_commit_run(
+        rerun, tmp_path, monkeypatch, capsys):
+    """A code competition's commit run sees no test audio: the predict kernel completes with the
+    sample submission as submission.csv and says so; in Kaggle's rerun that is an error."""
+    built(tmp_path / "k", "--recipe", "cnn", "--competition", "comp", "--code-competition")
+    recipe = json.loads(built(tmp_path / "k", "--name", "cnn-infer", "--kind", "predict",
+                              "--from", "cnn").joinpath("recipe.json").read_text())
+    kaggle = tmp_path / "kaggle"
+    sample = kaggle / "input" / "competitions" / "comp" / "sample_submission.csv"
+    sample.parent.mkdir(parents=True)
+    sample.write_text("track_id,genre\nh1,blues\nh2,blues\n")
+    monkeypatch.setenv("KAGGLE_ROOT", str(kaggle))
+    monkeypatch.delenv("KERNEL_ARGS", raising=False)
+    monkeypatch.setenv(kernel_main.RERUN, "True") if rerun else monkeypatch.delenv(
+        kernel_main.RERUN, raising=False)
+    finished = runs.RunProgress(True, 1, 1, 3, 3)  # a finished run attached, its model there
+    monkeypatch.setattr(kernel_main, "earlier_runs", lambda *a: [(tmp_path / "run", finished)])
+    monkeypatch.setattr(kernel_main.runs, "model_in", lambda folder: Path(folder) / "model.pt")
+    capsys.readouterr()
+    code = kernel_main.main([], recipe)
+    out, err = capsys.readouterr()
+    if rerun:
+        assert code == 1 and err.count("\n") == 1 and "in Kaggle's rerun" in err
+        assert not (kaggle / "working" / "submission.csv").exists()
+        return
+    assert code == 0 and (kaggle / "working" / "submission.csv").read_text() == sample.read_text()
+    assert "commit run, which does not see the hidden test" in out and "placeholder" in out
+    assert "(2 rows)" in out
 
 
 def test_missing_weights_file_fails_before_any_work(tmp_path, monkeypatch, capsys):
@@ -693,11 +728,16 @@ def test_two_processes_train_under_torchrun_in_a_session(kaggle_world, tmp_path)
 @pytest.mark.slow
 def test_a_code_competition_reruns_the_predict_kernel_on_the_hidden_test_set(kaggle_world, tmp_path,
                                                                            capsys):
-    """The training kernel finishes; the predict kernel attaches it, predicts and is submitted;
-    Kaggle's rerun on the hidden test set trains nothing, and `submit --wait` prints the score."""
+    """The training kernel finishes; the predict kernel attaches it and, its commit run seeing no
+    test audio, completes with a placeholder submission.csv (the sample submission); submitted,
+    Kaggle's rerun on the hidden test set trains nothing, and `submit --wait` prints the score.
+    Submitting the training kernel itself is refused unless --retrain-in-rerun."""
     twin, base, _ = kaggle_world
     truth = {Path(name).stem: genre for name, genre in audio_set(base / "hidden", 1, 90, flat=True)}
-    twin.add_competition("hidden-quest", code=True, files=files_of(base / "genre-quest"),
+    visible = {p: data for p, data in files_of(base / "genre-quest").items()
+               if not p.startswith("test/")}  # the commit run sees no test
+    visible["sample_submission.csv"] = ("id,genre\n" + "".join(f"{i},blues\n" for i in truth)).encode()
+    twin.add_competition("hidden-quest", code=True, files=visible,
                          hidden=files_of(base / "hidden"), labels=truth)
     kernels = tmp_path / "kernels"
     train = push_and_wait(twin, built(kernels, "--name", "coder", "--kind", "cnn", "--user", USER,
@@ -708,7 +748,9 @@ def test_a_code_competition_reruns_the_predict_kernel_on_the_hidden_test_set(kag
                          "--allow-cpu")
     infer = push_and_wait(twin, infer_folder)
     assert infer["status"] == "COMPLETE", log_of(infer)[-3000:]
-    assert "submission.csv" in infer["output"] and "epoch" not in log_of(infer)
+    assert infer["output"]["submission.csv"] == visible["sample_submission.csv"]  # placeholder
+    assert "commit run, which does not see the hidden test" in log_of(infer)
+    assert "epoch" not in log_of(infer)
     assert loop.main(["submit", str(infer_folder), "--competition", "hidden-quest", "--wait",
                       "--interval", "0.5", "--runs", str(tmp_path / "runs")]) == 0
     submission = twin.submissions[-1]
@@ -716,6 +758,9 @@ def test_a_code_competition_reruns_the_predict_kernel_on_the_hidden_test_set(kag
     assert "epoch" not in rerun and submission["status"] == "COMPLETE"
     assert f"public score {submission['publicScore']}" in capsys.readouterr().out
     # the training kernel itself, submitted, would train again: its own output is not attached
-    assert loop.main(["submit", str(kernels / "coder"), "--competition", "hidden-quest",
-                      "--wait", "--interval", "0.5", "--runs", str(tmp_path / "runs2")]) == 0
+    command = ["submit", str(kernels / "coder"), "--competition", "hidden-quest", "--wait",
+               "--interval", "0.5", "--runs", str(tmp_path / "runs2")]
+    assert loop.main(command) == 2
+    assert "--kind predict --from coder" in capsys.readouterr().err
+    assert loop.main(command + ["--retrain-in-rerun"]) == 0
     assert "no finished run attached, so it trains again" in log_of(twin.submissions[-1]["rerun"])
