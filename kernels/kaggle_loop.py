@@ -21,6 +21,7 @@ kept its output and it got further, `push` brings it home and publishes the run 
 Every refusal (credentials, rules, daily limit, unknown name, no network, a failed kernel) is one
 line and exit code 2.
 """
+import contextlib
 import json
 import re
 import shutil
@@ -344,10 +345,74 @@ def rescue_run(api, kernel, version):
     return dataset
 
 
+@dataclass
+class Quota:
+    """This week's GPU hours (Kaggle's GetAcceleratorQuotaStatistics, what `kaggle quota` shows)."""
+    used: float
+    reserved: float   # by sessions running now
+    allowed: float
+    refresh: object   # a datetime (UTC) or None
+
+    @property
+    def left(self):
+        return max(0.0, self.allowed - self.used - self.reserved)
+
+    def __str__(self):
+        when = f", refreshes {self.refresh:%Y-%m-%d %H:%M} UTC" if self.refresh else ""
+        return (f"GPU quota: {self.left:.1f} h left of {self.allowed:.1f} h this week ("
+                f"{self.used:.1f} h used" + (f", {self.reserved:.1f} h reserved by running "
+                                             f"sessions" if self.reserved else "") + f"{when})")
+
+
+def gpu_quota(api):
+    """The GPU quota, or None when Kaggle does not say."""
+    answer = kaggle_client.kaggle_call("reading the GPU quota", api.quota_view)
+    quota = answer.gpu_quota
+    if quota is None or quota.total_time_allowed is None:
+        return None
+
+    def hours(delta):
+        return delta.total_seconds() / 3600 if delta else 0.0
+    return Quota(hours(quota.time_used), hours(quota.time_reserved),
+                 hours(quota.total_time_allowed), answer.quota_refresh_time)
+
+
+def asks_for_gpu(folder, accelerator):
+    """Whether the version pushed from `folder` gets a GPU: --accelerator, else its metadata."""
+    if accelerator:
+        return accelerator.lower().startswith("nvidia")
+    return bool(json.loads((folder / "kernel-metadata.json").read_text()).get("enable_gpu"))
+
+
+def check_quota(api, kernel, target, folder, accelerator, timeout):
+    """Before a GPU push: the hours left this week cover the version's time limit (--timeout,
+    else the recipe's), else one line. Past the quota Kaggle refuses GPU commits; a version
+    pushed with too little left is stopped mid-run, its hours lost."""
+    if not asks_for_gpu(folder, accelerator):
+        return
+    try:
+        quota = gpu_quota(api)
+    except common.SuiteError as e:
+        print(f"warning: {e}; pushing anyway", file=sys.stderr)
+        return
+    if quota is None:
+        return
+    recipe = kernel.recipe or {}
+    limit = timeout or (common.duration(recipe["time_limit"])
+                        if recipe.get("time_limit") and recipe.get("kind") != "predict" else 0)
+    print(quota)
+    if quota.left <= 0 or quota.left * 3600 < limit:
+        raise common.SuiteError(
+            f"{quota}: {target} may run {common.clock_text(limit)} (its time limit), more than "
+            "is left; not pushed: wait for the refresh, or push with a shorter --timeout",
+            code=2)
+
+
 def send(api, kernel, target, accelerator, timeout, resumes, partner=None, rescued=None):
     """Push the folder of `target` (with the rescue data set attached, if any) and check that
     Kaggle attached what it resumes from: the partner's complete version, the rescue."""
     folder = kernel.folder_of(target)
+    check_quota(api, kernel, target, folder, accelerator, timeout)
     with tempfile.TemporaryDirectory(prefix=".kaggle-push-") as tmp:
         if rescued:  # the metadata with the rescue data set added; the code as built
             meta = json.loads((folder / "kernel-metadata.json").read_text())
@@ -443,6 +508,10 @@ def status(api, kernel, follow_it, interval):
     version = follow(api, version, interval) if follow_it else version
     if not follow_it:
         print(f"{version}: {version.status.lower()}")
+    with contextlib.suppress(common.SuiteError):  # a word on the quota, never a failure
+        quota = gpu_quota(api)
+        if quota:
+            print(quota)
     if version.status not in RUNNING | {"COMPLETE"}:
         raise version_failed(api, version)
     return version

@@ -17,6 +17,10 @@ practitioners' reports, as collected with their sources in ../shared/KAGGLE.md:
 - A session ends at 12 h (GPU or CPU), at 9 h for a kernel of a code competition, or at the
   push's session_timeout_seconds: it is killed, the version ends in error, and the output files
   written so far are kept (downloadable, but not attachable).
+- GPU time is a weekly quota (about 30 hours): GetAcceleratorQuotaStatistics (kagglesdk's
+  kernels_api_service, what `kaggle quota` / quota_view() calls, kaggle-cli PR 1029) answers the
+  time used, reserved by running sessions and allowed, and when it refreshes; a GPU push past it is
+  refused ("exceeded the number of hours allowed to use GPU", kaggle-benchmarks issue 79).
 - A code competition's submission reruns the kernel version on the hidden test set
   ($KAGGLE_IS_COMPETITION_RERUN set, the same inputs otherwise, 9 h), and the submission is the
   rerun's /kaggle/working/submission.csv, scored once it is done.
@@ -80,6 +84,7 @@ class KaggleTwin:
         self.upload_url = None
         self.reject_credentials = False
         self.fail_with = None
+        self.gpu_hours = {"used": 0.0, "reserved": 0.0, "allowed": 30.0}  # this week's quota
         self.lock = threading.RLock()
 
     # -- what a test sets up or reads -------------------------------------------------------
@@ -429,12 +434,21 @@ class KaggleTwin:
         return error(404, f"twin: no such endpoint datasets.DatasetApiService/{call}")
 
     def kernel_call(self, call, request):
+        if call == "GetAcceleratorQuotaStatistics":
+            hours = self.gpu_hours
+            return ok({"quotaRefreshTime": "2026-12-12T00:00:00.000Z", "gpuQuota": {
+                "timeUsed": f"{round(hours['used'] * 3600)}s",
+                "timeReserved": f"{round(hours['reserved'] * 3600)}s",
+                "totalTimeAllowed": f"{round(hours['allowed'] * 3600)}s"}})
         if call == "SaveKernel":
             owner = request["slug"].split("/")[0]
             if owner != USER:
                 return error(403, f"you may not push to {owner}'s kernels")
             if self.refuse_push:
                 return ok({"error": self.refuse_push})
+            if request.get("enableGpu") and self.gpu_hours["used"] >= self.gpu_hours["allowed"]:
+                return ok({"error": "You have exceeded the number of hours allowed to use GPU. "
+                           "You will not be able to commit unless you turn off GPU (twin)"})
             version = self.push(request)
             return ok({"ref": f"/code/{request['slug']}", "versionNumber": version["number"],
                        "url": f"https://www.kaggle.com/code/{request['slug']}",

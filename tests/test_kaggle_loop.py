@@ -411,3 +411,33 @@ def test_an_old_kaggle_client_is_one_line_naming_the_version_needed(version, kag
     err = capsys.readouterr().err
     assert one_line(err) and "kaggle >= 2.2.5" in err and "pip install 'kaggle>=2.2.5'" in err
     assert (version or "not installed") in err and not kaggle_twin.requests
+
+
+@pytest.mark.parametrize("left,timeout,pushed", [(10.0, None, False), (12.0, None, True),
+                                                 (2.0, "3600", True), (0.0, "60", False)])
+def test_a_gpu_push_reads_the_quota_and_stops_when_too_little_is_left(
+        left, timeout, pushed, kaggle_twin, kernel, capsys):
+    """The cnn kernel stops training at 11h30m: with 10 GPU hours left this week it is not
+    pushed (one line, exit 2, nothing sent); a shorter --timeout fits; `status` shows the quota."""
+    kaggle_twin.gpu_hours = {"used": 30.0 - left - 0.5, "reserved": 0.5, "allowed": 30.0}
+    code = loop.main(["push", str(kernel)] + (["--timeout", timeout] if timeout else []))
+    out, err = capsys.readouterr()
+    assert f"GPU quota: {left:.1f} h left of 30.0 h this week" in out + err
+    assert "0.5 h reserved by running sessions" in out + err
+    if not pushed:
+        assert code == 2 and one_line(err) and "more than is left; not pushed" in err
+        assert ("11h30m" if not timeout else "1m00s") in err
+        assert not kaggle_twin.kernels
+        return
+    assert code == 0 and f"pushed {KERNEL_ID} version 1" in out
+    assert loop.main(["status", str(kernel)]) == 0
+    assert f"GPU quota: {left:.1f} h left" in capsys.readouterr().out
+
+
+def test_the_twin_refuses_a_gpu_push_past_the_quota(kaggle_twin, kernel, capsys, monkeypatch):
+    """Kaggle's own refusal, had the quota not been read (e.g. used up between the two calls)."""
+    monkeypatch.setattr(loop, "gpu_quota", lambda api: None)
+    kaggle_twin.gpu_hours = {"used": 30.0, "reserved": 0.0, "allowed": 30.0}
+    assert loop.main(["push", str(kernel)]) == 2
+    err = capsys.readouterr().err
+    assert one_line(err) and "exceeded the number of hours allowed to use GPU" in err
