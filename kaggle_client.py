@@ -85,13 +85,15 @@ def kaggle_error(action, error):
         error = replaced
     response = getattr(error, "response", None)
     status = getattr(response, "status_code", None)
+    answer = ""
+    with contextlib.suppress(ValueError, AttributeError, KeyError, TypeError):  # its JSON error
+        answer = str(response.json()["message"])
     if status in (401, 403) and action == "authentication":
         reason = (f"Kaggle rejected the credentials ({status}): the token is invalid or expired; "
                   "create a new one at https://www.kaggle.com/settings/api")
     elif status is not None:
         reason = f"Kaggle answered {status} {response.reason or ''}".rstrip()
-        with contextlib.suppress(ValueError, AttributeError, KeyError, TypeError):  # its JSON error
-            reason += f" ({response.json()['message']})"
+        reason += f" ({answer})" if answer else ""
         if status == 429 or (status == 400 and "allowance" in reason.lower()):
             reason += ": the daily submission limit is reached; it resets at midnight UTC"
         elif status in (401, 403):
@@ -108,7 +110,8 @@ def kaggle_error(action, error):
             if os.environ.get("KAGGLE_KERNEL_RUN_TYPE") else "")  # set in Kaggle's sessions
     else:
         reason = f"{type(error).__name__}: {error}"
-    return SuiteError(kaggle_redacted(f"{action} failed: {reason}"), code=2)
+    return SuiteError(kaggle_redacted(f"{action} failed: {reason}"), code=2, status=status,
+                      answer=kaggle_redacted(answer))
 
 
 def kaggle_redacted(text):

@@ -184,12 +184,19 @@ def kernel_metadata(api, kernel_id):
     return kaggle_client.kaggle_call(f"looking up {kernel_id}", get).metadata
 
 
+def not_found(error):
+    """Whether a failed call says the kernel is not there: 404, or the 401/403 Kaggle answers
+    for a slug it does not know ("Permission 'kernels.get' was denied", kaggle-cli issue 1200;
+    someone else's private kernel gets the same answer)."""
+    return error.status == 404 or (error.status in (401, 403) and "kernels.get" in error.answer)
+
+
 def version_count(api, kernel_id):
     """The kernel's number of versions; 0 for a kernel not pushed yet."""
     try:
         return kernel_metadata(api, kernel_id).current_version_number
     except common.SuiteError as e:
-        if " 404 " in f"{e} ":
+        if not_found(e):
             return 0
         raise
 
@@ -493,8 +500,11 @@ def newest_pushed(api, kernel):
         if count:
             found.append(version_status(api, kernel_id, count))
     if not found:
-        raise common.SuiteError(f"{' and '.join(kernel.ids)}: no version pushed yet "
-                                f"(kaggle_loop.py push {kernel.name})", code=2)
+        raise common.SuiteError(f"{' and '.join(kernel.ids)}: no version pushed yet, or none this "
+                                "account may see (Kaggle answers both with 404 or 403 "
+                                "\"Permission 'kernels.get' was denied\"): check the user name "
+                                f"in kernel-metadata.json, or kaggle_loop.py push {kernel.name}",
+                                code=2)
     running = [v for v in found if v.status in RUNNING]
     return running[0] if running else max(found, key=lambda v: last_run(api, v.kernel))
 
@@ -708,7 +718,7 @@ def publish(api, folder, dataset, title, description):
     try:
         exists = kaggle_client.kaggle_call(f"looking up {dataset}", api.dataset_status, dataset)
     except common.SuiteError as e:
-        if " 404 " not in f"{e} ":
+        if e.status != 404:
             raise
         exists = None
     if exists:

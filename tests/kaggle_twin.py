@@ -17,6 +17,9 @@ practitioners' reports, as collected with their sources in ../shared/KAGGLE.md:
 - A session ends at 12 h (GPU or CPU), at 9 h for a kernel of a code competition, or at the
   push's session_timeout_seconds: it is killed, the version ends in error, and the output files
   written so far are kept (downloadable, but not attachable).
+- A kernel Kaggle does not know (or someone else's private one) is answered 401/403 "Permission
+  'kernels.get' was denied" (the client's messages call it "most likely a wrong kernel slug",
+  kaggle-cli issue 1200); `unknown_kernel_status` = 404 answers as a plain not found instead.
 - GPU time is a weekly quota (about 30 hours): GetAcceleratorQuotaStatistics (kagglesdk's
   kernels_api_service, what `kaggle quota` / quota_view() calls, kaggle-cli PR 1029) answers the
   time used, reserved by running sessions and allowed, and when it refreshes; a GPU push past it is
@@ -36,7 +39,8 @@ things go wrong: `refuse_upload` (the file PUT gets 403), `upload_url` (where th
 instead), `reject_credentials` (every call 401), `fail_with` (every call that status, e.g. 503),
 `limit_status` (429, or 400 with Kaggle's "allowance" message, once `daily_limit` submissions
 were made), a competition whose rules are not accepted (403), `refuse_push` (a push answered
-with an error), someone else's kernels (403), unknown kernels and `missing` competitions (404).
+with an error), pushes to someone else's kernels (403), unknown kernels (403 "Permission
+'kernels.get' was denied", or `unknown_kernel_status`) and `missing` competitions (404).
 """
 import datetime
 import io
@@ -84,6 +88,7 @@ class KaggleTwin:
         self.upload_url = None
         self.reject_credentials = False
         self.fail_with = None
+        self.unknown_kernel_status = 403  # Kaggle's answer for a kernel it does not know
         self.gpu_hours = {"used": 0.0, "reserved": 0.0, "allowed": 30.0}  # this week's quota
         self.lock = threading.RLock()
 
@@ -455,10 +460,10 @@ class KaggleTwin:
                        "invalidKernelSources": version["invalid"]["kernel"],
                        "invalidDatasetSources": version["invalid"]["dataset"]})
         kernel = f"{request.get('userName')}/{request.get('kernelSlug')}"
-        if kernel not in self.kernels:
-            if request.get("userName") != USER:  # someone else's private kernel, maybe
-                return error(403, "Permission 'kernels.get' was denied")
-            return error(404, f"kernel {kernel} not found")
+        if kernel not in self.kernels:  # unknown, or someone else's private kernel: alike
+            if self.unknown_kernel_status == 404:
+                return error(404, f"kernel {kernel} not found")
+            return error(self.unknown_kernel_status, "Permission 'kernels.get' was denied")
         versions = self.kernels[kernel]
         label = request.get("versionLabel") or f"v{len(versions)}"
         if not (label.startswith("v") and label[1:].isdigit()

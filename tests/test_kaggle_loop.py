@@ -12,6 +12,7 @@ import pytest
 import compare
 from conftest import ROOT
 from kaggle_twin import TOKEN, USER, kaggle_log
+from kaggle_twin import error as kaggle_twin_error
 
 spec = importlib.util.spec_from_file_location("kaggle_loop", ROOT / "kernels" / "kaggle_loop.py")
 loop = importlib.util.module_from_spec(spec)
@@ -85,6 +86,8 @@ def test_push_follow_output_submit_compare(kaggle_twin, kernel, tmp_path, capsys
 
     assert loop.main(["status", str(kernel), "--follow", "--interval", "0.01"]) == 0
     lines = capsys.readouterr().out.splitlines()  # (the first answer found the newest version)
+    assert lines.pop() == "GPU quota: 30.0 h left of 30.0 h this week (0.0 h used, refreshes " \
+        "2026-12-12 00:00 UTC)"
     assert [line.split(": ")[1].split()[0] for line in lines] == ["running", "running", "complete"]
     assert all(line.endswith(")") for line in lines)  # elapsed time
 
@@ -441,3 +444,23 @@ def test_the_twin_refuses_a_gpu_push_past_the_quota(kaggle_twin, kernel, capsys,
     assert loop.main(["push", str(kernel)]) == 2
     err = capsys.readouterr().err
     assert one_line(err) and "exceeded the number of hours allowed to use GPU" in err
+
+
+@pytest.mark.parametrize("answer", [403, 401, 404])
+def test_not_pushed_yet_is_told_by_404_or_kernels_get_denied(answer, kaggle_twin, kernel, capsys,
+                                                             monkeypatch):
+    """Kaggle answers a kernel it does not know with 401/403 "Permission 'kernels.get' was
+    denied" (or 404): `status` says it is not pushed yet, `push` starts the run; any other 403 is
+    the error it is. The status is read from the error (SuiteError.status), not its text."""
+    kaggle_twin.unknown_kernel_status = answer
+    assert loop.main(["status", str(kernel)]) == 2
+    err = capsys.readouterr().err
+    assert one_line(err) and "no version pushed yet, or none this account may see" in err
+    assert loop.main(["push", str(kernel)]) == 0
+    assert "it starts the run (nothing to resume yet)" in capsys.readouterr().out
+    calls = kaggle_twin.kernel_call  # another 403 (not about the slug): said as it is
+    monkeypatch.setattr(kaggle_twin, "kernel_call", lambda call, request: kaggle_twin_error(
+        403, "twin: no 404 here") if call == "GetKernel" else calls(call, request))
+    assert loop.main(["status", str(kernel)]) == 2
+    err = capsys.readouterr().err
+    assert one_line(err) and "Kaggle answered 403" in err and "no 404 here" in err
