@@ -171,6 +171,14 @@ class Version:
     def __str__(self):
         return f"{self.kernel} version {self.number}"
 
+    @property
+    def ended(self):
+        """How it ended, as Kaggle says it: a session stopped at its limit is CANCEL_ACKNOWLEDGED
+        ("exceeded the max allowed execution duration", KAGGLE.md), handled as any error."""
+        if self.status == "CANCEL_ACKNOWLEDGED":
+            return f"was stopped (cancel_acknowledged: {self.failure or 'cancelled'})"
+        return f"ended in {self.status.lower()}"
+
 
 def kernel_metadata(api, kernel_id):
     """GetKernel's metadata of a kernel (what `kaggle kernels pull` calls)."""
@@ -328,10 +336,10 @@ def push(api, kernel, accelerator, timeout, rescue=True):
     if ahead and rescue:
         rescued = rescue_run(api, kernel, ahead[0])
         resumes = ahead
-        print(f"{ahead[0]} ended in {ahead[0].status.lower()} at {ahead[1]}; Kaggle kept its "
+        print(f"{ahead[0]} {ahead[0].ended} at {ahead[1]}; Kaggle kept its "
               f"output, now data set {rescued}: this version goes on from there")
     elif ahead:
-        print(f"{ahead[0]} ended in {ahead[0].status.lower()} at {ahead[1]} (not attachable); "
+        print(f"{ahead[0]} {ahead[0].ended} at {ahead[1]} (not attachable); "
               "this version goes on from "
               + (f"{partner[0]} at {partner[1]}" if partner else "the start"))
     return send(api, kernel, target, accelerator, timeout, resumes, partner, rescued)
@@ -697,8 +705,9 @@ def run(api, kernel, accelerator, timeout, rescue, interval, max_sessions, runs)
         if version.status != "COMPLETE":
             if failed:  # twice in a row: not a session cut short but a kernel that fails
                 raise version_failed(api, version)
-            print(f"{version} ended with status {version.status.lower()}: "
-                  f"{version.failure or 'no reason given'}; pushing again")
+            print(f"{version} {version.ended}"
+                  + ("" if version.status == "CANCEL_ACKNOWLEDGED" else
+                     f": {version.failure or 'no reason given'}") + "; pushing again")
         failed = version.status != "COMPLETE"
     best = relay_state(api, kernel).best  # the last session may have finished it
     if best and best[1].finished:

@@ -15,8 +15,9 @@ practitioners' reports, as collected with their sources in ../shared/KAGGLE.md:
   accepted). Data sets mount at input/datasets/<owner>/<slug>/ (their newest version),
   competitions at input/competitions/<slug>/. input/ is read-only; working/ is the output.
 - A session ends at 12 h (GPU or CPU), at 9 h for a kernel of a code competition, or at the
-  push's session_timeout_seconds: it is killed, the version ends in error, and the output files
-  written so far are kept (downloadable, but not attachable).
+  push's session_timeout_seconds: it is killed, the version ends as CANCEL_ACKNOWLEDGED
+  ("exceeded the max allowed execution duration", as practitioners' logs show it), and the output
+  files written so far are kept (downloadable, but not attachable).
 - A kernel Kaggle does not know (or someone else's private one) is answered 401/403 "Permission
   'kernels.get' was denied" (the client's messages call it "most likely a wrong kernel slug",
   kaggle-cli issue 1200); `unknown_kernel_status` = 404 answers as a plain not found instead.
@@ -250,10 +251,10 @@ class KaggleTwin:
         target["executed"] = (tree / "executed.ipynb").read_text() \
             if (tree / "executed.ipynb").is_file() else None
         target["log"] = json.dumps(log)
-        if timed_out:
-            target["status"] = "ERROR"
-            target["failure"] = (f"the session exceeded its {limit / self.hour:g} hours and was "
-                                 "stopped (twin)")
+        if timed_out:  # as Kaggle reports a session stopped at its limit
+            target["status"] = "CANCEL_ACKNOWLEDGED"
+            target["failure"] = (f"Kernel exceeded the max allowed execution duration "
+                                 f"({limit / self.hour:g} hours) (twin)")
         elif process.returncode:
             target["status"] = "ERROR"
             target["failure"] = "the notebook raised an error (twin)"
@@ -482,8 +483,8 @@ class KaggleTwin:
                 statuses = version["statuses"]
                 status = statuses[min(version["status_calls"], len(statuses) - 1)]
                 version["status_calls"] += 1
-            return ok({"status": status,
-                       "failureMessage": version["failure"] if status == "ERROR" else ""})
+            ended = status in ("ERROR", "CANCEL_ACKNOWLEDGED")
+            return ok({"status": status, "failureMessage": version["failure"] if ended else ""})
         if call == "ListKernelSessionOutput":
             files = sorted(version["output"])
             start = int(request.get("pageToken") or 0)

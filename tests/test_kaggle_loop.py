@@ -157,6 +157,26 @@ def test_run_pushes_until_the_run_is_finished_then_brings_it_home(sessions, fini
         assert "not finished after 1 versions" in err and one_line(err)
 
 
+def test_a_session_stopped_at_its_limit_is_said_as_kaggle_says_it_and_rescued(
+        kaggle_twin, kernel, tmp_path, capsys):
+    """Kaggle reports a session stopped at its time limit as CANCEL_ACKNOWLEDGED ("exceeded the
+    max allowed execution duration"): `run` says so, rescues its output and goes on."""
+    stopped = "Kernel exceeded the max allowed execution duration (12 hours)"
+    kaggle_twin.next_run = [
+        {"statuses": ["RUNNING", "CANCEL_ACKNOWLEDGED"], "failure": stopped,
+         "output": kernel_output(done=3, submission=False)},
+        {"statuses": ["RUNNING", "COMPLETE"], "output": kernel_output(done=8)}]
+    assert loop.main(["run", str(kernel), "--interval", "0.01", "--runs",
+                      str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert f"{KERNEL_ID} version 1 was stopped (cancel_acknowledged: {stopped}); pushing " \
+        "again" in out
+    assert f"{KERNEL_ID} version 1 was stopped (cancel_acknowledged: {stopped}) at epoch 3 of " \
+        "8; Kaggle kept its output" in out
+    assert kaggle_twin.version(KERNEL_ID, 2)["request"]["datasetDataSources"] == [
+        f"{USER}/music-genre-cnn-rescue"]
+
+
 def test_push_waits_for_a_running_version(kaggle_twin, kernel, capsys):
     ran(kaggle_twin, RELAY_ID, statuses=("RUNNING",))
     assert loop.main(["push", str(kernel)]) == 1

@@ -682,7 +682,7 @@ def test_a_run_longer_than_a_session_finishes_through_the_relay(kaggle_world, tm
         return push_and_wait(twin, folder, *push_flags)
     twin.kill_at = ["epoch   3"]
     first = relay("1h")  # A v1: killed after epoch 3's line reached the log
-    assert first["status"] == "ERROR" and "runs/relay/checkpoint.pt" in first["output"]
+    assert first["status"] == "CANCEL_ACKNOWLEDGED" and "runs/relay/checkpoint.pt" in first["output"]
     killed_at = epochs_in_checkpoint(first["output"])  # the kill may land between the
     assert 3 <= killed_at < 6                            # checkpoint and its .json: .pt is the truth
     second = relay("1s")  # A v2: the rescued run, stopped by its time limit
@@ -697,7 +697,7 @@ def test_a_run_longer_than_a_session_finishes_through_the_relay(kaggle_world, tm
     assert killed_at <= stopped_at <= killed_at + 1 < 6  # the time limit: at most one epoch
     twin.kill_at = [f"epoch {stopped_at + 1:3d}"]
     third = relay("1h")  # B v1: attaches A v2, killed again
-    assert third["request"]["slug"].endswith("-relay") and third["status"] == "ERROR"
+    assert third["request"]["slug"].endswith("-relay") and third["status"] == "CANCEL_ACKNOWLEDGED"
     assert "music-genre-relay/runs/relay" in log_of(third)
     last = relay("1h", "--no-rescue")  # B v2: from A v2 again, to the end
     assert last["status"] == "COMPLETE" and f"(epoch {stopped_at} of 6)" in log_of(last)
