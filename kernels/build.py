@@ -50,6 +50,7 @@ import kernel_main  # noqa: E402  (the kernel's own code: its flags and its chec
 
 RECIPES_DIR = KERNELS_DIR / "recipes"  # the ready-made recipes
 RECIPE_FILE, NOTEBOOK, RELAY = "recipe.json", "kernel.ipynb", "relay"
+SOURCE_LIMIT = 1_000_000  # bytes: a pushed kernel source of 1 MB or more is refused
 MACHINE_SHAPE = "NvidiaTeslaT4"  # T4 x2; P100 is retired and current CUDA wheels lack sm_60
 SESSION_HOURS, CODE_COMPETITION_HOURS = 12, 9  # Kaggle's limits (../shared/KAGGLE.md)
 DEFAULTS = {
@@ -265,6 +266,9 @@ def metadata(recipe, relay=False):
         "code_file": f"../{NOTEBOOK}" if relay else NOTEBOOK,
         "language": "python", "kernel_type": "notebook", "is_private": True,
         "enable_gpu": gpu, **({"machine_shape": MACHINE_SHAPE} if gpu else {}),
+        # a relay resumes a checkpoint in its partner's image: each keeps its first version's
+        # image (torch and CUDA) rather than whatever is newest (KAGGLE.md)
+        **({"docker_image_pinning_type": "original"} if recipe["kind"] != "predict" else {}),
         "enable_internet": recipe["internet"], "dataset_sources": datasets,
         "competition_sources": [recipe["competition"]] if recipe["competition"] else [],
         "kernel_sources": recipe["from_kernels"] if recipe["kind"] == "predict" else [partner],
@@ -358,7 +362,7 @@ def intro(recipe):
                  f"folder named `{recipe['test_folder']}` found under `/kaggle/input`.", ""]
         return "\n".join(text)
     hours = CODE_COMPETITION_HOURS if recipe["code_competition"] else SESSION_HOURS
-    relay = kernel_ids(recipe)[1]
+    own, relay = kernel_ids(recipe)
     text += [f"**Data.** {', '.join(sources) or 'Attach your data'}: the labelled audio is a "
              "folder named `train`, `genres_original` or `genres` (one sub-folder per genre, or "
              f"flat with `train.csv`) found under `/kaggle/input`; the test audio is a folder "
@@ -367,8 +371,9 @@ def intro(recipe):
              f"{'a code competition notebook' if recipe['code_competition'] else 'a session'} at "
              f"{hours} h), keeping time to predict." + (f" {recipe['note']}" if recipe["note"] else ""),
              "",
-             f"**Resuming.** This notebook and its relay partner `{relay}` attach each other's "
-             "output (a notebook cannot attach its own). A session stopped by the time limit "
+             f"**Resuming.** This notebook runs as two kernels, `{own}` and its relay partner "
+             f"`{relay}` (the same notebook), which attach each other's output (a notebook "
+             "cannot attach its own). A session stopped by the time limit "
              f"ends with its checkpoint in `runs/{name}/`; `python kernels/kaggle_loop.py push "
              f"{name}` then pushes the partner, which resumes from it.", "",
              "**Change it** in the recipe cell (`trainer_args` are the trainer's flags), or "
@@ -458,9 +463,19 @@ def notebook(recipe):
     return nbformat.writes(nb)
 
 
+def check_source_size(recipe, text):
+    """Kaggle refuses a pushed kernel source of 1 MB or more (KAGGLE.md): said here, not at push."""
+    size = len(text.encode("utf-8"))
+    if size >= SOURCE_LIMIT:
+        raise common.SuiteError(f"{recipe['name']}: {NOTEBOOK} would be {size / 1e6:.2f} MB and "
+                                f"Kaggle refuses a kernel source of {SOURCE_LIMIT / 1e6:g} MB or "
+                                "more; drop a module or a split from what the kernel imports")
+    return text
+
+
 def render(recipe):
     """{path in the kernel folder: text}."""
-    files = {NOTEBOOK: notebook(recipe),
+    files = {NOTEBOOK: check_source_size(recipe, notebook(recipe)),
              "kernel-metadata.json": json.dumps(metadata(recipe), indent=2) + "\n",
              RECIPE_FILE: json.dumps(recipe, indent=2, sort_keys=True) + "\n"}
     if recipe["kind"] != "predict":

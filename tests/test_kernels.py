@@ -149,6 +149,10 @@ def test_metadata_and_recipe(tmp_path):
     assert meta["kernel_sources"] == [relay["id"]] and relay["kernel_sources"] == [meta["id"]]
     assert meta["enable_gpu"] is True and meta["machine_shape"] == "NvidiaTeslaT4"  # never a P100
     assert meta["enable_internet"] is False  # code competitions require it off
+    # a relay resumes in the same image: each kernel pinned to its first version's
+    assert meta["docker_image_pinning_type"] == relay["docker_image_pinning_type"] == "original"
+    intro = cells(folder)[0].source  # one notebook for both kernels: it names both
+    assert f"`{meta['id']}` and its relay partner `{relay['id']}`" in intro
     assert meta["dataset_sources"] == ["bob/gtzan"] and meta["competition_sources"] == ["genre-comp"]
     recipe = json.loads((folder / "recipe.json").read_text())
     assert recipe["conversion"] == {"size": 0, "mel": 64, "segment_seconds": 3.0}
@@ -159,6 +163,18 @@ def test_metadata_and_recipe(tmp_path):
     transfer = json.loads((built(tmp_path, "--recipe", "transfer-vgg16", "--dataset", "bob/gtzan",
                                  "--weights-dataset", "bob/w") / "kernel-metadata.json").read_text())
     assert transfer["dataset_sources"] == ["bob/gtzan", "bob/w"]
+
+
+def test_a_notebook_of_1_mb_or_more_is_refused_at_build(tmp_path, monkeypatch, capsys):
+    """Kaggle refuses a kernel source of 1 MB or more: one line at build, nothing written."""
+    size = len((built(tmp_path / "a", "--recipe", "cnn") / "kernel.ipynb").read_bytes())
+    monkeypatch.setattr(build, "SOURCE_LIMIT", size)  # this notebook, at the limit
+    assert build.main(["--recipe", "cnn", "--out", str(tmp_path / "b")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Kaggle refuses a kernel source of" in err
+    assert not (tmp_path / "b" / "cnn").exists()
+    monkeypatch.setattr(build, "SOURCE_LIMIT", size + 1)
+    assert build.main(["--recipe", "cnn", "--out", str(tmp_path / "b")]) == 0
 
 
 def test_one_name_one_id(tmp_path, capsys):
