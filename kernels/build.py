@@ -52,7 +52,6 @@ RECIPES_DIR = KERNELS_DIR / "recipes"  # the ready-made recipes
 RECIPE_FILE, NOTEBOOK, RELAY = "recipe.json", "kernel.ipynb", "relay"
 SOURCE_LIMIT = 1_000_000  # bytes: a pushed kernel source of 1 MB or more is refused
 MACHINE_SHAPE = "NvidiaTeslaT4"  # T4 x2; P100 is retired and current CUDA wheels lack sm_60
-SESSION_HOURS, CODE_COMPETITION_HOURS = 12, 9  # Kaggle's limits (../shared/KAGGLE.md)
 DEFAULTS = {
     "user": "your-kaggle-username", "title": None, "datasets": [], "competition": None,
     "code_competition": False, "weights_dataset": None, "test_folder": "test",
@@ -61,7 +60,7 @@ DEFAULTS = {
 }
 NO_INFERENCE_SERVER = ("competitions that serve their test through kaggle_evaluation inference "
                        "servers are not supported")
-IMAGE_CONVERSION = {"size": 512, "mel": 0, "segment_seconds": 0.0}  # data_conversion.py's
+IMAGE_CONVERSION = kernel_main.IMAGE_CONVERSION
 
 
 def build_parser():
@@ -207,13 +206,14 @@ def check_recipe(recipe):
             raise common.SuiteError(f"--title {name!r}: Kaggle wants 5 to 50 characters")
     if recipe["code_competition"] and not recipe["competition"]:
         raise common.SuiteError("--code-competition needs --competition SLUG")
-    limit = recipe["time_limit"] or ("8h30m" if recipe["code_competition"] else "11h30m")
+    limit = recipe["time_limit"] or kernel_main.default_time_limit(recipe["code_competition"])
     try:
         seconds = common.duration(limit)
     except argparse.ArgumentTypeError as e:
         raise common.SuiteError(f"--time-limit: {e}") from None
-    hours = CODE_COMPETITION_HOURS if recipe["code_competition"] else SESSION_HOURS
-    if recipe["kind"] != "predict" and seconds > hours * 3600 - 600:
+    hours = kernel_main.session_hours(recipe["code_competition"])
+    if recipe["kind"] != "predict" and not kernel_main.fits_session(seconds,
+                                                                    recipe["code_competition"]):
         raise common.SuiteError(f"--time-limit {limit}: Kaggle stops a "
                                 f"{'code competition notebook' if recipe['code_competition'] else 'session'}"
                                 f" at {hours} h; leave at least 10 minutes (e.g. "
@@ -361,7 +361,7 @@ def intro(recipe):
         text += [f"**Data.** {', '.join(sources) or 'The competition'}: the test audio is the "
                  f"folder named `{recipe['test_folder']}` found under `/kaggle/input`.", ""]
         return "\n".join(text)
-    hours = CODE_COMPETITION_HOURS if recipe["code_competition"] else SESSION_HOURS
+    hours = kernel_main.session_hours(recipe["code_competition"])
     own, relay = kernel_ids(recipe)
     text += [f"**Data.** {', '.join(sources) or 'Attach your data'}: the labelled audio is a "
              "folder named `train`, `genres_original` or `genres` (one sub-folder per genre, or "

@@ -31,9 +31,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 import common  # noqa: E402
 import kaggle_client  # noqa: E402
+import kernel_main  # noqa: E402  (Kaggle's session limits)
 import models  # noqa: E402
 import runs  # noqa: E402
 
@@ -308,10 +309,12 @@ def check_session_limit(api, kernel):
     competition = recipe.get("competition")
     if not competition or recipe.get("code_competition") or recipe.get("kind") == "predict":
         return
+    limit = recipe.get("time_limit") or kernel_main.default_time_limit(False)
     if is_code_competition(api, competition) and \
-            common.duration(recipe.get("time_limit") or "11h30m") > 8.75 * 3600:
+            not kernel_main.fits_session(common.duration(limit), code_competition=True):
         raise common.SuiteError(f"{competition} is a code competition: Kaggle stops its notebooks "
-                                f"at 9 h and {kernel.name} stops training at "
+                                f"at {kernel_main.CODE_COMPETITION_HOURS} h and {kernel.name} "
+                                "stops training at "
                                 f"{recipe.get('time_limit')}; rebuild it with --code-competition")
 
 

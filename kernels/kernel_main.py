@@ -51,7 +51,25 @@ RERUN = "KAGGLE_IS_COMPETITION_RERUN"
 # Set in Kaggle's sessions ("Batch" for a committed version, "Interactive" in the editor); the
 # GPU check applies there only (a local run picks its own device).
 RUN_TYPE = "KAGGLE_KERNEL_RUN_TYPE"
+# Kaggle's session limits (../shared/KAGGLE.md): 12 h, 9 h for a code competition's notebook;
+# a kernel stops training at least 10 minutes before, by default half an hour
+SESSION_HOURS, CODE_COMPETITION_HOURS, MARGIN_SECONDS = 12, 9, 600
+# the image conversion's defaults: data_conversion.py's, from one place
+IMAGE_CONVERSION = {k: audio.CONVERSION_DEFAULTS[k] for k in ("size", "mel", "segment_seconds")}
 SEARCH_DEPTH = 6  # how deep under input/ mounts are looked for: their layout has changed over time
+
+
+def session_hours(code_competition):
+    return CODE_COMPETITION_HOURS if code_competition else SESSION_HOURS
+
+
+def default_time_limit(code_competition):
+    return f"{session_hours(code_competition) - 1}h30m"
+
+
+def fits_session(seconds, code_competition):
+    """Whether training that stops at `seconds` leaves Kaggle's margin before the session ends."""
+    return seconds <= session_hours(code_competition) * 3600 - MARGIN_SECONDS
 
 
 def build_parser(recipe):
@@ -84,11 +102,12 @@ def build_parser(recipe):
                        choices=list(audio.FEATURE_SETS),
                        help="the audio features to extract (default %(default)s)")
     else:
-        p.add_argument("--size", type=int, default=conversion.get("size", 512),
+        p.add_argument("--size", type=int, default=conversion.get("size", IMAGE_CONVERSION["size"]),
                        help="spectrogram image side for the conversion (default %(default)s)")
-        p.add_argument("--segment-seconds", type=float, default=conversion.get("segment_seconds", 0.0),
+        p.add_argument("--segment-seconds", type=float,
+                       default=conversion.get("segment_seconds", IMAGE_CONVERSION["segment_seconds"]),
                        help="cut clips into S-second segments, scored per clip (default %(default)s)")
-        p.add_argument("--mel", type=int, default=conversion.get("mel", 0),
+        p.add_argument("--mel", type=int, default=conversion.get("mel", IMAGE_CONVERSION["mel"]),
                        help="N log-mel bands instead of the linear STFT (default %(default)s)")
     p.add_argument("--processes", default=str(recipe.get("processes", "auto")),
                    help="training processes under torchrun: auto (one per GPU when the recipe "

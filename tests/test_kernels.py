@@ -165,6 +165,32 @@ def test_metadata_and_recipe(tmp_path):
     assert transfer["dataset_sources"] == ["bob/gtzan", "bob/w"]
 
 
+def test_conversion_defaults_and_session_limits_have_one_source(tmp_path, monkeypatch):
+    """audio.CONVERSION_DEFAULTS gives data_conversion.py's, the recipe's and the kernel's
+    conversion defaults; kernel_main's session limits give build's default time limits and
+    kaggle_loop's check: a change in one place reaches all of them."""
+    import data_conversion
+    conversion = {"size": 48, "mel": 8, "segment_seconds": 1.5}
+    monkeypatch.setitem(kernel_main.IMAGE_CONVERSION, "size", 48)  # what the kernel side reads
+    monkeypatch.setitem(kernel_main.IMAGE_CONVERSION, "mel", 8)
+    monkeypatch.setitem(kernel_main.IMAGE_CONVERSION, "segment_seconds", 1.5)
+    recipe = json.loads((built(tmp_path, "--name", "c", "--kind", "cnn") / "recipe.json")
+                        .read_text())
+    assert recipe["conversion"] == conversion
+    parsed = kernel_main.build_parser({**recipe, "conversion": {}}).parse_args([])
+    assert (parsed.size, parsed.mel, parsed.segment_seconds) == (48, 8, 1.5)
+    defaults = vars(data_conversion.build_parser().parse_args(["src", "out"]))
+    assert {k: defaults[k] for k in ("size", "mel", "segment_seconds", "cmap")} == {
+        k: data_conversion.audio.CONVERSION_DEFAULTS[k] for k in ("size", "mel", "segment_seconds",
+                                                                  "cmap")}
+    monkeypatch.setattr(kernel_main, "SESSION_HOURS", 6)
+    monkeypatch.setattr(kernel_main, "CODE_COMPETITION_HOURS", 4)
+    assert json.loads((built(tmp_path, "--recipe", "mlp", "--name", "short") / "recipe.json")
+                      .read_text())["time_limit"] == "5h30m"
+    assert not kernel_main.fits_session(common.duration("3h55m"), code_competition=True)
+    assert kernel_main.fits_session(common.duration("3h50m"), code_competition=True)
+
+
 def test_a_notebook_of_1_mb_or_more_is_refused_at_build(tmp_path, monkeypatch, capsys):
     """Kaggle refuses a kernel source of 1 MB or more: one line at build, nothing written."""
     size = len((built(tmp_path / "a", "--recipe", "cnn") / "kernel.ipynb").read_bytes())
