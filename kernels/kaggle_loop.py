@@ -41,6 +41,7 @@ import runs  # noqa: E402
 KERNELS_DIR = Path(__file__).resolve().parent
 RUNNING = {"QUEUED", "RUNNING", "NEW_SCRIPT", "CANCEL_REQUESTED"}  # Kaggle's unfinished states
 LOG_TAIL = 20      # lines of Kaggle's log shown when a version failed
+PUBLISH_POLL, PUBLISH_WAIT = 2.0, 1200.0  # seconds: a data set's processing, polled
 ORIGIN = "kaggle.json"  # in runs/NAME/: the kernel and version the folder came from
 PROGRESS = ("config.json", "checkpoint.json", "metrics.json")  # a run's small files
 
@@ -727,13 +728,8 @@ def publish(api, folder, dataset, title, description):
     common.write_json(folder / "dataset-metadata.json", {
         "title": title, "id": dataset, "licenses": [{"name": "other"}],
         "description": description})
-    try:
-        exists = kaggle_client.kaggle_call(f"looking up {dataset}", api.dataset_status, dataset)
-    except common.SuiteError as e:
-        if e.status != 404:
-            raise
-        exists = None
-    if exists:
+    before = dataset_version(api, dataset)
+    if before:
         answer = kaggle_client.kaggle_call(f"new version of {dataset}", api.dataset_create_version,
                                     str(folder), "files of today", quiet=True, dir_mode="zip")
     else:
@@ -741,14 +737,33 @@ def publish(api, folder, dataset, title, description):
                                     quiet=True, dir_mode="zip")
     if getattr(answer, "error", None):
         raise common.SuiteError(f"Kaggle refused {dataset}: {answer.error}", code=2)
-    for _ in range(600):  # a new version is attachable once processed
+    waited = 0.0
+    while waited < PUBLISH_WAIT:  # attachable once processed: ready, and its version the newest
         state = kaggle_client.kaggle_call(f"status of {dataset}", api.dataset_status, dataset)
-        if state == "ready":
-            return dataset
         if state == "failed":
             raise common.SuiteError(f"Kaggle failed to process {dataset}", code=2)
-        time.sleep(2)
+        if state == "ready" and dataset_version(api, dataset) > before:  # ours, not the last one
+            return dataset
+        time.sleep(PUBLISH_POLL)
+        waited += PUBLISH_POLL
     raise common.SuiteError(f"{dataset} is still being processed; wait, then push", code=2)
+
+
+def dataset_version(api, dataset):
+    """The data set's newest version number (GetDataset); 0 when there is no such data set."""
+    from kagglesdk.datasets.types.dataset_api_service import ApiGetDatasetRequest
+
+    def get():
+        with api.build_kaggle_client() as client:
+            request = ApiGetDatasetRequest()
+            request.owner_slug, request.dataset_slug = dataset.split("/")
+            return client.datasets.dataset_api_client.get_dataset(request)
+    try:
+        return kaggle_client.kaggle_call(f"looking up {dataset}", get).current_version_number or 0
+    except common.SuiteError as e:
+        if e.status != 404:
+            raise
+        return 0
 
 
 def weights(api, arch, user, slug):

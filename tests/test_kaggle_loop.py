@@ -13,6 +13,7 @@ import compare
 from conftest import ROOT
 from kaggle_twin import TOKEN, USER, kaggle_log
 from kaggle_twin import error as kaggle_twin_error
+from kaggle_twin import ok as ok_json
 
 spec = importlib.util.spec_from_file_location("kaggle_loop", ROOT / "kernels" / "kaggle_loop.py")
 loop = importlib.util.module_from_spec(spec)
@@ -212,6 +213,35 @@ def test_a_version_that_ended_in_error_is_rescued_or_passed_over(rescue, kaggle_
                f"version goes on from {KERNEL_ID} version 1 at epoch 6 of 8" in out
         assert rescued not in kaggle_twin.datasets
         assert not pushed["request"].get("datasetDataSources")
+
+
+def test_a_rescue_waits_for_its_own_data_set_version(kaggle_twin, kernel, monkeypatch, capsys):
+    """A second rescue is a new version of the rescue data set: the push waits until Kaggle lists
+    that version (GetDataset), not only for a status of ready (scripted: the new version is
+    listed three calls late while the status already says ready)."""
+    monkeypatch.setattr(loop, "PUBLISH_POLL", 0.01)
+    rescued = f"{USER}/music-genre-cnn-rescue"
+    kaggle_twin.add_dataset(rescued, {"runs/cnn/checkpoint.json": b"{}"})  # an earlier rescue
+    kaggle_twin.datasets[rescued]["status_calls"] = 5
+    ran(kaggle_twin, RELAY_ID, kernel_output(done=5, submission=False), statuses=("ERROR",))
+    calls, seen = kaggle_twin.dataset_call, {"late": 0, "listed_at": None}
+
+    def late(call, request):
+        status, kind, body = calls(call, request)
+        if call == "CreateDatasetVersion":
+            seen["late"] = 3
+            kaggle_twin.datasets[rescued]["status_calls"] = 5  # ready, as the old version was
+        if call == "GetDataset" and len(kaggle_twin.datasets[rescued]["versions"]) == 2:
+            if seen["late"]:
+                seen["late"] -= 1
+                return ok_json({"ref": rescued, "currentVersionNumber": 1})
+            seen["listed_at"] = seen["listed_at"] or len(kaggle_twin.requests)
+        return status, kind, body
+    monkeypatch.setattr(kaggle_twin, "dataset_call", late)
+    assert loop.main(["push", str(kernel)]) == 0
+    pushed_at = kaggle_twin.requests.index(("POST", "/api/v1/kernels.KernelsApiService/SaveKernel"))
+    assert seen["late"] == 0 and seen["listed_at"] and seen["listed_at"] <= pushed_at
+    assert len(kaggle_twin.datasets[rescued]["versions"]) == 2
 
 
 def test_a_partner_left_unattached_is_an_error_not_a_fresh_start(kaggle_twin, kernel, capsys):
