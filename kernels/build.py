@@ -399,7 +399,7 @@ kernel_main.run_notebook(RECIPE)'''
 RESULTS = '''\
 from IPython.display import Image, Markdown, display
 
-import common
+import runs
 
 run = kernel_main.run_folder(RECIPE)
 for part in runs.tested_parts(run):

@@ -110,6 +110,13 @@ def test_the_notebook_reads_top_to_bottom(tmp_path):
     assert any("results_table(part)" in s and "curves.png" in s for s in sources)
     assert all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code")
     assert "exec(" not in (folder / "kernel.ipynb").read_text()
+    # the notebook's own cells, read as one script, use no name they do not define or import
+    script = "\n\n".join(c.source for c in notebook.cells
+                           if c.cell_type == "code" and not c.source.startswith("%%writefile"))
+    found = subprocess.run([sys.executable, "-m", "ruff", "check", "--select", "F821",
+                            "--stdin-filename", "cells.py", "-"], input=script, text=True,
+                           capture_output=True)
+    assert found.returncode == 0, found.stdout
 
 
 @pytest.mark.parametrize("kind,modules", [
@@ -785,7 +792,7 @@ def test_a_code_competition_reruns_the_predict_kernel_on_the_hidden_test_set(kag
     train = push_and_wait(twin, built(kernels, "--name", "coder", "--kind", "cnn", "--user", USER,
                                       "--competition", "hidden-quest", "--code-competition",
                                       "--size", "32", "--allow-cpu", "--", "--epochs", "3", "--img-size", "16"))
-    assert train["status"] == "COMPLETE"
+    assert train["status"] == "COMPLETE", log_of(train)[-3000:]
     infer_folder = built(kernels, "--name", "coder-infer", "--kind", "predict", "--from", "coder",
                          "--allow-cpu")
     infer = push_and_wait(twin, infer_folder)
