@@ -56,7 +56,7 @@ DEFAULTS = {
     "user": "your-kaggle-username", "title": None, "datasets": [], "competition": None,
     "code_competition": False, "weights_dataset": None, "test_folder": "test",
     "sample_submission": "sample_submission.csv", "time_limit": None, "processes": "auto",
-    "internet": False, "trainer_args": [], "note": None, "allow_cpu": False,
+    "internet": False, "trainer_args": [], "note": None, "allow_cpu": False, "quick_test": False,
 }
 NO_INFERENCE_SERVER = ("competitions that serve their test through kaggle_evaluation inference "
                        "servers are not supported")
@@ -377,7 +377,9 @@ def intro(recipe):
              f"ends with its checkpoint in `runs/{name}/`; `python kernels/kaggle_loop.py push "
              f"{name}` then pushes the partner, which resumes from it.", "",
              "**Change it** in the recipe cell (`trainer_args` are the trainer's flags), or "
-             "rebuild it with `kernels/build.py`."]
+             "rebuild it with `kernels/build.py`. **Try it first** with `\"quick_test\": True` "
+             f"there: one epoch on {kernel_main.QUICK_CLIPS} clips per genre, in minutes, into "
+             f"`runs/{name}-quick/` (never resumed as the run)."]
     return "\n".join(text)
 
 

@@ -56,6 +56,7 @@ RUN_TYPE = "KAGGLE_KERNEL_RUN_TYPE"
 SESSION_HOURS, CODE_COMPETITION_HOURS, MARGIN_SECONDS = 12, 9, 600
 # the image conversion's defaults: data_conversion.py's, from one place
 IMAGE_CONVERSION = {k: audio.CONVERSION_DEFAULTS[k] for k in ("size", "mel", "segment_seconds")}
+QUICK_CLIPS = 10  # per genre, in a quick test (RECIPE["quick_test"] = True in the recipe cell)
 SEARCH_DEPTH = 6  # how deep under input/ mounts are looked for: their layout has changed over time
 
 
@@ -331,6 +332,20 @@ def take_over(earlier, run_dir, trainer, trainer_argv):
     return True
 
 
+def quick_subset(train, labels, temp):
+    """The first QUICK_CLIPS clips of each genre, linked into temp/quick-train/<genre>/: what a
+    quick test trains on (minutes, not the session), whatever the layout of the training audio."""
+    folder = temp / "quick-train"
+    shutil.rmtree(folder, ignore_errors=True)
+    taken = {}
+    for path, label in audio.list_labeled_audio(train, labels):
+        if taken.setdefault(label, 0) < QUICK_CLIPS:
+            taken[label] += 1
+            (folder / label).mkdir(parents=True, exist_ok=True)
+            (folder / label / path.name).symlink_to(path.resolve())
+    return folder, None
+
+
 def trainer_weights(args):
     """A transfer recipe's --weights as train_transfer resolves it."""
     return importlib.import_module(TRAINERS["transfer"]).weights_of(args)
@@ -482,6 +497,8 @@ def main(argv, recipe, started=None):
         return predict_kernel(args, recipe, temp, working)
     trainer = importlib.import_module(TRAINERS[recipe["kind"]])
     flags = trainer_flags(recipe, passthrough, args.input)
+    if recipe.get("quick_test"):
+        flags += ["--epochs", "1"]  # the last --epochs is the one argparse keeps
     parsed = trainer.parse_args(flags, check_paths=False)  # a bad flag fails before any work
     deadline = started + args.time_limit
     train_dir, labels = find_train(args, recipe)
@@ -493,7 +510,11 @@ def main(argv, recipe, started=None):
     os.environ["SUITE_CACHE"] = str(temp / "cache")  # what can be recomputed stays in scratch
     weights = find_weights(args.input, parsed, trainer, recipe["internet"]) \
         if recipe["kind"] == "transfer" else []
-    name = recipe["name"]
+    name = run_name(recipe)
+    if recipe.get("quick_test"):
+        train_dir, labels = quick_subset(train_dir, labels, temp)
+        print(f"quick test: 1 epoch on {QUICK_CLIPS} clips per genre into runs/{name}/, apart "
+              "from the real run; set RECIPE['quick_test'] = False for it")
     run_dir = working / "runs" / name
     reserve = min(600.0, 0.1 * args.time_limit)  # to predict the test audio after training
 
@@ -605,9 +626,14 @@ def placeholder_submission(args, recipe, working):
 # ----------------------------------------------------------------------------------------------
 # What a notebook shows after the run
 
+def run_name(recipe):
+    """The run's folder name: a quick test's is its own, so it is never resumed as the run."""
+    return recipe["name"] + ("-quick" if recipe.get("quick_test") else "")
+
+
 def run_folder(recipe, working=None):
     working = Path(working or Path(os.environ.get("KAGGLE_ROOT", "/kaggle")) / "working")
-    return working / "runs" / recipe["name"]
+    return working / "runs" / run_name(recipe)
 
 
 def results_table(part):
@@ -642,6 +668,9 @@ def next_steps(recipe, run_dir):
     progress = runs.run_progress(run_dir)
     if progress is None:
         return "\n".join(lines + ["no run folder: see the log above"])
+    if recipe.get("quick_test"):
+        return "\n".join(lines + [f"a quick test ({progress}): it works; set RECIPE['quick_test'] "
+                                  "= False in the recipe cell for the real run"])
     if not progress.finished:
         lines.append(f"the run is at {progress}: push the next version with python "
                      f"kernels/kaggle_loop.py push {name}; its relay partner attaches this output "

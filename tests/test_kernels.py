@@ -449,6 +449,32 @@ def test_a_predict_kernel_without_test_audio_writes_a_placeholder_in_its_commit_
     assert "(2 rows)" in out
 
 
+def test_a_quick_test_trains_one_epoch_on_a_few_clips_per_genre_apart_from_the_run(
+        tmp_path, monkeypatch, capsys):
+    """RECIPE["quick_test"] = True in the recipe cell: one epoch on QUICK_CLIPS clips of each
+    genre, into runs/NAME-quick/ (the relay never resumes it), and the notebook says so."""
+    recipe = json.loads(built(tmp_path / "k", "--name", "quick", "--kind", "cnn", "--size", "32",
+                              "--", "--epochs", "30", "--img-size", "16")
+                        .joinpath("recipe.json").read_text())
+    assert recipe["quick_test"] is False and '"quick_test": True' in cells(tmp_path / "k" /
+                                                                          "quick")[0].source
+    monkeypatch.setattr(kernel_main, "QUICK_CLIPS", 4)
+    audio_set(tmp_path / "audio", 6, 0, seconds=1.0)
+    monkeypatch.delenv("KERNEL_ARGS", raising=False)
+    working = tmp_path / "working"
+    assert kernel_main.main(["--train", str(tmp_path / "audio"), "--temp", str(tmp_path / "temp"),
+                             "--working", str(working), "--input", str(tmp_path)],
+                            {**recipe, "quick_test": True}) == 0
+    out = capsys.readouterr().out
+    assert "quick test: 1 epoch on 4 clips per genre into runs/quick-quick/" in out
+    metrics = json.loads((working / "runs" / "quick-quick" / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 1
+    assert metrics["n_train"] + metrics["n_val"] + metrics["n_test"] == 4 * len(GENRES)
+    assert not (working / "runs" / "quick").exists()
+    assert "quick test" in kernel_main.next_steps({**recipe, "quick_test": True},
+                                                  working / "runs" / "quick-quick")
+
+
 def test_missing_weights_file_fails_before_any_work(tmp_path, monkeypatch, capsys):
     """A transfer kernel offline whose attached data set lacks the architecture's weights file
     names the file in one line before converting anything (the trainer would fail after it)."""
