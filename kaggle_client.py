@@ -9,6 +9,7 @@ import functools
 import io
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from common import SuiteError
@@ -218,3 +219,55 @@ def submission_message(message, run_name):
     if not message:
         return run_name
     return message if names_run(message, run_name) else f"{message} [{run_name}]"
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernels: the GPU quota; data sets: the newest version
+
+@dataclass
+class Quota:
+    """This week's GPU hours (Kaggle's GetAcceleratorQuotaStatistics, what `kaggle quota` shows)."""
+    used: float
+    reserved: float   # by sessions running now
+    allowed: float
+    refresh: object   # a datetime (UTC) or None
+
+    @property
+    def left(self):
+        return max(0.0, self.allowed - self.used - self.reserved)
+
+    def __str__(self):
+        when = f", refreshes {self.refresh:%Y-%m-%d %H:%M} UTC" if self.refresh else ""
+        return (f"GPU quota: {self.left:.1f} h left of {self.allowed:.1f} h this week ("
+                f"{self.used:.1f} h used" + (f", {self.reserved:.1f} h reserved by running "
+                                             f"sessions" if self.reserved else "") + f"{when})")
+
+
+def gpu_quota(api):
+    """The GPU quota, or None when Kaggle does not say."""
+    answer = kaggle_call("reading the GPU quota", api.quota_view)
+    quota = answer.gpu_quota
+    if quota is None or quota.total_time_allowed is None:
+        return None
+
+    def hours(delta):
+        return delta.total_seconds() / 3600 if delta else 0.0
+    return Quota(hours(quota.time_used), hours(quota.time_reserved),
+                 hours(quota.total_time_allowed), answer.quota_refresh_time)
+
+
+def dataset_version(api, dataset):
+    """The data set's newest version number (GetDataset); 0 when there is no such data set."""
+    from kagglesdk.datasets.types.dataset_api_service import ApiGetDatasetRequest
+
+    def get():
+        with api.build_kaggle_client() as client:
+            request = ApiGetDatasetRequest()
+            request.owner_slug, request.dataset_slug = dataset.split("/")
+            return client.datasets.dataset_api_client.get_dataset(request)
+    try:
+        return kaggle_call(f"looking up {dataset}", get).current_version_number or 0
+    except SuiteError as e:
+        if e.status != 404:
+            raise
+        return 0

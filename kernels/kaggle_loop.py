@@ -364,38 +364,6 @@ def rescue_run(api, kernel, version):
     return dataset
 
 
-@dataclass
-class Quota:
-    """This week's GPU hours (Kaggle's GetAcceleratorQuotaStatistics, what `kaggle quota` shows)."""
-    used: float
-    reserved: float   # by sessions running now
-    allowed: float
-    refresh: object   # a datetime (UTC) or None
-
-    @property
-    def left(self):
-        return max(0.0, self.allowed - self.used - self.reserved)
-
-    def __str__(self):
-        when = f", refreshes {self.refresh:%Y-%m-%d %H:%M} UTC" if self.refresh else ""
-        return (f"GPU quota: {self.left:.1f} h left of {self.allowed:.1f} h this week ("
-                f"{self.used:.1f} h used" + (f", {self.reserved:.1f} h reserved by running "
-                                             f"sessions" if self.reserved else "") + f"{when})")
-
-
-def gpu_quota(api):
-    """The GPU quota, or None when Kaggle does not say."""
-    answer = kaggle_client.kaggle_call("reading the GPU quota", api.quota_view)
-    quota = answer.gpu_quota
-    if quota is None or quota.total_time_allowed is None:
-        return None
-
-    def hours(delta):
-        return delta.total_seconds() / 3600 if delta else 0.0
-    return Quota(hours(quota.time_used), hours(quota.time_reserved),
-                 hours(quota.total_time_allowed), answer.quota_refresh_time)
-
-
 def asks_for_gpu(folder, accelerator):
     """Whether the version pushed from `folder` gets a GPU: --accelerator, else its metadata."""
     if accelerator:
@@ -410,7 +378,7 @@ def check_quota(api, kernel, target, folder, accelerator, timeout):
     if not asks_for_gpu(folder, accelerator):
         return
     try:
-        quota = gpu_quota(api)
+        quota = kaggle_client.gpu_quota(api)
     except common.SuiteError as e:
         print(f"warning: {e}; pushing anyway", file=sys.stderr)
         return
@@ -531,7 +499,7 @@ def status(api, kernel, follow_it, interval):
     if not follow_it:
         print(f"{version}: {version.status.lower()}")
     with contextlib.suppress(common.SuiteError):  # a word on the quota, never a failure
-        quota = gpu_quota(api)
+        quota = kaggle_client.gpu_quota(api)
         if quota:
             print(quota)
     if version.status not in RUNNING | {"COMPLETE"}:
@@ -728,7 +696,7 @@ def publish(api, folder, dataset, title, description):
     common.write_json(folder / "dataset-metadata.json", {
         "title": title, "id": dataset, "licenses": [{"name": "other"}],
         "description": description})
-    before = dataset_version(api, dataset)
+    before = kaggle_client.dataset_version(api, dataset)
     if before:
         answer = kaggle_client.kaggle_call(f"new version of {dataset}", api.dataset_create_version,
                                     str(folder), "files of today", quiet=True, dir_mode="zip")
@@ -742,28 +710,12 @@ def publish(api, folder, dataset, title, description):
         state = kaggle_client.kaggle_call(f"status of {dataset}", api.dataset_status, dataset)
         if state == "failed":
             raise common.SuiteError(f"Kaggle failed to process {dataset}", code=2)
-        if state == "ready" and dataset_version(api, dataset) > before:  # ours, not the last one
+        if state == "ready" and kaggle_client.dataset_version(api, dataset) > before:  # ours
             return dataset
         time.sleep(PUBLISH_POLL)
         waited += PUBLISH_POLL
     raise common.SuiteError(f"{dataset} is still being processed; wait, then push", code=2)
 
-
-def dataset_version(api, dataset):
-    """The data set's newest version number (GetDataset); 0 when there is no such data set."""
-    from kagglesdk.datasets.types.dataset_api_service import ApiGetDatasetRequest
-
-    def get():
-        with api.build_kaggle_client() as client:
-            request = ApiGetDatasetRequest()
-            request.owner_slug, request.dataset_slug = dataset.split("/")
-            return client.datasets.dataset_api_client.get_dataset(request)
-    try:
-        return kaggle_client.kaggle_call(f"looking up {dataset}", get).current_version_number or 0
-    except common.SuiteError as e:
-        if e.status != 404:
-            raise
-        return 0
 
 
 def weights(api, arch, user, slug):

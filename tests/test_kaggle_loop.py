@@ -489,7 +489,7 @@ def test_a_gpu_push_reads_the_quota_and_stops_when_too_little_is_left(
 
 def test_the_twin_refuses_a_gpu_push_past_the_quota(kaggle_twin, kernel, capsys, monkeypatch):
     """Kaggle's own refusal, had the quota not been read (e.g. used up between the two calls)."""
-    monkeypatch.setattr(loop, "gpu_quota", lambda api: None)
+    monkeypatch.setattr(loop.kaggle_client, "gpu_quota", lambda api: None)
     kaggle_twin.gpu_hours = {"used": 30.0, "reserved": 0.0, "allowed": 30.0}
     assert loop.main(["push", str(kernel)]) == 2
     err = capsys.readouterr().err
