@@ -185,7 +185,8 @@ def check_gpu(recipe):
         raise common.SuiteError(
             "this kernel asked for a GPU and the session has none (Accelerator off, or the "
             "weekly GPU quota used up: kaggle quota): stopping before any work; turn the GPU on "
-            "and run it again, or rebuild with kernels/build.py --allow-cpu to train on the CPU")
+            "and run it again, or rebuild with kernels/build.py --allow-cpu (\"allow_cpu\": True in "
+            "the recipe cell) to train on the CPU")
 
 
 def trainer_flags(recipe, passthrough, input_dir):
