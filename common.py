@@ -35,9 +35,11 @@ from pathlib import Path
 class SuiteError(Exception):
     """A user's mistake or bad input: printed as one line, never as a traceback."""
 
-    def __init__(self, message, code=1):
+    def __init__(self, message, code=1, status=None, answer=""):
         super().__init__(message)
         self.code = code
+        self.status = status   # a failed HTTP call's status (kaggle_client.kaggle_error)
+        self.answer = answer   # and the message the server gave with it
 
 
 class NothingToDo(SuiteError):

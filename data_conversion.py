@@ -54,15 +54,16 @@ def build_parser():
                    help="with --features: standard, the GTZAN table's 57 columns; extended adds "
                         "spectral contrast, onset strength and tonnetz")
     g = p.add_argument_group("conversion")
-    g.add_argument("--size", type=bounded(int, minimum=0), default=512,
+    g.add_argument("--size", type=bounded(int, minimum=0), default=audio.CONVERSION_DEFAULTS["size"],
                    help="square image side in pixels; 0 keeps the native size (default 512)")
-    g.add_argument("--segment-seconds", type=bounded(float, minimum=0), default=0.0,
+    g.add_argument("--segment-seconds", type=bounded(float, minimum=0),
+                   default=audio.CONVERSION_DEFAULTS["segment_seconds"],
                    help="cut clips into S-second segments (default 0: whole clip)")
     g.add_argument("--sr", type=bounded(int, minimum=1000), default=audio.SR,
                    help="sample rate to decode at (default 22050)")
-    g.add_argument("--mel", type=bounded(int, minimum=0), default=0,
+    g.add_argument("--mel", type=bounded(int, minimum=0), default=audio.CONVERSION_DEFAULTS["mel"],
                    help="N log-mel bands instead of the linear STFT (default 0: the study's linear)")
-    g.add_argument("--cmap", default="magma", help="matplotlib colormap (default magma, as specshow)")
+    g.add_argument("--cmap", default=audio.CONVERSION_DEFAULTS["cmap"], help="matplotlib colormap (default magma, as specshow)")
     g.add_argument("--labels", help="CSV id,label for a flat folder of audio (Kaggle style)")
     g.add_argument("--unlabeled", action="store_true", help="src is a flat unlabeled folder (a test "
                    "set); with --make-demo, write one")

@@ -9,12 +9,16 @@ import functools
 import io
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from common import SuiteError
 
 # ----------------------------------------------------------------------------------------------
 # Kaggle: one authenticated client, or one clear line and exit code 2
+
+KAGGLE_MINIMUM = (2, 2, 5)  # versioned kernel calls: up to 2.2.4 OWNER/SLUG/N acts on the newest
+# version (kaggle-cli issue 1200, fixed by PR 1201 in 2.2.5, which sends version_label)
 
 KAGGLE_HELP = ("Kaggle credentials not found: create a token at https://www.kaggle.com/settings/api "
                "and export KAGGLE_API_TOKEN=... (or save it to ~/.kaggle/access_token, or put "
@@ -49,6 +53,28 @@ def kaggle_api_class():
     return SuiteKaggleApi
 
 
+def installed_kaggle_version():
+    """The installed kaggle package's version text, or None (a seam: tests point it elsewhere)."""
+    from importlib import metadata
+    try:
+        return metadata.version("kaggle")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def check_kaggle_version(minimum=KAGGLE_MINIMUM):
+    """One line and exit code 2 when the kaggle client is missing or older than `minimum`."""
+    needed = ".".join(map(str, minimum))
+    found = installed_kaggle_version()
+    numbers = tuple(int(n) for n in re.findall(r"\d+", found or "")[:3])
+    if numbers < minimum:
+        raise SuiteError(f"kaggle {found or 'is not installed'}"
+                         f"{' is too old' if found else ''}: this needs kaggle >= {needed} "
+                         f"(older clients act on the newest kernel version, not the one asked "
+                         f"for); pip install 'kaggle>={needed}'", code=2)
+    return found
+
+
 def kaggle_error(action, error):
     """One line for a failed Kaggle call: which call, what Kaggle (or the network) said, and
     what to do. Never the token: messages come from status lines and URLs, and are redacted."""
@@ -60,13 +86,15 @@ def kaggle_error(action, error):
         error = replaced
     response = getattr(error, "response", None)
     status = getattr(response, "status_code", None)
+    answer = ""
+    with contextlib.suppress(ValueError, AttributeError, KeyError, TypeError):  # its JSON error
+        answer = str(response.json()["message"])
     if status in (401, 403) and action == "authentication":
         reason = (f"Kaggle rejected the credentials ({status}): the token is invalid or expired; "
                   "create a new one at https://www.kaggle.com/settings/api")
     elif status is not None:
         reason = f"Kaggle answered {status} {response.reason or ''}".rstrip()
-        with contextlib.suppress(ValueError, AttributeError, KeyError, TypeError):  # its JSON error
-            reason += f" ({response.json()['message']})"
+        reason += f" ({answer})" if answer else ""
         if status == 429 or (status == 400 and "allowance" in reason.lower()):
             reason += ": the daily submission limit is reached; it resets at midnight UTC"
         elif status in (401, 403):
@@ -83,7 +111,8 @@ def kaggle_error(action, error):
             if os.environ.get("KAGGLE_KERNEL_RUN_TYPE") else "")  # set in Kaggle's sessions
     else:
         reason = f"{type(error).__name__}: {error}"
-    return SuiteError(kaggle_redacted(f"{action} failed: {reason}"), code=2)
+    return SuiteError(kaggle_redacted(f"{action} failed: {reason}"), code=2, status=status,
+                      answer=kaggle_redacted(answer))
 
 
 def kaggle_redacted(text):
@@ -211,3 +240,55 @@ def submission_message(message, run_name):
     if not message:
         return run_name
     return message if names_run(message, run_name) else f"{message} [{run_name}]"
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernels: the GPU quota; data sets: the newest version
+
+@dataclass
+class Quota:
+    """This week's GPU hours (Kaggle's GetAcceleratorQuotaStatistics, what `kaggle quota` shows)."""
+    used: float
+    reserved: float   # by sessions running now
+    allowed: float
+    refresh: object   # a datetime (UTC) or None
+
+    @property
+    def left(self):
+        return max(0.0, self.allowed - self.used - self.reserved)
+
+    def __str__(self):
+        when = f", refreshes {self.refresh:%Y-%m-%d %H:%M} UTC" if self.refresh else ""
+        return (f"GPU quota: {self.left:.1f} h left of {self.allowed:.1f} h this week ("
+                f"{self.used:.1f} h used" + (f", {self.reserved:.1f} h reserved by running "
+                                             f"sessions" if self.reserved else "") + f"{when})")
+
+
+def gpu_quota(api):
+    """The GPU quota, or None when Kaggle does not say."""
+    answer = kaggle_call("reading the GPU quota", api.quota_view)
+    quota = answer.gpu_quota
+    if quota is None or quota.total_time_allowed is None:
+        return None
+
+    def hours(delta):
+        return delta.total_seconds() / 3600 if delta else 0.0
+    return Quota(hours(quota.time_used), hours(quota.time_reserved),
+                 hours(quota.total_time_allowed), answer.quota_refresh_time)
+
+
+def dataset_version(api, dataset):
+    """The data set's newest version number (GetDataset); 0 when there is no such data set."""
+    from kagglesdk.datasets.types.dataset_api_service import ApiGetDatasetRequest
+
+    def get():
+        with api.build_kaggle_client() as client:
+            request = ApiGetDatasetRequest()
+            request.owner_slug, request.dataset_slug = dataset.split("/")
+            return client.datasets.dataset_api_client.get_dataset(request)
+    try:
+        return kaggle_call(f"looking up {dataset}", get).current_version_number or 0
+    except SuiteError as e:
+        if e.status != 404:
+            raise
+        return 0

@@ -141,7 +141,7 @@ def test_report(part, model_name, classes, tested, result, *, train, val, test,
         "predict_seconds_per_clip": tested.seconds / metrics["n_test"],
         "split_hash": split_hash(part.split), "data": str(args.data),
         "run": part.run.dir.name + (f"/{part.name}" if part.name else ""),
-        "complete": result.complete if result else True,
+        "complete": result.complete if result else True, "device": part.run.device,
         "small_test": small_part_note(clip_counts(test)), "small_val": small_part_note(clip_counts(val)),
         **({"amp_skipped_steps": result.skipped_steps} if result else {}), **(notes or {})})
     if part.name:

@@ -36,7 +36,16 @@ from data import AUGMENTATIONS, NAMED_SPLITS, read_split, split_file, split_hash
 from kaggle_client import kaggle_api
 from models import check_torchvision
 from reports import caveats, confusion_text, plot_confusion, plot_curves
-from training import SCHEDULES, BadCheckpoint, Dist, majority_class, pick_device, unwrap, write_predictions
+from training import (
+    SCHEDULES,
+    BadCheckpoint,
+    Dist,
+    device_label,
+    majority_class,
+    pick_device,
+    unwrap,
+    write_predictions,
+)
 
 # ----------------------------------------------------------------------------------------------
 # Flags: what every trainer takes, each with one meaning, all checked before any work starts
@@ -393,6 +402,7 @@ class Run:
     clip_ids: list            # of the items, to index the splits
     deadline: float = None    # --time-limit: time.time() at which training must have stopped
     replaced: Path = None     # --overwrite: the old run, kept aside until this one has results
+    device: str = None        # what it trains on (device_label), named in metrics.json
 
     def __enter__(self):
         return self
@@ -500,7 +510,8 @@ def start_run(args, argv, script, model_name, *, classes, splits, clip_ids, devi
     if not args.resume:
         run_dir = Path(args.out) / dist.gather(run_dir.name if dist.main else None)[0]
     deadline = started + args.time_limit if args.time_limit else None
-    run = Run(args, script, run_dir, dist, splits, list(clip_ids), deadline, replaced)
+    run = Run(args, script, run_dir, dist, splits, list(clip_ids), deadline, replaced,
+              device_label(device))
     if dist.main:
         if not args.resume:
             command = " ".join([script, *(sys.argv[1:] if argv is None else argv)])

@@ -108,6 +108,21 @@ def cuda_unsupported_reason(index=0):
             f"torch build (built for {', '.join(built)})")
 
 
+def usable_gpus():
+    """How many CUDA devices this torch build can run on (0 when none, or the card is too old)."""
+    if not torch.cuda.is_available():
+        return 0
+    return sum(cuda_unsupported_reason(i) is None for i in range(torch.cuda.device_count()))
+
+
+def device_label(device):
+    """What a run's results say it ran on: 'cpu', 'mps', 'cuda (Tesla T4)'."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return device.type
+    return f"cuda ({torch.cuda.get_device_name(device.index or 0)})"
+
+
 def pick_device(name="auto"):
     """cuda (a card this torch build supports), then mps, then cpu; or the one named."""
     if name == "auto":

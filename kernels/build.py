@@ -51,15 +51,17 @@ import kernel_main  # noqa: E402  (the kernel's own code: its flags and its chec
 
 RECIPES_DIR = KERNELS_DIR / "recipes"  # the ready-made recipes
 RECIPE_FILE, NOTEBOOK, RELAY = "recipe.json", "kernel.ipynb", "relay"
+SOURCE_LIMIT = 1_000_000  # bytes: a pushed kernel source of 1 MB or more is refused
 MACHINE_SHAPE = "NvidiaTeslaT4"  # T4 x2; P100 is retired and current CUDA wheels lack sm_60
-SESSION_HOURS, CODE_COMPETITION_HOURS = 12, 9  # Kaggle's limits (../shared/KAGGLE.md)
 DEFAULTS = {
     "user": "your-kaggle-username", "title": None, "datasets": [], "competition": None,
     "code_competition": False, "weights_dataset": None, "test_folder": "test",
     "sample_submission": "sample_submission.csv", "time_limit": None, "processes": "auto",
-    "internet": False, "trainer_args": [], "note": None,
+    "internet": False, "trainer_args": [], "note": None, "allow_cpu": False, "quick_test": False,
 }
-IMAGE_CONVERSION = {"size": 512, "mel": 0, "segment_seconds": 0.0}  # data_conversion.py's
+NO_INFERENCE_SERVER = ("competitions that serve their test through kaggle_evaluation inference "
+                       "servers are not supported")
+IMAGE_CONVERSION = kernel_main.IMAGE_CONVERSION
 
 
 def build_parser():
@@ -101,6 +103,9 @@ def build_parser():
                                         "passed (default 11h30m; 8h30m in a code competition)")
     s.add_argument("--processes", help="training processes: auto (both T4s when the recipe gains "
                                        "from it) or N (default auto)")
+    s.add_argument("--allow-cpu", action="store_true", help="train on the CPU when the session "
+                   "has no GPU (default: a kernel that asks for a GPU and finds none stops in its "
+                   "first lines)")
     s.add_argument("--internet", action="store_true", help="let the kernel use the internet "
                    "(code competitions forbid it)")
     o = p.add_argument_group("output")
@@ -141,6 +146,7 @@ def make_recipe(args, trainer_args, out):
              "weights_dataset": args.weights_dataset, "test_folder": args.test_folder,
              "sample_submission": args.sample_submission, "time_limit": args.time_limit,
              "processes": args.processes, "internet": args.internet or None,
+             "allow_cpu": args.allow_cpu or None,
              "trainer_args": base.get("trainer_args", []) + trainer_args or None}
     recipe = {**DEFAULTS, **base, **{k: v for k, v in given.items() if v is not None}}
     if recipe["kind"] == "predict":
@@ -201,13 +207,14 @@ def check_recipe(recipe):
             raise common.SuiteError(f"--title {name!r}: Kaggle wants 5 to 50 characters")
     if recipe["code_competition"] and not recipe["competition"]:
         raise common.SuiteError("--code-competition needs --competition SLUG")
-    limit = recipe["time_limit"] or ("8h30m" if recipe["code_competition"] else "11h30m")
+    limit = recipe["time_limit"] or kernel_main.default_time_limit(recipe["code_competition"])
     try:
         seconds = common.duration(limit)
     except argparse.ArgumentTypeError as e:
         raise common.SuiteError(f"--time-limit: {e}") from None
-    hours = CODE_COMPETITION_HOURS if recipe["code_competition"] else SESSION_HOURS
-    if recipe["kind"] != "predict" and seconds > hours * 3600 - 600:
+    hours = kernel_main.session_hours(recipe["code_competition"])
+    if recipe["kind"] != "predict" and not kernel_main.fits_session(seconds,
+                                                                    recipe["code_competition"]):
         raise common.SuiteError(f"--time-limit {limit}: Kaggle stops a "
                                 f"{'code competition notebook' if recipe['code_competition'] else 'session'}"
                                 f" at {hours} h; leave at least 10 minutes (e.g. "
@@ -251,7 +258,7 @@ def metadata(recipe, relay=False):
     """kernel-metadata.json of the kernel, or of its relay partner: the same notebook, each
     attaching the other's output (never its own: Kaggle refuses that source and mounts nothing)."""
     own, partner = kernel_ids(recipe)[::-1] if relay else kernel_ids(recipe)
-    gpu = recipe["kind"] != "mlp" and recipe.get("source_kind") != "mlp"
+    gpu = kernel_main.asks_for_gpu(recipe)
     datasets = list(recipe["datasets"])
     if recipe["weights_dataset"]:
         datasets.append(recipe["weights_dataset"])
@@ -260,6 +267,9 @@ def metadata(recipe, relay=False):
         "code_file": f"../{NOTEBOOK}" if relay else NOTEBOOK,
         "language": "python", "kernel_type": "notebook", "is_private": True,
         "enable_gpu": gpu, **({"machine_shape": MACHINE_SHAPE} if gpu else {}),
+        # a relay resumes a checkpoint in its partner's image: each keeps its first version's
+        # image (torch and CUDA) rather than whatever is newest (KAGGLE.md)
+        **({"docker_image_pinning_type": "original"} if recipe["kind"] != "predict" else {}),
         "enable_internet": recipe["internet"], "dataset_sources": datasets,
         "competition_sources": [recipe["competition"]] if recipe["competition"] else [],
         "kernel_sources": recipe["from_kernels"] if recipe["kind"] == "predict" else [partner],
@@ -319,7 +329,10 @@ def describe(recipe):
     if recipe["kind"] == "predict":
         return (f"predicts the test audio with the finished run of the training kernel "
                 f"`{recipe['from']}` (attached: {', '.join(recipe['from_kernels'])}); it trains "
-                "nothing, so a code competition's rerun on the hidden test set only predicts")
+                "nothing, so a code competition's rerun on the hidden test set only predicts. "
+                "Its commit run, which does not see the hidden test, writes the sample "
+                "submission as a placeholder `submission.csv`. The test must come as audio "
+                f"files: {NO_INFERENCE_SERVER}")
     conversion = recipe["conversion"]
     if recipe["kind"] == "mlp":
         data = f"the {conversion['feature_set']} audio features of each clip"
@@ -349,8 +362,8 @@ def intro(recipe):
         text += [f"**Data.** {', '.join(sources) or 'The competition'}: the test audio is the "
                  f"folder named `{recipe['test_folder']}` found under `/kaggle/input`.", ""]
         return "\n".join(text)
-    hours = CODE_COMPETITION_HOURS if recipe["code_competition"] else SESSION_HOURS
-    relay = kernel_ids(recipe)[1]
+    hours = kernel_main.session_hours(recipe["code_competition"])
+    own, relay = kernel_ids(recipe)
     text += [f"**Data.** {', '.join(sources) or 'Attach your data'}: the labelled audio is a "
              "folder named `train`, `genres_original` or `genres` (one sub-folder per genre, or "
              f"flat with `train.csv`) found under `/kaggle/input`; the test audio is a folder "
@@ -359,12 +372,15 @@ def intro(recipe):
              f"{'a code competition notebook' if recipe['code_competition'] else 'a session'} at "
              f"{hours} h), keeping time to predict." + (f" {recipe['note']}" if recipe["note"] else ""),
              "",
-             f"**Resuming.** This notebook and its relay partner `{relay}` attach each other's "
-             "output (a notebook cannot attach its own). A session stopped by the time limit "
+             f"**Resuming.** This notebook runs as two kernels, `{own}` and its relay partner "
+             f"`{relay}` (the same notebook), which attach each other's output (a notebook "
+             "cannot attach its own). A session stopped by the time limit "
              f"ends with its checkpoint in `runs/{name}/`; `python kernels/kaggle_loop.py push "
              f"{name}` then pushes the partner, which resumes from it.", "",
              "**Change it** in the recipe cell (`trainer_args` are the trainer's flags), or "
-             "rebuild it with `kernels/build.py`."]
+             "rebuild it with `kernels/build.py`. **Try it first** with `\"quick_test\": True` "
+             f"there: one epoch on {kernel_main.QUICK_CLIPS} clips per genre, in minutes, into "
+             f"`runs/{name}-quick/` (never resumed as the run)."]
     return "\n".join(text)
 
 
@@ -386,7 +402,7 @@ kernel_main.run_notebook(RECIPE)'''
 RESULTS = '''\
 from IPython.display import Image, Markdown, display
 
-import common
+import runs
 
 run = kernel_main.run_folder(RECIPE)
 for part in runs.tested_parts(run):
@@ -450,9 +466,19 @@ def notebook(recipe):
     return nbformat.writes(nb)
 
 
+def check_source_size(recipe, text):
+    """Kaggle refuses a pushed kernel source of 1 MB or more (KAGGLE.md): said here, not at push."""
+    size = len(text.encode("utf-8"))
+    if size >= SOURCE_LIMIT:
+        raise common.SuiteError(f"{recipe['name']}: {NOTEBOOK} would be {size / 1e6:.2f} MB and "
+                                f"Kaggle refuses a kernel source of {SOURCE_LIMIT / 1e6:g} MB or "
+                                "more; drop a module or a split from what the kernel imports")
+    return text
+
+
 def render(recipe):
     """{path in the kernel folder: text}."""
-    files = {NOTEBOOK: notebook(recipe),
+    files = {NOTEBOOK: check_source_size(recipe, notebook(recipe)),
              "kernel-metadata.json": json.dumps(metadata(recipe), indent=2) + "\n",
              RECIPE_FILE: json.dumps(recipe, indent=2, sort_keys=True) + "\n"}
     if recipe["kind"] != "predict":
@@ -521,7 +547,9 @@ def main(argv=None):
             write_files(folder, files)
             ids = " and ".join(filter(None, kernel_ids(recipe)))
             print(f"{folder}: {'built' if changed else 'up to date'} ({ids}; {recipe['kind']}, "
-                  f"{' '.join(recipe['trainer_args']) or 'default flags'})")
+                  f"{' '.join(recipe['trainer_args']) or 'default flags'}"
+                  + (f"; test audio as files: {NO_INFERENCE_SERVER}" if recipe["kind"] ==
+                     "predict" else "") + ")")
     if args.check:
         for path in stale:
             print(f"stale: {path}")

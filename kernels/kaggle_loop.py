@@ -21,6 +21,7 @@ kept its output and it got further, `push` brings it home and publishes the run 
 Every refusal (credentials, rules, daily limit, unknown name, no network, a failed kernel) is one
 line and exit code 2.
 """
+import contextlib
 import json
 import re
 import shutil
@@ -33,12 +34,14 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 import common  # noqa: E402
 import kaggle_client  # noqa: E402
+import kernel_main  # noqa: E402  (Kaggle's session limits)
 import models  # noqa: E402
 import runs  # noqa: E402
 
 KERNELS_DIR = Path(__file__).resolve().parent
 RUNNING = {"QUEUED", "RUNNING", "NEW_SCRIPT", "CANCEL_REQUESTED"}  # Kaggle's unfinished states
 LOG_TAIL = 20      # lines of Kaggle's log shown when a version failed
+PUBLISH_POLL, PUBLISH_WAIT = 2.0, 1200.0  # seconds: a data set's processing, polled
 ORIGIN = "kaggle.json"  # in runs/NAME/: the kernel and version the folder came from
 PROGRESS = ("config.json", "checkpoint.json", "metrics.json")  # a run's small files
 
@@ -87,6 +90,10 @@ def build_parser():
                         "is added when missing, so compare.py --kaggle finds the score)")
     submit.add_argument("--code", action="store_true", help="a code competition: submit the "
                         "kernel version (found out from Kaggle when not given)")
+    submit.add_argument("--retrain-in-rerun", action="store_true", help="a code competition: "
+                        "submit a training kernel anyway; Kaggle's rerun starts from an empty "
+                        "/kaggle/working and trains it again before predicting (default: refused, "
+                        "submit a predict kernel: build.py --kind predict --from NAME)")
     submit.add_argument("--wait", action="store_true", help="follow the submission until Kaggle "
                         "scores it (print the public score) or rejects it (exit 2)")
     submit.add_argument("--interval", type=common.bounded(float, above=0), default=30,
@@ -166,6 +173,14 @@ class Version:
     def __str__(self):
         return f"{self.kernel} version {self.number}"
 
+    @property
+    def ended(self):
+        """How it ended, as Kaggle says it: a session stopped at its limit is CANCEL_ACKNOWLEDGED
+        ("exceeded the max allowed execution duration", KAGGLE.md), handled as any error."""
+        if self.status == "CANCEL_ACKNOWLEDGED":
+            return f"was stopped (cancel_acknowledged: {self.failure or 'cancelled'})"
+        return f"ended in {self.status.lower()}"
+
 
 def kernel_metadata(api, kernel_id):
     """GetKernel's metadata of a kernel (what `kaggle kernels pull` calls)."""
@@ -179,12 +194,19 @@ def kernel_metadata(api, kernel_id):
     return kaggle_client.kaggle_call(f"looking up {kernel_id}", get).metadata
 
 
+def not_found(error):
+    """Whether a failed call says the kernel is not there: 404, or the 401/403 Kaggle answers
+    for a slug it does not know ("Permission 'kernels.get' was denied", kaggle-cli issue 1200;
+    someone else's private kernel gets the same answer)."""
+    return error.status == 404 or (error.status in (401, 403) and "kernels.get" in error.answer)
+
+
 def version_count(api, kernel_id):
     """The kernel's number of versions; 0 for a kernel not pushed yet."""
     try:
         return kernel_metadata(api, kernel_id).current_version_number
     except common.SuiteError as e:
-        if " 404 " in f"{e} ":
+        if not_found(e):
             return 0
         raise
 
@@ -285,10 +307,12 @@ def check_session_limit(api, kernel):
     competition = recipe.get("competition")
     if not competition or recipe.get("code_competition") or recipe.get("kind") == "predict":
         return
+    limit = recipe.get("time_limit") or kernel_main.default_time_limit(False)
     if is_code_competition(api, competition) and \
-            common.duration(recipe.get("time_limit") or "11h30m") > 8.75 * 3600:
+            not kernel_main.fits_session(common.duration(limit), code_competition=True):
         raise common.SuiteError(f"{competition} is a code competition: Kaggle stops its notebooks "
-                                f"at 9 h and {kernel.name} stops training at "
+                                f"at {kernel_main.CODE_COMPETITION_HOURS} h and {kernel.name} "
+                                "stops training at "
                                 f"{recipe.get('time_limit')}; rebuild it with --code-competition")
 
 
@@ -313,10 +337,10 @@ def push(api, kernel, accelerator, timeout, rescue=True):
     if ahead and rescue:
         rescued = rescue_run(api, kernel, ahead[0])
         resumes = ahead
-        print(f"{ahead[0]} ended in {ahead[0].status.lower()} at {ahead[1]}; Kaggle kept its "
+        print(f"{ahead[0]} {ahead[0].ended} at {ahead[1]}; Kaggle kept its "
               f"output, now data set {rescued}: this version goes on from there")
     elif ahead:
-        print(f"{ahead[0]} ended in {ahead[0].status.lower()} at {ahead[1]} (not attachable); "
+        print(f"{ahead[0]} {ahead[0].ended} at {ahead[1]} (not attachable); "
               "this version goes on from "
               + (f"{partner[0]} at {partner[1]}" if partner else "the start"))
     return send(api, kernel, target, accelerator, timeout, resumes, partner, rescued)
@@ -337,10 +361,42 @@ def rescue_run(api, kernel, version):
     return dataset
 
 
+def asks_for_gpu(folder, accelerator):
+    """Whether the version pushed from `folder` gets a GPU: --accelerator, else its metadata."""
+    if accelerator:
+        return accelerator.lower().startswith("nvidia")
+    return bool(json.loads((folder / "kernel-metadata.json").read_text()).get("enable_gpu"))
+
+
+def check_quota(api, kernel, target, folder, accelerator, timeout):
+    """Before a GPU push: the hours left this week cover the version's time limit (--timeout,
+    else the recipe's), else one line. Past the quota Kaggle refuses GPU commits; a version
+    pushed with too little left is stopped mid-run, its hours lost."""
+    if not asks_for_gpu(folder, accelerator):
+        return
+    try:
+        quota = kaggle_client.gpu_quota(api)
+    except common.SuiteError as e:
+        print(f"warning: {e}; pushing anyway", file=sys.stderr)
+        return
+    if quota is None:
+        return
+    recipe = kernel.recipe or {}
+    limit = timeout or (common.duration(recipe["time_limit"])
+                        if recipe.get("time_limit") and recipe.get("kind") != "predict" else 0)
+    print(quota)
+    if quota.left <= 0 or quota.left * 3600 < limit:
+        raise common.SuiteError(
+            f"{quota}: {target} may run {common.clock_text(limit)} (its time limit), more than "
+            "is left; not pushed: wait for the refresh, or push with a shorter --timeout",
+            code=2)
+
+
 def send(api, kernel, target, accelerator, timeout, resumes, partner=None, rescued=None):
     """Push the folder of `target` (with the rescue data set attached, if any) and check that
     Kaggle attached what it resumes from: the partner's complete version, the rescue."""
     folder = kernel.folder_of(target)
+    check_quota(api, kernel, target, folder, accelerator, timeout)
     with tempfile.TemporaryDirectory(prefix=".kaggle-push-") as tmp:
         if rescued:  # the metadata with the rescue data set added; the code as built
             meta = json.loads((folder / "kernel-metadata.json").read_text())
@@ -421,8 +477,11 @@ def newest_pushed(api, kernel):
         if count:
             found.append(version_status(api, kernel_id, count))
     if not found:
-        raise common.SuiteError(f"{' and '.join(kernel.ids)}: no version pushed yet "
-                                f"(kaggle_loop.py push {kernel.name})", code=2)
+        raise common.SuiteError(f"{' and '.join(kernel.ids)}: no version pushed yet, or none this "
+                                "account may see (Kaggle answers both with 404 or 403 "
+                                "\"Permission 'kernels.get' was denied\"): check the user name "
+                                f"in kernel-metadata.json, or kaggle_loop.py push {kernel.name}",
+                                code=2)
     running = [v for v in found if v.status in RUNNING]
     return running[0] if running else max(found, key=lambda v: last_run(api, v.kernel))
 
@@ -436,6 +495,10 @@ def status(api, kernel, follow_it, interval):
     version = follow(api, version, interval) if follow_it else version
     if not follow_it:
         print(f"{version}: {version.status.lower()}")
+    with contextlib.suppress(common.SuiteError):  # a word on the quota, never a failure
+        quota = kaggle_client.gpu_quota(api)
+        if quota:
+            print(quota)
     if version.status not in RUNNING | {"COMPLETE"}:
         raise version_failed(api, version)
     return version
@@ -517,7 +580,20 @@ def is_code_competition(api, competition):
     return False
 
 
-def submit(api, kernel, competition, message, code, runs_dir):
+def check_predicts(kernel, competition, retrain):
+    """A code competition scores the rerun of the submitted version, which starts from an empty
+    /kaggle/working with the inputs attached at commit time: a training kernel would train again
+    (its own output is never attached), within 9 h, before predicting."""
+    if retrain or (kernel.recipe or {}).get("kind") in (None, "predict"):
+        return
+    raise common.SuiteError(
+        f"{kernel.name} trains: Kaggle's rerun of it for {competition} would train again from an "
+        f"empty /kaggle/working; submit a predict kernel of its finished run instead: python "
+        f"kernels/build.py --name {kernel.name}-predict --kind predict --from {kernel.name} "
+        "(or --retrain-in-rerun to submit it anyway)", code=2)
+
+
+def submit(api, kernel, competition, message, code, runs_dir, retrain=False):
     """The submission (the kaggle package's answer): the kernel version holding the finished run
     in a code competition, else that version's submission.csv."""
     run = Path(runs_dir) / kernel.name
@@ -525,6 +601,7 @@ def submit(api, kernel, competition, message, code, runs_dir):
     if came_from and came_from.get("kernel") not in kernel.ids:
         came_from = None
     if code or is_code_competition(api, competition):
+        check_predicts(kernel, competition, retrain)
         if came_from:  # the version brought home (what was looked at)
             version = Version(came_from["kernel"], came_from["version"], "COMPLETE")
         elif kernel.relay is None:
@@ -593,8 +670,9 @@ def run(api, kernel, accelerator, timeout, rescue, interval, max_sessions, runs_
         if version.status != "COMPLETE":
             if failed:  # twice in a row: not a session cut short but a kernel that fails
                 raise version_failed(api, version)
-            print(f"{version} ended with status {version.status.lower()}: "
-                  f"{version.failure or 'no reason given'}; pushing again")
+            print(f"{version} {version.ended}"
+                  + ("" if version.status == "CANCEL_ACKNOWLEDGED" else
+                     f": {version.failure or 'no reason given'}") + "; pushing again")
         failed = version.status != "COMPLETE"
     best = relay_state(api, kernel).best  # the last session may have finished it
     if best and best[1].finished:
@@ -611,13 +689,8 @@ def publish(api, folder, dataset, title, description):
     common.write_json(folder / "dataset-metadata.json", {
         "title": title, "id": dataset, "licenses": [{"name": "other"}],
         "description": description})
-    try:
-        exists = kaggle_client.kaggle_call(f"looking up {dataset}", api.dataset_status, dataset)
-    except common.SuiteError as e:
-        if " 404 " not in f"{e} ":
-            raise
-        exists = None
-    if exists:
+    before = kaggle_client.dataset_version(api, dataset)
+    if before:
         answer = kaggle_client.kaggle_call(f"new version of {dataset}", api.dataset_create_version,
                                            str(folder), "files of today", quiet=True, dir_mode="zip")
     else:
@@ -625,14 +698,17 @@ def publish(api, folder, dataset, title, description):
                                            quiet=True, dir_mode="zip")
     if getattr(answer, "error", None):
         raise common.SuiteError(f"Kaggle refused {dataset}: {answer.error}", code=2)
-    for _ in range(600):  # a new version is attachable once processed
+    waited = 0.0
+    while waited < PUBLISH_WAIT:  # attachable once processed: ready, and its version the newest
         state = kaggle_client.kaggle_call(f"status of {dataset}", api.dataset_status, dataset)
-        if state == "ready":
-            return dataset
         if state == "failed":
             raise common.SuiteError(f"Kaggle failed to process {dataset}", code=2)
-        time.sleep(2)
+        if state == "ready" and kaggle_client.dataset_version(api, dataset) > before:  # ours
+            return dataset
+        time.sleep(PUBLISH_POLL)
+        waited += PUBLISH_POLL
     raise common.SuiteError(f"{dataset} is still being processed; wait, then push", code=2)
+
 
 
 def weights(api, arch, user, slug):
@@ -665,6 +741,7 @@ def weights(api, arch, user, slug):
 @common.user_errors
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    kaggle_client.check_kaggle_version()  # before any call: older ones act on the wrong version
     if args.command == "weights":
         return 0 if weights(kaggle_client.kaggle_api(), args.arch, args.user, args.slug) else 1
     kernel = find_kernel(args.kernel)
@@ -679,7 +756,8 @@ def main(argv=None):
     elif args.command == "output":
         output(api, kernel, args.runs, args.overwrite)
     else:
-        result = submit(api, kernel, args.competition, args.message, args.code, args.runs)
+        result = submit(api, kernel, args.competition, args.message, args.code, args.runs,
+                        args.retrain_in_rerun)
         if args.wait:
             wait_for_score(api, args.competition, result.ref, args.interval)
     return 0

@@ -48,7 +48,29 @@ KERNEL_FLAGS = ("data", "out", "name", "resume", "overwrite", "predict", "sample
 # Kaggle sets this when it reruns a code competition's kernel on the hidden test set
 # (practitioners test it to skip training: os.getenv("KAGGLE_IS_COMPETITION_RERUN")).
 RERUN = "KAGGLE_IS_COMPETITION_RERUN"
+# Set in Kaggle's sessions ("Batch" for a committed version, "Interactive" in the editor); the
+# GPU check applies there only (a local run picks its own device).
+RUN_TYPE = "KAGGLE_KERNEL_RUN_TYPE"
+# Kaggle's session limits (../shared/KAGGLE.md): 12 h, 9 h for a code competition's notebook;
+# a kernel stops training at least 10 minutes before, by default half an hour
+SESSION_HOURS, CODE_COMPETITION_HOURS, MARGIN_SECONDS = 12, 9, 600
+# the image conversion's defaults: data_conversion.py's, from one place
+IMAGE_CONVERSION = {k: audio.CONVERSION_DEFAULTS[k] for k in ("size", "mel", "segment_seconds")}
+QUICK_CLIPS = 10  # per genre, in a quick test (RECIPE["quick_test"] = True in the recipe cell)
 SEARCH_DEPTH = 6  # how deep under input/ mounts are looked for: their layout has changed over time
+
+
+def session_hours(code_competition):
+    return CODE_COMPETITION_HOURS if code_competition else SESSION_HOURS
+
+
+def default_time_limit(code_competition):
+    return f"{session_hours(code_competition) - 1}h30m"
+
+
+def fits_session(seconds, code_competition):
+    """Whether training that stops at `seconds` leaves Kaggle's margin before the session ends."""
+    return seconds <= session_hours(code_competition) * 3600 - MARGIN_SECONDS
 
 
 def build_parser(recipe):
@@ -81,11 +103,12 @@ def build_parser(recipe):
                        choices=list(audio.FEATURE_SETS),
                        help="the audio features to extract (default %(default)s)")
     else:
-        p.add_argument("--size", type=int, default=conversion.get("size", 512),
+        p.add_argument("--size", type=int, default=conversion.get("size", IMAGE_CONVERSION["size"]),
                        help="spectrogram image side for the conversion (default %(default)s)")
-        p.add_argument("--segment-seconds", type=float, default=conversion.get("segment_seconds", 0.0),
+        p.add_argument("--segment-seconds", type=float,
+                       default=conversion.get("segment_seconds", IMAGE_CONVERSION["segment_seconds"]),
                        help="cut clips into S-second segments, scored per clip (default %(default)s)")
-        p.add_argument("--mel", type=int, default=conversion.get("mel", 0),
+        p.add_argument("--mel", type=int, default=conversion.get("mel", IMAGE_CONVERSION["mel"]),
                        help="N log-mel bands instead of the linear STFT (default %(default)s)")
     p.add_argument("--processes", default=str(recipe.get("processes", "auto")),
                    help="training processes under torchrun: auto (one per GPU when the recipe "
@@ -136,6 +159,34 @@ def check_recipe(recipe):
                                 "looks for it under /kaggle/input: attach the data set holding "
                                 f"it) or a named split ({', '.join(data.NAMED_SPLITS)})")
     return args
+
+
+def asks_for_gpu(recipe):
+    """Whether the kernel's metadata asks Kaggle for a GPU: all but the MLP's (and a predict
+    kernel of an MLP run), which get a CPU session."""
+    return recipe["kind"] != "mlp" and recipe.get("source_kind") != "mlp"
+
+
+def check_gpu(recipe):
+    """First thing in a Kaggle session: the GPU it asked for is there, else one line and stop
+    before any work (a version has been reported running with no GPU, KAGGLE.md: an hour of
+    training on the CPU is an hour lost), unless the recipe says a CPU is fine (--allow-cpu)."""
+    if not os.environ.get(RUN_TYPE):
+        return
+    gpus = training.usable_gpus()
+    if gpus:
+        print(f"device: {gpus} x {training.device_label('cuda')}", flush=True)
+    elif not asks_for_gpu(recipe):
+        print("device: cpu (this kernel asks for no GPU)", flush=True)
+    elif recipe.get("allow_cpu"):
+        print("device: cpu: this kernel asked for a GPU and the session has none; training on "
+              "the CPU, as its recipe allows (--allow-cpu)", flush=True)
+    else:
+        raise common.SuiteError(
+            "this kernel asked for a GPU and the session has none (Accelerator off, or the "
+            "weekly GPU quota used up: kaggle quota): stopping before any work; turn the GPU on "
+            "and run it again, or rebuild with kernels/build.py --allow-cpu (\"allow_cpu\": True in "
+            "the recipe cell) to train on the CPU")
 
 
 def trainer_flags(recipe, passthrough, input_dir):
@@ -282,6 +333,20 @@ def take_over(earlier, run_dir, trainer, trainer_argv):
     return True
 
 
+def quick_subset(train, labels, temp):
+    """The first QUICK_CLIPS clips of each genre, linked into temp/quick-train/<genre>/: what a
+    quick test trains on (minutes, not the session), whatever the layout of the training audio."""
+    folder = temp / "quick-train"
+    shutil.rmtree(folder, ignore_errors=True)
+    taken = {}
+    for path, label in audio.list_labeled_audio(train, labels):
+        if taken.setdefault(label, 0) < QUICK_CLIPS:
+            taken[label] += 1
+            (folder / label).mkdir(parents=True, exist_ok=True)
+            (folder / label / path.name).symlink_to(path.resolve())
+    return folder, None
+
+
 def find_weights(input_dir, args, trainer, internet):
     """--weights PATH for a transfer kernel: the pretrained weights file for --arch in an
     attached data set (torchvision's e.g. vgg16-397923af.pth, or PANNs' Cnn14_mAP=0.431.pth),
@@ -420,6 +485,7 @@ def run_notebook(recipe):
 def main(argv, recipe, started=None):
     """The kernel; a mistake (no data found, a bad flag) is one line and an exit code."""
     started = started or time.time()
+    check_gpu(recipe)
     models.check_torchvision()
     args, passthrough = split_argv(argv, recipe)
     temp, working = Path(args.temp), Path(args.working)
@@ -427,6 +493,8 @@ def main(argv, recipe, started=None):
         return predict_kernel(args, recipe, temp, working)
     trainer = importlib.import_module(TRAINERS[recipe["kind"]])
     flags = trainer_flags(recipe, passthrough, args.input)
+    if recipe.get("quick_test"):
+        flags += ["--epochs", "1"]  # the last --epochs is the one argparse keeps
     parsed = trainer.parse_args(flags, check_paths=False)  # a bad flag fails before any work
     deadline = started + args.time_limit
     train_dir, labels = find_train(args, recipe)
@@ -438,7 +506,11 @@ def main(argv, recipe, started=None):
     os.environ["SUITE_CACHE"] = str(temp / "cache")  # what can be recomputed stays in scratch
     weights = find_weights(args.input, parsed, trainer, recipe["internet"]) \
         if recipe["kind"] == "transfer" else []
-    name = recipe["name"]
+    name = run_name(recipe)
+    if recipe.get("quick_test"):
+        train_dir, labels = quick_subset(train_dir, labels, temp)
+        print(f"quick test: 1 epoch on {QUICK_CLIPS} clips per genre into runs/{name}/, apart "
+              "from the real run; set RECIPE['quick_test'] = False for it")
     run_dir = working / "runs" / name
     reserve = min(600.0, 0.1 * args.time_limit)  # to predict the test audio after training
 
@@ -513,11 +585,10 @@ def predict_kernel(args, recipe, temp, working):
         raise common.SuiteError(f"{finished[0]}: no single model (--folds); train {source} "
                                 "without --folds to predict with it")
     test, sample = find_test(args, recipe)
-    if test is None:
-        raise common.SuiteError(f"no {recipe['test_folder']}/ folder of audio under {args.input}: "
-                                "attach the competition")
     common.check_output_folder(temp, "--temp")
     common.check_output_folder(working, "--working")
+    if test is None:
+        return placeholder_submission(args, recipe, working)
     os.environ["SUITE_CACHE"] = str(temp / "cache")
     print(f"model: {model}; test: {test}" + (f"; sample submission: {sample}" if sample else ""))
     predict.predict_and_submit(model, test, output=working / "submission.csv",
@@ -526,12 +597,39 @@ def predict_kernel(args, recipe, temp, working):
     return 0
 
 
+def placeholder_submission(args, recipe, working):
+    """A code competition's commit run sees no test audio (the hidden test appears only in
+    Kaggle's rerun): the version completes with the sample submission as a placeholder
+    submission.csv, so that it can be submitted; the rerun predicts for real."""
+    missing = f"no {recipe['test_folder']}/ folder of audio under {args.input}"
+    if os.environ.get(RERUN):
+        raise common.SuiteError(f"{missing} in Kaggle's rerun: the competition's test is not "
+                                "where this kernel looks (--test-folder)")
+    sample = Path(args.sample_submission) if args.sample_submission else find_file(
+        args.input, recipe["sample_submission"])
+    if sample is None:
+        raise common.SuiteError(f"{missing} and no {recipe['sample_submission']}: attach the "
+                                "competition")
+    _, _, ids = runs.read_sample_submission(sample)
+    working.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(sample, working / "submission.csv")
+    print(f"{missing}: a code competition's commit run, which does not see the hidden test; "
+          f"{working / 'submission.csv'} is a placeholder, {sample.name} as it is ({len(ids)} "
+          "rows); Kaggle's rerun of this version predicts the hidden test")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------
 # What a notebook shows after the run
 
+def run_name(recipe):
+    """The run's folder name: a quick test's is its own, so it is never resumed as the run."""
+    return recipe["name"] + ("-quick" if recipe.get("quick_test") else "")
+
+
 def run_folder(recipe, working=None):
     working = Path(working or Path(os.environ.get("KAGGLE_ROOT", "/kaggle")) / "working")
-    return working / "runs" / recipe["name"]
+    return working / "runs" / run_name(recipe)
 
 
 def results_table(part):
@@ -542,6 +640,7 @@ def results_table(part):
             ("balanced accuracy", f"{m['test_balanced_accuracy']:.3f}"),
             ("accuracy", f"{m['test_accuracy']:.3f}"), ("macro F1", f"{m['test_macro_f1']:.3f}"),
             ("epochs", f"{m['epochs_run']} (weights of epoch {m['best_epoch']})"),
+            ("device", m.get("device") or "not recorded"),
             ("training time", common.clock_text(m["train_seconds"]))]
     if m.get("segment_test_balanced_accuracy") is not None:
         rows.insert(3, ("segment balanced accuracy",
@@ -565,10 +664,17 @@ def next_steps(recipe, run_dir):
     progress = runs.run_progress(run_dir)
     if progress is None:
         return "\n".join(lines + ["no run folder: see the log above"])
+    if recipe.get("quick_test"):
+        return "\n".join(lines + [f"a quick test ({progress}): it works; set RECIPE['quick_test'] "
+                                  "= False in the recipe cell for the real run"])
     if not progress.finished:
         lines.append(f"the run is at {progress}: push the next version with python "
                      f"kernels/kaggle_loop.py push {name}; its relay partner attaches this output "
                      "and resumes")
+    elif recipe.get("code_competition"):
+        lines.append(f"finished: a code competition reruns what is submitted, so submit a kernel "
+                     f"that only predicts: python kernels/build.py --name {name}-predict --kind "
+                     f"predict --from {name}, then kaggle_loop.py run and submit {name}-predict")
     elif recipe.get("competition"):
         lines.append(f"finished: python kernels/kaggle_loop.py submit {name} --competition "
                      f"{recipe['competition']} --wait")

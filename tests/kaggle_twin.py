@@ -15,8 +15,16 @@ practitioners' reports, as collected with their sources in ../shared/KAGGLE.md:
   accepted). Data sets mount at input/datasets/<owner>/<slug>/ (their newest version),
   competitions at input/competitions/<slug>/. input/ is read-only; working/ is the output.
 - A session ends at 12 h (GPU or CPU), at 9 h for a kernel of a code competition, or at the
-  push's session_timeout_seconds: it is killed, the version ends in error, and the output files
-  written so far are kept (downloadable, but not attachable).
+  push's session_timeout_seconds: it is killed, the version ends as CANCEL_ACKNOWLEDGED
+  ("exceeded the max allowed execution duration", as practitioners' logs show it), and the output
+  files written so far are kept (downloadable, but not attachable).
+- A kernel Kaggle does not know (or someone else's private one) is answered 401/403 "Permission
+  'kernels.get' was denied" (the client's messages call it "most likely a wrong kernel slug",
+  kaggle-cli issue 1200); `unknown_kernel_status` = 404 answers as a plain not found instead.
+- GPU time is a weekly quota (about 30 hours): GetAcceleratorQuotaStatistics (kagglesdk's
+  kernels_api_service, what `kaggle quota` / quota_view() calls, kaggle-cli PR 1029) answers the
+  time used, reserved by running sessions and allowed, and when it refreshes; a GPU push past it is
+  refused ("exceeded the number of hours allowed to use GPU", kaggle-benchmarks issue 79).
 - A code competition's submission reruns the kernel version on the hidden test set
   ($KAGGLE_IS_COMPETITION_RERUN set, the same inputs otherwise, 9 h), and the submission is the
   rerun's /kaggle/working/submission.csv, scored once it is done.
@@ -32,7 +40,8 @@ things go wrong: `refuse_upload` (the file PUT gets 403), `upload_url` (where th
 instead), `reject_credentials` (every call 401), `fail_with` (every call that status, e.g. 503),
 `limit_status` (429, or 400 with Kaggle's "allowance" message, once `daily_limit` submissions
 were made), a competition whose rules are not accepted (403), `refuse_push` (a push answered
-with an error), someone else's kernels (403), unknown kernels and `missing` competitions (404).
+with an error), pushes to someone else's kernels (403), unknown kernels (403 "Permission
+'kernels.get' was denied", or `unknown_kernel_status`) and `missing` competitions (404).
 """
 import datetime
 import io
@@ -80,6 +89,8 @@ class KaggleTwin:
         self.upload_url = None
         self.reject_credentials = False
         self.fail_with = None
+        self.unknown_kernel_status = 403  # Kaggle's answer for a kernel it does not know
+        self.gpu_hours = {"used": 0.0, "reserved": 0.0, "allowed": 30.0}  # this week's quota
         self.lock = threading.RLock()
 
     # -- what a test sets up or reads -------------------------------------------------------
@@ -240,10 +251,10 @@ class KaggleTwin:
         target["executed"] = (tree / "executed.ipynb").read_text() \
             if (tree / "executed.ipynb").is_file() else None
         target["log"] = json.dumps(log)
-        if timed_out:
-            target["status"] = "ERROR"
-            target["failure"] = (f"the session exceeded its {limit / self.hour:g} hours and was "
-                                 "stopped (twin)")
+        if timed_out:  # as Kaggle reports a session stopped at its limit
+            target["status"] = "CANCEL_ACKNOWLEDGED"
+            target["failure"] = (f"Kernel exceeded the max allowed execution duration "
+                                 f"({limit / self.hour:g} hours) (twin)")
         elif process.returncode:
             target["status"] = "ERROR"
             target["failure"] = "the notebook raised an error (twin)"
@@ -429,22 +440,31 @@ class KaggleTwin:
         return error(404, f"twin: no such endpoint datasets.DatasetApiService/{call}")
 
     def kernel_call(self, call, request):
+        if call == "GetAcceleratorQuotaStatistics":
+            hours = self.gpu_hours
+            return ok({"quotaRefreshTime": "2026-12-12T00:00:00.000Z", "gpuQuota": {
+                "timeUsed": f"{round(hours['used'] * 3600)}s",
+                "timeReserved": f"{round(hours['reserved'] * 3600)}s",
+                "totalTimeAllowed": f"{round(hours['allowed'] * 3600)}s"}})
         if call == "SaveKernel":
             owner = request["slug"].split("/")[0]
             if owner != USER:
                 return error(403, f"you may not push to {owner}'s kernels")
             if self.refuse_push:
                 return ok({"error": self.refuse_push})
+            if request.get("enableGpu") and self.gpu_hours["used"] >= self.gpu_hours["allowed"]:
+                return ok({"error": "You have exceeded the number of hours allowed to use GPU. "
+                           "You will not be able to commit unless you turn off GPU (twin)"})
             version = self.push(request)
             return ok({"ref": f"/code/{request['slug']}", "versionNumber": version["number"],
                        "url": f"https://www.kaggle.com/code/{request['slug']}",
                        "invalidKernelSources": version["invalid"]["kernel"],
                        "invalidDatasetSources": version["invalid"]["dataset"]})
         kernel = f"{request.get('userName')}/{request.get('kernelSlug')}"
-        if kernel not in self.kernels:
-            if request.get("userName") != USER:  # someone else's private kernel, maybe
-                return error(403, "Permission 'kernels.get' was denied")
-            return error(404, f"kernel {kernel} not found")
+        if kernel not in self.kernels:  # unknown, or someone else's private kernel: alike
+            if self.unknown_kernel_status == 404:
+                return error(404, f"kernel {kernel} not found")
+            return error(self.unknown_kernel_status, "Permission 'kernels.get' was denied")
         versions = self.kernels[kernel]
         label = request.get("versionLabel") or f"v{len(versions)}"
         if not (label.startswith("v") and label[1:].isdigit()
@@ -463,8 +483,8 @@ class KaggleTwin:
                 statuses = version["statuses"]
                 status = statuses[min(version["status_calls"], len(statuses) - 1)]
                 version["status_calls"] += 1
-            return ok({"status": status,
-                       "failureMessage": version["failure"] if status == "ERROR" else ""})
+            ended = status in ("ERROR", "CANCEL_ACKNOWLEDGED")
+            return ok({"status": status, "failureMessage": version["failure"] if ended else ""})
         if call == "ListKernelSessionOutput":
             files = sorted(version["output"])
             start = int(request.get("pageToken") or 0)

@@ -12,6 +12,8 @@ import pytest
 import compare
 from conftest import ROOT
 from kaggle_twin import TOKEN, USER, kaggle_log
+from kaggle_twin import error as kaggle_twin_error
+from kaggle_twin import ok as ok_json
 
 spec = importlib.util.spec_from_file_location("kaggle_loop", ROOT / "kernels" / "kaggle_loop.py")
 loop = importlib.util.module_from_spec(spec)
@@ -85,6 +87,8 @@ def test_push_follow_output_submit_compare(kaggle_twin, kernel, tmp_path, capsys
 
     assert loop.main(["status", str(kernel), "--follow", "--interval", "0.01"]) == 0
     lines = capsys.readouterr().out.splitlines()  # (the first answer found the newest version)
+    assert lines.pop() == "GPU quota: 30.0 h left of 30.0 h this week (0.0 h used, refreshes " \
+        "2026-12-12 00:00 UTC)"
     assert [line.split(": ")[1].split()[0] for line in lines] == ["running", "running", "complete"]
     assert all(line.endswith(")") for line in lines)  # elapsed time
 
@@ -154,6 +158,26 @@ def test_run_pushes_until_the_run_is_finished_then_brings_it_home(sessions, fini
         assert "not finished after 1 versions" in err and one_line(err)
 
 
+def test_a_session_stopped_at_its_limit_is_said_as_kaggle_says_it_and_rescued(
+        kaggle_twin, kernel, tmp_path, capsys):
+    """Kaggle reports a session stopped at its time limit as CANCEL_ACKNOWLEDGED ("exceeded the
+    max allowed execution duration"): `run` says so, rescues its output and goes on."""
+    stopped = "Kernel exceeded the max allowed execution duration (12 hours)"
+    kaggle_twin.next_run = [
+        {"statuses": ["RUNNING", "CANCEL_ACKNOWLEDGED"], "failure": stopped,
+         "output": kernel_output(done=3, submission=False)},
+        {"statuses": ["RUNNING", "COMPLETE"], "output": kernel_output(done=8)}]
+    assert loop.main(["run", str(kernel), "--interval", "0.01", "--runs",
+                      str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert f"{KERNEL_ID} version 1 was stopped (cancel_acknowledged: {stopped}); pushing " \
+        "again" in out
+    assert f"{KERNEL_ID} version 1 was stopped (cancel_acknowledged: {stopped}) at epoch 3 of " \
+        "8; Kaggle kept its output" in out
+    assert kaggle_twin.version(KERNEL_ID, 2)["request"]["datasetDataSources"] == [
+        f"{USER}/music-genre-cnn-rescue"]
+
+
 def test_push_waits_for_a_running_version(kaggle_twin, kernel, capsys):
     ran(kaggle_twin, RELAY_ID, statuses=("RUNNING",))
     assert loop.main(["push", str(kernel)]) == 1
@@ -191,6 +215,35 @@ def test_a_version_that_ended_in_error_is_rescued_or_passed_over(rescue, kaggle_
         assert not pushed["request"].get("datasetDataSources")
 
 
+def test_a_rescue_waits_for_its_own_data_set_version(kaggle_twin, kernel, monkeypatch, capsys):
+    """A second rescue is a new version of the rescue data set: the push waits until Kaggle lists
+    that version (GetDataset), not only for a status of ready (scripted: the new version is
+    listed three calls late while the status already says ready)."""
+    monkeypatch.setattr(loop, "PUBLISH_POLL", 0.01)
+    rescued = f"{USER}/music-genre-cnn-rescue"
+    kaggle_twin.add_dataset(rescued, {"runs/cnn/checkpoint.json": b"{}"})  # an earlier rescue
+    kaggle_twin.datasets[rescued]["status_calls"] = 5
+    ran(kaggle_twin, RELAY_ID, kernel_output(done=5, submission=False), statuses=("ERROR",))
+    calls, seen = kaggle_twin.dataset_call, {"late": 0, "listed_at": None}
+
+    def late(call, request):
+        status, kind, body = calls(call, request)
+        if call == "CreateDatasetVersion":
+            seen["late"] = 3
+            kaggle_twin.datasets[rescued]["status_calls"] = 5  # ready, as the old version was
+        if call == "GetDataset" and len(kaggle_twin.datasets[rescued]["versions"]) == 2:
+            if seen["late"]:
+                seen["late"] -= 1
+                return ok_json({"ref": rescued, "currentVersionNumber": 1})
+            seen["listed_at"] = seen["listed_at"] or len(kaggle_twin.requests)
+        return status, kind, body
+    monkeypatch.setattr(kaggle_twin, "dataset_call", late)
+    assert loop.main(["push", str(kernel)]) == 0
+    pushed_at = kaggle_twin.requests.index(("POST", "/api/v1/kernels.KernelsApiService/SaveKernel"))
+    assert seen["late"] == 0 and seen["listed_at"] and seen["listed_at"] <= pushed_at
+    assert len(kaggle_twin.datasets[rescued]["versions"]) == 2
+
+
 def test_a_partner_left_unattached_is_an_error_not_a_fresh_start(kaggle_twin, kernel, capsys):
     ran(kaggle_twin, KERNEL_ID, kernel_output(done=3))
     kaggle_twin.invalid_sources.add(KERNEL_ID)  # Kaggle answers it as invalid, for its reasons
@@ -203,13 +256,20 @@ def test_a_partner_left_unattached_is_an_error_not_a_fresh_start(kaggle_twin, ke
 @pytest.mark.parametrize("flag", [[], ["--code"]])
 def test_code_competition_submits_the_kernel_version(flag, kaggle_twin, kernel, tmp_path, capsys):
     """Kaggle lists the competition as kernels-only (or --code says so): the version holding the
-    finished run is submitted by kernel and version, no file is uploaded."""
+    finished run is submitted by kernel and version, no file is uploaded. A training kernel is
+    refused in one line naming the predict kernel to build, unless --retrain-in-rerun."""
     kaggle_twin.add_competition("code-comp", code=not flag)
     ran(kaggle_twin, KERNEL_ID, kernel_output(done=4))
     ran(kaggle_twin, RELAY_ID, kernel_output(done=8))
     ran(kaggle_twin, KERNEL_ID, kernel_output(done=8), statuses=("ERROR",))
-    assert loop.main(["submit", str(kernel), "--competition", "code-comp",
-                      "--runs", str(tmp_path / "runs")] + flag) == 0
+    command = ["submit", str(kernel), "--competition", "code-comp", "--runs",
+               str(tmp_path / "runs")] + flag
+    assert loop.main(command) == 2
+    err = capsys.readouterr().err
+    assert one_line(err) and "cnn trains: Kaggle's rerun of it for code-comp would train again" \
+        in err and "build.py --name cnn-predict --kind predict --from cnn" in err
+    assert "--retrain-in-rerun" in err and not kaggle_twin.submissions
+    assert loop.main(command + ["--retrain-in-rerun"]) == 0
     sent = kaggle_twin.submissions[-1]
     assert (sent["kernel"], sent["kernelVersion"], sent["outputFile"]) == (
         RELAY_ID, 1, "submission.csv")
@@ -381,3 +441,76 @@ def test_weights_become_a_data_set_under_the_name_a_kernel_looks_for(kaggle_twin
     assert f"--weights-dataset {USER}/resnet18-weights" in capsys.readouterr().out
     assert loop.main(["weights", "--arch", "resnet19", "--user", USER]) == 1
     assert "unknown --arch 'resnet19'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("version", ["2.2.4", None])
+def test_an_old_kaggle_client_is_one_line_naming_the_version_needed(version, kaggle_twin, kernel,
+                                                                    tmp_path, monkeypatch, capsys):
+    """kaggle <= 2.2.4 acts on the newest version whatever /N says (kaggle-cli issue 1200): a
+    fake distribution first on sys.path is what importlib.metadata finds; nothing is called."""
+    fake = tmp_path / "site"
+    if version:
+        (fake / f"kaggle-{version}.dist-info").mkdir(parents=True)
+        (fake / f"kaggle-{version}.dist-info" / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: kaggle\nVersion: {version}\n")
+        monkeypatch.syspath_prepend(str(fake))
+    else:  # not installed at all
+        from importlib import metadata
+
+        def missing(name):
+            raise metadata.PackageNotFoundError(name)
+        monkeypatch.setattr(metadata, "version", missing)
+    assert loop.main(["status", str(kernel)]) == 2
+    err = capsys.readouterr().err
+    assert one_line(err) and "kaggle >= 2.2.5" in err and "pip install 'kaggle>=2.2.5'" in err
+    assert (version or "not installed") in err and not kaggle_twin.requests
+
+
+@pytest.mark.parametrize("left,timeout,pushed", [(10.0, None, False), (12.0, None, True),
+                                                 (2.0, "3600", True), (0.0, "60", False)])
+def test_a_gpu_push_reads_the_quota_and_stops_when_too_little_is_left(
+        left, timeout, pushed, kaggle_twin, kernel, capsys):
+    """The cnn kernel stops training at 11h30m: with 10 GPU hours left this week it is not
+    pushed (one line, exit 2, nothing sent); a shorter --timeout fits; `status` shows the quota."""
+    kaggle_twin.gpu_hours = {"used": 30.0 - left - 0.5, "reserved": 0.5, "allowed": 30.0}
+    code = loop.main(["push", str(kernel)] + (["--timeout", timeout] if timeout else []))
+    out, err = capsys.readouterr()
+    assert f"GPU quota: {left:.1f} h left of 30.0 h this week" in out + err
+    assert "0.5 h reserved by running sessions" in out + err
+    if not pushed:
+        assert code == 2 and one_line(err) and "more than is left; not pushed" in err
+        assert ("11h30m" if not timeout else "1m00s") in err
+        assert not kaggle_twin.kernels
+        return
+    assert code == 0 and f"pushed {KERNEL_ID} version 1" in out
+    assert loop.main(["status", str(kernel)]) == 0
+    assert f"GPU quota: {left:.1f} h left" in capsys.readouterr().out
+
+
+def test_the_twin_refuses_a_gpu_push_past_the_quota(kaggle_twin, kernel, capsys, monkeypatch):
+    """Kaggle's own refusal, had the quota not been read (e.g. used up between the two calls)."""
+    monkeypatch.setattr(loop.kaggle_client, "gpu_quota", lambda api: None)
+    kaggle_twin.gpu_hours = {"used": 30.0, "reserved": 0.0, "allowed": 30.0}
+    assert loop.main(["push", str(kernel)]) == 2
+    err = capsys.readouterr().err
+    assert one_line(err) and "exceeded the number of hours allowed to use GPU" in err
+
+
+@pytest.mark.parametrize("answer", [403, 401, 404])
+def test_not_pushed_yet_is_told_by_404_or_kernels_get_denied(answer, kaggle_twin, kernel, capsys,
+                                                             monkeypatch):
+    """Kaggle answers a kernel it does not know with 401/403 "Permission 'kernels.get' was
+    denied" (or 404): `status` says it is not pushed yet, `push` starts the run; any other 403 is
+    the error it is. The status is read from the error (SuiteError.status), not its text."""
+    kaggle_twin.unknown_kernel_status = answer
+    assert loop.main(["status", str(kernel)]) == 2
+    err = capsys.readouterr().err
+    assert one_line(err) and "no version pushed yet, or none this account may see" in err
+    assert loop.main(["push", str(kernel)]) == 0
+    assert "it starts the run (nothing to resume yet)" in capsys.readouterr().out
+    calls = kaggle_twin.kernel_call  # another 403 (not about the slug): said as it is
+    monkeypatch.setattr(kaggle_twin, "kernel_call", lambda call, request: kaggle_twin_error(
+        403, "twin: no 404 here") if call == "GetKernel" else calls(call, request))
+    assert loop.main(["status", str(kernel)]) == 2
+    err = capsys.readouterr().err
+    assert one_line(err) and "Kaggle answered 403" in err and "no 404 here" in err

@@ -110,6 +110,13 @@ def test_the_notebook_reads_top_to_bottom(tmp_path):
     assert any("results_table(part)" in s and "curves.png" in s for s in sources)
     assert all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code")
     assert "exec(" not in (folder / "kernel.ipynb").read_text()
+    # the notebook's own cells, read as one script, use no name they do not define or import
+    script = "\n\n".join(c.source for c in notebook.cells
+                           if c.cell_type == "code" and not c.source.startswith("%%writefile"))
+    found = subprocess.run([sys.executable, "-m", "ruff", "check", "--select", "F821",
+                            "--stdin-filename", "cells.py", "-"], input=script, text=True,
+                           capture_output=True)
+    assert found.returncode == 0, found.stdout
 
 
 @pytest.mark.parametrize("kind,modules", [
@@ -149,6 +156,10 @@ def test_metadata_and_recipe(tmp_path):
     assert meta["kernel_sources"] == [relay["id"]] and relay["kernel_sources"] == [meta["id"]]
     assert meta["enable_gpu"] is True and meta["machine_shape"] == "NvidiaTeslaT4"  # never a P100
     assert meta["enable_internet"] is False  # code competitions require it off
+    # a relay resumes in the same image: each kernel pinned to its first version's
+    assert meta["docker_image_pinning_type"] == relay["docker_image_pinning_type"] == "original"
+    intro = cells(folder)[0].source  # one notebook for both kernels: it names both
+    assert f"`{meta['id']}` and its relay partner `{relay['id']}`" in intro
     assert meta["dataset_sources"] == ["bob/gtzan"] and meta["competition_sources"] == ["genre-comp"]
     recipe = json.loads((folder / "recipe.json").read_text())
     assert recipe["conversion"] == {"size": 0, "mel": 64, "segment_seconds": 3.0}
@@ -174,13 +185,17 @@ def test_one_name_one_id(tmp_path, capsys):
     assert err.count("\n") == 1 and "music-genre-mlp is" in err and not (tmp_path / "y").exists()
 
 
-def test_a_code_competition_has_a_training_and_a_predict_kernel(tmp_path):
+def test_a_code_competition_has_a_training_and_a_predict_kernel(tmp_path, capsys):
     """Its time limit under 9 h; a predict kernel attaches both training kernels and trains
-    nothing."""
+    nothing; its build line and intro say an inference-server competition is not supported."""
     train = built(tmp_path, "--recipe", "specnet-mel", "--competition", "comp",
                   "--code-competition")
     assert json.loads((train / "recipe.json").read_text())["time_limit"] == "8h30m"
+    capsys.readouterr()
     infer = built(tmp_path, "--name", "specnet-infer", "--kind", "predict", "--from", "specnet-mel")
+    line = capsys.readouterr().out
+    assert line.count("\n") == 1 and "kaggle_evaluation inference servers are not supported" in line
+    assert "placeholder `submission.csv`" in cells(infer)[0].source
     meta = json.loads((infer / "kernel-metadata.json").read_text())
     assert meta["kernel_sources"] == ["your-kaggle-username/music-genre-specnet-mel",
                                       "your-kaggle-username/music-genre-specnet-mel-relay"]
@@ -526,7 +541,7 @@ def kaggle_runs(kaggle_world):
     for (layout, recipe), flags in TWIN_RUNS.items():
         name = f"{recipe}-{layout}"[:40]
         folder = built(base / "kernels", "--recipe", recipe, "--name", name, "--user", USER,
-                       *flags)
+                       "--allow-cpu", *flags)  # the twin's sessions have no GPU
         assert loop.main(["push", str(folder)]) == 0
         pushed[layout, recipe] = folder, newest_version(twin, folder)
     for _, version in pushed.values():
@@ -557,7 +572,8 @@ def test_kernel_on_kaggle(layout, recipe, kaggle_world, kaggle_runs):
     assert shown["results"].count("display_data:image/png,text/plain") == 2  # curves, confusion
     notebook = nbformat.reads(version["executed"], as_version=4)
     table = next(c for c in notebook.cells if c.id == "results").outputs[0]["data"]["text/markdown"]
-    assert f"| test clips | {metrics['n_test']} (" in table
+    assert f"| test clips | {metrics['n_test']} (" in table and "| device | cpu |" in table
+    assert "device: cpu: this kernel asked for a GPU" in log or recipe == "mlp"
     if layout == "gtzan":
         assert "jazz.00054.wav" in log  # the corrupt clip: skipped with a warning
         assert "submission.csv" not in output
@@ -572,7 +588,7 @@ def test_kernel_on_kaggle(layout, recipe, kaggle_world, kaggle_runs):
     assert f"runs/{name}/prediction.json" in output  # the prediction's record, for compare.py
 
 
-RELAY_FLAGS = ["--competition", "genre-quest", "--size", "128", "--", "--epochs", "6",
+RELAY_FLAGS = ["--competition", "genre-quest", "--size", "128", "--allow-cpu", "--", "--epochs", "6",
                "--img-size", "128", "--batch-size", "2", "--schedule", "cosine", "--augment",
                "specaugment", "--mixup", "0.2"]
 
@@ -609,7 +625,7 @@ def test_a_run_longer_than_a_session_finishes_through_the_relay(kaggle_world, tm
         return push_and_wait(twin, folder, *push_flags)
     twin.kill_at = ["epoch   3"]
     first = relay("1h")  # A v1: killed after epoch 3's line reached the log
-    assert first["status"] == "ERROR" and "runs/relay/checkpoint.pt" in first["output"]
+    assert first["status"] == "CANCEL_ACKNOWLEDGED" and "runs/relay/checkpoint.pt" in first["output"]
     killed_at = epochs_in_checkpoint(first["output"])  # the kill may land between the
     assert 3 <= killed_at < 6                            # checkpoint and its .json: .pt is the truth
     second = relay("1s")  # A v2: the rescued run, stopped by its time limit
@@ -624,7 +640,7 @@ def test_a_run_longer_than_a_session_finishes_through_the_relay(kaggle_world, tm
     assert killed_at <= stopped_at <= killed_at + 1 < 6  # the time limit: at most one epoch
     twin.kill_at = [f"epoch {stopped_at + 1:3d}"]
     third = relay("1h")  # B v1: attaches A v2, killed again
-    assert third["request"]["slug"].endswith("-relay") and third["status"] == "ERROR"
+    assert third["request"]["slug"].endswith("-relay") and third["status"] == "CANCEL_ACKNOWLEDGED"
     assert "music-genre-relay/runs/relay" in log_of(third)
     last = relay("1h", "--no-rescue")  # B v2: from A v2 again, to the end
     assert last["status"] == "COMPLETE" and f"(epoch {stopped_at} of 6)" in log_of(last)
@@ -642,7 +658,7 @@ def test_a_run_longer_than_a_session_finishes_through_the_relay(kaggle_world, tm
 def test_two_processes_train_under_torchrun_in_a_session(kaggle_world, tmp_path):
     twin, _, _ = kaggle_world
     folder = built(tmp_path, "--name", "two", "--kind", "cnn", "--user", USER, "--competition",
-                   "genre-quest", "--size", "32", "--processes", "2", "--", "--epochs", "2",
+                   "genre-quest", "--size", "32", "--processes", "2", "--allow-cpu", "--", "--epochs", "2",
                    "--img-size", "16")
     version = push_and_wait(twin, folder)
     log = log_of(version)
@@ -655,21 +671,29 @@ def test_two_processes_train_under_torchrun_in_a_session(kaggle_world, tmp_path)
 @pytest.mark.slow
 def test_a_code_competition_reruns_the_predict_kernel_on_the_hidden_test_set(kaggle_world, tmp_path,
                                                                            capsys):
-    """The training kernel finishes; the predict kernel attaches it, predicts and is submitted;
-    Kaggle's rerun on the hidden test set trains nothing, and `submit --wait` prints the score."""
+    """The training kernel finishes; the predict kernel attaches it and, its commit run seeing no
+    test audio, completes with a placeholder submission.csv (the sample submission); submitted,
+    Kaggle's rerun on the hidden test set trains nothing, and `submit --wait` prints the score.
+    Submitting the training kernel itself is refused unless --retrain-in-rerun."""
     twin, base, _ = kaggle_world
     truth = {Path(name).stem: genre for name, genre in audio_set(base / "hidden", 1, 90, flat=True)}
-    twin.add_competition("hidden-quest", code=True, files=files_of(base / "genre-quest"),
+    visible = {p: data for p, data in files_of(base / "genre-quest").items()
+               if not p.startswith("test/")}  # the commit run sees no test
+    visible["sample_submission.csv"] = ("id,genre\n" + "".join(f"{i},blues\n" for i in truth)).encode()
+    twin.add_competition("hidden-quest", code=True, files=visible,
                          hidden=files_of(base / "hidden"), labels=truth)
     kernels = tmp_path / "kernels"
     train = push_and_wait(twin, built(kernels, "--name", "coder", "--kind", "cnn", "--user", USER,
                                       "--competition", "hidden-quest", "--code-competition",
-                                      "--size", "32", "--", "--epochs", "3", "--img-size", "16"))
-    assert train["status"] == "COMPLETE"
-    infer_folder = built(kernels, "--name", "coder-infer", "--kind", "predict", "--from", "coder")
+                                      "--size", "32", "--allow-cpu", "--", "--epochs", "3", "--img-size", "16"))
+    assert train["status"] == "COMPLETE", log_of(train)[-3000:]
+    infer_folder = built(kernels, "--name", "coder-infer", "--kind", "predict", "--from", "coder",
+                         "--allow-cpu")
     infer = push_and_wait(twin, infer_folder)
     assert infer["status"] == "COMPLETE", log_of(infer)[-3000:]
-    assert "submission.csv" in infer["output"] and "epoch" not in log_of(infer)
+    assert infer["output"]["submission.csv"] == visible["sample_submission.csv"]  # placeholder
+    assert "commit run, which does not see the hidden test" in log_of(infer)
+    assert "epoch" not in log_of(infer)
     assert loop.main(["submit", str(infer_folder), "--competition", "hidden-quest", "--wait",
                       "--interval", "0.5", "--runs", str(tmp_path / "runs")]) == 0
     submission = twin.submissions[-1]
@@ -677,6 +701,9 @@ def test_a_code_competition_reruns_the_predict_kernel_on_the_hidden_test_set(kag
     assert "epoch" not in rerun and submission["status"] == "COMPLETE"
     assert f"public score {submission['publicScore']}" in capsys.readouterr().out
     # the training kernel itself, submitted, would train again: its own output is not attached
-    assert loop.main(["submit", str(kernels / "coder"), "--competition", "hidden-quest",
-                      "--wait", "--interval", "0.5", "--runs", str(tmp_path / "runs2")]) == 0
+    command = ["submit", str(kernels / "coder"), "--competition", "hidden-quest", "--wait",
+               "--interval", "0.5", "--runs", str(tmp_path / "runs2")]
+    assert loop.main(command) == 2
+    assert "--kind predict --from coder" in capsys.readouterr().err
+    assert loop.main(command + ["--retrain-in-rerun"]) == 0
     assert "no finished run attached, so it trains again" in log_of(twin.submissions[-1]["rerun"])

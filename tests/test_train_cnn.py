@@ -184,6 +184,7 @@ def test_run_folder_complete_and_metrics_match_sklearn(tiny_images, tmp_path):
               "report.txt", "model.pt"):
         assert (run / f).stat().st_size > 0, f
     m = json.loads((run / "metrics.json").read_text())
+    assert m["device"] == training.device_label(training.pick_device())  # what it ran on
     with open(run / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
     true, pred = [r["true"] for r in rows], [r["predicted"] for r in rows]
