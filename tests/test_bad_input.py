@@ -508,6 +508,28 @@ def test_a_run_folder_is_claimed_once(tmp_path):
         runs.claim_run_folder(tmp_path, "r", overwrite=False)
 
 
+def test_overwrite_or_resume_of_a_run_that_is_training_is_refused(world, tmp_path, capsys):
+    """While a run trains (it holds RUN/.training), --overwrite and --resume of it are refused in
+    one line each, before any work: the folder never mixes two runs."""
+    from conftest import on_line
+    out = tmp_path / "runs"
+    base = ["--data", str(world / "images"), "--out", str(out), "--workers", "1"]
+    answers = []
+
+    def beside_it():
+        answers.append(train_cnn.main(base + ["--name", "ow", "--overwrite", "--epochs", "1"]))
+        answers.append(train_cnn.main(["--resume", str(out / "ow")]))
+    with on_line("epoch   1", beside_it):
+        assert train_cnn.main(base + ["--name", "ow", "--epochs", "2"]) == 0
+    assert answers == [1, 1]
+    err = capsys.readouterr().err
+    assert err.count("a run is training in it now (process") == 2 and "Traceback" not in err
+    assert json.loads((out / "ow" / "config.json").read_text())["args"]["epochs"] == 2
+    assert not (out / ".ow.replaced").exists() and not (out / "ow" / ".training").exists()
+    # once it has ended, the folder is free again
+    assert train_cnn.main(base + ["--name", "ow", "--overwrite", "--epochs", "1"]) == 0
+
+
 @pytest.mark.slow
 def test_two_runs_of_one_name_at_once_one_wins(world, tmp_path):
     """Started together under one --out/--name: one trains, the other is refused in one line
