@@ -177,8 +177,10 @@ def progress(items, desc, *, total=None, unit="file", deadline=None, leave=True,
 # Files: written whole or not at all; output folders checked before any work starts
 
 def atomic_write(path, write_fn, mode="w"):
-    """Write via a temp file in the same folder and rename, so a crash never leaves half a file."""
-    path = Path(path)
+    """Write via a temp file in the same folder and rename, so a crash never leaves half a file.
+    Through a symlink the target is written (the link stays); what is not a regular file (a
+    device, a pipe, a folder) is never renamed over."""
+    path = real_file(path, "")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -200,6 +202,28 @@ def write_csv(path, header, rows):
         w.writerow(header)
         w.writerows(rows)
     atomic_write(path, write)
+
+
+def real_file(path, what):
+    """The file that writing `path` should replace: itself, or a symlink's target; one line
+    naming `what` when that is something other than a regular file."""
+    path = Path(path)
+    try:
+        target = path.resolve() if path.is_symlink() else path
+    except (OSError, RuntimeError):  # a loop of links
+        raise SuiteError(f"{what} {path}: a symlink that leads nowhere".lstrip()) from None
+    if target.exists() and not target.is_file():
+        kind = "a folder" if target.is_dir() else "not a regular file (a device or a pipe?)"
+        raise SuiteError(f"{what} {path}: {kind}; not replacing it, give a file name".lstrip())
+    return target
+
+
+def check_output_file(path, what):
+    """Fail now, in one line naming the flag, unless `path` can be written as a regular file
+    (through a symlink: its target). Returns the file to write."""
+    target = real_file(path, what)
+    check_output_folder(target.parent, what)
+    return target
 
 
 def writable(folder):

@@ -229,8 +229,8 @@ def predict_and_submit(model_path, audio_dir, *, output=None, device="cpu", work
     """Predict audio_dir, write submission.csv (default: beside the model) and the record of the
     run's last prediction (prediction.json: what was predicted, how long it took per clip), then
     --submit it. Every input is checked before the model is loaded."""
-    out = Path(output) if output else Path(model_path).parent / "submission.csv"
-    common.check_output_folder(out.parent, "--output")
+    out = common.check_output_file(output or Path(model_path).parent / "submission.csv",
+                                   "--output")
     if submit and not dry_run:
         kaggle_client.kaggle_api()  # credentials now, not after predicting
     files = audio.list_audio(audio_dir)

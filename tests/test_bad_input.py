@@ -69,6 +69,8 @@ def world(tmp_path_factory):
     (w / "sample.csv").write_bytes(b"\x00\x01")
     shutil.copytree(w / "runs" / "r1", w / "runs_copy" / "r1")
     (w / "a_file").write_text("x")
+    (w / "special").mkdir()
+    os.mkfifo(w / "special" / "pipe")  # not a regular file, as a device node is not
     (w / "other_sample.csv").write_text("id,label\nabc,pop\ndef,rock\n")
     (w / "folds" / "fold1").mkdir(parents=True)
     shutil.copy(w / "runs" / "r1" / "model.pt", w / "folds" / "fold1" / "model.pt")
@@ -201,6 +203,8 @@ CASES = [
     ("predict-classes-outputs", "predict", "{w}/four_classes.pt {w}/test", 1, "4 classes for 3 outputs"),
     ("predict-audio-missing", "predict", "{w}/runs/r1/model.pt {w}/nope", 1, "nope"),
     ("predict-output-read-only", "predict", "{w}/runs/r1/model.pt {w}/test --output {w}/readonly/s.csv", 1, "not writable"),
+    ("predict-output-pipe", "predict", "{w}/runs/r1/model.pt {w}/test --output {w}/special/pipe", 1, "not a regular file"),
+    ("predict-output-folder", "predict", "{w}/runs/r1/model.pt {w}/test --output {w}/empty", 1, "a folder"),
     ("predict-workers-0", "predict", "{w}/runs/r1/model.pt {w}/test --workers 0", 1, "--workers"),
     ("predict-no-credentials", "predict", "{w}/runs/r1/model.pt {w}/test --submit comp", 2, "credentials"),
     # comparison
@@ -506,6 +510,26 @@ def test_a_run_folder_is_claimed_once(tmp_path):
     runs.claim_run_folder(tmp_path, "r", overwrite=False)
     with pytest.raises(common.SuiteError, match="just made by another run"):
         runs.claim_run_folder(tmp_path, "r", overwrite=False)
+
+
+def test_predict_writes_through_a_symlink_to_its_target(world, tmp_path):
+    """--output a symlink: the target gets the CSV, written whole there; the link stays a link."""
+    target = tmp_path / "real" / "s.csv"
+    target.parent.mkdir()
+    target.write_text("old\n")
+    link = tmp_path / "link.csv"
+    link.symlink_to(target)
+    assert predict.main([str(world / "runs" / "r1"), str(world / "test"), "--output", str(link),
+                         "--workers", "1"]) == 0
+    assert link.is_symlink() and target.read_text().startswith("id,class\n")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["s.csv"]
+
+
+def test_atomic_write_never_replaces_what_is_not_a_regular_file(tmp_path):
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(common.SuiteError, match="not a regular file"):
+        common.write_json(tmp_path / "pipe", {})
+    assert (tmp_path / "pipe").is_fifo()
 
 
 def test_overwrite_or_resume_of_a_run_that_is_training_is_refused(world, tmp_path, capsys):
