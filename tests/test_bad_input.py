@@ -70,6 +70,8 @@ def world(tmp_path_factory):
     shutil.copytree(w / "runs" / "r1", w / "runs_copy" / "r1")
     (w / "a_file").write_text("x")
     (w / "special").mkdir()
+    (w / "demo_pub").mkdir()
+    shutil.copy(w / "features.csv", w / "demo_pub" / "features.csv")  # not the demo's table
     os.mkfifo(w / "special" / "pipe")  # not a regular file, as a device node is not
     (w / "other_sample.csv").write_text("id,label\nabc,pop\ndef,rock\n")
     (w / "folds" / "fold1").mkdir(parents=True)
@@ -213,6 +215,8 @@ CASES = [
     ("compare-out-read-only", "compare", "--runs {w}/runs --out {w}/readonly/r", 1, "not writable"),
     ("compare-out-not-report", "compare", "--runs {w}/runs --out {w}/audio", 1, "not a report"),
     ("compare-kaggle-no-credentials", "compare", "--runs {w}/runs --out {w}/report --kaggle comp", 2, "credentials"),
+    ("demo-over-a-features-table", "compare", "--demo --demo-dir {w}/demo_pub", 1, "not made by the demo"),
+    ("demo-epochs-without-demo", "compare", "--runs {w}/runs --out {w}/report --demo-epochs 2", 1, "--demo-epochs"),
     ("demo-dir-read-only", "compare", "--demo --demo-dir {w}/readonly", 1, "not writable"),
 ]
 
@@ -456,6 +460,22 @@ def test_compare_marks_random_backbones(tmp_path, capsys):
         "test_macro_f1": 0.1, "split_hash": "s", "run": "t"}))
     assert compare.main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "r")]) == 0
     assert "vgg16 (random weights)" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_demo_writes_its_cache_inside_its_folder(tmp_path, monkeypatch):
+    """README: the demo writes nothing outside --demo-dir, the suite's cache included."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for var in ("SUITE_CACHE", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    demo = tmp_path / "d"
+    assert compare.main(["--demo", "--demo-dir", str(demo), "--demo-clips", "3", "--demo-epochs",
+                         "1", "--demo-weights", "none"]) == 0
+    assert not (tmp_path / "home" / ".cache" / "music-genre-suite").exists()
+    assert list((demo / ".cache" / "features").rglob("*.json"))
+    # run again, it refreshes its own features table (made by it), never refused
+    assert compare.main(["--demo", "--demo-dir", str(demo), "--demo-clips", "3", "--demo-epochs",
+                         "1", "--demo-weights", "none"]) == 0
 
 
 @pytest.mark.slow
