@@ -255,6 +255,27 @@ def cache_dir(kind):
     return Path(root) / kind
 
 
+def usable_cache(kind, folder=None, flag=None):
+    """The cache folder to use, checked before any work. A folder the user named (`flag`) must
+    be writable (one line, exit 1); the suite's own cache that cannot be written (read-only, a
+    file, a read-only home) is left out with one line, as it costs time, never results.
+    Returns the folder, or None: no cache."""
+    if folder:
+        return check_output_folder(folder, flag)
+    folder = cache_dir(kind)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        reason = None if writable(folder) else "not writable"
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+    if reason:
+        print(f"note: the cache {folder} cannot be used ({reason}); going on without it (set "
+              "$SUITE_CACHE to a writable folder to keep this work for the next run)",
+              file=sys.stderr)
+        return None
+    return folder
+
+
 # ----------------------------------------------------------------------------------------------
 # Processes: worker pools for audio (decoding and features run in processes, one thread each)
 

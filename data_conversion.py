@@ -299,33 +299,34 @@ def file_stamp(path):
     return f"{st.st_size}-{st.st_mtime_ns}"
 
 
-def feature_cache(path, feature_set):
-    """A clip's cached row: per file (its absolute path) and feature set."""
+def feature_cache(path, feature_set, cache):
+    """A clip's cached row: per file (its absolute path) and feature set, under `cache`."""
     key = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:20]
-    return common.cache_dir("features") / feature_set / f"{key}.json"
+    return Path(cache) / feature_set / f"{key}.json"
 
 
-def cached_row(path, feature_set):
+def cached_row(path, feature_set, cache):
     """The clip's cached row when the file has not changed since, else None (a damaged entry is
-    recomputed)."""
+    recomputed; no cache: None)."""
     try:
-        cached = json.loads(feature_cache(path, feature_set).read_text())
+        cached = json.loads(feature_cache(path, feature_set, cache).read_text())
         return cached["features"] if cached["stamp"] == file_stamp(path) else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
 def feature_job(job):
-    """Worker: (path, label, feature_set) -> (path, label, row or None, error)."""
-    path, label, feature_set = job
+    """Worker: (path, label, feature_set, cache or None) -> (path, label, row or None, error)."""
+    path, label, feature_set, cache = job
     try:
         row = audio.audio_features(path, feature_set)
     except common.BadAudio as e:
         return path, label, None, e.reason
     except Exception as e:
         return path, label, None, f"{type(e).__name__}: {e}"
-    common.write_json(feature_cache(path, feature_set), {"path": str(path), "stamp": file_stamp(path),
-                                                         "features": row})
+    if cache:
+        common.write_json(feature_cache(path, feature_set, cache),
+                          {"path": str(path), "stamp": file_stamp(path), "features": row})
     return path, label, row, None
 
 
@@ -368,10 +369,12 @@ def extract_features(src, out_csv, feature_set="standard", workers=1, labels_csv
     from the cache. Returns (rows written, rows computed, errors)."""
     out_csv = Path(out_csv)
     rows, jobs, errors = {}, [], []
-    for path, label in audio.list_labeled_audio(src, labels_csv):
-        row = cached_row(path, feature_set)
+    clips = audio.list_labeled_audio(src, labels_csv)
+    cache = common.usable_cache("features")
+    for path, label in clips:
+        row = cached_row(path, feature_set, cache) if cache else None
         if row is None:
-            jobs.append((path, label, feature_set))
+            jobs.append((path, label, feature_set, cache))
         else:
             rows[path] = (label, row)
     for path, label, row, error in common.parallel_map(feature_job, jobs, workers, "features",

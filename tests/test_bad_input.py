@@ -145,6 +145,7 @@ CASES = [
     ("images-labels", "transfer", "--data {w}/images --labels {w}/dup_labels.csv", 1, "--labels"),
     ("images-clip-seconds", "transfer", "--data {w}/images --clip-seconds 5", 1, "--clip-seconds"),
     ("cnn14-img-size", "transfer", "--data {w}/audio --arch cnn14 --img-size 64", 1, "--img-size: cnn14 reads audio"),
+    ("cache-dir-in-a-file", "transfer", "--data {w}/images --arch resnet18 --weights none --cache-dir {w}/a_file/c", 1, "--cache-dir"),
     ("finetune-cache-dir", "transfer", "--data {w}/images --finetune --cache-dir {w}/c", 1, "nothing is cached"),
     ("baseline-with-hidden", "mlp", "--features {w}/features.csv --baseline svm --hidden 64:relu", 1, "--hidden: the svm baseline does not use it"),
     ("baseline-with-epochs", "mlp", "--features {w}/features.csv --baseline logreg --epochs 5", 1, "--epochs"),
@@ -550,6 +551,24 @@ def test_atomic_write_never_replaces_what_is_not_a_regular_file(tmp_path):
     with pytest.raises(common.SuiteError, match="not a regular file"):
         common.write_json(tmp_path / "pipe", {})
     assert (tmp_path / "pipe").is_fifo()
+
+
+def test_a_cache_that_cannot_be_written_is_one_note_and_the_work_goes_on(world, tmp_path,
+                                                                        monkeypatch, capsys):
+    """$SUITE_CACHE a file (or read-only, or a read-only home): feature extraction in worker
+    processes and a frozen backbone's run go on without the cache, saying so in one line."""
+    (tmp_path / "not_a_folder").write_text("x")
+    monkeypatch.setenv("SUITE_CACHE", str(tmp_path / "not_a_folder"))
+    out = tmp_path / "f.csv"
+    assert data_conversion.main([str(world / "audio"), "--features", str(out), "--workers", "2"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("note: the cache") == 1 and "Traceback" not in err
+    assert len(out.read_text().splitlines()) == 10
+    assert train_transfer.main(["--data", str(world / "images"), "--arch", "resnet18", "--weights",
+                                "none", "--epochs", "1", "--out", str(tmp_path / "runs"),
+                                "--workers", "1"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("note: the cache") == 1 and "Traceback" not in err
 
 
 def test_overwrite_or_resume_of_a_run_that_is_training_is_refused(world, tmp_path, capsys):
