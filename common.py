@@ -18,6 +18,7 @@ flows; an import never runs back up it (README, Layout):
 import argparse
 import contextlib
 import csv
+import errno
 import functools
 import json
 import math
@@ -187,9 +188,24 @@ def atomic_write(path, write_fn, mode="w"):
         with open(tmp, mode, **({"newline": ""} if "b" not in mode else {})) as f:
             write_fn(f)
         os.replace(tmp, path)
+    except Exception as e:
+        if disk_full(e):  # not a bug nor bad input: one line; the old file (if any) stays whole
+            raise SuiteError(f"{path.parent}: the disk is full (writing {path.name}); free some "
+                             "space and run the command again") from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def disk_full(error):
+    """Whether `error` comes of a full disk or quota: an OSError ENOSPC/EDQUOT, raised or the
+    cause of what was (torch's writer raises a RuntimeError while handling it)."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def write_json(path, obj):

@@ -150,6 +150,8 @@ def convert_clip(job):
         return path, len(images), 0, None
     except common.BadAudio as e:
         return path, 0, 0, e.reason
+    except common.SuiteError:  # a full disk is no bad clip: the conversion stops
+        raise
     except Exception as e:  # a decoder crash must not stop the other files
         return path, 0, 0, f"{type(e).__name__}: {e}"
 
@@ -278,13 +280,18 @@ def convert_folder(src, out, settings, workers=1, labels_csv=None, labeled=True,
         for tmp in out.rglob(".*.tmp"):  # left by an interrupted run
             tmp.unlink(missing_ok=True)
         converted, skipped, errors = 0, 0, []
-        for path, n_written, n_skipped, error in common.parallel_map(convert_clip, jobs, workers,
-                                                                     "convert", deadline=deadline):
-            if error:
-                print(f"warning: skipped {path}: {error}", file=sys.stderr)
-                errors.append((str(path), error))
-            converted += n_written > 0
-            skipped += n_skipped > 0
+        try:
+            for path, n_written, n_skipped, error in common.parallel_map(
+                    convert_clip, jobs, workers, "convert", deadline=deadline):
+                if error:
+                    print(f"warning: skipped {path}: {error}", file=sys.stderr)
+                    errors.append((str(path), error))
+                converted += n_written > 0
+                skipped += n_skipped > 0
+        except BaseException:  # a full disk, Ctrl-C: the workers are gone; so are their temp files
+            for tmp in out.rglob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+            raise
         common.write_csv(out / "errors.csv", ["file", "reason"], sorted(errors))
     if converted + skipped == 0:
         raise common.SuiteError(f"nothing converted: all {len(jobs)} files failed (see {out}/errors.csv)")

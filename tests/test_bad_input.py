@@ -571,6 +571,59 @@ def test_a_cache_that_cannot_be_written_is_one_note_and_the_work_goes_on(world, 
     assert err.count("note: the cache") == 1 and "Traceback" not in err
 
 
+class FullDisk:
+    """A file on a disk that has filled up: each write raises ENOSPC, as the OS does."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, data):
+        import errno
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_the_last_one_stays(
+        world, tmp_path, monkeypatch, capsys):
+    """The disk fills after epoch 1's checkpoint: epoch 2's save is one line naming the folder,
+    exit 1, no temp file, and epoch 1's checkpoint is whole (the run can go on from it)."""
+    from conftest import on_line
+    real_save = torch.save
+
+    def fill_disk():
+        monkeypatch.setattr(torch, "save", lambda obj, f, **kw: real_save(obj, FullDisk(f), **kw))
+    run = tmp_path / "runs" / "r"
+    with on_line("epoch   1", fill_disk):
+        assert train_cnn.main(["--data", str(world / "images"), "--epochs", "3", "--schedule",
+                               "cosine", "--out", str(tmp_path / "runs"), "--name", "r",
+                               "--workers", "1"]) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and f"{run}: the disk is full" in errors[0], err
+    assert "Traceback" not in err and not list(run.rglob("*.tmp"))
+    assert len(torch.load(run / "checkpoint.pt", weights_only=False)["history"]) == 1
+
+
+def test_a_full_disk_during_conversion_stops_it_in_one_line(world, tmp_path, monkeypatch,
+                                                            capsys):
+    """A full disk is no bad clip: the conversion (in worker processes) stops with one line
+    naming the folder, exit 1, no errors.csv of 'bad clips', no temp files."""
+    from PIL import Image
+    real_save = Image.Image.save
+    monkeypatch.setattr(Image.Image, "save", lambda self, f, *a, **kw: real_save(
+        self, FullDisk(f), *a, **kw))
+    out = tmp_path / "img"
+    assert data_conversion.main([str(world / "audio"), str(out), "--size", "16",
+                                 "--workers", "2"]) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and "the disk is full" in errors[0] and str(out) in errors[0], err
+    assert "warning: skipped" not in err and "Traceback" not in err
+    assert not (out / "errors.csv").exists() and not list(out.rglob("*.tmp"))
+
+
 def test_overwrite_or_resume_of_a_run_that_is_training_is_refused(world, tmp_path, capsys):
     """While a run trains (it holds RUN/.training), --overwrite and --resume of it are refused in
     one line each, before any work: the folder never mixes two runs."""
