@@ -109,6 +109,18 @@ def expected_segment_count(path, sr, segment_seconds):
     return n_samples // int(round(segment_seconds * sr))
 
 
+def check_one_image_each(jobs):
+    """song.mp3 and song.flac of one class would both write song.png: one line naming them."""
+    by_image = {}
+    for path, out_dir, _ in jobs:
+        by_image.setdefault((out_dir, path.stem), []).append(path)
+    same = next((paths for paths in by_image.values() if len(paths) > 1), None)
+    if same:
+        raise common.SuiteError(f"{same[0].parent}: {', '.join(p.name for p in same)} would make "
+                                f"one image {same[0].stem}.png; keep one of them or rename the "
+                                "others")
+
+
 def check_segments(segment_seconds, paths):
     """Segments longer than every clip (by the files' headers) make no image at all: one line now,
     not a warning per file and then an error."""
@@ -273,6 +285,7 @@ def convert_folder(src, out, settings, workers=1, labels_csv=None, labeled=True,
     source = Path(src).resolve()
     if out == source or source in out.parents:
         raise common.SuiteError(f"{out}: inside the input folder {source}; write the images elsewhere")
+    check_one_image_each(jobs)
     check_segments(settings["segment_seconds"], [job[0] for job in jobs])
     common.check_output_folder(out, "output folder")
     with conversion_lock(out):

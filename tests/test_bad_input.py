@@ -70,6 +70,9 @@ def world(tmp_path_factory):
     shutil.copytree(w / "runs" / "r1", w / "runs_copy" / "r1")
     (w / "a_file").write_text("x")
     (w / "special").mkdir()
+    write_tone(w / "samestem" / "blues" / "song.wav", 300)
+    write_tone(w / "samestem" / "blues" / "song.flac", 400)  # both would be blues/song.png
+    write_tone(w / "samestem" / "pop" / "other.wav", 500)
     (w / "demo_pub").mkdir()
     shutil.copy(w / "features.csv", w / "demo_pub" / "features.csv")  # not the demo's table
     os.mkfifo(w / "special" / "pipe")  # not a regular file, as a device node is not
@@ -103,6 +106,7 @@ CASES = [
     ("convert-negative-size", "convert", "{w}/audio {w}/o --size -4", 1, "--size"),
     ("convert-mel-more-than-bins", "convert", "{w}/audio {w}/o --mel 5000", 1, "--mel 5000"),
     ("demo-into-other-folder", "convert", "--make-demo {w}/audio", 1, "not a demo folder"),
+    ("convert-same-stem", "convert", "{w}/samestem {w}/o", 1, "song.flac, song.wav would make one image song.png"),
     ("convert-csv-as-source", "convert", "{w}/features.csv {w}/o", 1, "a file, not a folder"),
     ("convert-labels-on-genre-tree", "convert", "{w}/audio {w}/o --labels {w}/dup_labels.csv", 1, "leave out --labels"),
     ("convert-segments-longer-than-clips", "convert", "{w}/audio {w}/o --segment-seconds 60", 1, "longer than every clip"),
@@ -622,6 +626,32 @@ def test_a_full_disk_during_conversion_stops_it_in_one_line(world, tmp_path, mon
     assert len(errors) == 1 and "the disk is full" in errors[0] and str(out) in errors[0], err
     assert "warning: skipped" not in err and "Traceback" not in err
     assert not (out / "errors.csv").exists() and not list(out.rglob("*.tmp"))
+
+
+def test_a_clip_under_a_second_genre_is_refused_with_or_without_split_json(world, tmp_path,
+                                                                           capsys):
+    data = tmp_path / "images"
+    shutil.copytree(world / "images", data)
+    assert (data / "split.json").exists()
+    shutil.copy(data / "blues" / "blues.00000.png", data / "metal" / "blues.00000.png")
+    for split in ("kept", "deleted"):
+        if split == "deleted":
+            (data / "split.json").unlink()
+        assert train_cnn.main(["--data", str(data), "--epochs", "1", "--out",
+                               str(tmp_path / "runs"), "--workers", "1"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "blues.00000 appears under two labels" in err, err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_class_folder_without_images_is_said(world, tmp_path, capsys):
+    import data
+    images = tmp_path / "images"
+    shutil.copytree(world / "images", images)
+    (images / "rock").mkdir()
+    assert data.load_image_data(images, 16).classes == ["blues", "metal", "pop"]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "without PNG images left out (rock)" in err
 
 
 def test_overwrite_or_resume_of_a_run_that_is_training_is_refused(world, tmp_path, capsys):
