@@ -70,6 +70,12 @@ def world(tmp_path_factory):
     shutil.copytree(w / "runs" / "r1", w / "runs_copy" / "r1")
     (w / "a_file").write_text("x")
     (w / "special").mkdir()
+    model = (w / "runs" / "r1" / "model.pt").read_bytes()
+    (w / "cut.pt").write_bytes(model[:len(model) // 2])  # a copy cut short
+    assert train_mlp.main(["--features", str(w / "features.csv"), "--baseline", "svm", "--out",
+                           str(w / "svm_runs"), "--name", "svm"]) == 0
+    joblib_bytes = (w / "svm_runs" / "svm" / "model.joblib").read_bytes()
+    (w / "cut.joblib").write_bytes(joblib_bytes[:len(joblib_bytes) // 2])
     write_tone(w / "samestem" / "blues" / "song.wav", 300)
     write_tone(w / "samestem" / "blues" / "song.flac", 400)  # both would be blues/song.png
     write_tone(w / "samestem" / "pop" / "other.wav", 500)
@@ -207,6 +213,8 @@ CASES = [
     ("predict-folds-folder", "predict", "{w}/folds {w}/test", 1, "a K-fold run"),
     ("predict-sample-ids-not-the-files", "predict", "{w}/runs/r1 {w}/test --sample-submission {w}/other_sample.csv", 1, "the wrong sample or the wrong folder"),
     ("predict-model-junk", "predict", "{w}/junk.pt {w}/test", 1, "junk.pt"),
+    ("predict-model-cut-short", "predict", "{w}/cut.pt {w}/test", 1, "cut.pt: damaged or cut short"),
+    ("predict-joblib-cut-short", "predict", "{w}/cut.joblib {w}/test", 1, "cut.joblib: damaged or cut short"),
     ("predict-classes-outputs", "predict", "{w}/four_classes.pt {w}/test", 1, "4 classes for 3 outputs"),
     ("predict-audio-missing", "predict", "{w}/runs/r1/model.pt {w}/nope", 1, "nope"),
     ("predict-output-read-only", "predict", "{w}/runs/r1/model.pt {w}/test --output {w}/readonly/s.csv", 1, "not writable"),
