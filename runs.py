@@ -211,6 +211,9 @@ def check_paths(args, data_is_file, data_flag):
     data = Path(args.data)
     if data_is_file and data.is_dir():
         raise SuiteError(f"{data_flag} {data}: a folder, not a file; give the CSV file")
+    if not data_is_file and data.is_file():
+        raise SuiteError(f"{data_flag} {data}: a file, not a folder; give the folder of "
+                         + ("audio" if getattr(args, "arch", None) == "cnn14" else "images"))
     if not (data.is_file() if data_is_file else data.is_dir()):
         raise SuiteError(f"{data_flag} {data}: no such {'file' if data_is_file else 'folder'}")
     if args.split:

@@ -179,7 +179,7 @@ CASES = [
     # training: paths, checked before the work
     ("data-missing", "cnn", "--data {w}/nope", 1, "--data"),
     ("data-is-audio", "cnn", "--data {w}/audio --out {w}/runs", 1, "audio, not images"),
-    ("data-file-for-folder", "cnn", "--data {w}/features.csv", 1, "--data"),
+    ("data-file-for-folder", "cnn", "--data {w}/features.csv", 1, "features.csv: a file, not a folder; give the folder of images"),
     ("features-missing", "mlp", "--features {w}/nope.csv", 1, "--features"),
     ("features-is-folder", "mlp", "--features {w}/audio --out {w}/runs", 1, "a folder, not a file"),
     ("split-missing", "cnn", "--data {w}/images --split {w}/nope.json", 1, "--split"),
