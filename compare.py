@@ -525,6 +525,10 @@ def main(argv=None):
                                     "--demo, or leave it out")
     out = check_report_folder(Path(args.out or "report"))
     entries = load_runs(args.runs)
+    if args.ensemble and args.ensemble_name in {e["name"] for e in entries}:
+        raise common.SuiteError(f"--ensemble-name {args.ensemble_name}: a run in {args.runs} has "
+                                "that name (two rows would read the same); name the ensemble "
+                                "otherwise")
     if args.kaggle:
         fill_kaggle_scores(entries, args.kaggle)
     if args.ensemble:

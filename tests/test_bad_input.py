@@ -229,6 +229,7 @@ CASES = [
     ("compare-out-not-report", "compare", "--runs {w}/runs --out {w}/audio", 1, "not a report"),
     ("compare-kaggle-no-credentials", "compare", "--runs {w}/runs --out {w}/report --kaggle comp", 2, "credentials"),
     ("demo-over-a-features-table", "compare", "--demo --demo-dir {w}/demo_pub", 1, "not made by the demo"),
+    ("ensemble-name-of-a-run", "compare", "--runs {w}/runs --out {w}/report --ensemble r1 r1 --ensemble-name r1", 1, "--ensemble-name r1: a run"),
     ("demo-epochs-without-demo", "compare", "--runs {w}/runs --out {w}/report --demo-epochs 2", 1, "--demo-epochs"),
     ("demo-dir-read-only", "compare", "--demo --demo-dir {w}/readonly", 1, "not writable"),
 ]
