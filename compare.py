@@ -462,8 +462,9 @@ def run_demo(args):
     except common.SuiteError:
         raise common.SuiteError(f"--demo-dir {demo}: {features.name} there was not made by the "
                                 "demo; give the demo another --demo-dir") from None
-    # the suite's cache inside the demo's folder: the demo writes nothing outside it
+    # the suite's cache (and matplotlib's) inside the demo's folder: it writes nothing outside it
     os.environ["SUITE_CACHE"] = str(demo.resolve() / ".cache")
+    os.environ.setdefault("MPLCONFIGDIR", str(demo.resolve() / ".cache" / "matplotlib"))
     test = demo / "test"  # unlabeled, as a Kaggle test set: every model predicts it
     start = time.time()
     epochs = str(args.demo_epochs)
