@@ -477,7 +477,10 @@ def lock_run_folder(run_dir, flag):
     if fcntl is None:
         return None
     while True:
-        f = open(path, "a+")
+        try:
+            f = open(path, "a+")
+        except OSError as e:
+            raise SuiteError(f"{flag} {run_dir}: cannot write in it ({e.strerror})") from None
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -546,6 +546,17 @@ def test_a_run_folder_is_claimed_once(tmp_path):
         runs.claim_run_folder(tmp_path, "r", overwrite=False)
 
 
+def test_a_run_folder_whose_lock_cannot_be_written_is_one_line(world, tmp_path, capsys):
+    """--resume of a run whose RUN/.training cannot be opened (here a folder in its place; a
+    read-only run folder likewise): one line, no traceback."""
+    run = tmp_path / "r2"
+    shutil.copytree(world / "runs" / "r2", run)
+    (run / ".training").mkdir()
+    assert train_cnn.main(["--resume", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write in it" in err and "Traceback" not in err
+
+
 def test_predict_writes_through_a_symlink_to_its_target(world, tmp_path):
     """--output a symlink: the target gets the CSV, written whole there; the link stays a link."""
     target = tmp_path / "real" / "s.csv"
