@@ -107,7 +107,7 @@ def build_parser():
                                                           "(default kernels/)")
     o.add_argument("--overwrite", action="store_true",
                    help="replace a kernel folder of another training (kind, conversion, trainer "
-                        "flags) or one that is not a kernel")
+                        "flags) or one that is not a kernel, or a RECIPE cell edited by hand")
     o.add_argument("--check", action="store_true",
                    help="write nothing; exit 1 listing the kernels in --out that are stale")
     return p
@@ -514,6 +514,19 @@ def check_replacing(folder, recipe, overwrite):
                             "replace it with --overwrite")
 
 
+def recipe_cell_edited(folder):
+    """Whether kernel.ipynb's RECIPE cell was edited by hand (it differs from the recipe.json it
+    was built with): a rebuild would silently discard the edit."""
+    try:
+        built = read_json(folder / RECIPE_FILE, "recipe")
+        cells = json.loads((folder / NOTEBOOK).read_text(encoding="utf-8"))["cells"]
+        source = next(c["source"] for c in cells if c.get("id") == "recipe")
+    except (common.SuiteError, OSError, ValueError, KeyError, TypeError, StopIteration):
+        return False  # no kernel of ours here, or not that cell: nothing to keep
+    source = "".join(source) if isinstance(source, list) else source
+    return source != "RECIPE = " + pprint.pformat(built, width=96, sort_dicts=True)
+
+
 def stale_files(folder, files):
     return [name for name, text in files.items()
             if not (folder / name).is_file() or (folder / name).read_text(encoding="utf-8") != text]
@@ -541,6 +554,11 @@ def main(argv=None):
         if not kernels:
             raise common.SuiteError(f"--out {out}: no kernels to rebuild (build one with --recipe "
                                     "NAME or --name NAME --kind KIND)")
+    edited = [folder for folder, _ in kernels if recipe_cell_edited(folder)]
+    if edited and not args.check and not args.overwrite:
+        raise common.SuiteError(f"{edited[0] / NOTEBOOK}: its RECIPE cell was edited by hand (it "
+                                f"differs from {RECIPE_FILE}); give the change as build.py flags, "
+                                "or discard it with --overwrite")
     stale = []
     for folder, recipe in kernels:
         files = render(recipe)

@@ -195,6 +195,25 @@ def test_a_kernel_of_another_training_is_replaced_only_with_overwrite(tmp_path, 
     assert json.loads((mlp / "recipe.json").read_text())["kind"] == "cnn"
 
 
+def test_a_recipe_cell_edited_by_hand_is_never_discarded_by_a_rebuild(tmp_path, capsys):
+    """The RECIPE cell is the one to change; a rebuild (of all, or of that kernel) that would
+    put recipe.json's back is refused in one line, writing nothing, unless --overwrite."""
+    folder = built(tmp_path, "--recipe", "mlp")
+    notebook = folder / "kernel.ipynb"
+    notebook.write_text(notebook.read_text().replace("'time_limit': '11h30m'", "'time_limit': '10h'"))
+    edited = notebook.read_bytes()
+    assert edited != (built(tmp_path / "fresh", "--recipe", "mlp") / "kernel.ipynb").read_bytes()
+    capsys.readouterr()
+    for argv in ([], ["--recipe", "mlp"]):
+        assert build.main([*argv, "--out", str(tmp_path)]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "RECIPE cell was edited by hand" in err
+        assert notebook.read_bytes() == edited
+    assert build.main(["--out", str(tmp_path), "--check"]) == 1  # still stale, said so
+    assert build.main(["--out", str(tmp_path), "--overwrite"]) == 0
+    assert notebook.read_bytes() == (tmp_path / "fresh" / "mlp" / "kernel.ipynb").read_bytes()
+
+
 def test_a_code_competition_has_a_training_and_a_predict_kernel(tmp_path):
     """Its time limit under 9 h; a predict kernel attaches both training kernels and trains
     nothing."""
