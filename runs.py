@@ -507,8 +507,9 @@ def unlock_run_folder(lock):
 
 
 def check_not_training(run_dir, flag):
-    """Refuse now, before any work, a run folder some process trains in."""
-    if Path(run_dir).is_dir() and writable(run_dir):
+    """Refuse now, before any work, a run folder some process trains in (under torchrun rank 0
+    alone asks: two ranks trying the lock at once would each see the other)."""
+    if os.environ.get("RANK", "0") == "0" and Path(run_dir).is_dir() and writable(run_dir):
         unlock_run_folder(lock_run_folder(run_dir, flag))
 
 
