@@ -18,6 +18,7 @@ flows; an import never runs back up it (README, Layout):
 import argparse
 import contextlib
 import csv
+import errno
 import functools
 import json
 import math
@@ -179,17 +180,34 @@ def progress(items, desc, *, total=None, unit="file", deadline=None, leave=True,
 # Files: written whole or not at all; output folders checked before any work starts
 
 def atomic_write(path, write_fn, mode="w"):
-    """Write via a temp file in the same folder and rename, so a crash never leaves half a file."""
-    path = Path(path)
+    """Write via a temp file in the same folder and rename, so a crash never leaves half a file.
+    Through a symlink the target is written (the link stays); what is not a regular file (a
+    device, a pipe, a folder) is never renamed over."""
+    path = real_file(path, "")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, mode, **({"newline": ""} if "b" not in mode else {})) as f:
             write_fn(f)
         os.replace(tmp, path)
+    except Exception as e:
+        if disk_full(e):  # not a bug nor bad input: one line; the old file (if any) stays whole
+            raise SuiteError(f"{path.parent}: the disk is full (writing {path.name}); free some "
+                             "space and run the command again") from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def disk_full(error):
+    """Whether `error` comes of a full disk or quota: an OSError ENOSPC/EDQUOT, raised or the
+    cause of what was (torch's writer raises a RuntimeError while handling it)."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def write_json(path, obj):
@@ -202,6 +220,28 @@ def write_csv(path, header, rows):
         w.writerow(header)
         w.writerows(rows)
     atomic_write(path, write)
+
+
+def real_file(path, what):
+    """The file that writing `path` should replace: itself, or a symlink's target; one line
+    naming `what` when that is something other than a regular file."""
+    path = Path(path)
+    try:
+        target = path.resolve() if path.is_symlink() else path
+    except (OSError, RuntimeError):  # a loop of links
+        raise SuiteError(f"{what} {path}: a symlink that leads nowhere".lstrip()) from None
+    if target.exists() and not target.is_file():
+        kind = "a folder" if target.is_dir() else "not a regular file (a device or a pipe?)"
+        raise SuiteError(f"{what} {path}: {kind}; not replacing it, give a file name".lstrip())
+    return target
+
+
+def check_output_file(path, what):
+    """Fail now, in one line naming the flag, unless `path` can be written as a regular file
+    (through a symlink: its target). Returns the file to write."""
+    target = real_file(path, what)
+    check_output_folder(target.parent, what)
+    return target
 
 
 def writable(folder):
@@ -231,6 +271,27 @@ def cache_dir(kind):
     root = os.environ.get("SUITE_CACHE") or Path(
         os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "music-genre-suite"
     return Path(root) / kind
+
+
+def usable_cache(kind, folder=None, flag=None):
+    """The cache folder to use, checked before any work. A folder the user named (`flag`) must
+    be writable (one line, exit 1); the suite's own cache that cannot be written (read-only, a
+    file, a read-only home) is left out with one line, as it costs time, never results.
+    Returns the folder, or None: no cache."""
+    if folder:
+        return check_output_folder(folder, flag)
+    folder = cache_dir(kind)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        reason = None if writable(folder) else "not writable"
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+    if reason:
+        print(f"note: the cache {folder} cannot be used ({reason}); going on without it (set "
+              "$SUITE_CACHE to a writable folder to keep this work for the next run)",
+              file=sys.stderr)
+        return None
+    return folder
 
 
 # ----------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ and private scores (private once Kaggle shows it). Runs brought home from a Kagg
 Runs tested on different splits or data are flagged: their figures are not comparable.
 """
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -432,6 +433,14 @@ def run_demo(args):
     common.check_output_folder(demo, "--demo-dir")
     report_dir = check_report_folder(Path(args.out or demo / "report"))
     audio, images, features, runs = demo / "audio", demo / "images", demo / "features.csv", demo / "runs"
+    try:  # a table the demo did not extract (the public one) is the user's: never replaced
+        data_conversion.check_feature_table(features, audio, "standard", overwrite=False)
+    except common.SuiteError:
+        raise common.SuiteError(f"--demo-dir {demo}: {features.name} there was not made by the "
+                                "demo; give the demo another --demo-dir") from None
+    # the suite's cache (and matplotlib's) inside the demo's folder: it writes nothing outside it
+    os.environ["SUITE_CACHE"] = str(demo.resolve() / ".cache")
+    os.environ.setdefault("MPLCONFIGDIR", str(demo.resolve() / ".cache" / "matplotlib"))
     test = demo / "test"  # unlabeled, as a Kaggle test set: every model predicts it
     start = time.time()
     epochs = str(args.demo_epochs)
@@ -464,8 +473,7 @@ def run_demo(args):
         code = train_transfer.main(transfer + ["--weights", "none"])
     check(code, "train_transfer")
     step("5/6 audio features -> MLP and SVM")
-    check(data_conversion.main([str(audio), "--features", str(features), "--overwrite"]),
-          "feature extraction")
+    check(data_conversion.main([str(audio), "--features", str(features)]), "feature extraction")
     mlp = ["--features", str(features), "--out", str(runs), "--overwrite", "--predict", str(test)]
     check(train_mlp.main(mlp + ["--hidden", "256:relu,128:relu", "--dropout", "0.3", "--pca", "0",
                                 "--patience", "10", "--name", "demo-mlp"]), "train_mlp")
@@ -487,8 +495,17 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.demo:
         return run_demo(args)
+    parser = build_parser()
+    for flag in ("demo_dir", "demo_weights", "demo_epochs", "demo_clips"):
+        if getattr(args, flag) != parser.get_default(flag):
+            raise common.SuiteError(f"--{flag.replace('_', '-')}: a setting of the demo; add "
+                                    "--demo, or leave it out")
     out = check_report_folder(Path(args.out or "report"))
     entries = load_runs(args.runs)
+    if args.ensemble and args.ensemble_name in {e["name"] for e in entries}:
+        raise common.SuiteError(f"--ensemble-name {args.ensemble_name}: a run in {args.runs} has "
+                                "that name (two rows would read the same); name the ensemble "
+                                "otherwise")
     if args.kaggle:
         fill_kaggle_scores(entries, args.kaggle)
     if args.ensemble:

@@ -21,8 +21,9 @@ from common import SuiteError, progress, writable, write_json
 # ----------------------------------------------------------------------------------------------
 # Datasets: spectrogram images decoded once into memory as uint8, or features as float32
 
-def list_images(root):
-    """(paths, labels, classes) for root/<class>/*.png; classes = sorted sub-folder names."""
+def list_images(root, warn=False):
+    """(paths, labels, classes) for root/<class>/*.png; classes = sorted sub-folder names (warn:
+    say which folders without images are left out)."""
     root = Path(root)
     if not root.is_dir():
         raise SuiteError(f"--data {root}: no such folder (make images with data_conversion.py)")
@@ -33,6 +34,11 @@ def list_images(root):
         paths += files
         labels += [d.name] * len(files)
     classes = sorted(set(labels))
+    empty = [d.name for d in class_dirs if d.name not in classes]
+    if warn and empty and len(classes) >= 2:
+        print(f"warning: {root}: {len(empty)} class folder{'s' if len(empty) > 1 else ''} without "
+              f"PNG images left out ({', '.join(empty)}); training on {len(classes)} classes",
+              file=sys.stderr)
     if len(classes) < 2 and any(is_audio(p) for d in class_dirs for p in d.iterdir()):
         raise SuiteError(f"--data {root}: audio, not images: make them with python "
                          f"data_conversion.py {root} IMAGES (or train --arch cnn14 on the audio)")
@@ -161,7 +167,7 @@ def load_image_data(data_dir, img_size, channels="rgb", cache_mb=4096):
     (else decoded per batch), resized to img_size x img_size (0: their own size, which must
     then be the same for all). Unreadable images are left out with a warning."""
     from PIL import Image
-    paths, labels, classes = list_images(data_dir)
+    paths, labels, classes = list_images(data_dir, warn=True)
     conversion = read_conversion(data_dir)
     if channels == "levels":
         with Image.open(paths[0]) as im:
@@ -297,15 +303,25 @@ def _take_per_class(clip_ids, labels, fraction, rng, one_from=3):
     return set(picked)
 
 
+def check_one_label(clip_ids, labels):
+    """A clip (its segments, its rows) has one label, whatever split it is in: a copy under a
+    second genre is one line, never a clip trained as two."""
+    seen, twice = {}, set()
+    for clip, label in zip(clip_ids, labels):
+        if seen.setdefault(clip, label) != label:
+            twice.add(clip)
+    if twice:
+        clip = sorted(twice)[0]
+        raise SuiteError(f"clip {clip} appears under two labels ({seen[clip]} and another; "
+                         f"{len(twice)} such clips); clip file names must be unique across genres")
+
+
 def make_split(clip_ids, labels, seed=0, fractions=SPLIT_FRACTIONS):
     """{'train','val','test': sorted clip ids}: a pure function of the clip set and seed, so two
     scripts that see the same clips make the same split even without sharing the file."""
+    check_one_label(clip_ids, labels)
     pairs = sorted(set(zip(clip_ids, labels)))
     clips, labs = [c for c, _ in pairs], [label for _, label in pairs]
-    if len(set(clips)) != len(clips):
-        twice = sorted({c for c in clips if clips.count(c) > 1})
-        raise SuiteError(f"clip {twice[0]} appears under two labels ({len(twice)} such clips); "
-                         "clip file names must be unique across genres")
     rng = np.random.default_rng(seed)
     test = _take_per_class(clips, labs, fractions[2], rng)
     rest = [(c, label) for c, label in zip(clips, labs) if c not in test]
@@ -431,6 +447,7 @@ def split_label(args, split=None):
 def resolve_splits(args, clip_ids, labels, split_dir, log=print):
     """[(part name, split)]: the shared split (DATA/split.json, or --split NAME|FILE), or the K
     folds; each with training, validation and test clips."""
+    check_one_label(clip_ids, labels)
     if args.folds:
         splits = [(f"fold{i}", s) for i, s in
                   enumerate(kfold_splits(clip_ids, labels, args.folds, args.seed), 1)]

@@ -110,6 +110,18 @@ def expected_segment_count(path, sr, segment_seconds):
     return n_samples // int(round(segment_seconds * sr))
 
 
+def check_one_image_each(jobs):
+    """song.mp3 and song.flac of one class would both write song.png: one line naming them."""
+    by_image = {}
+    for path, out_dir, _ in jobs:
+        by_image.setdefault((out_dir, path.stem), []).append(path)
+    same = next((paths for paths in by_image.values() if len(paths) > 1), None)
+    if same:
+        raise common.SuiteError(f"{same[0].parent}: {', '.join(p.name for p in same)} would make "
+                                f"one image {same[0].stem}.png; keep one of them or rename the "
+                                "others")
+
+
 def check_segments(segment_seconds, paths):
     """Segments longer than every clip (by the files' headers) make no image at all: one line now,
     not a warning per file and then an error."""
@@ -151,6 +163,8 @@ def convert_clip(job):
         return path, len(images), 0, None
     except common.BadAudio as e:
         return path, 0, 0, e.reason
+    except common.SuiteError:  # a full disk is no bad clip: the conversion stops
+        raise
     except Exception as e:  # a decoder crash must not stop the other files
         return path, 0, 0, f"{type(e).__name__}: {e}"
 
@@ -272,6 +286,7 @@ def convert_folder(src, out, settings, workers=1, labels_csv=None, labeled=True,
     source = Path(src).resolve()
     if out == source or source in out.parents:
         raise common.SuiteError(f"{out}: inside the input folder {source}; write the images elsewhere")
+    check_one_image_each(jobs)
     check_segments(settings["segment_seconds"], [job[0] for job in jobs])
     common.check_output_folder(out, "output folder")
     with conversion_lock(out):
@@ -279,13 +294,18 @@ def convert_folder(src, out, settings, workers=1, labels_csv=None, labeled=True,
         for tmp in out.rglob(".*.tmp"):  # left by an interrupted run
             tmp.unlink(missing_ok=True)
         converted, skipped, errors = 0, 0, []
-        for path, n_written, n_skipped, error in common.parallel_map(convert_clip, jobs, workers,
-                                                                     "convert", deadline=deadline):
-            if error:
-                print(f"warning: skipped {path}: {error}", file=sys.stderr)
-                errors.append((str(path), error))
-            converted += n_written > 0
-            skipped += n_skipped > 0
+        try:
+            for path, n_written, n_skipped, error in common.parallel_map(
+                    convert_clip, jobs, workers, "convert", deadline=deadline):
+                if error:
+                    print(f"warning: skipped {path}: {error}", file=sys.stderr)
+                    errors.append((str(path), error))
+                converted += n_written > 0
+                skipped += n_skipped > 0
+        except BaseException:  # a full disk, Ctrl-C: the workers are gone; so are their temp files
+            for tmp in out.rglob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+            raise
         common.write_csv(out / "errors.csv", ["file", "reason"], sorted(errors))
     if converted + skipped == 0:
         raise common.SuiteError(f"nothing converted: all {len(jobs)} files failed (see {out}/errors.csv)")
@@ -300,33 +320,34 @@ def file_stamp(path):
     return f"{st.st_size}-{st.st_mtime_ns}"
 
 
-def feature_cache(path, feature_set):
-    """A clip's cached row: per file (its absolute path) and feature set."""
+def feature_cache(path, feature_set, cache):
+    """A clip's cached row: per file (its absolute path) and feature set, under `cache`."""
     key = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:20]
-    return common.cache_dir("features") / feature_set / f"{key}.json"
+    return Path(cache) / feature_set / f"{key}.json"
 
 
-def cached_row(path, feature_set):
+def cached_row(path, feature_set, cache):
     """The clip's cached row when the file has not changed since, else None (a damaged entry is
-    recomputed)."""
+    recomputed; no cache: None)."""
     try:
-        cached = json.loads(feature_cache(path, feature_set).read_text())
+        cached = json.loads(feature_cache(path, feature_set, cache).read_text())
         return cached["features"] if cached["stamp"] == file_stamp(path) else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
 def feature_job(job):
-    """Worker: (path, label, feature_set) -> (path, label, row or None, error)."""
-    path, label, feature_set = job
+    """Worker: (path, label, feature_set, cache or None) -> (path, label, row or None, error)."""
+    path, label, feature_set, cache = job
     try:
         row = audio.audio_features(path, feature_set)
     except common.BadAudio as e:
         return path, label, None, e.reason
     except Exception as e:
         return path, label, None, f"{type(e).__name__}: {e}"
-    common.write_json(feature_cache(path, feature_set), {"path": str(path), "stamp": file_stamp(path),
-                                                         "features": row})
+    if cache:
+        common.write_json(feature_cache(path, feature_set, cache),
+                          {"path": str(path), "stamp": file_stamp(path), "features": row})
     return path, label, row, None
 
 
@@ -369,10 +390,12 @@ def extract_features(src, out_csv, feature_set="standard", workers=1, labels_csv
     from the cache. Returns (rows written, rows computed, errors)."""
     out_csv = Path(out_csv)
     rows, jobs, errors = {}, [], []
-    for path, label in audio.list_labeled_audio(src, labels_csv):
-        row = cached_row(path, feature_set)
+    clips = audio.list_labeled_audio(src, labels_csv)
+    cache = common.usable_cache("features")
+    for path, label in clips:
+        row = cached_row(path, feature_set, cache) if cache else None
         if row is None:
-            jobs.append((path, label, feature_set))
+            jobs.append((path, label, feature_set, cache))
         else:
             rows[path] = (label, row)
     for path, label, row, error in common.parallel_map(feature_job, jobs, workers, "features",

@@ -95,6 +95,25 @@ def model_inputs(job):
 # ----------------------------------------------------------------------------------------------
 # A saved model -> labels for a folder of audio -> submission.csv (-> Kaggle)
 
+def cut_short(path, error=None):
+    """Whether a model file that does not load starts as ours do and is damaged: a zip (torch.save)
+    without its end or with a bad member, or a pickle (joblib) that ends too soon."""
+    import pickle
+    import zipfile
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head == b"PK\x03\x04":
+        if not zipfile.is_zipfile(path):
+            return True
+        try:
+            with zipfile.ZipFile(path) as z:
+                return z.testzip() is not None
+        except (zipfile.BadZipFile, OSError, EOFError):
+            return True
+    return head[:1] == b"\x80" and (isinstance(error, (EOFError, pickle.UnpicklingError))
+                                    or "EOF" in str(error))  # numpy's arrays in joblib say so
+
+
 def load_model(path, device="cpu"):
     """(the network in eval mode on device, the saved dict) of a model.pt."""
     path = Path(path)
@@ -102,6 +121,12 @@ def load_model(path, device="cpu"):
         raise common.SuiteError(f"{path}: no such model file")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        if cut_short(path, e):
+            raise common.SuiteError(f"{path}: damaged or cut short (a zip as torch.save writes, "
+                                    "that does not read whole); copy it again, or train again") from None
+        raise common.SuiteError(f"{path}: not a model.pt of this suite ({type(e).__name__})") from None
+    try:
         model = models.build_model(checkpoint["spec"])
         model.load_state_dict(checkpoint["state_dict"])
         n_outputs, classes = checkpoint["spec"]["n_classes"], checkpoint["classes"]
@@ -122,7 +147,7 @@ def load_predictor(path, device="cpu"):
     path = Path(path)
     if not path.is_file():
         raise common.SuiteError(f"{path}: no such model file")
-    if zipfile.is_zipfile(path):
+    if zipfile.is_zipfile(path) or cut_short(path):
         model, saved = load_model(path, device)
         autocast, _ = training.amp_tools(device)
 
@@ -135,7 +160,10 @@ def load_predictor(path, device="cpu"):
         try:
             saved = joblib.load(path)
             ours = {"estimator", "spec", "classes"} <= set(saved) and "preprocess" in saved["spec"]
-        except Exception:
+        except Exception as e:
+            if cut_short(path, e):
+                raise common.SuiteError(f"{path}: damaged or cut short (a pickle as joblib writes, "
+                                        "that ends too soon); copy it again, or train again") from None
             ours = False
         if not ours:
             raise common.SuiteError(f"{path}: not a model.pt or model.joblib of this suite")
@@ -229,8 +257,8 @@ def predict_and_submit(model_path, audio_dir, *, output=None, device="cpu", work
     """Predict audio_dir, write submission.csv (default: beside the model) and the record of the
     run's last prediction (prediction.json: what was predicted, how long it took per clip), then
     --submit it. Every input is checked before the model is loaded."""
-    out = Path(output) if output else Path(model_path).parent / "submission.csv"
-    common.check_output_folder(out.parent, "--output")
+    out = common.check_output_file(output or Path(model_path).parent / "submission.csv",
+                                   "--output")
     if submit and not dry_run:
         kaggle_client.kaggle_api()  # credentials now, not after predicting
     files = audio.list_audio(audio_dir)

@@ -187,4 +187,8 @@ def caveats(data, notes):
         said.append("was trained on SYNTHETIC demo data: its labels say nothing about music")
     if notes.get("weights") == "none":
         said.append("has a backbone with random weights (--weights none): no pretraining")
+    if notes.get("complete") is False:
+        said.append(f"did not finish training: stopped at the time limit after epoch "
+                    f"{notes.get('epochs_run')} of {notes.get('epochs')} (continue the run with "
+                    "--resume)")
     return said

@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import csv
 import json
+import os
 import platform
 import re
 import shutil
@@ -15,6 +16,11 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs are not locked
+    fcntl = None
 
 import numpy as np
 import torch
@@ -29,6 +35,7 @@ from common import (
     check_output_folder,
     default_workers,
     duration,
+    writable,
     write_csv,
     write_json,
 )
@@ -213,6 +220,9 @@ def check_paths(args, data_is_file, data_flag):
     data = Path(args.data)
     if data_is_file and data.is_dir():
         raise SuiteError(f"{data_flag} {data}: a folder, not a file; give the CSV file")
+    if not data_is_file and data.is_file():
+        raise SuiteError(f"{data_flag} {data}: a file, not a folder; give the folder of "
+                         + ("audio" if getattr(args, "arch", None) == "cnn14" else "images"))
     if not (data.is_file() if data_is_file else data.is_dir()):
         raise SuiteError(f"{data_flag} {data}: no such {'file' if data_is_file else 'folder'}")
     if args.split:
@@ -237,6 +247,10 @@ def check_paths(args, data_is_file, data_flag):
         if run_dir.exists() and not is_run_folder(run_dir):
             raise SuiteError(f"--overwrite: {run_dir} is not a run folder of this suite; not "
                              "replacing it")
+        if run_dir.exists():
+            check_not_training(run_dir, "--overwrite")
+    if args.resume:
+        check_not_training(args.resume, "--resume")
     if args.device != "auto":
         pick_device(args.device)
     if args.submit and not args.dry_run:
@@ -403,6 +417,7 @@ class Run:
     deadline: float = None    # --time-limit: time.time() at which training must have stopped
     replaced: Path = None     # --overwrite: the old run, kept aside until this one has results
     device: str = None        # what it trains on (device_label), named in metrics.json
+    lock: tuple = None        # RUN/.training, held while this process trains in the folder
 
     def __enter__(self):
         return self
@@ -411,6 +426,12 @@ class Run:
         """Success: every rank waits for the others, leaves the process group, and the replaced
         run goes. Failure before the first checkpoint: nothing is left behind (a replaced run
         comes back); after it: a line says how to go on."""
+        try:
+            return self.finish(kind, error)
+        finally:
+            self.unlock()
+
+    def finish(self, kind, error):
         if kind is None:
             self.dist.finish()
             self.forget_replaced()
@@ -420,6 +441,7 @@ class Run:
         saved = any(self.dir.rglob("checkpoint.pt")) or any(self.dir.rglob("metrics.json"))
         if not saved and not self.args.resume:
             shutil.rmtree(self.dir, ignore_errors=True)
+            self.unlock()
             if self.replaced:
                 self.replaced.rename(self.dir)
         if saved:
@@ -428,6 +450,10 @@ class Run:
             print(f"the run stopped; continue it with: python {self.script} --resume {self.dir}",
                   file=sys.stderr)
         return False
+
+    def unlock(self):
+        unlock_run_folder(self.lock)
+        self.lock = None
 
     def forget_replaced(self):
         if self.dist.main and self.replaced and self.replaced.exists():
@@ -468,21 +494,72 @@ class Part:
         return self.dir / "checkpoint.pt"
 
 
+RUN_LOCK = ".training"  # held (flock) by the process training in the folder, for its life
+
+
+def lock_run_folder(run_dir, flag):
+    """Lock RUN/.training for this process (the kernel lets it go however the process ends), or
+    refuse in one line naming `flag` and the process that trains there. Returns the lock."""
+    path = Path(run_dir) / RUN_LOCK
+    if fcntl is None:
+        return None
+    while True:
+        try:
+            f = open(path, "a+")
+        except OSError as e:
+            raise SuiteError(f"{flag} {run_dir}: cannot write in it ({e.strerror})") from None
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            owner = f.read().strip() or "?"
+            f.close()
+            raise SuiteError(f"{flag} {run_dir}: a run is training in it now (process {owner}); "
+                             "wait for it to end, or choose another --name") from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                f.seek(0)
+                f.truncate()
+                f.write(str(os.getpid()))
+                f.flush()
+                return path, f
+        f.close()  # its holder removed it meanwhile: lock the file there now
+
+
+def unlock_run_folder(lock):
+    if lock:
+        path, f = lock
+        Path(path).unlink(missing_ok=True)  # while held: no one else holds this file
+        f.close()
+
+
+def check_not_training(run_dir, flag):
+    """Refuse now, before any work, a run folder some process trains in (under torchrun rank 0
+    alone asks: two ranks trying the lock at once would each see the other)."""
+    if os.environ.get("RANK", "0") == "0" and Path(run_dir).is_dir() and writable(run_dir):
+        unlock_run_folder(lock_run_folder(run_dir, flag))
+
+
 def claim_run_folder(out, name, overwrite):
-    """Make OUT/NAME for this run, atomically: of two runs started at once under one name, one
-    gets the folder and the other a one-line error before it trains. --overwrite moves the old
-    run aside (it comes back if the new one fails before its first checkpoint)."""
+    """Make OUT/NAME for this run, atomically, and lock it for the run's life: of two runs
+    started at once under one name, one gets the folder and the other a one-line error before it
+    trains. --overwrite moves the old run aside (it comes back if the new one fails before its
+    first checkpoint), never one that is training. Returns (folder, old run moved aside, lock)."""
     run_dir, replaced = Path(out) / name, None
     if overwrite and run_dir.exists():
+        old = lock_run_folder(run_dir, "--overwrite")
         replaced = run_dir.with_name(f".{name}.replaced")
-        shutil.rmtree(replaced, ignore_errors=True)
-        with contextlib.suppress(FileNotFoundError):  # another run moved it first
-            run_dir.rename(replaced)
+        try:
+            shutil.rmtree(replaced, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):  # another run moved it first
+                run_dir.rename(replaced)
+        finally:
+            unlock_run_folder((replaced / RUN_LOCK, old[1]) if old else None)
     try:
         run_dir.mkdir(parents=True)
     except FileExistsError:
         raise SuiteError(f"{run_dir} was just made by another run; choose another --name") from None
-    return run_dir, replaced
+    return run_dir, replaced, lock_run_folder(run_dir, "--name")
 
 
 def start_run(args, argv, script, model_name, *, classes, splits, clip_ids, device, dist,
@@ -490,28 +567,31 @@ def start_run(args, argv, script, model_name, *, classes, splits, clip_ids, devi
     """The run's folder, claimed (or reopened with --resume, its split unchanged), and its
     config.json. started: the time.time() --time-limit counts from."""
     hashes = [split_hash(s) for _, s in splits]
-    replaced = None
+    replaced = lock = None
     if args.resume:
         run_dir = Path(args.resume)
+        if dist.main:
+            lock = lock_run_folder(run_dir, "--resume")
         recorded = read_json(run_dir / "config.json").get("split_hashes")
         if recorded and recorded != hashes:
+            unlock_run_folder(lock)
             raise SuiteError(f"--resume {run_dir}: the data or its split changed since the run "
                              "started; start a new run")
     elif dist.main:
         name = args.name
         if name:
-            run_dir, replaced = claim_run_folder(args.out, name, args.overwrite)
+            run_dir, replaced, lock = claim_run_folder(args.out, name, args.overwrite)
         else:
             stamp = f"{script.removesuffix('.py').removeprefix('train_')}-{model_name}-{datetime.now():%Y%m%d-%H%M%S}"
             for name in (stamp, *(f"{stamp}-{i}" for i in range(2, 1000))):
                 with contextlib.suppress(SuiteError):
-                    run_dir, replaced = claim_run_folder(args.out, name, False)
+                    run_dir, replaced, lock = claim_run_folder(args.out, name, False)
                     break
     if not args.resume:
         run_dir = Path(args.out) / dist.gather(run_dir.name if dist.main else None)[0]
     deadline = started + args.time_limit if args.time_limit else None
     run = Run(args, script, run_dir, dist, splits, list(clip_ids), deadline, replaced,
-              device_label(device))
+              device_label(device), lock)
     if dist.main:
         if not args.resume:
             command = " ".join([script, *(sys.argv[1:] if argv is None else argv)])

@@ -163,12 +163,13 @@ def feature_cache_key(args, paths, img_size):
     return h.hexdigest()[:20]
 
 
-def backbone_features(net, dataset, args, img_size, device, dist):
-    """Run the frozen backbone once over every image (each rank its share), cached on disk.
-    Returns (features, seconds the pass took: part of the time to converge, cached or not)."""
-    folder = Path(args.cache_dir) if args.cache_dir else common.cache_dir("backbone")
-    cache = folder / f"features-{feature_cache_key(args, dataset.paths, img_size)}.pt"
-    if cache.exists():
+def backbone_features(net, dataset, args, img_size, device, dist, folder):
+    """Run the frozen backbone once over every image (each rank its share), cached on disk in
+    `folder` (None: not cached). Returns (features, seconds the pass took: part of the time to
+    converge, cached or not)."""
+    cache = folder / f"features-{feature_cache_key(args, dataset.paths, img_size)}.pt" \
+        if folder else None
+    if cache and cache.exists():
         try:
             saved = torch.load(cache, weights_only=True)
             if len(saved["features"]) == len(dataset):
@@ -184,7 +185,7 @@ def backbone_features(net, dataset, args, img_size, device, dist):
     features = torch.from_numpy(training.predict_logits(net, loader, autocast, device, net.features,
                                                         desc=f"{args.arch} backbone", dist=dist))
     seconds = time.time() - start
-    if dist.main:
+    if dist.main and cache:
         common.atomic_write(cache, lambda f: torch.save({"features": features, "seconds": seconds},
                                                         f), mode="wb")
     return features, seconds
@@ -195,6 +196,8 @@ def main(argv=None, started=None):
     """The command; started: the time.time() --time-limit counts from (default: now)."""
     started = started or time.time()
     args = parse_args(argv)
+    fast = not args.finetune and args.augment == "none"
+    cache = common.usable_cache("backbone", args.cache_dir, "--cache-dir") if fast else None
     reads_audio = args.arch == "cnn14"
     if reads_audio and (next(Path(args.data).glob("*/*.png"), None) or
                   (Path(args.data) / audio.CONVERSION_FILE).exists()):
@@ -225,7 +228,6 @@ def main(argv=None, started=None):
         images = data.load_image_data(args.data, img_size, "rgb", args.cache_mb)
         dataset, classes = images.dataset, images.classes
         preprocess = {"type": "image", **images.conversion, "img_size": img_size}
-    fast = not args.finetune and args.augment == "none"
     spec = {"kind": "transfer", "arch": args.arch, "n_classes": len(classes),
             "head_dropout": args.head_dropout, "finetune": args.finetune, "preprocess": preprocess}
     weights = models.pretrained_weights(args.arch, args.weights)
@@ -248,7 +250,7 @@ def main(argv=None, started=None):
             if fast:  # the head trains on the backbone's features, computed once for all folds
                 if features is None:
                     outputs, backbone_seconds = backbone_features(model, dataset, args, img_size,
-                                                                  device, dist)
+                                                                  device, dist, cache)
                     features = data.ArrayDataset(outputs, dataset.labels, dataset.clip_ids)
                 trained = model.head
                 fit_train, fit_val = (features.subset(part.indices[p]) for p in ("train", "val"))

@@ -111,6 +111,9 @@ def build_parser():
     o = p.add_argument_group("output")
     o.add_argument("--out", default=str(KERNELS_DIR), help="folder of kernel folders "
                                                           "(default kernels/)")
+    o.add_argument("--overwrite", action="store_true",
+                   help="replace a kernel folder of another training (kind, conversion, trainer "
+                        "flags) or one that is not a kernel, or a RECIPE cell edited by hand")
     o.add_argument("--check", action="store_true",
                    help="write nothing; exit 1 listing the kernels in --out that are stale")
     return p
@@ -198,7 +201,13 @@ def check_recipe(recipe):
         raise common.SuiteError(f"--name {recipe['name']!r}: lowercase letters, digits and '-' "
                                 "(it names the kernel folder and its run)")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", recipe["user"]):
-        raise common.SuiteError(f"--user {recipe['user']!r}: a Kaggle user name")
+        raise common.SuiteError(f"--user {recipe['user']!r}: a Kaggle user name holds only "
+                                "letters, digits, '-' and '_', no spaces (yours ends your "
+                                "profile's address, kaggle.com/NAME)")
+    if recipe["competition"] and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", recipe["competition"]):
+        raise common.SuiteError(f"--competition {recipe['competition']!r}: the competition's slug, "
+                                "lowercase letters, digits and '-' (as in its address, "
+                                "kaggle.com/competitions/SLUG)")
     for source in recipe["datasets"] + [recipe["weights_dataset"] or "a/b"]:
         if not re.fullmatch(r"[\w.-]+/[\w.-]+", source):
             raise common.SuiteError(f"--dataset {source!r}: expected OWNER/SLUG")
@@ -511,6 +520,40 @@ def check_unique_ids(out, folder, recipe):
                                     f"is {other}'s; give another --name or --title")
 
 
+REBUILT_IN_PLACE = ("kind", "conversion", "trainer_args", "from")  # what a kernel trains
+
+
+def check_replacing(folder, recipe, overwrite):
+    """A kernel folder is rebuilt in place from a recipe of the same training (its sources,
+    title or time limit may change); another kernel, or a folder that is not a kernel (edited by
+    hand, made by someone), is replaced only with --overwrite."""
+    if overwrite or not folder.is_dir() or not any(folder.iterdir()):
+        return
+    old = read_json(folder / RECIPE_FILE, "recipe") if (folder / RECIPE_FILE).is_file() else None
+    if old is None:
+        held = f"is not a kernel folder (no {RECIPE_FILE})"
+    elif any(old.get(k) != recipe.get(k) for k in REBUILT_IN_PLACE):
+        held = (f"holds another kernel ({old.get('kind')}, "
+                f"{' '.join(old.get('trainer_args') or []) or 'default flags'})")
+    else:
+        return
+    raise common.SuiteError(f"--name {recipe['name']}: {folder} {held}; give another --name, or "
+                            "replace it with --overwrite")
+
+
+def recipe_cell_edited(folder):
+    """Whether kernel.ipynb's RECIPE cell was edited by hand (it differs from the recipe.json it
+    was built with): a rebuild would silently discard the edit."""
+    try:
+        built = read_json(folder / RECIPE_FILE, "recipe")
+        cells = json.loads((folder / NOTEBOOK).read_text(encoding="utf-8"))["cells"]
+        source = next(c["source"] for c in cells if c.get("id") == "recipe")
+    except (common.SuiteError, OSError, ValueError, KeyError, TypeError, StopIteration):
+        return False  # no kernel of ours here, or not that cell: nothing to keep
+    source = "".join(source) if isinstance(source, list) else source
+    return source != "RECIPE = " + pprint.pformat(built, width=96, sort_dicts=True)
+
+
 def stale_files(folder, files):
     return [name for name, text in files.items()
             if not (folder / name).is_file() or (folder / name).read_text(encoding="utf-8") != text]
@@ -531,12 +574,18 @@ def main(argv=None):
         recipe = make_recipe(args, argv[cut + 1:], out)
         kernels = [(out / recipe["name"], recipe)]
         check_unique_ids(out, out / recipe["name"], recipe)
+        check_replacing(out / recipe["name"], recipe, args.overwrite)
     else:  # every kernel in --out, from the recipe it was built with
         kernels = [(folder, check_recipe({**DEFAULTS, **read_json(folder / RECIPE_FILE, "recipe")}))
                    for folder in built_kernels(out)]
         if not kernels:
             raise common.SuiteError(f"--out {out}: no kernels to rebuild (build one with --recipe "
                                     "NAME or --name NAME --kind KIND)")
+    edited = [folder for folder, _ in kernels if recipe_cell_edited(folder)]
+    if edited and not args.check and not args.overwrite:
+        raise common.SuiteError(f"{edited[0] / NOTEBOOK}: its RECIPE cell was edited by hand (it "
+                                f"differs from {RECIPE_FILE}); give the change as build.py flags, "
+                                "or discard it with --overwrite")
     stale = []
     for folder, recipe in kernels:
         files = render(recipe)

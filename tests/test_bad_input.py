@@ -70,6 +70,19 @@ def world(tmp_path_factory):
     (w / "sample.csv").write_bytes(b"\x00\x01")
     shutil.copytree(w / "runs" / "r1", w / "runs_copy" / "r1")
     (w / "a_file").write_text("x")
+    (w / "special").mkdir()
+    model = (w / "runs" / "r1" / "model.pt").read_bytes()
+    (w / "cut.pt").write_bytes(model[:len(model) // 2])  # a copy cut short
+    assert train_mlp.main(["--features", str(w / "features.csv"), "--baseline", "svm", "--out",
+                           str(w / "svm_runs"), "--name", "svm"]) == 0
+    joblib_bytes = (w / "svm_runs" / "svm" / "model.joblib").read_bytes()
+    (w / "cut.joblib").write_bytes(joblib_bytes[:len(joblib_bytes) // 2])
+    write_tone(w / "samestem" / "blues" / "song.wav", 300)
+    write_tone(w / "samestem" / "blues" / "song.flac", 400)  # both would be blues/song.png
+    write_tone(w / "samestem" / "pop" / "other.wav", 500)
+    (w / "demo_pub").mkdir()
+    shutil.copy(w / "features.csv", w / "demo_pub" / "features.csv")  # not the demo's table
+    os.mkfifo(w / "special" / "pipe")  # not a regular file, as a device node is not
     (w / "other_sample.csv").write_text("id,label\nabc,pop\ndef,rock\n")
     (w / "folds" / "fold1").mkdir(parents=True)
     shutil.copy(w / "runs" / "r1" / "model.pt", w / "folds" / "fold1" / "model.pt")
@@ -100,6 +113,7 @@ CASES = [
     ("convert-negative-size", "convert", "{w}/audio {w}/o --size -4", 1, "--size"),
     ("convert-mel-more-than-bins", "convert", "{w}/audio {w}/o --mel 5000", 1, "--mel 5000"),
     ("demo-into-other-folder", "convert", "--make-demo {w}/audio", 1, "not a demo folder"),
+    ("convert-same-stem", "convert", "{w}/samestem {w}/o", 1, "song.flac, song.wav would make one image song.png"),
     ("convert-csv-as-source", "convert", "{w}/features.csv {w}/o", 1, "a file, not a folder"),
     ("convert-labels-on-genre-tree", "convert", "{w}/audio {w}/o --labels {w}/dup_labels.csv", 1, "leave out --labels"),
     ("convert-segments-longer-than-clips", "convert", "{w}/audio {w}/o --segment-seconds 60", 1, "longer than every clip"),
@@ -142,6 +156,7 @@ CASES = [
     ("images-labels", "transfer", "--data {w}/images --labels {w}/dup_labels.csv", 1, "--labels"),
     ("images-clip-seconds", "transfer", "--data {w}/images --clip-seconds 5", 1, "--clip-seconds"),
     ("cnn14-img-size", "transfer", "--data {w}/audio --arch cnn14 --img-size 64", 1, "--img-size: cnn14 reads audio"),
+    ("cache-dir-in-a-file", "transfer", "--data {w}/images --arch resnet18 --weights none --cache-dir {w}/a_file/c", 1, "--cache-dir"),
     ("finetune-cache-dir", "transfer", "--data {w}/images --finetune --cache-dir {w}/c", 1, "nothing is cached"),
     ("baseline-with-hidden", "mlp", "--features {w}/features.csv --baseline svm --hidden 64:relu", 1, "--hidden: the svm baseline does not use it"),
     ("baseline-with-epochs", "mlp", "--features {w}/features.csv --baseline logreg --epochs 5", 1, "--epochs"),
@@ -165,7 +180,7 @@ CASES = [
     # training: paths, checked before the work
     ("data-missing", "cnn", "--data {w}/nope", 1, "--data"),
     ("data-is-audio", "cnn", "--data {w}/audio --out {w}/runs", 1, "audio, not images"),
-    ("data-file-for-folder", "cnn", "--data {w}/features.csv", 1, "--data"),
+    ("data-file-for-folder", "cnn", "--data {w}/features.csv", 1, "features.csv: a file, not a folder; give the folder of images"),
     ("features-missing", "mlp", "--features {w}/nope.csv", 1, "--features"),
     ("features-is-folder", "mlp", "--features {w}/audio --out {w}/runs", 1, "a folder, not a file"),
     ("split-missing", "cnn", "--data {w}/images --split {w}/nope.json", 1, "--split"),
@@ -199,9 +214,13 @@ CASES = [
     ("predict-folds-folder", "predict", "{w}/folds {w}/test", 1, "a K-fold run"),
     ("predict-sample-ids-not-the-files", "predict", "{w}/runs/r1 {w}/test --sample-submission {w}/other_sample.csv", 1, "the wrong sample or the wrong folder"),
     ("predict-model-junk", "predict", "{w}/junk.pt {w}/test", 1, "junk.pt"),
+    ("predict-model-cut-short", "predict", "{w}/cut.pt {w}/test", 1, "cut.pt: damaged or cut short"),
+    ("predict-joblib-cut-short", "predict", "{w}/cut.joblib {w}/test", 1, "cut.joblib: damaged or cut short"),
     ("predict-classes-outputs", "predict", "{w}/four_classes.pt {w}/test", 1, "4 classes for 3 outputs"),
     ("predict-audio-missing", "predict", "{w}/runs/r1/model.pt {w}/nope", 1, "nope"),
     ("predict-output-read-only", "predict", "{w}/runs/r1/model.pt {w}/test --output {w}/readonly/s.csv", 1, "not writable"),
+    ("predict-output-pipe", "predict", "{w}/runs/r1/model.pt {w}/test --output {w}/special/pipe", 1, "not a regular file"),
+    ("predict-output-folder", "predict", "{w}/runs/r1/model.pt {w}/test --output {w}/empty", 1, "a folder"),
     ("predict-workers-0", "predict", "{w}/runs/r1/model.pt {w}/test --workers 0", 1, "--workers"),
     ("predict-no-credentials", "predict", "{w}/runs/r1/model.pt {w}/test --submit comp", 2, "credentials"),
     # comparison
@@ -210,6 +229,9 @@ CASES = [
     ("compare-out-read-only", "compare", "--runs {w}/runs --out {w}/readonly/r", 1, "not writable"),
     ("compare-out-not-report", "compare", "--runs {w}/runs --out {w}/audio", 1, "not a report"),
     ("compare-kaggle-no-credentials", "compare", "--runs {w}/runs --out {w}/report --kaggle comp", 2, "credentials"),
+    ("demo-over-a-features-table", "compare", "--demo --demo-dir {w}/demo_pub", 1, "not made by the demo"),
+    ("ensemble-name-of-a-run", "compare", "--runs {w}/runs --out {w}/report --ensemble r1 r1 --ensemble-name r1", 1, "--ensemble-name r1: a run"),
+    ("demo-epochs-without-demo", "compare", "--runs {w}/runs --out {w}/report --demo-epochs 2", 1, "--demo-epochs"),
     ("demo-dir-read-only", "compare", "--demo --demo-dir {w}/readonly", 1, "not writable"),
 ]
 
@@ -456,6 +478,22 @@ def test_compare_marks_random_backbones(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_the_demo_writes_its_cache_inside_its_folder(tmp_path, monkeypatch):
+    """README: the demo writes nothing outside --demo-dir, the suite's cache included."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for var in ("SUITE_CACHE", "XDG_CACHE_HOME", "MPLCONFIGDIR"):
+        monkeypatch.delenv(var, raising=False)
+    demo = tmp_path / "d"
+    assert compare.main(["--demo", "--demo-dir", str(demo), "--demo-clips", "3", "--demo-epochs",
+                         "1", "--demo-weights", "none"]) == 0
+    assert not (tmp_path / "home").exists(), list((tmp_path / "home").rglob("*"))[:5]
+    assert list((demo / ".cache" / "features").rglob("*.json"))
+    # run again, it refreshes its own features table (made by it), never refused
+    assert compare.main(["--demo", "--demo-dir", str(demo), "--demo-clips", "3", "--demo-epochs",
+                         "1", "--demo-weights", "none"]) == 0
+
+
+@pytest.mark.slow
 def test_ctrl_c_in_the_demo_exits_130(tmp_path):
     """SIGINT while the demo trains: exit code 130, one line, no traceback."""
     import signal
@@ -507,6 +545,156 @@ def test_a_run_folder_is_claimed_once(tmp_path):
     runs.claim_run_folder(tmp_path, "r", overwrite=False)
     with pytest.raises(common.SuiteError, match="just made by another run"):
         runs.claim_run_folder(tmp_path, "r", overwrite=False)
+
+
+def test_a_run_folder_whose_lock_cannot_be_written_is_one_line(world, tmp_path, capsys):
+    """--resume of a run whose RUN/.training cannot be opened (here a folder in its place; a
+    read-only run folder likewise): one line, no traceback."""
+    run = tmp_path / "r2"
+    shutil.copytree(world / "runs" / "r2", run)
+    (run / ".training").mkdir()
+    assert train_cnn.main(["--resume", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write in it" in err and "Traceback" not in err
+
+
+def test_predict_writes_through_a_symlink_to_its_target(world, tmp_path):
+    """--output a symlink: the target gets the CSV, written whole there; the link stays a link."""
+    target = tmp_path / "real" / "s.csv"
+    target.parent.mkdir()
+    target.write_text("old\n")
+    link = tmp_path / "link.csv"
+    link.symlink_to(target)
+    assert predict.main([str(world / "runs" / "r1"), str(world / "test"), "--output", str(link),
+                         "--workers", "1"]) == 0
+    assert link.is_symlink() and target.read_text().startswith("id,class\n")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["s.csv"]
+
+
+def test_atomic_write_never_replaces_what_is_not_a_regular_file(tmp_path):
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(common.SuiteError, match="not a regular file"):
+        common.write_json(tmp_path / "pipe", {})
+    assert (tmp_path / "pipe").is_fifo()
+
+
+def test_a_cache_that_cannot_be_written_is_one_note_and_the_work_goes_on(world, tmp_path,
+                                                                        monkeypatch, capsys):
+    """$SUITE_CACHE a file (or read-only, or a read-only home): feature extraction in worker
+    processes and a frozen backbone's run go on without the cache, saying so in one line."""
+    (tmp_path / "not_a_folder").write_text("x")
+    monkeypatch.setenv("SUITE_CACHE", str(tmp_path / "not_a_folder"))
+    out = tmp_path / "f.csv"
+    assert data_conversion.main([str(world / "audio"), "--features", str(out), "--workers", "2"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("note: the cache") == 1 and "Traceback" not in err
+    assert len(out.read_text().splitlines()) == 10
+    assert train_transfer.main(["--data", str(world / "images"), "--arch", "resnet18", "--weights",
+                                "none", "--epochs", "1", "--out", str(tmp_path / "runs"),
+                                "--workers", "1"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("note: the cache") == 1 and "Traceback" not in err
+
+
+class FullDisk:
+    """A file on a disk that has filled up: each write raises ENOSPC, as the OS does."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, data):
+        import errno
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_the_last_one_stays(
+        world, tmp_path, monkeypatch, capsys):
+    """The disk fills after epoch 1's checkpoint: epoch 2's save is one line naming the folder,
+    exit 1, no temp file, and epoch 1's checkpoint is whole (the run can go on from it)."""
+    from conftest import on_line
+    real_save = torch.save
+
+    def fill_disk():
+        monkeypatch.setattr(torch, "save", lambda obj, f, **kw: real_save(obj, FullDisk(f), **kw))
+    run = tmp_path / "runs" / "r"
+    with on_line("epoch   1", fill_disk):
+        assert train_cnn.main(["--data", str(world / "images"), "--epochs", "3", "--schedule",
+                               "cosine", "--out", str(tmp_path / "runs"), "--name", "r",
+                               "--workers", "1"]) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and f"{run}: the disk is full" in errors[0], err
+    assert "Traceback" not in err and not list(run.rglob("*.tmp"))
+    assert len(torch.load(run / "checkpoint.pt", weights_only=False)["history"]) == 1
+
+
+def test_a_full_disk_during_conversion_stops_it_in_one_line(world, tmp_path, monkeypatch,
+                                                            capsys):
+    """A full disk is no bad clip: the conversion (in worker processes) stops with one line
+    naming the folder, exit 1, no errors.csv of 'bad clips', no temp files."""
+    from PIL import Image
+    real_save = Image.Image.save
+    monkeypatch.setattr(Image.Image, "save", lambda self, f, *a, **kw: real_save(
+        self, FullDisk(f), *a, **kw))
+    out = tmp_path / "img"
+    assert data_conversion.main([str(world / "audio"), str(out), "--size", "16",
+                                 "--workers", "2"]) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and "the disk is full" in errors[0] and str(out) in errors[0], err
+    assert "warning: skipped" not in err and "Traceback" not in err
+    assert not (out / "errors.csv").exists() and not list(out.rglob("*.tmp"))
+
+
+def test_a_clip_under_a_second_genre_is_refused_with_or_without_split_json(world, tmp_path,
+                                                                           capsys):
+    data = tmp_path / "images"
+    shutil.copytree(world / "images", data)
+    assert (data / "split.json").exists()
+    shutil.copy(data / "blues" / "blues.00000.png", data / "metal" / "blues.00000.png")
+    for split in ("kept", "deleted"):
+        if split == "deleted":
+            (data / "split.json").unlink()
+        assert train_cnn.main(["--data", str(data), "--epochs", "1", "--out",
+                               str(tmp_path / "runs"), "--workers", "1"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "blues.00000 appears under two labels" in err, err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_class_folder_without_images_is_said(world, tmp_path, capsys):
+    import data
+    images = tmp_path / "images"
+    shutil.copytree(world / "images", images)
+    (images / "rock").mkdir()
+    assert data.load_image_data(images, 16).classes == ["blues", "metal", "pop"]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "without PNG images left out (rock)" in err
+
+
+def test_overwrite_or_resume_of_a_run_that_is_training_is_refused(world, tmp_path, capsys):
+    """While a run trains (it holds RUN/.training), --overwrite and --resume of it are refused in
+    one line each, before any work: the folder never mixes two runs."""
+    from conftest import on_line
+    out = tmp_path / "runs"
+    base = ["--data", str(world / "images"), "--out", str(out), "--workers", "1"]
+    answers = []
+
+    def beside_it():
+        answers.append(train_cnn.main(base + ["--name", "ow", "--overwrite", "--epochs", "1"]))
+        answers.append(train_cnn.main(["--resume", str(out / "ow")]))
+    with on_line("epoch   1", beside_it):
+        assert train_cnn.main(base + ["--name", "ow", "--epochs", "2"]) == 0
+    assert answers == [1, 1]
+    err = capsys.readouterr().err
+    assert err.count("a run is training in it now (process") == 2 and "Traceback" not in err
+    assert json.loads((out / "ow" / "config.json").read_text())["args"]["epochs"] == 2
+    assert not (out / ".ow.replaced").exists() and not (out / "ow" / ".training").exists()
+    # once it has ended, the folder is free again
+    assert train_cnn.main(base + ["--name", "ow", "--overwrite", "--epochs", "1"]) == 0
 
 
 @pytest.mark.slow

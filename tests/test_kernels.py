@@ -185,6 +185,46 @@ def test_one_name_one_id(tmp_path, capsys):
     assert err.count("\n") == 1 and "music-genre-mlp is" in err and not (tmp_path / "y").exists()
 
 
+def test_a_kernel_of_another_training_is_replaced_only_with_overwrite(tmp_path, capsys):
+    """--recipe specnet-mel --name mlp over an mlp kernel (edited by hand) is refused in one line
+    and changes nothing; a folder that is no kernel too; the same training rebuilds in place."""
+    mlp = built(tmp_path, "--recipe", "mlp")
+    notebook = mlp / "kernel.ipynb"
+    notebook.write_text(notebook.read_text().replace("def fit(", "def fitted("))
+    before = {p: p.read_bytes() for p in mlp.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert build.main(["--recipe", "specnet-mel", "--name", "mlp", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds another kernel (mlp" in err and "--overwrite" in err
+    assert {p: p.read_bytes() for p in mlp.rglob("*") if p.is_file()} == before
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    assert build.main(["--name", "notes", "--kind", "mlp", "--out", str(tmp_path)]) == 1
+    assert "not a kernel folder" in capsys.readouterr().err
+    built(tmp_path, "--recipe", "mlp", "--user", "alice")  # same training, other sources
+    built(tmp_path, "--recipe", "specnet-mel", "--name", "mlp", "--overwrite")
+    assert json.loads((mlp / "recipe.json").read_text())["kind"] == "cnn"
+
+
+def test_a_recipe_cell_edited_by_hand_is_never_discarded_by_a_rebuild(tmp_path, capsys):
+    """The RECIPE cell is the one to change; a rebuild (of all, or of that kernel) that would
+    put recipe.json's back is refused in one line, writing nothing, unless --overwrite."""
+    folder = built(tmp_path, "--recipe", "mlp")
+    notebook = folder / "kernel.ipynb"
+    notebook.write_text(notebook.read_text().replace("'time_limit': '11h30m'", "'time_limit': '10h'"))
+    edited = notebook.read_bytes()
+    assert edited != (built(tmp_path / "fresh", "--recipe", "mlp") / "kernel.ipynb").read_bytes()
+    capsys.readouterr()
+    for argv in ([], ["--recipe", "mlp"]):
+        assert build.main([*argv, "--out", str(tmp_path)]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "RECIPE cell was edited by hand" in err
+        assert notebook.read_bytes() == edited
+    assert build.main(["--out", str(tmp_path), "--check"]) == 1  # still stale, said so
+    assert build.main(["--out", str(tmp_path), "--overwrite"]) == 0
+    assert notebook.read_bytes() == (tmp_path / "fresh" / "mlp" / "kernel.ipynb").read_bytes()
+
+
 def test_a_code_competition_has_a_training_and_a_predict_kernel(tmp_path, capsys):
     """Its time limit under 9 h; a predict kernel attaches both training kernels and trains
     nothing; its build line and intro say an inference-server competition is not supported."""
@@ -217,6 +257,8 @@ def test_a_code_competition_has_a_training_and_a_predict_kernel(tmp_path, capsys
     (["--recipe", "cnn", "--feature-set", "extended"], "--feature-set"),
     (["--name", "Bad_Name", "--kind", "cnn"], "--name"),
     (["--name", "x", "--kind", "cnn", "--user", "a/b"], "--user"),
+    (["--name", "x", "--kind", "cnn", "--user", "John Doe"], "no spaces"),
+    (["--name", "x", "--kind", "cnn", "--competition", "My Comp"], "the competition's slug"),
     (["--name", "x", "--kind", "cnn", "--dataset", "gtzan"], "OWNER/SLUG"),
     (["--name", "x", "--kind", "cnn", "--time-limit", "soon"], "duration"),
     (["--name", "x", "--kind", "cnn", "--time-limit", "11h55m"], "leave at least 10 minutes"),

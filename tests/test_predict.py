@@ -150,3 +150,25 @@ def test_prediction_repeats_mel_levels_preprocessing(tiny_audio, tmp_path):
     decoded = torch.stack([data.decode_image(p, 0, "levels")
                            for p in sorted((images / "pop").glob("pop.00002__s*.png"))])
     assert error is None and np.array_equal(inputs, decoded.numpy())
+
+
+def test_a_model_stopped_by_the_time_limit_says_so_where_it_predicts(tiny_audio, test_dir,
+                                                                     tmp_path, capsys):
+    """A run stopped by --time-limit (metrics complete: false) predicts with a note saying the
+    model did not finish training; once resumed to the end, it no longer says so."""
+    import time
+    images = tmp_path / "img"
+    assert data_conversion.main([str(tiny_audio), str(images), "--size", "16", "--workers",
+                                 "1"]) == 0
+    run = tmp_path / "runs" / "r"
+    assert train_cnn.main(["--data", str(images), "--epochs", "2", "--out", str(tmp_path / "runs"),
+                           "--name", "r", "--time-limit", "1h"], started=time.time() - 7200) == 0
+    capsys.readouterr()
+    assert predict.main([str(run), str(test_dir), "--workers", "1"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "did not finish" in line]
+    assert notes == ["note: this model did not finish training: stopped at the time limit after "
+                     "epoch 0 of 2 (continue the run with --resume)"]
+    assert train_cnn.main(["--resume", str(run)]) == 0
+    capsys.readouterr()
+    assert predict.main([str(run), str(test_dir), "--workers", "1"]) == 0
+    assert "did not finish" not in capsys.readouterr().err
