@@ -297,6 +297,17 @@ def usable_cache(kind, folder=None, flag=None):
 # ----------------------------------------------------------------------------------------------
 # Processes: worker pools for audio (decoding and features run in processes, one thread each)
 
+def file_failure(error):
+    """Why one file of a pool's work failed, for its warning (and errors.csv): our BadAudio's
+    reason, else the exception's type and text, so that a decoder's crash on one file does not
+    stop the others. Any other SuiteError (a full disk) is not the file's fault: it is raised."""
+    if isinstance(error, BadAudio):
+        return error.reason
+    if isinstance(error, SuiteError):
+        raise error
+    return f"{type(error).__name__}: {error}"
+
+
 def default_workers():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 

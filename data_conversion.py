@@ -161,12 +161,8 @@ def convert_clip(job):
             name = audio.segment_name(path.stem, i) if settings["segment_seconds"] else path.stem
             save_spectrogram_png(out_dir / f"{name}.png", levels, settings["cmap"])
         return path, len(images), 0, None
-    except common.BadAudio as e:
-        return path, 0, 0, e.reason
-    except common.SuiteError:  # a full disk is no bad clip: the conversion stops
-        raise
-    except Exception as e:  # a decoder crash must not stop the other files
-        return path, 0, 0, f"{type(e).__name__}: {e}"
+    except Exception as e:  # a full disk is no bad clip: file_failure raises it
+        return path, 0, 0, common.file_failure(e)
 
 
 def check_mel(mel, sr):
@@ -341,10 +337,8 @@ def feature_job(job):
     path, label, feature_set, cache = job
     try:
         row = audio.audio_features(path, feature_set)
-    except common.BadAudio as e:
-        return path, label, None, e.reason
     except Exception as e:
-        return path, label, None, f"{type(e).__name__}: {e}"
+        return path, label, None, common.file_failure(e)
     if cache:
         common.write_json(feature_cache(path, feature_set, cache),
                           {"path": str(path), "stamp": file_stamp(path), "features": row})

@@ -86,10 +86,8 @@ def model_inputs(job):
     start = time.time()
     try:
         return path, INPUT_KINDS[preprocess["type"]][0](path, preprocess), None, time.time() - start
-    except common.BadAudio as e:
-        return path, None, e.reason, 0.0
     except Exception as e:
-        return path, None, f"{type(e).__name__}: {e}", 0.0
+        return path, None, common.file_failure(e), 0.0
 
 
 # ----------------------------------------------------------------------------------------------

@@ -117,10 +117,8 @@ def window_job(job):
     path, sr, seconds = job
     try:
         return path, audio.audio_windows(path, sr, seconds), None
-    except common.BadAudio as e:
-        return path, None, e.reason
-    except Exception as e:  # a decoder crash must not stop the other files
-        return path, None, f"{type(e).__name__}: {e}"
+    except Exception as e:
+        return path, None, common.file_failure(e)
 
 
 def load_audio_windows(audio_dir, labels_csv, sr, seconds, workers):

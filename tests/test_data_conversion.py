@@ -430,3 +430,13 @@ def test_kill_9_leaves_no_worker_behind_and_the_next_run_takes_the_lock_over(tmp
     notes = [line for line in again.stderr.splitlines() if "taking it over" in line]
     assert len(notes) == 1 and f"process {process.pid}" in notes[0]
     assert not (tmp_path / "out" / ".converting").exists()
+
+
+def test_a_files_failure_is_its_reason_but_a_full_disk_stops_the_work():
+    """What the pools (conversion, features, prediction, CNN14's windows) record for a file that
+    failed: our reason, or a decoder's exception by name; a SuiteError that is no fault of the
+    file (a full disk) goes up and stops the work."""
+    assert common.file_failure(common.BadAudio(Path("a.wav"), "silent")) == "silent"
+    assert common.file_failure(ValueError("bad header")) == "ValueError: bad header"
+    with pytest.raises(common.SuiteError, match="disk"):
+        common.file_failure(common.SuiteError("the disk is full"))
