@@ -445,39 +445,34 @@ def run_demo(args):
     start = time.time()
     epochs = str(args.demo_epochs)
 
-    def check(code, what):
-        if code == 130:
-            raise KeyboardInterrupt
-        if code:
-            raise common.SuiteError(f"demo step failed: {what}")
-
     step("1/6 synthetic demo audio (not music, not GTZAN)")
-    check(data_conversion.main(["--make-demo", str(audio), "--clips-per-genre",
-                                str(args.demo_clips)]), "make demo")
-    check(data_conversion.main(["--make-demo", str(test), "--clips-per-genre", "1", "--seed", "1",
-                                "--unlabeled"]), "make demo test set")
+    data_conversion.main(["--make-demo", str(audio), "--clips-per-genre", str(args.demo_clips)])
+    data_conversion.main(["--make-demo", str(test), "--clips-per-genre", "1", "--seed", "1",
+                          "--unlabeled"])
     step("2/6 spectrogram images")
-    check(data_conversion.main([str(audio), str(images), "--size", "64"]), "conversion")
+    data_conversion.main([str(audio), str(images), "--size", "64"])
     small = ["--data", str(images), "--img-size", "64", "--epochs", epochs, "--batch-size", "8",
              "--patience", "8", "--out", str(runs), "--overwrite", "--predict", str(test)]
     step("3/6 ConvolNeuNet from scratch")
-    check(train_cnn.main(small + ["--name", "demo-cnn"]), "train_cnn")
+    train_cnn.main(small + ["--name", "demo-cnn"])
     step("4/6 VGG16 transfer learning")
     weights = args.demo_weights
     transfer = small + ["--arch", "vgg16", "--name", "demo-vgg16"]
-    code = train_transfer.main(transfer + ["--weights", weights])
-    if code == 2 and weights == "imagenet":
+    try:
+        train_transfer.main(transfer + ["--weights", weights])
+    except common.SuiteError as e:
+        if e.code != 2 or weights != "imagenet":  # 2: the weights could not be downloaded
+            raise
         print("note: ImageNet weights could not be downloaded; the demo's VGG16 uses random "
               "weights (--weights none), so its figures say nothing about transfer learning")
         weights = "none"
-        code = train_transfer.main(transfer + ["--weights", "none"])
-    check(code, "train_transfer")
+        train_transfer.main(transfer + ["--weights", "none"])
     step("5/6 audio features -> MLP and SVM")
-    check(data_conversion.main([str(audio), "--features", str(features)]), "feature extraction")
+    data_conversion.main([str(audio), "--features", str(features)])
     mlp = ["--features", str(features), "--out", str(runs), "--overwrite", "--predict", str(test)]
-    check(train_mlp.main(mlp + ["--hidden", "256:relu,128:relu", "--dropout", "0.3", "--pca", "0",
-                                "--patience", "10", "--name", "demo-mlp"]), "train_mlp")
-    check(train_mlp.main(mlp + ["--baseline", "svm", "--name", "demo-svm"]), "svm baseline")
+    train_mlp.main(mlp + ["--hidden", "256:relu,128:relu", "--dropout", "0.3", "--pca", "0",
+                          "--patience", "10", "--name", "demo-mlp"])
+    train_mlp.main(mlp + ["--baseline", "svm", "--name", "demo-svm"])
     step("6/6 comparison")
     names = ["demo-cnn", "demo-vgg16", "demo-mlp", "demo-svm"]
     entries = load_runs(runs, names) + [ensemble_entry(runs, ["demo-cnn", "demo-mlp"],
@@ -490,7 +485,6 @@ def run_demo(args):
     return 0
 
 
-@common.user_errors
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.demo:
@@ -515,5 +509,8 @@ def main(argv=None):
     return 0
 
 
+cli = common.user_errors(main)  # the command line: a SuiteError is one line and an exit code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -500,7 +500,6 @@ def extract(args):
     return 0
 
 
-@common.user_errors
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.make_demo:
@@ -527,5 +526,8 @@ def main(argv=None):
     return 0
 
 
+cli = common.user_errors(main)  # the command line: a SuiteError is one line and an exit code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

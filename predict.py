@@ -320,7 +320,6 @@ def model_file(path):
     return path
 
 
-@common.user_errors
 def main(argv=None):
     args = build_parser().parse_args(argv)
     models.check_torchvision()
@@ -335,5 +334,8 @@ def main(argv=None):
     return 0
 
 
+cli = common.user_errors(main)  # the command line: a SuiteError is one line and an exit code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

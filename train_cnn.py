@@ -92,7 +92,6 @@ def images_size(data_dir):
     return height if height == width else 0
 
 
-@common.user_errors
 def main(argv=None, started=None):
     """The command; started: the time.time() --time-limit counts from (default: now)."""
     started = started or time.time()
@@ -141,5 +140,8 @@ def main(argv=None, started=None):
     return 0
 
 
+cli = common.user_errors(main)  # the command line: a SuiteError is one line and an exit code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

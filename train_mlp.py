@@ -244,7 +244,6 @@ def feature_set_of(path, columns):
     return feature_set
 
 
-@common.user_errors
 def main(argv=None, started=None):
     """The command; started: the time.time() --time-limit counts from (default: now)."""
     started = started or time.time()
@@ -313,5 +312,8 @@ def main(argv=None, started=None):
     return 0
 
 
+cli = common.user_errors(main)  # the command line: a SuiteError is one line and an exit code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -189,7 +189,6 @@ def backbone_features(net, dataset, args, img_size, device, dist, folder):
     return features, seconds
 
 
-@common.user_errors
 def main(argv=None, started=None):
     """The command; started: the time.time() --time-limit counts from (default: now)."""
     started = started or time.time()
@@ -275,5 +274,8 @@ def main(argv=None, started=None):
     return 0
 
 
+cli = common.user_errors(main)  # the command line: a SuiteError is one line and an exit code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -89,10 +89,10 @@ def main(argv=None):
     work = Path(args.work)
     data = {"linear": work / "linear128", "mel": work / "mel128", "features": work / "features.csv"}
     convert = [args.audio, "--segment-seconds", "3", "--workers", "2"]
-    if data_conversion.main([args.audio, str(data["linear"]), "--size", "128", *convert[1:]]) or \
-            data_conversion.main([args.audio, str(data["mel"]), "--size", "0", "--mel", "128",
+    if data_conversion.cli([args.audio, str(data["linear"]), "--size", "128", *convert[1:]]) or \
+            data_conversion.cli([args.audio, str(data["mel"]), "--size", "0", "--mel", "128",
                                   *convert[1:]]) or \
-            data_conversion.main([args.audio, "--features", str(data["features"]),
+            data_conversion.cli([args.audio, "--features", str(data["features"]),
                                   "--workers", "2", "--overwrite"]):
         return 1
     runs = work / "runs"
@@ -105,7 +105,7 @@ def main(argv=None):
                 continue
             print(f"\n=== {label}, seed {seed} ===", flush=True)
             flag = "--features" if trainer is train_mlp else "--data"
-            code = trainer.main([flag, str(data[source]), "--folds", str(args.folds), "--seed",
+            code = trainer.cli([flag, str(data[source]), "--folds", str(args.folds), "--seed",
                                  str(seed), "--out", str(runs), "--name", run, "--overwrite",
                                  "--workers", "2", *extra])
             if code:

@@ -179,7 +179,7 @@ def check(tmp, args, cuda, device_name):
             torch.cuda.reset_peak_memory_stats()
         print(f"\n=== {label} ===", flush=True)
         try:
-            code = script.main(run_argv + common_argv + ["--name", name])
+            code = script.cli(run_argv + common_argv + ["--name", name])
         except Exception:
             traceback.print_exc()
             code = "exception"

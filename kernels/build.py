@@ -564,7 +564,6 @@ def write_files(folder, files):
         common.atomic_write(folder / name, lambda f, text=text: f.write(text))
 
 
-@common.user_errors
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     cut = argv.index("--") if "--" in argv else len(argv)
@@ -608,5 +607,8 @@ def main(argv=None):
     return 0
 
 
+cli = common.user_errors(main)  # the command line: a SuiteError is one line and an exit code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

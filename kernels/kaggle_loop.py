@@ -738,7 +738,6 @@ def weights(api, arch, user, slug):
     return dataset
 
 
-@common.user_errors
 def main(argv=None):
     args = build_parser().parse_args(argv)
     kaggle_client.check_kaggle_version()  # before any call: older ones act on the wrong version
@@ -763,5 +762,8 @@ def main(argv=None):
     return 0
 
 
+cli = common.user_errors(main)  # the command line: a SuiteError is one line and an exit code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -453,8 +453,8 @@ def plan_processes(requested, recipe, trainer, parsed, data_argv):
 
 
 def train(trainer, trainer_argv, processes, deadline, started):
-    """The trainer in this process, or under torchrun (one process per GPU); it stops training
-    before `deadline`."""
+    """The trainer in this process (its SuiteError goes up to this kernel's one line), or under
+    torchrun (one process per GPU: its exit code); it stops training before `deadline`."""
     if processes <= 1:
         return trainer.main([*trainer_argv, "--time-limit", f"{max(deadline - started, 1):.0f}s"],
                             started=started)

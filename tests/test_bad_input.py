@@ -25,8 +25,8 @@ import train_mlp
 import train_transfer
 from conftest import ctrl_c_after, make_images, write_tone
 
-SCRIPTS = {"convert": data_conversion.main, "cnn": train_cnn.main, "transfer": train_transfer.main,
-           "mlp": train_mlp.main, "compare": compare.main, "predict": predict.main}
+SCRIPTS = {"convert": data_conversion.cli, "cnn": train_cnn.cli, "transfer": train_transfer.cli,
+           "mlp": train_mlp.cli, "compare": compare.cli, "predict": predict.cli}
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +36,12 @@ def world(tmp_path_factory):
     for g, base in (("blues", 200.0), ("metal", 2000.0), ("pop", 800.0)):
         for i in range(3):
             write_tone(audio / g / f"{g}.{i:05d}.wav", base * (1 + 0.1 * i), noise=0.01, seed=i)
-    assert data_conversion.main([str(audio), str(w / "images"), "--size", "16", "--workers", "1"]) == 0
-    assert data_conversion.main([str(audio), str(w / "mel"), "--size", "0", "--mel", "16",
+    assert data_conversion.cli([str(audio), str(w / "images"), "--size", "16", "--workers", "1"]) == 0
+    assert data_conversion.cli([str(audio), str(w / "mel"), "--size", "0", "--mel", "16",
                                  "--segment-seconds", "0.7", "--workers", "1"]) == 0  # 16 x 31
-    assert data_conversion.main([str(audio), "--features", str(w / "features.csv"),
+    assert data_conversion.cli([str(audio), "--features", str(w / "features.csv"),
                            "--workers", "1"]) == 0
-    assert train_cnn.main(["--data", str(w / "images"), "--epochs", "1", "--out", str(w / "runs"),
+    assert train_cnn.cli(["--data", str(w / "images"), "--epochs", "1", "--out", str(w / "runs"),
                            "--name", "r1", "--workers", "1"]) == 0
     shutil.copytree(w / "runs" / "r1", w / "runs" / "r2")  # a run killed before its end
     (w / "runs" / "r2" / "checkpoint.pt").write_bytes(b"")
@@ -73,7 +73,7 @@ def world(tmp_path_factory):
     (w / "special").mkdir()
     model = (w / "runs" / "r1" / "model.pt").read_bytes()
     (w / "cut.pt").write_bytes(model[:len(model) // 2])  # a copy cut short
-    assert train_mlp.main(["--features", str(w / "features.csv"), "--baseline", "svm", "--out",
+    assert train_mlp.cli(["--features", str(w / "features.csv"), "--baseline", "svm", "--out",
                            str(w / "svm_runs"), "--name", "svm"]) == 0
     joblib_bytes = (w / "svm_runs" / "svm" / "model.joblib").read_bytes()
     (w / "cut.joblib").write_bytes(joblib_bytes[:len(joblib_bytes) // 2])
@@ -254,12 +254,12 @@ def test_a_damaged_checkpoint_is_one_line_that_does_not_offer_resume_again(world
                                                                         capsys):
     run = tmp_path / "runs" / "r"
     with ctrl_c_after("epoch   1"):
-        assert train_cnn.main(["--data", str(world / "images"), "--epochs", "3", "--out",
+        assert train_cnn.cli(["--data", str(world / "images"), "--epochs", "3", "--out",
                                str(tmp_path / "runs"), "--name", "r"]) == 130
     checkpoint = run / "checkpoint.pt"
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # a copy cut short
     capsys.readouterr()
-    assert train_cnn.main(["--resume", str(run)]) == 1
+    assert train_cnn.cli(["--resume", str(run)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(checkpoint) in err and "--overwrite" in err
     assert "continue it with" not in err and "Traceback" not in err
@@ -271,11 +271,11 @@ def test_resume_after_the_data_changed_says_to_restore_it(world, tmp_path, capsy
     data = tmp_path / "images"
     shutil.copytree(world / "images", data)
     with ctrl_c_after("epoch   1"):
-        assert train_cnn.main(["--data", str(data), "--epochs", "3", "--out",
+        assert train_cnn.cli(["--data", str(data), "--epochs", "3", "--out",
                                str(tmp_path / "runs"), "--name", "r"]) == 130
     shutil.rmtree(data / "pop")
     capsys.readouterr()
-    assert train_cnn.main(["--resume", str(tmp_path / "runs" / "r")]) == 1
+    assert train_cnn.cli(["--resume", str(tmp_path / "runs" / "r")]) == 1
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
     assert len(err) == 1 and "the data changed since the run started" in err[0]
     assert "--split" not in err[0] and "delete" not in err[0]
@@ -311,7 +311,7 @@ def test_read_only_data_keeps_its_split_elsewhere(world, tmp_path):
     (data / "split.json").unlink()
     data.chmod(0o555)
     before = snapshot(data)
-    assert train_cnn.main(["--data", str(data), "--epochs", "1", "--out", str(tmp_path / "runs"),
+    assert train_cnn.cli(["--data", str(data), "--epochs", "1", "--out", str(tmp_path / "runs"),
                            "--name", "r", "--workers", "1"]) == 0
     assert snapshot(data) == before
     assert len(list((tmp_path / "runs" / "splits").glob("data-*.json"))) == 1
@@ -322,7 +322,7 @@ def test_overwrite_replaces_the_whole_run(world, tmp_path):
     the new model."""
     shutil.copytree(world / "runs" / "r1", tmp_path / "runs" / "r1")
     (tmp_path / "runs" / "r1" / "submission.csv").write_text("id,class\nold.wav,pop\n")
-    assert train_cnn.main(["--data", str(world / "images"), "--epochs", "1", "--out",
+    assert train_cnn.cli(["--data", str(world / "images"), "--epochs", "1", "--out",
                            str(tmp_path / "runs"), "--name", "r1", "--overwrite", "--workers", "1"]) == 0
     assert not (tmp_path / "runs" / "r1" / "submission.csv").exists()
     assert (tmp_path / "runs" / "r1" / "model.pt").exists()
@@ -331,7 +331,7 @@ def test_overwrite_replaces_the_whole_run(world, tmp_path):
 def test_failed_run_leaves_no_folder(tmp_path, capsys):
     """A run that cannot start (two clips a class: no test clip) makes no folder."""
     data = make_images(tmp_path / "img", n_per_class=2)
-    assert train_cnn.main(["--data", str(data), "--img-size", "16", "--out", str(tmp_path / "runs"),
+    assert train_cnn.cli(["--data", str(data), "--img-size", "16", "--out", str(tmp_path / "runs"),
                            "--name", "r"]) == 1
     assert "at least 3 clips" in capsys.readouterr().err
     assert not (tmp_path / "runs" / "r").exists()
@@ -343,7 +343,7 @@ def test_ctrl_c_keeps_only_what_can_resume(at_epoch, tiny_images, tmp_path, caps
     config.json. In epoch 3: the folder and its checkpoint stay, and the line says how to go on."""
     run = tmp_path / "runs" / "r"
     with ctrl_c_after("split:" if at_epoch == 1 else f"epoch {at_epoch - 1:3d}"):
-        assert train_cnn.main(["--data", str(tiny_images), "--img-size", "16", "--epochs", "5",
+        assert train_cnn.cli(["--data", str(tiny_images), "--img-size", "16", "--epochs", "5",
                                "--out", str(tmp_path / "runs"), "--name", "r"]) == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -378,7 +378,7 @@ def test_damaged_png_is_named_and_training_goes_on(cache_mb, how, world, tmp_pat
         png.write_bytes(png.read_bytes()[:60])
     else:
         damage(png)
-    assert train_cnn.main(["--data", str(data), "--epochs", "1", "--cache-mb", cache_mb,
+    assert train_cnn.cli(["--data", str(data), "--epochs", "1", "--cache-mb", cache_mb,
                            "--workers", "2", "--out", str(tmp_path / "runs"), "--name", "r",
                            "--split", str(world / "images" / "split.json")]) == 0
     err = capfd.readouterr().err  # loader workers write to the file descriptor
@@ -387,9 +387,9 @@ def test_damaged_png_is_named_and_training_goes_on(cache_mb, how, world, tmp_pat
 
 def test_unlabeled_image_folder_keeps_its_identity(world, tmp_path, capsys):
     out = tmp_path / "test-images"
-    assert data_conversion.main([str(world / "flat"), str(out), "--unlabeled", "--size", "16",
+    assert data_conversion.cli([str(world / "flat"), str(out), "--unlabeled", "--size", "16",
                                  "--workers", "1"]) == 0
-    assert data_conversion.main([str(world / "flat"), str(out), "--unlabeled", "--size", "32",
+    assert data_conversion.cli([str(world / "flat"), str(out), "--unlabeled", "--size", "32",
                                  "--workers", "1"]) == 1
     assert "--size 16 -> 32" in capsys.readouterr().err
 
@@ -399,7 +399,7 @@ def test_overwrite_that_fails_gives_the_old_run_back(world, tmp_path, capsys):
     shutil.copytree(world / "runs" / "r1", tmp_path / "runs" / "r1")
     before = snapshot(tmp_path / "runs")
     with ctrl_c_after("split:"):
-        assert train_cnn.main(["--data", str(world / "images"), "--epochs", "1", "--out",
+        assert train_cnn.cli(["--data", str(world / "images"), "--epochs", "1", "--out",
                                str(tmp_path / "runs"), "--name", "r1", "--overwrite"]) == 130
     assert snapshot(tmp_path / "runs") == before
 
@@ -408,12 +408,12 @@ def test_resume_on_another_kind_of_device_is_one_line(world, tmp_path, capsys):
     """A checkpoint made on CUDA (AMP) resumed on the CPU would not give the same run."""
     run = tmp_path / "runs" / "r"
     with ctrl_c_after("epoch   1"):
-        assert train_cnn.main(["--data", str(world / "images"), "--epochs", "3", "--out",
+        assert train_cnn.cli(["--data", str(world / "images"), "--epochs", "3", "--out",
                                str(tmp_path / "runs"), "--name", "r"]) == 130
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     torch.save({**state, "device_type": "cuda"}, run / "checkpoint.pt")
     capsys.readouterr()
-    assert train_cnn.main(["--resume", str(run)]) == 1
+    assert train_cnn.cli(["--resume", str(run)]) == 1
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error")]
     assert len(errors) == 1 and "--device cuda" in errors[0] and "Traceback" not in err
@@ -423,7 +423,7 @@ def test_text_column_is_named_not_silently_dropped(world, tmp_path, capsys):
     path = tmp_path / "f.csv"
     lines = (world / "features.csv").read_text().splitlines()
     path.write_text("\n".join([lines[0] + ",mood"] + [line + ",calm" for line in lines[1:]]) + "\n")
-    assert train_mlp.main(["--features", str(path), "--baseline", "logreg", "--out",
+    assert train_mlp.cli(["--features", str(path), "--baseline", "logreg", "--out",
                            str(tmp_path / "runs")]) == 0
     assert "mood" in capsys.readouterr().err
 
@@ -432,14 +432,14 @@ def test_split_file_with_unknown_clips_says_so(world, tmp_path, capsys):
     split = json.loads((world / "images" / "split.json").read_text())
     path = tmp_path / "s.json"
     path.write_text(json.dumps({**split, "train": split["train"] + ["rock.09999"]}))
-    assert train_cnn.main(["--data", str(world / "images"), "--epochs", "1", "--split", str(path),
+    assert train_cnn.cli(["--data", str(world / "images"), "--epochs", "1", "--split", str(path),
                            "--out", str(tmp_path / "runs")]) == 0
     assert "1 of its" in capsys.readouterr().err
 
 
 def test_default_image_size_is_the_datas(world, tmp_path):
     """The images are 16 px: ConvolNeuNet is built for 16 px, not upscaled into 512 px."""
-    assert train_cnn.main(["--data", str(world / "images"), "--epochs", "1", "--out",
+    assert train_cnn.cli(["--data", str(world / "images"), "--epochs", "1", "--out",
                            str(tmp_path), "--name", "r"]) == 0
     _, saved = predict.load_model(tmp_path / "r" / "model.pt")
     assert saved["spec"]["img_size"] == 16
@@ -448,7 +448,7 @@ def test_default_image_size_is_the_datas(world, tmp_path):
 def test_time_to_converge_counts_training_only(world, tmp_path):
     """MLP: seconds to the best epoch are the training seconds up to it (history), not imports
     or fitting the scaler."""
-    assert train_mlp.main(["--features", str(world / "features.csv"), "--epochs", "3", "--out",
+    assert train_mlp.cli(["--features", str(world / "features.csv"), "--epochs", "3", "--out",
                            str(tmp_path), "--name", "m"]) == 0
     m = json.loads((tmp_path / "m" / "metrics.json").read_text())
     import csv
@@ -459,7 +459,7 @@ def test_time_to_converge_counts_training_only(world, tmp_path):
 
 def test_predict_help_explains_every_option(capsys):
     with pytest.raises(SystemExit):
-        predict.main(["--help"])
+        predict.cli(["--help"])
     text = capsys.readouterr().out
     for option in ("--output", "--device", "--workers", "--id-col", "--label-col",
                    "--sample-submission", "--submit", "--message", "--dry-run"):
@@ -473,7 +473,7 @@ def test_compare_marks_random_backbones(tmp_path, capsys):
     (run / "metrics.json").write_text(json.dumps({
         "model": "vgg16", "weights": "none", "test_balanced_accuracy": 0.2, "test_accuracy": 0.2,
         "test_macro_f1": 0.1, "split_hash": "s", "run": "t"}))
-    assert compare.main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "r")]) == 0
+    assert compare.cli(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "r")]) == 0
     assert "vgg16 (random weights)" in capsys.readouterr().out
 
 
@@ -484,12 +484,12 @@ def test_the_demo_writes_its_cache_inside_its_folder(tmp_path, monkeypatch):
     for var in ("SUITE_CACHE", "XDG_CACHE_HOME", "MPLCONFIGDIR"):
         monkeypatch.delenv(var, raising=False)
     demo = tmp_path / "d"
-    assert compare.main(["--demo", "--demo-dir", str(demo), "--demo-clips", "3", "--demo-epochs",
+    assert compare.cli(["--demo", "--demo-dir", str(demo), "--demo-clips", "3", "--demo-epochs",
                          "1", "--demo-weights", "none"]) == 0
     assert not (tmp_path / "home").exists(), list((tmp_path / "home").rglob("*"))[:5]
     assert list((demo / ".cache" / "features").rglob("*.json"))
     # run again, it refreshes its own features table (made by it), never refused
-    assert compare.main(["--demo", "--demo-dir", str(demo), "--demo-clips", "3", "--demo-epochs",
+    assert compare.cli(["--demo", "--demo-dir", str(demo), "--demo-clips", "3", "--demo-epochs",
                          "1", "--demo-weights", "none"]) == 0
 
 
@@ -525,17 +525,17 @@ def test_short_clip_is_bad_input_for_images_and_features(tmp_path):
 
 
 def test_nothing_converted_is_an_error_with_the_reasons_listed(world, tmp_path, capsys):
-    assert data_conversion.main([str(world / "short"), str(tmp_path / "o")]) == 1
+    assert data_conversion.cli([str(world / "short"), str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert "nothing converted" in err and "Traceback" not in err
     assert (tmp_path / "o" / "errors.csv").read_text().count("shorter than one") == 2
     # nothing was made with those settings: other settings may use the folder
-    assert data_conversion.main([str(world / "audio"), str(tmp_path / "o"), "--size", "8"]) == 0
+    assert data_conversion.cli([str(world / "audio"), str(tmp_path / "o"), "--size", "8"]) == 0
 
 
 def test_levels_of_rgb_images_is_one_line(tmp_path, capsys):
     data = make_images(tmp_path / "rgb")
-    assert train_cnn.main(["--data", str(data), "--model", "specnet", "--out", str(tmp_path)]) == 1
+    assert train_cnn.cli(["--data", str(data), "--model", "specnet", "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "--input rgb" in err and err.count("\n") == 1
 
@@ -553,7 +553,7 @@ def test_a_run_folder_whose_lock_cannot_be_written_is_one_line(world, tmp_path, 
     run = tmp_path / "r2"
     shutil.copytree(world / "runs" / "r2", run)
     (run / ".training").mkdir()
-    assert train_cnn.main(["--resume", str(run)]) == 1
+    assert train_cnn.cli(["--resume", str(run)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot write in it" in err and "Traceback" not in err
 
@@ -565,7 +565,7 @@ def test_predict_writes_through_a_symlink_to_its_target(world, tmp_path):
     target.write_text("old\n")
     link = tmp_path / "link.csv"
     link.symlink_to(target)
-    assert predict.main([str(world / "runs" / "r1"), str(world / "test"), "--output", str(link),
+    assert predict.cli([str(world / "runs" / "r1"), str(world / "test"), "--output", str(link),
                          "--workers", "1"]) == 0
     assert link.is_symlink() and target.read_text().startswith("id,class\n")
     assert sorted(p.name for p in target.parent.iterdir()) == ["s.csv"]
@@ -585,11 +585,11 @@ def test_a_cache_that_cannot_be_written_is_one_note_and_the_work_goes_on(world, 
     (tmp_path / "not_a_folder").write_text("x")
     monkeypatch.setenv("SUITE_CACHE", str(tmp_path / "not_a_folder"))
     out = tmp_path / "f.csv"
-    assert data_conversion.main([str(world / "audio"), "--features", str(out), "--workers", "2"]) == 0
+    assert data_conversion.cli([str(world / "audio"), "--features", str(out), "--workers", "2"]) == 0
     err = capsys.readouterr().err
     assert err.count("note: the cache") == 1 and "Traceback" not in err
     assert len(out.read_text().splitlines()) == 10
-    assert train_transfer.main(["--data", str(world / "images"), "--arch", "resnet18", "--weights",
+    assert train_transfer.cli(["--data", str(world / "images"), "--arch", "resnet18", "--weights",
                                 "none", "--epochs", "1", "--out", str(tmp_path / "runs"),
                                 "--workers", "1"]) == 0
     err = capsys.readouterr().err
@@ -621,7 +621,7 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_the_last_one_stay
         monkeypatch.setattr(torch, "save", lambda obj, f, **kw: real_save(obj, FullDisk(f), **kw))
     run = tmp_path / "runs" / "r"
     with on_line("epoch   1", fill_disk):
-        assert train_cnn.main(["--data", str(world / "images"), "--epochs", "3", "--schedule",
+        assert train_cnn.cli(["--data", str(world / "images"), "--epochs", "3", "--schedule",
                                "cosine", "--out", str(tmp_path / "runs"), "--name", "r",
                                "--workers", "1"]) == 1
     err = capsys.readouterr().err
@@ -640,7 +640,7 @@ def test_a_full_disk_during_conversion_stops_it_in_one_line(world, tmp_path, mon
     monkeypatch.setattr(Image.Image, "save", lambda self, f, *a, **kw: real_save(
         self, FullDisk(f), *a, **kw))
     out = tmp_path / "img"
-    assert data_conversion.main([str(world / "audio"), str(out), "--size", "16",
+    assert data_conversion.cli([str(world / "audio"), str(out), "--size", "16",
                                  "--workers", "2"]) == 1
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error")]
@@ -658,7 +658,7 @@ def test_a_clip_under_a_second_genre_is_refused_with_or_without_split_json(world
     for split in ("kept", "deleted"):
         if split == "deleted":
             (data / "split.json").unlink()
-        assert train_cnn.main(["--data", str(data), "--epochs", "1", "--out",
+        assert train_cnn.cli(["--data", str(data), "--epochs", "1", "--out",
                                str(tmp_path / "runs"), "--workers", "1"]) == 1
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "blues.00000 appears under two labels" in err, err
@@ -684,17 +684,17 @@ def test_overwrite_or_resume_of_a_run_that_is_training_is_refused(world, tmp_pat
     answers = []
 
     def beside_it():
-        answers.append(train_cnn.main(base + ["--name", "ow", "--overwrite", "--epochs", "1"]))
-        answers.append(train_cnn.main(["--resume", str(out / "ow")]))
+        answers.append(train_cnn.cli(base + ["--name", "ow", "--overwrite", "--epochs", "1"]))
+        answers.append(train_cnn.cli(["--resume", str(out / "ow")]))
     with on_line("epoch   1", beside_it):
-        assert train_cnn.main(base + ["--name", "ow", "--epochs", "2"]) == 0
+        assert train_cnn.cli(base + ["--name", "ow", "--epochs", "2"]) == 0
     assert answers == [1, 1]
     err = capsys.readouterr().err
     assert err.count("a run is training in it now (process") == 2 and "Traceback" not in err
     assert json.loads((out / "ow" / "config.json").read_text())["args"]["epochs"] == 2
     assert not (out / ".ow.replaced").exists() and not (out / "ow" / ".training").exists()
     # once it has ended, the folder is free again
-    assert train_cnn.main(base + ["--name", "ow", "--overwrite", "--epochs", "1"]) == 0
+    assert train_cnn.cli(base + ["--name", "ow", "--overwrite", "--epochs", "1"]) == 0
 
 
 @pytest.mark.slow
@@ -736,7 +736,7 @@ def test_two_conversions_into_one_folder_at_once_one_is_refused(world, tmp_path)
     assert f"another conversion (process {os.getpid()})" in done.stderr
     assert not list(out.rglob("*.png"))
     (out / ".converting").write_text("999999999")  # left by a killed conversion: taken over
-    assert data_conversion.main([str(world / "audio"), str(out), "--size", "16", "--workers", "1"]) == 0
+    assert data_conversion.cli([str(world / "audio"), str(out), "--size", "16", "--workers", "1"]) == 0
     assert len(list(out.rglob("*.png"))) == 9 and not (out / ".converting").exists()
 
 

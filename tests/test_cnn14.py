@@ -371,7 +371,7 @@ def test_cnn14_trains_frozen_and_finetuned_resumes_predicts_and_joins_an_ensembl
     runs = tmp_path / "runs"
     base = ["--arch", "cnn14", "--weights", "none", "--data", str(audio_clips / "audio"),
             "--clip-seconds", "1", "--batch-size", "4", "--out", str(runs), "--workers", "1"]
-    assert train_transfer.main(base + ["--epochs", "2", "--name", "frozen", "--predict",
+    assert train_transfer.cli(base + ["--epochs", "2", "--name", "frozen", "--predict",
                                        str(audio_clips / "test")]) == 0
     err = capsys.readouterr().err
     assert "broken.wav" in err and "Traceback" not in err  # named, left out
@@ -386,10 +386,10 @@ def test_cnn14_trains_frozen_and_finetuned_resumes_predicts_and_joins_an_ensembl
 
     # fine-tuned with PANNs' SpecAugment and mixup, interrupted after epoch 1, resumed
     tuned = base + ["--finetune", "--augment", "specaugment", "--mixup", "0.2", "--epochs", "2"]
-    assert train_transfer.main(tuned + ["--name", "whole"]) == 0
+    assert train_transfer.cli(tuned + ["--name", "whole"]) == 0
     with ctrl_c_after("epoch   1"):
-        assert train_transfer.main(tuned + ["--name", "killed"]) == 130
-    assert train_transfer.main(["--resume", str(runs / "killed")]) == 0
+        assert train_transfer.cli(tuned + ["--name", "killed"]) == 130
+    assert train_transfer.cli(["--resume", str(runs / "killed")]) == 0
     weights = [torch.load(runs / n / "model.pt", weights_only=True)["state_dict"] for n in ("whole", "killed")]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     backbone = "backbone.conv_block1.conv1.weight"
@@ -397,10 +397,10 @@ def test_cnn14_trains_frozen_and_finetuned_resumes_predicts_and_joins_an_ensembl
     assert not torch.equal(weights[0][backbone], frozen[backbone])  # fine-tuning moved it
 
     # the MLP on features of the same clips shares the split: an ensemble of the two families
-    assert data_conversion.main([str(audio_clips / "audio"), "--features", str(tmp_path / "f.csv"), "--workers", "1"]) == 0
-    assert train_mlp.main(["--features", str(tmp_path / "f.csv"), "--epochs", "2", "--out",
+    assert data_conversion.cli([str(audio_clips / "audio"), "--features", str(tmp_path / "f.csv"), "--workers", "1"]) == 0
+    assert train_mlp.cli(["--features", str(tmp_path / "f.csv"), "--epochs", "2", "--out",
                            str(runs), "--name", "mlp"]) == 0
-    assert compare.main(["--runs", str(runs), "--out", str(tmp_path / "report"), "--ensemble",
+    assert compare.cli(["--runs", str(runs), "--out", str(tmp_path / "report"), "--ensemble",
                          "frozen", "mlp", "--ensemble-name", "cnn14+mlp"]) == 0
     ensemble = json.loads((tmp_path / "report" / "cnn14+mlp" / "metrics.json").read_text())
     assert ensemble["n_test"] == metrics["n_test"] and ensemble["members"] == ["frozen", "mlp"]

@@ -27,7 +27,7 @@ def test_table_charts_and_fold_groups(tmp_path, capsys):
     fake_run(runs, "vgg16-b", 0.8)
     for fold, bal in ((1, 0.6), (2, 0.7), (3, 0.8)):
         fake_run(runs, "mlp-k", bal, group="mlp-k", fold=fold, split=f"f{fold}")
-    assert compare.main(["--runs", str(runs), "--out", str(tmp_path / "report")]) == 0
+    assert compare.cli(["--runs", str(runs), "--out", str(tmp_path / "report")]) == 0
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| run")]
     assert len(lines) == 3  # the folds are one row (in a table of their own: other clips)
@@ -65,7 +65,7 @@ def test_runs_without_test_figures_are_shown_not_dropped(tmp_path, capsys):
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "compare.md").write_text("old")
     (tmp_path / "r" / "kaggle_score.png").write_bytes(b"old chart")
-    assert compare.main(["--runs", str(runs), "--out", str(tmp_path / "r")]) == 0
+    assert compare.cli(["--runs", str(runs), "--out", str(tmp_path / "r")]) == 0
     md = (tmp_path / "r" / "compare.md").read_text()
     assert "| cnn-a (incomplete: stopped at epoch 4 of 30) |" in md
     assert f"- cnn-b: at epoch 3 of 20; `python train_transfer.py --resume {killed}` goes on" in md
@@ -75,7 +75,7 @@ def test_runs_without_test_figures_are_shown_not_dropped(tmp_path, capsys):
     assert not (tmp_path / "r" / "kaggle_score.png").exists()
     (runs / "cnn-a" / "metrics.json").unlink()  # nothing finished: said, with the killed run
     shutil.rmtree(runs / "mlp-k")
-    assert compare.main(["--runs", str(runs), "--out", str(tmp_path / "r")]) == 1
+    assert compare.cli(["--runs", str(runs), "--out", str(tmp_path / "r")]) == 1
     assert "unfinished: cnn-b at epoch 3 of 20" in capsys.readouterr().err
 
 
@@ -92,7 +92,7 @@ def test_runs_on_different_splits_are_never_ranked_together(tmp_path, capsys):
     metrics = json.loads((runs / "mlp-c" / "metrics.json").read_text())
     metrics.update(split="random 80/10/10 (seed 0)", n_test=10, small_test="10 clips: one clip ...")
     (runs / "mlp-c" / "metrics.json").write_text(json.dumps(metrics))
-    assert compare.main(["--runs", str(runs), "--out", str(tmp_path / "r")]) == 0
+    assert compare.cli(["--runs", str(runs), "--out", str(tmp_path / "r")]) == 0
     md = (tmp_path / "r" / "compare.md").read_text()
     tables = md.split("## ")[1:]
     assert "2 different splits" in md and len(tables) == 2
@@ -103,13 +103,13 @@ def test_runs_on_different_splits_are_never_ranked_together(tmp_path, capsys):
 
 
 def test_no_runs_one_line(tmp_path, capsys):
-    assert compare.main(["--runs", str(tmp_path / "nothing")]) == 1
+    assert compare.cli(["--runs", str(tmp_path / "nothing")]) == 1
     assert capsys.readouterr().err.count("\n") == 1
 
 
 def test_kaggle_without_credentials_exit_2(tmp_path, no_kaggle_credentials, capsys):
     fake_run(tmp_path / "runs", "cnn-a", 0.5)
-    assert compare.main(["--runs", str(tmp_path / "runs"), "--kaggle", "x"]) == 2
+    assert compare.cli(["--runs", str(tmp_path / "runs"), "--kaggle", "x"]) == 2
     err = capsys.readouterr().err
     assert "Kaggle credentials not found" in err and err.count("\n") == 1
 
@@ -126,18 +126,18 @@ def test_ensemble_averages_clip_probabilities_of_two_families(tiny_audio, tmp_pa
     import train_cnn
     import train_mlp
     runs = tmp_path / "runs"
-    assert data_conversion.main([str(tiny_audio), str(tmp_path / "img"), "--size", "16",
+    assert data_conversion.cli([str(tiny_audio), str(tmp_path / "img"), "--size", "16",
                                  "--workers", "1"]) == 0
     test_audio = tiny_audio / "pop"
-    assert train_cnn.main(["--data", str(tmp_path / "img"), "--epochs", "3", "--out", str(runs),
+    assert train_cnn.cli(["--data", str(tmp_path / "img"), "--epochs", "3", "--out", str(runs),
                            "--name", "cnn", "--workers", "1", "--predict", str(test_audio)]) == 0
-    assert data_conversion.main([str(tiny_audio), "--features", str(tmp_path / "f.csv"),
+    assert data_conversion.cli([str(tiny_audio), "--features", str(tmp_path / "f.csv"),
                            "--workers", "1"]) == 0
-    assert train_mlp.main(["--features", str(tmp_path / "f.csv"), "--epochs", "3", "--out",
+    assert train_mlp.cli(["--features", str(tmp_path / "f.csv"), "--epochs", "3", "--out",
                            str(runs), "--name", "mlp", "--workers", "1", "--predict",
                            str(test_audio)]) == 0
     capsys.readouterr()
-    assert compare.main(["--runs", str(runs), "--out", str(tmp_path / "r"), "--ensemble", "cnn",
+    assert compare.cli(["--runs", str(runs), "--out", str(tmp_path / "r"), "--ensemble", "cnn",
                          "mlp", "--ensemble-name", "both"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| both"))
     probabilities = []
@@ -163,7 +163,7 @@ def test_ensemble_of_runs_on_other_clips_is_refused(tmp_path, capsys):
     runs = tmp_path / "runs"
     fake_run(runs, "cnn-a", 0.5, split="aaa")
     fake_run(runs, "cnn-b", 0.6, split="bbb")
-    assert compare.main(["--runs", str(runs), "--out", str(tmp_path / "r"), "--ensemble",
+    assert compare.cli(["--runs", str(runs), "--out", str(tmp_path / "r"), "--ensemble",
                          "cnn-a", "cnn-b"]) == 1
     err = capsys.readouterr().err
     assert "different clips" in err and err.count("\n") == 1

@@ -17,7 +17,7 @@ from conftest import SHARED_GTZAN, write_tone
 
 
 def run(args, capsys):
-    code = data_conversion.main([str(a) for a in args])
+    code = data_conversion.cli([str(a) for a in args])
     return code, capsys.readouterr()
 
 
@@ -298,7 +298,7 @@ def test_extraction_never_replaces_a_table_it_did_not_make(existing, tiny_audio,
 
 def test_train_mlp_extract_is_gone_in_one_line(tmp_path, capsys):
     import train_mlp
-    assert train_mlp.main(["--extract", "audio", "--features", str(tmp_path / "f.csv")]) == 1
+    assert train_mlp.cli(["--extract", "audio", "--features", str(tmp_path / "f.csv")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "data_conversion.py audio --features" in err
 

@@ -106,7 +106,7 @@ def test_compare_reads_every_page_and_matches_whole_run_names(kaggle_twin, tmp_p
         kaggle_twin.add_submission("comp", f"other {i}", "0.10")
     kaggle_twin.add_submission("comp", "mlp", None)  # not scored yet
     kaggle_twin.add_submission("other-comp", "mlp", "0.99")
-    assert compare.main(["--runs", str(runs), "--out", str(tmp_path / "r"), "--kaggle", "comp"]) == 0
+    assert compare.cli(["--runs", str(runs), "--out", str(tmp_path / "r"), "--kaggle", "comp"]) == 0
     score = {n: json.loads((runs / n / "metrics.json").read_text())["kaggle_score"]
              for n in ("cnn-a", "cnn-a2", "mlp")}
     assert score == {"cnn-a": 0.41, "cnn-a2": 0.55, "mlp": None}
@@ -130,7 +130,7 @@ def test_compare_fills_public_and_private_scores_of_the_newest_scored(kaggle_twi
     kaggle_twin.add_submission("c", "cnn try 2", "0.60")  # private hidden until the end
     kaggle_twin.add_submission("c", "cnn try 3")          # not scored yet
     kaggle_twin.add_submission("c", "mlp folds", "0.70", "0.65")
-    assert compare.main(["--runs", str(runs), "--out", str(tmp_path / "r"), "--kaggle", "c"]) == 0
+    assert compare.cli(["--runs", str(runs), "--out", str(tmp_path / "r"), "--kaggle", "c"]) == 0
     rows = {line.split(" |")[0][2:]: line for line in capsys.readouterr().out.splitlines()
             if line.startswith("| ")}
     assert "| 0.600 | - |" in rows["cnn"]
@@ -139,7 +139,7 @@ def test_compare_fills_public_and_private_scores_of_the_newest_scored(kaggle_twi
     assert (cnn["kaggle_score"], cnn["kaggle_private_score"]) == (0.6, None)
     fold = json.loads((runs / "mlp" / "fold2" / "metrics.json").read_text())
     assert (fold["kaggle_score"], fold["kaggle_private_score"]) == (0.7, 0.65)
-    assert compare.main(["--runs", str(runs), "--out", str(tmp_path / "r")]) == 0  # kept
+    assert compare.cli(["--runs", str(runs), "--out", str(tmp_path / "r")]) == 0  # kept
     assert "| 0.700 | 0.650 |" in capsys.readouterr().out
 
 
@@ -148,20 +148,20 @@ def test_download_unpacks_and_names_the_corrupt_clip(kaggle_twin, tmp_path, caps
         "Data/genres_original/jazz/jazz.00054.wav": b"corrupt",
         "Data/genres_original/blues/blues.00000.wav": b"RIFF",
         "Data/features_30_sec.csv": b"filename,label\n"})
-    assert data_conversion.main(["--download", str(tmp_path / "g")]) == 0
+    assert data_conversion.cli(["--download", str(tmp_path / "g")]) == 0
     out = capsys.readouterr().out
     assert (tmp_path / "g" / "Data" / "genres_original" / "blues" / "blues.00000.wav").exists()
     assert "genres_original" in out and "jazz.00054.wav is a known corrupt" in out
 
 
 def test_download_of_unknown_dataset_exit_2(kaggle_twin, tmp_path, capsys):
-    assert data_conversion.main(["--download", str(tmp_path / "g")]) == 2
+    assert data_conversion.cli(["--download", str(tmp_path / "g")]) == 2
     err = capsys.readouterr().err
     assert one_line(err) and "404" in err
 
 
 def test_download_without_credentials_exit_2(no_kaggle_credentials, tmp_path, capsys):
-    assert data_conversion.main(["--download", str(tmp_path / "g")]) == 2
+    assert data_conversion.cli(["--download", str(tmp_path / "g")]) == 2
     err = capsys.readouterr().err
     assert one_line(err) and "KAGGLE_API_TOKEN" in err and not (tmp_path / "g").exists()
 

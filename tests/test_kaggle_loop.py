@@ -29,7 +29,7 @@ SUBMISSION = b"id,class\n1.wav,pop\n2.wav,rock\n"
 @pytest.fixture
 def kernel(tmp_path):
     """kernels/cnn/ as build.py makes it: the notebook, its metadata and its relay partner's."""
-    assert build.main(["--recipe", "cnn", "--user", USER, "--competition", "genre-comp",
+    assert build.cli(["--recipe", "cnn", "--user", USER, "--competition", "genre-comp",
                        "--out", str(tmp_path / "kernels")]) == 0
     return tmp_path / "kernels" / "cnn"
 
@@ -74,7 +74,7 @@ def test_push_follow_output_submit_compare(kaggle_twin, kernel, tmp_path, capsys
     kaggle_twin.add_competition("genre-comp")
     kaggle_twin.next_run = {"statuses": ["QUEUED", "RUNNING", "RUNNING", "COMPLETE"],
                             "output": kernel_output(), "log": kaggle_log(["epoch 1"])}
-    assert loop.main(["push", str(kernel), "--accelerator", "NvidiaL4", "--timeout", "3600"]) == 0
+    assert loop.cli(["push", str(kernel), "--accelerator", "NvidiaL4", "--timeout", "3600"]) == 0
     out = capsys.readouterr().out
     assert f"pushed {KERNEL_ID} version 1: it starts the run (nothing to resume yet)" in out
     pushed = kaggle_twin.version(KERNEL_ID)["request"]
@@ -85,14 +85,14 @@ def test_push_follow_output_submit_compare(kaggle_twin, kernel, tmp_path, capsys
     assert not pushed["enableInternet"] and pushed["competitionDataSources"] == ["genre-comp"]
     assert pushed["kernelDataSources"] == [RELAY_ID]  # the partner, never itself
 
-    assert loop.main(["status", str(kernel), "--follow", "--interval", "0.01"]) == 0
+    assert loop.cli(["status", str(kernel), "--follow", "--interval", "0.01"]) == 0
     lines = capsys.readouterr().out.splitlines()  # (the first answer found the newest version)
     assert lines.pop() == "GPU quota: 30.0 h left of 30.0 h this week (0.0 h used, refreshes " \
         "2026-12-12 00:00 UTC)"
     assert [line.split(": ")[1].split()[0] for line in lines] == ["running", "running", "complete"]
     assert all(line.endswith(")") for line in lines)  # elapsed time
 
-    assert loop.main(["output", str(kernel), "--runs", str(runs)]) == 0
+    assert loop.cli(["output", str(kernel), "--runs", str(runs)]) == 0
     run = runs / "cnn"  # named after the kernel folder, whatever the kernel called it
     metrics = json.loads((run / "metrics.json").read_text())
     assert (metrics["kaggle_kernel"], metrics["kaggle_version"], metrics["run"]) == (
@@ -102,14 +102,14 @@ def test_push_follow_output_submit_compare(kaggle_twin, kernel, tmp_path, capsys
     assert "epoch 1" in (run / "kaggle.log").read_text()
     assert sorted(p.name for p in runs.iterdir()) == ["cnn"]  # no split, no temporary folder
 
-    assert loop.main(["submit", str(kernel), "--competition", "genre-comp", "-m", "first",
+    assert loop.cli(["submit", str(kernel), "--competition", "genre-comp", "-m", "first",
                       "--runs", str(runs)]) == 0
     sent = kaggle_twin.submissions[-1]
     assert sent["content"] == SUBMISSION.decode() and sent["description"] == "first [cnn]"
     assert "ref 1, 4 submissions left today" in capsys.readouterr().out
 
     sent.update(publicScore="0.812", privateScore="0.794", status="COMPLETE")
-    assert compare.main(["--runs", str(runs), "--out", str(report), "--kaggle", "genre-comp"]) == 0
+    assert compare.cli(["--runs", str(runs), "--out", str(report), "--kaggle", "genre-comp"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| cnn"))
     assert row.startswith("| cnn (Kaggle v1) |") and "| 0.812 | 0.794 |" in row
     metrics = json.loads((run / "metrics.json").read_text())
@@ -121,19 +121,19 @@ def test_push_alternates_and_says_what_it_resumes_from(kaggle_twin, kernel, caps
     """Each push goes to the partner of the complete version that got furthest, which attaches
     it; a finished run is not pushed again."""
     ran(kaggle_twin, KERNEL_ID, kernel_output(done=3))
-    assert loop.main(["push", str(kernel)]) == 0
+    assert loop.cli(["push", str(kernel)]) == 0
     assert (f"pushed {RELAY_ID} version 1: it resumes the run from {KERNEL_ID} version 1 "
             "(epoch 3 of 8)") in capsys.readouterr().out
     assert kaggle_twin.version(RELAY_ID)["request"]["kernelDataSources"] == [KERNEL_ID]
     assert kaggle_twin.version(RELAY_ID)["invalid"]["kernel"] == []
     kaggle_twin.kernels[RELAY_ID].pop()
     ran(kaggle_twin, RELAY_ID, kernel_output(done=6))
-    assert loop.main(["push", str(kernel)]) == 0
+    assert loop.cli(["push", str(kernel)]) == 0
     assert f"{KERNEL_ID} version 2: it resumes the run from {RELAY_ID} version 1 (epoch 6 of 8)" \
         in capsys.readouterr().out
     kaggle_twin.kernels[KERNEL_ID].pop()
     ran(kaggle_twin, KERNEL_ID, kernel_output(done=8))
-    assert loop.main(["push", str(kernel)]) == 0  # nothing to do is no error
+    assert loop.cli(["push", str(kernel)]) == 0  # nothing to do is no error
     assert f"cnn is finished ({KERNEL_ID} version 2)" in capsys.readouterr().out
     assert len(kaggle_twin.kernels[KERNEL_ID]) == 2
 
@@ -145,7 +145,7 @@ def test_run_pushes_until_the_run_is_finished_then_brings_it_home(sessions, fini
     --max-sessions 2 `run` brings it home; with 1 it says it is not finished (exit 2)."""
     kaggle_twin.next_run = [{"statuses": ["RUNNING", "COMPLETE"], "output": kernel_output(done=d)}
                             for d in (3, 8)]
-    code = loop.main(["run", str(kernel), "--interval", "0.01", "--max-sessions", str(sessions),
+    code = loop.cli(["run", str(kernel), "--interval", "0.01", "--max-sessions", str(sessions),
                       "--runs", str(tmp_path / "runs")])
     out, err = capsys.readouterr()
     assert code == (0 if finished else 2)
@@ -167,7 +167,7 @@ def test_a_session_stopped_at_its_limit_is_said_as_kaggle_says_it_and_rescued(
         {"statuses": ["RUNNING", "CANCEL_ACKNOWLEDGED"], "failure": stopped,
          "output": kernel_output(done=3, submission=False)},
         {"statuses": ["RUNNING", "COMPLETE"], "output": kernel_output(done=8)}]
-    assert loop.main(["run", str(kernel), "--interval", "0.01", "--runs",
+    assert loop.cli(["run", str(kernel), "--interval", "0.01", "--runs",
                       str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
     assert f"{KERNEL_ID} version 1 was stopped (cancel_acknowledged: {stopped}); pushing " \
@@ -180,7 +180,7 @@ def test_a_session_stopped_at_its_limit_is_said_as_kaggle_says_it_and_rescued(
 
 def test_push_waits_for_a_running_version(kaggle_twin, kernel, capsys):
     ran(kaggle_twin, RELAY_ID, statuses=("RUNNING",))
-    assert loop.main(["push", str(kernel)]) == 1
+    assert loop.cli(["push", str(kernel)]) == 1
     err = capsys.readouterr().err
     assert one_line(err) and f"{RELAY_ID} version 1 is still running" in err
     assert KERNEL_ID not in kaggle_twin.kernels
@@ -195,7 +195,7 @@ def test_a_version_that_ended_in_error_is_rescued_or_passed_over(rescue, kaggle_
     ran(kaggle_twin, KERNEL_ID, kernel_output(done=6))
     ran(kaggle_twin, RELAY_ID, kernel_output(done=7, submission=False), statuses=("ERROR",),
         failure="killed")
-    assert loop.main(["push", str(kernel)] + ([] if rescue else ["--no-rescue"])) == 0
+    assert loop.cli(["push", str(kernel)] + ([] if rescue else ["--no-rescue"])) == 0
     out = capsys.readouterr().out
     pushed = kaggle_twin.version(RELAY_ID)  # the partner of the complete version, again
     assert pushed["number"] == 2 and pushed["request"]["kernelDataSources"] == [KERNEL_ID]
@@ -238,7 +238,7 @@ def test_a_rescue_waits_for_its_own_data_set_version(kaggle_twin, kernel, monkey
             seen["listed_at"] = seen["listed_at"] or len(kaggle_twin.requests)
         return status, kind, body
     monkeypatch.setattr(kaggle_twin, "dataset_call", late)
-    assert loop.main(["push", str(kernel)]) == 0
+    assert loop.cli(["push", str(kernel)]) == 0
     pushed_at = kaggle_twin.requests.index(("POST", "/api/v1/kernels.KernelsApiService/SaveKernel"))
     assert seen["late"] == 0 and seen["listed_at"] and seen["listed_at"] <= pushed_at
     assert len(kaggle_twin.datasets[rescued]["versions"]) == 2
@@ -247,7 +247,7 @@ def test_a_rescue_waits_for_its_own_data_set_version(kaggle_twin, kernel, monkey
 def test_a_partner_left_unattached_is_an_error_not_a_fresh_start(kaggle_twin, kernel, capsys):
     ran(kaggle_twin, KERNEL_ID, kernel_output(done=3))
     kaggle_twin.invalid_sources.add(KERNEL_ID)  # Kaggle answers it as invalid, for its reasons
-    assert loop.main(["push", str(kernel)]) == 2
+    assert loop.cli(["push", str(kernel)]) == 2
     err = capsys.readouterr().err
     assert one_line(err) and f"Kaggle did not attach {KERNEL_ID}" in err
     assert "epoch 3 of 8" in err and "train from the start" in err
@@ -264,12 +264,12 @@ def test_code_competition_submits_the_kernel_version(flag, kaggle_twin, kernel, 
     ran(kaggle_twin, KERNEL_ID, kernel_output(done=8), statuses=("ERROR",))
     command = ["submit", str(kernel), "--competition", "code-comp", "--runs",
                str(tmp_path / "runs")] + flag
-    assert loop.main(command) == 2
+    assert loop.cli(command) == 2
     err = capsys.readouterr().err
     assert one_line(err) and "cnn trains: Kaggle's rerun of it for code-comp would train again" \
         in err and "build.py --name cnn-predict --kind predict --from cnn" in err
     assert "--retrain-in-rerun" in err and not kaggle_twin.submissions
-    assert loop.main(command + ["--retrain-in-rerun"]) == 0
+    assert loop.cli(command + ["--retrain-in-rerun"]) == 0
     sent = kaggle_twin.submissions[-1]
     assert (sent["kernel"], sent["kernelVersion"], sent["outputFile"]) == (
         RELAY_ID, 1, "submission.csv")
@@ -280,7 +280,7 @@ def test_code_competition_submits_the_kernel_version(flag, kaggle_twin, kernel, 
 
 def test_submit_downloads_the_output_when_not_home_yet(kaggle_twin, kernel, tmp_path, capsys):
     ran(kaggle_twin)
-    assert loop.main(["submit", str(kernel), "--competition", "genre-comp",
+    assert loop.cli(["submit", str(kernel), "--competition", "genre-comp",
                       "--runs", str(tmp_path / "runs")]) == 0
     assert kaggle_twin.submissions[-1]["content"] == SUBMISSION.decode()
     assert kaggle_twin.submissions[-1]["description"] == "cnn version 1"
@@ -293,7 +293,7 @@ def test_submit_wait_follows_until_scored_or_rejected(ids, words, kaggle_twin, k
                                                       capsys):
     kaggle_twin.add_competition("genre-comp", labels=ids)
     ran(kaggle_twin)
-    code = loop.main(["submit", str(kernel), "--competition", "genre-comp", "--wait",
+    code = loop.cli(["submit", str(kernel), "--competition", "genre-comp", "--wait",
                       "--interval", "0.01", "--runs", str(tmp_path / "runs")])
     captured = capsys.readouterr()
     if "rejected" in words:
@@ -308,14 +308,14 @@ def test_output_replaces_its_own_run_but_not_someone_elses(kaggle_twin, kernel, 
     (runs / "cnn").mkdir(parents=True)
     (runs / "cnn" / "metrics.json").write_text("{}")  # a local run of the same name
     ran(kaggle_twin)
-    assert loop.main(["output", str(kernel), "--runs", str(runs)]) == 1
+    assert loop.cli(["output", str(kernel), "--runs", str(runs)]) == 1
     err = capsys.readouterr().err
     assert one_line(err) and "--overwrite" in err
     assert (runs / "cnn" / "metrics.json").read_text() == "{}"
     assert not any("Output" in path for _, path in kaggle_twin.requests)  # refused before
-    assert loop.main(["output", str(kernel), "--runs", str(runs), "--overwrite"]) == 0
+    assert loop.cli(["output", str(kernel), "--runs", str(runs), "--overwrite"]) == 0
     ran(kaggle_twin, RELAY_ID, kernel_output("cnn", folds=2))  # the partner, K-fold
-    assert loop.main(["output", str(kernel), "--runs", str(runs)]) == 0  # its own: replaced
+    assert loop.cli(["output", str(kernel), "--runs", str(runs)]) == 0  # its own: replaced
     assert not (runs / "cnn" / "metrics.json").exists()
     fold = json.loads((runs / "cnn" / "fold2" / "metrics.json").read_text())
     assert (fold["kaggle_kernel"], fold["kaggle_version"], fold["group"]) == (RELAY_ID, 1, "cnn")
@@ -325,7 +325,7 @@ def test_kernel_error_shows_kaggles_message_and_the_log_tail(kaggle_twin, kernel
     log = kaggle_log([f"epoch {i}" for i in range(30)] + ["RuntimeError: CUDA out of memory"],
                      stream="stderr")
     ran(kaggle_twin, statuses=["RUNNING", "ERROR"], log=log, failure="Your notebook hit an error")
-    assert loop.main(["status", str(kernel), "--follow", "--interval", "0.01"]) == 2
+    assert loop.cli(["status", str(kernel), "--follow", "--interval", "0.01"]) == 2
     captured = capsys.readouterr()
     assert one_line(captured.err)
     assert "Your notebook hit an error" in captured.err and "CUDA out of memory" in captured.err
@@ -334,7 +334,7 @@ def test_kernel_error_shows_kaggles_message_and_the_log_tail(kaggle_twin, kernel
 
 def test_a_12_hour_kernel_is_not_pushed_into_a_code_competition(kaggle_twin, kernel, capsys):
     kaggle_twin.add_competition("genre-comp", code=True)  # Kaggle lists it as kernels-only
-    assert loop.main(["push", str(kernel)]) == 1
+    assert loop.cli(["push", str(kernel)]) == 1
     err = capsys.readouterr().err
     assert one_line(err) and "stops its notebooks at 9 h" in err and "--code-competition" in err
     assert not kaggle_twin.kernels
@@ -386,7 +386,7 @@ def test_refusals_are_one_line_exit_2(case, words, kaggle_twin, kernel, tmp_path
     if case == "push":  # one kernel made by hand (no recipe, no partner): pushed as it is
         (kernel / "recipe.json").unlink()
         shutil.rmtree(kernel / "relay")
-    assert loop.main(command + (["--runs", str(tmp_path / "runs")] if "submit" in command
+    assert loop.cli(command + (["--runs", str(tmp_path / "runs")] if "submit" in command
                                 else [])) == 2
     err = capsys.readouterr().err
     assert one_line(err) and TOKEN not in err
@@ -396,7 +396,7 @@ def test_refusals_are_one_line_exit_2(case, words, kaggle_twin, kernel, tmp_path
 def test_no_network_one_line(no_kaggle_credentials, kernel, monkeypatch, capsys):
     monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "TEST")  # nothing listens on localhost:7777
     monkeypatch.setenv("KAGGLE_API_TOKEN", TOKEN)
-    assert loop.main(["status", str(kernel)]) == 2
+    assert loop.cli(["status", str(kernel)]) == 2
     err = capsys.readouterr().err
     assert one_line(err) and "could not reach Kaggle" in err
 
@@ -406,9 +406,9 @@ def test_kernel_found_by_name_or_path(kaggle_twin, kernel, tmp_path, capsys, mon
     is one line listing them."""
     monkeypatch.setattr(loop, "KERNELS_DIR", kernel.parent)
     ran(kaggle_twin)
-    assert loop.main(["status", "cnn"]) == 0
+    assert loop.cli(["status", "cnn"]) == 0
     assert f"{KERNEL_ID} version 1: complete" in capsys.readouterr().out
-    assert loop.main(["status", str(tmp_path / "nothing")]) == 1
+    assert loop.cli(["status", str(tmp_path / "nothing")]) == 1
     err = capsys.readouterr().err
     assert one_line(err) and "not a kernel folder" in err and "cnn" in err
 
@@ -417,7 +417,7 @@ def test_a_stale_kernel_is_not_pushed(kaggle_twin, kernel, capsys):
     """A kernel built from a recipe whose code has changed since is refused before any upload."""
     notebook = kernel / "kernel.ipynb"
     notebook.write_text(notebook.read_text().replace("def fit(", "def fit_old("))
-    assert loop.main(["push", str(kernel)]) == 1
+    assert loop.cli(["push", str(kernel)]) == 1
     err = capsys.readouterr().err
     assert one_line(err) and "rebuild it first" in err
     assert not kaggle_twin.kernels  # the stale one never sent
@@ -434,12 +434,12 @@ def test_weights_become_a_data_set_under_the_name_a_kernel_looks_for(kaggle_twin
     monkeypatch.setenv("no_proxy", "localhost")  # the Kaggle twin is on this machine
     cached = Path(torch.hub.get_dir()) / "checkpoints" / "resnet18-f37072fd.pth"
     for versions in (1, 2):
-        assert loop.main(["weights", "--arch", "resnet18", "--user", USER]) == 0
+        assert loop.cli(["weights", "--arch", "resnet18", "--user", USER]) == 0
         dataset = kaggle_twin.datasets[f"{USER}/resnet18-weights"]
         assert len(dataset["versions"]) == versions
         assert dataset["versions"][-1] == {"resnet18-f37072fd.pth": cached.read_bytes()}
     assert f"--weights-dataset {USER}/resnet18-weights" in capsys.readouterr().out
-    assert loop.main(["weights", "--arch", "resnet19", "--user", USER]) == 1
+    assert loop.cli(["weights", "--arch", "resnet19", "--user", USER]) == 1
     assert "unknown --arch 'resnet19'" in capsys.readouterr().err
 
 
@@ -460,7 +460,7 @@ def test_an_old_kaggle_client_is_one_line_naming_the_version_needed(version, kag
         def missing(name):
             raise metadata.PackageNotFoundError(name)
         monkeypatch.setattr(metadata, "version", missing)
-    assert loop.main(["status", str(kernel)]) == 2
+    assert loop.cli(["status", str(kernel)]) == 2
     err = capsys.readouterr().err
     assert one_line(err) and "kaggle >= 2.2.5" in err and "pip install 'kaggle>=2.2.5'" in err
     assert (version or "not installed") in err and not kaggle_twin.requests
@@ -473,7 +473,7 @@ def test_a_gpu_push_reads_the_quota_and_stops_when_too_little_is_left(
     """The cnn kernel stops training at 11h30m: with 10 GPU hours left this week it is not
     pushed (one line, exit 2, nothing sent); a shorter --timeout fits; `status` shows the quota."""
     kaggle_twin.gpu_hours = {"used": 30.0 - left - 0.5, "reserved": 0.5, "allowed": 30.0}
-    code = loop.main(["push", str(kernel)] + (["--timeout", timeout] if timeout else []))
+    code = loop.cli(["push", str(kernel)] + (["--timeout", timeout] if timeout else []))
     out, err = capsys.readouterr()
     assert f"GPU quota: {left:.1f} h left of 30.0 h this week" in out + err
     assert "0.5 h reserved by running sessions" in out + err
@@ -483,7 +483,7 @@ def test_a_gpu_push_reads_the_quota_and_stops_when_too_little_is_left(
         assert not kaggle_twin.kernels
         return
     assert code == 0 and f"pushed {KERNEL_ID} version 1" in out
-    assert loop.main(["status", str(kernel)]) == 0
+    assert loop.cli(["status", str(kernel)]) == 0
     assert f"GPU quota: {left:.1f} h left" in capsys.readouterr().out
 
 
@@ -491,7 +491,7 @@ def test_the_twin_refuses_a_gpu_push_past_the_quota(kaggle_twin, kernel, capsys,
     """Kaggle's own refusal, had the quota not been read (e.g. used up between the two calls)."""
     monkeypatch.setattr(loop.kaggle_client, "gpu_quota", lambda api: None)
     kaggle_twin.gpu_hours = {"used": 30.0, "reserved": 0.0, "allowed": 30.0}
-    assert loop.main(["push", str(kernel)]) == 2
+    assert loop.cli(["push", str(kernel)]) == 2
     err = capsys.readouterr().err
     assert one_line(err) and "exceeded the number of hours allowed to use GPU" in err
 
@@ -503,14 +503,14 @@ def test_not_pushed_yet_is_told_by_404_or_kernels_get_denied(answer, kaggle_twin
     denied" (or 404): `status` says it is not pushed yet, `push` starts the run; any other 403 is
     the error it is. The status is read from the error (SuiteError.status), not its text."""
     kaggle_twin.unknown_kernel_status = answer
-    assert loop.main(["status", str(kernel)]) == 2
+    assert loop.cli(["status", str(kernel)]) == 2
     err = capsys.readouterr().err
     assert one_line(err) and "no version pushed yet, or none this account may see" in err
-    assert loop.main(["push", str(kernel)]) == 0
+    assert loop.cli(["push", str(kernel)]) == 0
     assert "it starts the run (nothing to resume yet)" in capsys.readouterr().out
     calls = kaggle_twin.kernel_call  # another 403 (not about the slug): said as it is
     monkeypatch.setattr(kaggle_twin, "kernel_call", lambda call, request: kaggle_twin_error(
         403, "twin: no 404 here") if call == "GetKernel" else calls(call, request))
-    assert loop.main(["status", str(kernel)]) == 2
+    assert loop.cli(["status", str(kernel)]) == 2
     err = capsys.readouterr().err
     assert one_line(err) and "Kaggle answered 403" in err and "no 404 here" in err

@@ -42,12 +42,12 @@ def test_a_notebook_of_1_mb_or_more_is_refused_at_build(tmp_path, monkeypatch, c
     """Kaggle refuses a kernel source of 1 MB or more: one line at build, nothing written."""
     size = len((built(tmp_path / "a", "--recipe", "cnn") / "kernel.ipynb").read_bytes())
     monkeypatch.setattr(build, "SOURCE_LIMIT", size)  # this notebook, at the limit
-    assert build.main(["--recipe", "cnn", "--out", str(tmp_path / "b")]) == 1
+    assert build.cli(["--recipe", "cnn", "--out", str(tmp_path / "b")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Kaggle refuses a kernel source of" in err
     assert not (tmp_path / "b" / "cnn").exists()
     monkeypatch.setattr(build, "SOURCE_LIMIT", size + 1)
-    assert build.main(["--recipe", "cnn", "--out", str(tmp_path / "b")]) == 0
+    assert build.cli(["--recipe", "cnn", "--out", str(tmp_path / "b")]) == 0
 
 @pytest.mark.parametrize("case", ["no gpu", "no gpu, --allow-cpu", "gpu", "mlp", "local"])
 def test_a_gpu_kernel_without_a_gpu_stops_in_its_first_lines(case, tmp_path, monkeypatch,

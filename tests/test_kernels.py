@@ -41,7 +41,7 @@ loop = load_file("kaggle_loop", KERNELS_DIR / "kaggle_loop.py")
 def built(out, *argv):
     """build.py ARGV --out OUT [-- trainer flags]; returns the kernel folder."""
     cut = argv.index("--") if "--" in argv else len(argv)
-    assert build.main([*argv[:cut], "--out", str(out), *argv[cut:]]) == 0
+    assert build.cli([*argv[:cut], "--out", str(out), *argv[cut:]]) == 0
     return out / argv[argv.index("--name" if "--name" in argv else "--recipe") + 1]
 
 
@@ -73,14 +73,14 @@ def test_recipes_build_byte_identical_and_check(recipe, tmp_path, capsys):
                      "relay/kernel-metadata.json"]
     for name in files:
         assert (first / name).read_bytes() == (second / name).read_bytes()
-    assert build.main(["--out", str(tmp_path / "a"), "--check"]) == 0
+    assert build.cli(["--out", str(tmp_path / "a"), "--check"]) == 0
     notebook = first / "kernel.ipynb"
     notebook.write_text(notebook.read_text().replace("def fit(", "def fitted("))
     capsys.readouterr()
-    assert build.main(["--out", str(tmp_path / "a"), "--check"]) == 1
+    assert build.cli(["--out", str(tmp_path / "a"), "--check"]) == 1
     assert capsys.readouterr().out.strip() == f"stale: {notebook}"
     assert "def fitted(" in notebook.read_text()  # --check writes nothing
-    assert build.main(["--out", str(tmp_path / "a")]) == 0  # a rebuild from its recipe.json
+    assert build.cli(["--out", str(tmp_path / "a")]) == 0  # a rebuild from its recipe.json
     assert notebook.read_bytes() == (second / "kernel.ipynb").read_bytes()
 
 
@@ -179,7 +179,7 @@ def test_one_name_one_id(tmp_path, capsys):
     assert json.loads((copy / "kernel-metadata.json").read_text())["id"] == \
         "your-kaggle-username/music-genre-x"
     built(tmp_path, "--recipe", "mlp")
-    assert build.main(["--name", "y", "--kind", "mlp", "--title", "Music Genre MLP", "--out",
+    assert build.cli(["--name", "y", "--kind", "mlp", "--title", "Music Genre MLP", "--out",
                        str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "music-genre-mlp is" in err and not (tmp_path / "y").exists()
@@ -193,13 +193,13 @@ def test_a_kernel_of_another_training_is_replaced_only_with_overwrite(tmp_path, 
     notebook.write_text(notebook.read_text().replace("def fit(", "def fitted("))
     before = {p: p.read_bytes() for p in mlp.rglob("*") if p.is_file()}
     capsys.readouterr()
-    assert build.main(["--recipe", "specnet-mel", "--name", "mlp", "--out", str(tmp_path)]) == 1
+    assert build.cli(["--recipe", "specnet-mel", "--name", "mlp", "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "holds another kernel (mlp" in err and "--overwrite" in err
     assert {p: p.read_bytes() for p in mlp.rglob("*") if p.is_file()} == before
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("mine")
-    assert build.main(["--name", "notes", "--kind", "mlp", "--out", str(tmp_path)]) == 1
+    assert build.cli(["--name", "notes", "--kind", "mlp", "--out", str(tmp_path)]) == 1
     assert "not a kernel folder" in capsys.readouterr().err
     built(tmp_path, "--recipe", "mlp", "--user", "alice")  # same training, other sources
     built(tmp_path, "--recipe", "specnet-mel", "--name", "mlp", "--overwrite")
@@ -216,12 +216,12 @@ def test_a_recipe_cell_edited_by_hand_is_never_discarded_by_a_rebuild(tmp_path, 
     assert edited != (built(tmp_path / "fresh", "--recipe", "mlp") / "kernel.ipynb").read_bytes()
     capsys.readouterr()
     for argv in ([], ["--recipe", "mlp"]):
-        assert build.main([*argv, "--out", str(tmp_path)]) == 1
+        assert build.cli([*argv, "--out", str(tmp_path)]) == 1
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "RECIPE cell was edited by hand" in err
         assert notebook.read_bytes() == edited
-    assert build.main(["--out", str(tmp_path), "--check"]) == 1  # still stale, said so
-    assert build.main(["--out", str(tmp_path), "--overwrite"]) == 0
+    assert build.cli(["--out", str(tmp_path), "--check"]) == 1  # still stale, said so
+    assert build.cli(["--out", str(tmp_path), "--overwrite"]) == 0
     assert notebook.read_bytes() == (tmp_path / "fresh" / "mlp" / "kernel.ipynb").read_bytes()
 
 
@@ -271,7 +271,7 @@ def test_a_code_competition_has_a_training_and_a_predict_kernel(tmp_path, capsys
 ])
 def test_bad_recipe_fails_at_build_in_one_line(argv, words, tmp_path, capsys):
     cut = argv.index("--") if "--" in argv else len(argv)
-    assert build.main([*argv[:cut], "--out", str(tmp_path), *argv[cut:]]) == 1
+    assert build.cli([*argv[:cut], "--out", str(tmp_path), *argv[cut:]]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and words in err and "Traceback" not in err
     assert not any(tmp_path.iterdir())
@@ -534,7 +534,7 @@ def kaggle_world(tmp_path_factory):
                 torchvision.models.get_model_weights("resnet18").DEFAULT.url).name
             weights.parent.mkdir(parents=True)
             torch.save(torchvision.models.resnet18().state_dict(), weights)
-            assert loop.main(["weights", "--arch", "resnet18", "--user", USER]) == 0
+            assert loop.cli(["weights", "--arch", "resnet18", "--user", USER]) == 0
             torch.save(models.Cnn14().state_dict(), base / "Cnn14_mAP=0.431.pth")
             twin.add_dataset(f"{USER}/panns", {"Cnn14_mAP=0.431.pth":
                                                (base / "Cnn14_mAP=0.431.pth").read_bytes()})
@@ -549,7 +549,7 @@ def newest_version(twin, folder):
 
 
 def push_and_wait(twin, folder, *flags):
-    assert loop.main(["push", str(folder), *flags]) == 0
+    assert loop.cli(["push", str(folder), *flags]) == 0
     pushed = newest_version(twin, folder)
     pushed["done"].wait(900)
     return pushed
@@ -584,7 +584,7 @@ def kaggle_runs(kaggle_world):
         name = f"{recipe}-{layout}"[:40]
         folder = built(base / "kernels", "--recipe", recipe, "--name", name, "--user", USER,
                        "--allow-cpu", *flags)  # the twin's sessions have no GPU
-        assert loop.main(["push", str(folder)]) == 0
+        assert loop.cli(["push", str(folder)]) == 0
         pushed[layout, recipe] = folder, newest_version(twin, folder)
     for _, version in pushed.values():
         version["done"].wait(900)
@@ -686,7 +686,7 @@ def test_a_run_longer_than_a_session_finishes_through_the_relay(kaggle_world, tm
     assert "music-genre-relay/runs/relay" in log_of(third)
     last = relay("1h", "--no-rescue")  # B v2: from A v2 again, to the end
     assert last["status"] == "COMPLETE" and f"(epoch {stopped_at} of 6)" in log_of(last)
-    assert loop.main(["push", str(kernels / "relay")]) == 0  # finished: nothing pushed
+    assert loop.cli(["push", str(kernels / "relay")]) == 0  # finished: nothing pushed
     assert history_and_weights(last["output"], "relay")[0] == \
         history_and_weights(whole["output"], "whole")[0]
     mine, reference = (history_and_weights(v["output"], n)[1] for v, n in
@@ -736,7 +736,7 @@ def test_a_code_competition_reruns_the_predict_kernel_on_the_hidden_test_set(kag
     assert infer["output"]["submission.csv"] == visible["sample_submission.csv"]  # placeholder
     assert "commit run, which does not see the hidden test" in log_of(infer)
     assert "epoch" not in log_of(infer)
-    assert loop.main(["submit", str(infer_folder), "--competition", "hidden-quest", "--wait",
+    assert loop.cli(["submit", str(infer_folder), "--competition", "hidden-quest", "--wait",
                       "--interval", "0.5", "--runs", str(tmp_path / "runs")]) == 0
     submission = twin.submissions[-1]
     rerun = log_of(submission["rerun"])
@@ -745,7 +745,7 @@ def test_a_code_competition_reruns_the_predict_kernel_on_the_hidden_test_set(kag
     # the training kernel itself, submitted, would train again: its own output is not attached
     command = ["submit", str(kernels / "coder"), "--competition", "hidden-quest", "--wait",
                "--interval", "0.5", "--runs", str(tmp_path / "runs2")]
-    assert loop.main(command) == 2
+    assert loop.cli(command) == 2
     assert "--kind predict --from coder" in capsys.readouterr().err
-    assert loop.main(command + ["--retrain-in-rerun"]) == 0
+    assert loop.cli(command + ["--retrain-in-rerun"]) == 0
     assert "no finished run attached, so it trains again" in log_of(twin.submissions[-1]["rerun"])

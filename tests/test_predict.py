@@ -15,9 +15,9 @@ from conftest import write_tone
 @pytest.fixture
 def trained(tiny_audio, tmp_path):
     images = tmp_path / "img"
-    assert data_conversion.main([str(tiny_audio), str(images), "--size", "32",
+    assert data_conversion.cli([str(tiny_audio), str(images), "--size", "32",
                                  "--segment-seconds", "0.5", "--workers", "1"]) == 0
-    assert train_cnn.main(["--data", str(images), "--img-size", "16", "--epochs", "3",
+    assert train_cnn.cli(["--data", str(images), "--img-size", "16", "--epochs", "3",
                            "--out", str(tmp_path / "runs"), "--name", "r"]) == 0
     return tmp_path / "runs" / "r" / "model.pt"
 
@@ -33,7 +33,7 @@ def test_dir(tmp_path):
 
 def test_predict_writes_submission_and_lists_bad_files(trained, test_dir, tmp_path, capsys):
     out = tmp_path / "sub.csv"
-    assert predict.main([str(trained), str(test_dir), "--output", str(out),
+    assert predict.cli([str(trained), str(test_dir), "--output", str(out),
                          "--workers", "1", "--id-col", "file", "--label-col", "genre"]) == 0
     rows = list(csv.reader(open(out)))
     assert rows[0] == ["file", "genre"]
@@ -49,7 +49,7 @@ def test_predict_writes_submission_and_lists_bad_files(trained, test_dir, tmp_pa
 
 def test_all_readable_says_nothing_of_unreadable_files(trained, tmp_path, capsys):
     write_tone(tmp_path / "ok" / "1.wav", 210)
-    assert predict.main([str(trained), str(tmp_path / "ok"), "--workers", "1"]) == 0
+    assert predict.cli([str(trained), str(tmp_path / "ok"), "--workers", "1"]) == 0
     out = capsys.readouterr().out
     assert "wrote" in out and "unreadable" not in out
     record = json.loads((trained.parent / "prediction.json").read_text())
@@ -58,20 +58,20 @@ def test_all_readable_says_nothing_of_unreadable_files(trained, tmp_path, capsys
 
 
 def test_the_run_folder_stands_for_its_model(trained, test_dir, capsys):
-    assert predict.main([str(trained.parent), str(test_dir), "--workers", "1"]) == 0
+    assert predict.cli([str(trained.parent), str(test_dir), "--workers", "1"]) == 0
     assert (trained.parent / "submission.csv").is_file()
 
 
 def test_a_model_of_the_synthetic_demo_says_so_when_it_labels_music(tmp_path, capsys):
     """A model trained on the demo data (not music) labels audio with a note saying so."""
     data_conversion.make_demo(tmp_path / "demo", clips_per_genre=3, seconds=1.0)
-    assert data_conversion.main([str(tmp_path / "demo"), str(tmp_path / "img"), "--size", "16",
+    assert data_conversion.cli([str(tmp_path / "demo"), str(tmp_path / "img"), "--size", "16",
                                  "--workers", "1"]) == 0
-    assert train_cnn.main(["--data", str(tmp_path / "img"), "--img-size", "16", "--epochs", "1",
+    assert train_cnn.cli(["--data", str(tmp_path / "img"), "--img-size", "16", "--epochs", "1",
                            "--out", str(tmp_path / "runs"), "--name", "d"]) == 0
     write_tone(tmp_path / "music" / "1.wav", 440)
     capsys.readouterr()
-    assert predict.main([str(tmp_path / "runs" / "d"), str(tmp_path / "music"), "--workers", "1"]) == 0
+    assert predict.cli([str(tmp_path / "runs" / "d"), str(tmp_path / "music"), "--workers", "1"]) == 0
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note")]
     assert notes == ["note: this model was trained on SYNTHETIC demo data: its labels say nothing "
                      "about music"]
@@ -96,9 +96,9 @@ def test_predict_submit_dry_run_and_twin(trained, test_dir, kaggle_twin, capsys)
     """predict --submit sends the CSV it wrote through the real kaggle client (to the twin);
     --dry-run sends nothing."""
     base = [str(trained), str(test_dir), "--workers", "1", "--submit", "comp"]
-    assert predict.main(base + ["--dry-run"]) == 0
+    assert predict.cli(base + ["--dry-run"]) == 0
     assert "dry run: would submit" in capsys.readouterr().out and not kaggle_twin.requests
-    assert predict.main(base + ["-m", "first try"]) == 0
+    assert predict.cli(base + ["-m", "first try"]) == 0
     sent = kaggle_twin.submissions[0]
     assert sent["content"] == (trained.parent / "submission.csv").read_bytes().decode()
     assert sent["competition"] == "comp" and sent["description"].startswith("first try")
@@ -106,7 +106,7 @@ def test_predict_submit_dry_run_and_twin(trained, test_dir, kaggle_twin, capsys)
 
 def test_refused_submission_exit_2_keeps_csv(trained, test_dir, kaggle_twin, capsys):
     kaggle_twin.refuse_upload = True
-    assert predict.main([str(trained), str(test_dir), "--workers", "1", "--submit", "c"]) == 2
+    assert predict.cli([str(trained), str(test_dir), "--workers", "1", "--submit", "c"]) == 2
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error")]
     assert len(errors) == 1 and "refused" in errors[0] and "Traceback" not in err
@@ -114,21 +114,21 @@ def test_refused_submission_exit_2_keeps_csv(trained, test_dir, kaggle_twin, cap
 
 
 def test_no_credentials_exit_2(trained, test_dir, no_kaggle_credentials, capsys):
-    assert predict.main([str(trained), str(test_dir), "--workers", "1", "--submit", "c"]) == 2
+    assert predict.cli([str(trained), str(test_dir), "--workers", "1", "--submit", "c"]) == 2
     assert "Kaggle credentials not found" in capsys.readouterr().err
 
 
 def test_trainer_predict_flag(tiny_audio, test_dir, tmp_path):
     images = tmp_path / "img2"
-    assert data_conversion.main([str(tiny_audio), str(images), "--size", "16", "--workers", "1"]) == 0
-    assert train_cnn.main(["--data", str(images), "--img-size", "16", "--epochs", "1", "--out",
+    assert data_conversion.cli([str(tiny_audio), str(images), "--size", "16", "--workers", "1"]) == 0
+    assert train_cnn.cli(["--data", str(images), "--img-size", "16", "--epochs", "1", "--out",
                            str(tmp_path / "runs"), "--name", "p", "--predict", str(test_dir)]) == 0
     assert len(list(csv.reader(open(tmp_path / "runs" / "p" / "submission.csv")))) == 4
 
 
 def test_bad_model_file(tmp_path, test_dir, capsys):
     (tmp_path / "model.pt").write_bytes(b"junk")
-    assert predict.main([str(tmp_path / "model.pt"), str(test_dir)]) == 1
+    assert predict.cli([str(tmp_path / "model.pt"), str(test_dir)]) == 1
     assert "not a model.pt" in capsys.readouterr().err
 
 
@@ -138,9 +138,9 @@ def test_prediction_repeats_mel_levels_preprocessing(tiny_audio, tmp_path):
     import numpy as np
     import torch
     images = tmp_path / "mel"
-    assert data_conversion.main([str(tiny_audio), str(images), "--size", "0", "--mel", "32",
+    assert data_conversion.cli([str(tiny_audio), str(images), "--size", "0", "--mel", "32",
                                  "--segment-seconds", "0.5", "--workers", "1"]) == 0
-    assert train_cnn.main(["--data", str(images), "--model", "specnet", "--epochs", "1",
+    assert train_cnn.cli(["--data", str(images), "--model", "specnet", "--epochs", "1",
                            "--out", str(tmp_path / "runs"), "--name", "m"]) == 0
     _, ckpt = predict.load_model(tmp_path / "runs" / "m" / "model.pt")
     pre = ckpt["spec"]["preprocess"]
@@ -158,17 +158,17 @@ def test_a_model_stopped_by_the_time_limit_says_so_where_it_predicts(tiny_audio,
     model did not finish training; once resumed to the end, it no longer says so."""
     import time
     images = tmp_path / "img"
-    assert data_conversion.main([str(tiny_audio), str(images), "--size", "16", "--workers",
+    assert data_conversion.cli([str(tiny_audio), str(images), "--size", "16", "--workers",
                                  "1"]) == 0
     run = tmp_path / "runs" / "r"
-    assert train_cnn.main(["--data", str(images), "--epochs", "2", "--out", str(tmp_path / "runs"),
+    assert train_cnn.cli(["--data", str(images), "--epochs", "2", "--out", str(tmp_path / "runs"),
                            "--name", "r", "--time-limit", "1h"], started=time.time() - 7200) == 0
     capsys.readouterr()
-    assert predict.main([str(run), str(test_dir), "--workers", "1"]) == 0
+    assert predict.cli([str(run), str(test_dir), "--workers", "1"]) == 0
     notes = [line for line in capsys.readouterr().err.splitlines() if "did not finish" in line]
     assert notes == ["note: this model did not finish training: stopped at the time limit after "
                      "epoch 0 of 2 (continue the run with --resume)"]
-    assert train_cnn.main(["--resume", str(run)]) == 0
+    assert train_cnn.cli(["--resume", str(run)]) == 0
     capsys.readouterr()
-    assert predict.main([str(run), str(test_dir), "--workers", "1"]) == 0
+    assert predict.cli([str(run), str(test_dir), "--workers", "1"]) == 0
     assert "did not finish" not in capsys.readouterr().err

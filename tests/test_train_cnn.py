@@ -169,7 +169,7 @@ def test_specnet_has_its_own_defaults_and_flags_win(tiny_images):
 def test_same_seed_same_history(tiny_images, tmp_path):
     histories = []
     for name in ("a", "b"):
-        assert train_cnn.main(["--data", str(tiny_images), "--img-size", "16", "--epochs", "3",
+        assert train_cnn.cli(["--data", str(tiny_images), "--img-size", "16", "--epochs", "3",
                                "--out", str(tmp_path), "--name", name]) == 0
         with open(tmp_path / name / "history.csv") as f:
             histories.append(without_seconds(csv.DictReader(f)))
@@ -177,7 +177,7 @@ def test_same_seed_same_history(tiny_images, tmp_path):
 
 
 def test_run_folder_complete_and_metrics_match_sklearn(tiny_images, tmp_path):
-    assert train_cnn.main(["--data", str(tiny_images), "--img-size", "16", "--epochs", "4",
+    assert train_cnn.cli(["--data", str(tiny_images), "--img-size", "16", "--epochs", "4",
                            "--lr", "3e-3", "--out", str(tmp_path), "--name", "r"]) == 0
     run = tmp_path / "r"
     for f in ("config.json", "history.csv", "metrics.json", "curves.png", "confusion.png",
@@ -219,7 +219,7 @@ def test_scores_balance_the_classes_and_confusion_rows_are_the_truth():
 
 def test_segments_scored_per_clip(tmp_path):
     data = make_images(tmp_path / "seg", n_per_class=5, segments=3)
-    assert train_cnn.main(["--data", str(data), "--img-size", "16", "--epochs", "2",
+    assert train_cnn.cli(["--data", str(data), "--img-size", "16", "--epochs", "2",
                            "--out", str(tmp_path), "--name", "s"]) == 0
     m = json.loads((tmp_path / "s" / "metrics.json").read_text())
     assert m["n_test"] == 3 and m["n_test_segments"] == 9
@@ -228,7 +228,7 @@ def test_segments_scored_per_clip(tmp_path):
 
 def test_reloaded_model_reproduces_the_run_predictions(tiny_images, tmp_path):
     """model.pt, rebuilt from its spec, gives the test predictions the run recorded."""
-    assert train_cnn.main(["--data", str(tiny_images), "--img-size", "16", "--epochs", "3",
+    assert train_cnn.cli(["--data", str(tiny_images), "--img-size", "16", "--epochs", "3",
                            "--lr", "3e-3", "--out", str(tmp_path), "--name", "m"]) == 0
     model, ckpt = predict.load_model(tmp_path / "m" / "model.pt")
     assert ckpt["spec"]["kind"] == "cnn" and ckpt["classes"] == ["a", "b", "c"]
@@ -245,7 +245,7 @@ def test_reloaded_model_reproduces_the_run_predictions(tiny_images, tmp_path):
 
 
 def test_folds_write_each_fold_and_summary(tiny_images, tmp_path):
-    assert train_cnn.main(["--data", str(tiny_images), "--img-size", "16", "--epochs", "1",
+    assert train_cnn.cli(["--data", str(tiny_images), "--img-size", "16", "--epochs", "1",
                            "--folds", "3", "--out", str(tmp_path), "--name", "k"]) == 0
     summary = json.loads((tmp_path / "k" / "summary.json").read_text())
     assert summary["folds"] == 3 and len(summary["per_fold_balanced_accuracy"]) == 3
@@ -256,7 +256,7 @@ def test_folds_write_each_fold_and_summary(tiny_images, tmp_path):
 
 def test_cnn_learns_separable_images(tmp_path):
     data = make_images(tmp_path / "sep", n_per_class=10)
-    assert train_cnn.main(["--data", str(data), "--img-size", "16", "--epochs", "15",
+    assert train_cnn.cli(["--data", str(data), "--img-size", "16", "--epochs", "15",
                            "--lr", "3e-3", "--out", str(tmp_path), "--name", "l"]) == 0
     m = json.loads((tmp_path / "l" / "metrics.json").read_text())
     assert m["test_balanced_accuracy"] >= 0.66
@@ -271,7 +271,7 @@ def test_bad_input(argv, message, tiny_images, tmp_path, capsys):
     args = ["--data", str(tiny_images), "--out", str(tmp_path), "--epochs", "1", "--img-size", "16"]
     if torch.cuda.is_available() and "cuda:0" in argv:
         pytest.skip("has CUDA")
-    assert train_cnn.main(args + argv) == 1
+    assert train_cnn.cli(args + argv) == 1
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
 
@@ -408,7 +408,7 @@ def test_rotate_turns_the_image_by_the_drawn_angle_within_15_degrees():
 def test_lazy_loading_above_memory_budget_gives_same_run(tiny_images, tmp_path, capsys):
     histories = []
     for name, budget in (("memory", "4096"), ("lazy", "0")):
-        assert train_cnn.main(["--data", str(tiny_images), "--img-size", "16", "--epochs", "2",
+        assert train_cnn.cli(["--data", str(tiny_images), "--img-size", "16", "--epochs", "2",
                                "--cache-mb", budget, "--out", str(tmp_path), "--name", name]) == 0
         with open(tmp_path / name / "history.csv") as f:
             histories.append(without_seconds(csv.DictReader(f)))
@@ -484,7 +484,7 @@ def test_another_seed_gives_another_run(tiny_images, tmp_path):
     """--seed changes the initial weights and the batch order (here on the same split)."""
     histories = []
     for seed, split in (("0", []), ("1", ["--split", str(tiny_images / "split.json")])):
-        assert train_cnn.main(["--data", str(tiny_images), "--img-size", "16", "--epochs", "2",
+        assert train_cnn.cli(["--data", str(tiny_images), "--img-size", "16", "--epochs", "2",
                                "--seed", seed, *split, "--out", str(tmp_path), "--name", seed]) == 0
         with open(tmp_path / seed / "history.csv") as f:
             histories.append([r["train_loss"] for r in csv.DictReader(f)])
@@ -496,7 +496,7 @@ def test_amp_on_cuda(tmp_path):
     """On CUDA the loop runs under autocast (float16) with a GradScaler; the run records how
     many steps the scaler skipped, and the saved weights are float32."""
     data = make_images(tmp_path / "img", n_per_class=8, size=32)
-    assert train_cnn.main(["--data", str(data), "--img-size", "32", "--epochs", "2", "--device",
+    assert train_cnn.cli(["--data", str(data), "--img-size", "32", "--epochs", "2", "--device",
                            "cuda", "--out", str(tmp_path), "--name", "amp"]) == 0
     m = json.loads((tmp_path / "amp" / "metrics.json").read_text())
     steps = 2 * -(-m["n_train"] // 32)  # 2 epochs of batches of 32
@@ -515,11 +515,11 @@ def folder_bytes(folder):
 
 def test_resume_of_a_finished_run_changes_nothing(tiny_images, tmp_path, capsys):
     run = tmp_path / "r"
-    assert train_cnn.main(["--data", str(tiny_images), "--img-size", "16", "--epochs", "2",
+    assert train_cnn.cli(["--data", str(tiny_images), "--img-size", "16", "--epochs", "2",
                            "--out", str(tmp_path), "--name", "r"]) == 0
     before = folder_bytes(run)
     capsys.readouterr()
-    assert train_cnn.main(["--resume", str(run)]) == 0
+    assert train_cnn.cli(["--resume", str(run)]) == 0
     out = capsys.readouterr().out
     assert "finished before; nothing to do" in out and "epoch" not in out.split("nothing")[0]
     assert folder_bytes(run) == before
@@ -531,15 +531,15 @@ def test_the_end_of_a_run_resumes_at_every_instant(tiny_images, tmp_path):
     it had never stopped."""
     argv = ["--data", str(tiny_images), "--img-size", "16", "--epochs", "3", "--lr", "3e-3",
             "--out", str(tmp_path)]
-    assert train_cnn.main(argv + ["--name", "whole"]) == 0
+    assert train_cnn.cli(argv + ["--name", "whole"]) == 0
     whole = folder_bytes(tmp_path / "whole")
     run = tmp_path / "a"
     with on_line("epoch   3", lambda: (run / "report.txt").mkdir()):  # never renamed over: 1 line
-        assert train_cnn.main(argv + ["--name", "a"]) == 1
+        assert train_cnn.cli(argv + ["--name", "a"]) == 1
     assert (run / "model.pt").exists() and (run / "checkpoint.pt").exists()
     assert not (run / "metrics.json").exists()
     (run / "report.txt").rmdir()
-    assert train_cnn.main(["--resume", str(run)]) == 0
+    assert train_cnn.cli(["--resume", str(run)]) == 0
     for name in ("predictions.csv", "report.txt"):
         assert folder_bytes(run)[Path(name)] == whole[Path(name)]
     with open(run / "history.csv") as a, open(tmp_path / "whole" / "history.csv") as b:
@@ -547,16 +547,16 @@ def test_the_end_of_a_run_resumes_at_every_instant(tiny_images, tmp_path):
     assert not (run / "checkpoint.pt").exists()
     # the report without the model
     (run / "model.pt").unlink()
-    assert train_cnn.main(["--resume", str(run)]) == 0
+    assert train_cnn.cli(["--resume", str(run)]) == 0
     weights = [torch.load(tmp_path / n / "model.pt", weights_only=True)["state_dict"] for n in ("whole", "a")]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_resume_may_change_workers_and_device(tiny_images, tmp_path):
     with ctrl_c_after("epoch   1"):
-        assert train_cnn.main(["--data", str(tiny_images), "--img-size", "16", "--epochs", "3",
+        assert train_cnn.cli(["--data", str(tiny_images), "--img-size", "16", "--epochs", "3",
                                "--out", str(tmp_path), "--name", "r", "--workers", "2"]) == 130
-    assert train_cnn.main(["--resume", str(tmp_path / "r"), "--workers", "1", "--device", "cpu",
+    assert train_cnn.cli(["--resume", str(tmp_path / "r"), "--workers", "1", "--device", "cpu",
                            "--time-limit", "1h"]) == 0
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["epochs_run"] == 3
 
@@ -592,13 +592,13 @@ def test_a_part_stopped_by_the_time_limit_is_not_finished(tiny_images, tmp_path)
     import time
     argv = ["--data", str(tiny_images), "--img-size", "16", "--epochs", "2", "--out",
             str(tmp_path), "--name", "r"]
-    assert train_cnn.main(argv + ["--time-limit", "1h"], started=time.time() - 7200) == 0  # over
+    assert train_cnn.cli(argv + ["--time-limit", "1h"], started=time.time() - 7200) == 0  # over
     run = tmp_path / "r"
     m = json.loads((run / "metrics.json").read_text())
     assert (m["complete"], m["epochs_run"]) == (False, 0)
     assert (run / "model.pt").exists() and (run / "checkpoint.pt").exists()
     assert not runs.part_finished(run)
-    assert train_cnn.main(["--resume", str(run)]) == 0
+    assert train_cnn.cli(["--resume", str(run)]) == 0
     m = json.loads((run / "metrics.json").read_text())
     assert (m["complete"], m["epochs_run"]) == (True, 2)
     assert runs.part_finished(run) and not (run / "checkpoint.pt").exists()

@@ -32,7 +32,7 @@ def synthetic_csv(path, n_per_class=12, classes=("rock", "jazz", "pop"), nan=Fal
 
 
 def run(*argv):
-    return train_mlp.main([str(a) for a in argv])
+    return train_mlp.cli([str(a) for a in argv])
 
 
 def test_mlp_trains_with_scaler_and_pca_fitted_on_train_only(tmp_path):
@@ -194,7 +194,7 @@ def demo_features(tmp_path_factory):
     for clip in (root / "new").glob("*/*.wav"):
         clip.rename(root / "test" / clip.name)
     (root / "test" / "bad.wav").write_bytes(b"")
-    assert data_conversion.main([str(root / "audio"), "--features", str(root / "f.csv"),
+    assert data_conversion.cli([str(root / "audio"), "--features", str(root / "f.csv"),
                                  "--workers", "2"]) == 0
     return root / "f.csv", root / "test"
 
@@ -239,17 +239,17 @@ def test_missing_and_foreign_feature_columns_are_named(tmp_path, capsys):
         w.writerow(["filename", *columns, "label"])
         for i in range(18):
             w.writerow([f"{'ab'[i % 2]}.{i:05d}.wav", *rng.normal(i % 2, 1, len(columns)), "ab"[i % 2]])
-    assert train_mlp.main(["--features", str(data), "--baseline", "logreg", "--out",
+    assert train_mlp.cli(["--features", str(data), "--baseline", "logreg", "--out",
                            str(tmp_path / "runs"), "--name", "m"]) == 0
     err = capsys.readouterr().err
     assert "1 standard feature column(s) missing (e.g. mfcc20_var)" in err
     (tmp_path / "other").mkdir()
     foreign = synthetic_csv(tmp_path / "other" / "g.csv")  # its own folder: its own split
-    assert train_mlp.main(["--features", str(foreign), "--baseline", "logreg", "--out",
+    assert train_mlp.cli(["--features", str(foreign), "--baseline", "logreg", "--out",
                            str(tmp_path / "runs"), "--name", "g"]) == 0
     assert "are not standard features (e.g. f1)" in capsys.readouterr().err
     write_tone(tmp_path / "test" / "1.wav", 300)
-    assert predict.main([str(tmp_path / "runs" / "g" / "model.joblib"), str(tmp_path / "test")]) == 1
+    assert predict.cli([str(tmp_path / "runs" / "g" / "model.joblib"), str(tmp_path / "test")]) == 1
     assert "cannot predict from audio" in capsys.readouterr().err
 
 
@@ -266,7 +266,7 @@ def test_run_folders_made_before_the_split_of_common_resume_and_load(tmp_path, m
     shutil.copytree(Path(__file__).parent / "fixtures" / "before-split", tmp_path, dirs_exist_ok=True)
     monkeypatch.chdir(tmp_path)  # the runs recorded their data as the relative features.csv
     assert json.loads(Path("mlp/checkpoint.json").read_text())["epochs_done"] == 1  # the best so far
-    assert train_mlp.main(["--resume", "mlp"]) == 0
+    assert train_mlp.cli(["--resume", "mlp"]) == 0
     metrics = json.loads(Path("mlp/metrics.json").read_text())
     assert metrics["complete"] and metrics["epochs_run"] == 6
     saved = joblib.load("svm/model.joblib")

@@ -16,7 +16,7 @@ from conftest import without_seconds, write_tone
 
 
 def run(data, tmp_path, *extra, name="t"):
-    return train_transfer.main(["--data", str(data), "--img-size", "32", "--epochs", "2",
+    return train_transfer.cli(["--data", str(data), "--img-size", "32", "--epochs", "2",
                                 "--batch-size", "6", "--out", str(tmp_path), "--name", name,
                                 *map(str, extra)])
 
@@ -32,7 +32,7 @@ def spectrograms(tmp_path_factory):
             write_tone(audio / g / f"{g}.{i:05d}.wav", base * (1 + 0.1 * i), noise=0.01, seed=i)
             if i == 0:
                 write_tone(root / "test" / f"{g}-new.wav", base * 1.05, noise=0.01, seed=9)
-    assert data_conversion.main([str(audio), str(root / "images"), "--size", "32",
+    assert data_conversion.cli([str(audio), str(root / "images"), "--size", "32",
                                  "--workers", "1"]) == 0
     return root / "images", root / "test"
 
@@ -51,7 +51,7 @@ def test_imagenet_weights_frozen_then_predict(arch, imagenet_twin, spectrograms,
     import torchvision
     served = imagenet_twin(arch)
     images, test_audio = spectrograms
-    assert train_transfer.main(["--data", str(images), "--arch", arch, "--epochs", "1",
+    assert train_transfer.cli(["--data", str(images), "--arch", arch, "--epochs", "1",
                                 "--batch-size", "9", "--out", str(tmp_path), "--name", "r"]) == 0
     m = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert m["weights"] == "imagenet" and m["fast_path"] is True
@@ -63,7 +63,7 @@ def test_imagenet_weights_frozen_then_predict(arch, imagenet_twin, spectrograms,
     backbone = model.backbone.state_dict()
     same = [k for k in backbone if k in served and torch.equal(backbone[k], served[k])]
     assert len(same) >= 0.9 * len(backbone)  # all but the replaced classifier
-    assert predict.main([str(tmp_path / "r" / "model.pt"), str(test_audio),
+    assert predict.cli([str(tmp_path / "r" / "model.pt"), str(test_audio),
                          "--workers", "1"]) == 0
     with open(tmp_path / "r" / "submission.csv") as f:
         rows = list(csv.reader(f))
@@ -75,7 +75,7 @@ def test_imagenet_weights_frozen_then_predict(arch, imagenet_twin, spectrograms,
 def test_imagenet_weights_finetune(arch, imagenet_twin, spectrograms, tmp_path):
     served = imagenet_twin(arch)
     images, _ = spectrograms
-    assert train_transfer.main(["--data", str(images), "--arch", arch, "--epochs", "1",
+    assert train_transfer.cli(["--data", str(images), "--arch", arch, "--epochs", "1",
                                 "--batch-size", "9", "--finetune", "--out", str(tmp_path),
                                 "--name", "ft"]) == 0
     model, _ = predict.load_model(tmp_path / "ft" / "model.pt")
