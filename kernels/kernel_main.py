@@ -526,6 +526,11 @@ def main(argv, recipe, started=None):
     if not run_dir.exists():
         take_over(earlier_runs(args.input, name), run_dir, trainer, trainer_argv)
     progress = runs.run_progress(run_dir) if run_dir.exists() else None
+    same = progress is not None and same_run(run_dir, trainer, trainer_argv)
+    if run_dir.exists() and not same:  # changed flags are new work, even after a finished run
+        print(f"{run_dir} was {'finished' if progress and progress.finished else 'trained'} with "
+              "other flags; training anew with these")
+        progress = None
     if os.environ.get(RERUN):
         print("Kaggle's rerun on the hidden test set: " + (
             "the run is finished, predicting only" if progress and progress.finished else
@@ -538,10 +543,9 @@ def main(argv, recipe, started=None):
             prepare_features(args, train_dir, labels, temp, deadline)
         elif not audio:
             prepare_images(args, train_dir, labels, temp, deadline)
-        if run_dir.exists() and same_run(run_dir, trainer, trainer_argv):
+        if same:
             trainer_argv = ["--resume", str(run_dir)]
         elif run_dir.exists():
-            print(f"{run_dir} was trained with other flags; training anew")
             trainer_argv.append("--overwrite")
         processes, why = plan_processes(args.processes, recipe, trainer, parsed, data_argv)
         if why:

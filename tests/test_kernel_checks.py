@@ -139,3 +139,24 @@ def test_a_quick_test_trains_one_epoch_on_a_few_clips_per_genre_apart_from_the_r
     assert not (working / "runs" / "quick").exists()
     assert "quick test" in kernel_main.next_steps({**recipe, "quick_test": True},
                                                   working / "runs" / "quick-quick")
+
+
+def test_a_finished_run_with_other_trainer_flags_is_trained_anew(tmp_path, monkeypatch, capsys):
+    """kernel_main ... -- --epochs 2 over a run finished with --epochs 1: new work, said in one
+    line, never 'finished before' with the old model submitted; the same flags again: nothing."""
+    recipe = json.loads(built(tmp_path / "k", "--name", "again", "--kind", "cnn", "--size", "16",
+                              "--allow-cpu", "--", "--epochs", "1", "--img-size", "16")
+                        .joinpath("recipe.json").read_text())
+    audio_set(tmp_path / "audio", 3, 0, seconds=1.0)
+    monkeypatch.delenv("KERNEL_ARGS", raising=False)
+    working = tmp_path / "working"
+    argv = ["--train", str(tmp_path / "audio"), "--temp", str(tmp_path / "temp"), "--working",
+            str(working), "--input", str(tmp_path)]
+    assert kernel_main.main(argv, recipe) == 0
+    capsys.readouterr()
+    assert kernel_main.main([*argv, "--", "--epochs", "2"], recipe) == 0
+    out = capsys.readouterr().out
+    assert "was finished with other flags; training anew" in out and "finished before" not in out
+    assert json.loads((working / "runs" / "again" / "metrics.json").read_text())["epochs_run"] == 2
+    assert kernel_main.main([*argv, "--", "--epochs", "2"], recipe) == 0
+    assert "finished before; nothing to train" in capsys.readouterr().out
