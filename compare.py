@@ -24,6 +24,7 @@ import models
 import reports
 import runs
 import training
+import uncertainty
 
 CHARTS = {  # file -> [(metric key, axis label)]: one panel each
     "balanced_accuracy.png": [("test_balanced_accuracy", "test balanced accuracy")],
@@ -86,6 +87,8 @@ def load_runs(runs_dir, names=None):
             continue
         m["_path"] = path
         m.setdefault(CONVERGED, m.get("seconds_to_best"))  # a run recorded before it was kept
+        if "test_balanced_accuracy_ci" not in m:  # recorded before intervals were
+            m.update(intervals_from_predictions(path.parent))
         record = prediction_record(path.parent)
         m.setdefault("audio_to_label_seconds_per_clip", audio_to_label([record]))
         m.setdefault("predict_workers", (record or {}).get("workers"))
@@ -157,13 +160,28 @@ def audio_to_label(records):
 
 
 def fold_means(folds, keys):
-    """{key: mean, key_std: sample std} over the folds, for the keys all of them have."""
+    """{key: mean, key_std: sample std} over the folds, for the keys all of them have; and the
+    t interval of the mean balanced accuracy."""
     out = {}
     for key in keys:
         if all(f.get(key) is not None for f in folds):
             values = np.array([f[key] for f in folds], dtype=float)
             out[key], out[key + "_std"] = float(values.mean()), float(values.std(ddof=1))
+    out["test_balanced_accuracy_ci"] = uncertainty.mean_interval(
+        [f["test_balanced_accuracy"] for f in folds])
+    out["ci_method"] = {"test_balanced_accuracy_ci": uncertainty.T_MEAN}
     return out
+
+
+def intervals_from_predictions(part_dir):
+    """The intervals of a run recorded without them, from its predictions.csv ({} without one:
+    the table shows '?')."""
+    found = clip_predictions(part_dir)
+    if found is None:
+        return {}
+    clips, classes = found
+    truth, predicted = zip(*((classes.index(t), classes.index(p)) for t, p in clips.values()))
+    return uncertainty.test_intervals(truth, predicted)
 
 
 def sort_entries(entries):
@@ -193,6 +211,52 @@ def read_predictions(part_dir):
     if not classes:
         raise common.SuiteError(f"--ensemble {path}: no class probabilities")
     return rows, classes
+
+
+def clip_predictions(part_dir):
+    """({clip id: (true class, predicted class)}, classes) from a part's predictions.csv (the
+    predicted class: the most probable); None without one."""
+    try:
+        rows, classes = read_predictions(Path(part_dir))
+    except common.SuiteError:
+        return None
+    clips = {clip: (true, classes[int(np.argmax(p))]) for clip, (true, p) in rows.items()}
+    if not clips or any(true not in classes for true, _ in clips.values()):
+        return None
+    return clips, classes
+
+
+def part_predictions(entry):
+    """Per tested part (the run, or each of its folds) its clip predictions; None when a part
+    has none (recorded before predictions.csv)."""
+    parts = [clip_predictions(p["_path"].parent) if p.get("_path") else None
+             for p in entry.get("folds", [entry])]
+    return None if None in parts else [clips for clips, _ in parts]
+
+
+def paired(a, b):
+    """Run a against run b on the same test clips (uncertainty.paired_difference), or why not."""
+    first, second = part_predictions(a), part_predictions(b)
+    if first is None or second is None:
+        return "not compared: no predictions.csv"
+    if len(first) != len(second) or any(x.keys() != y.keys() or any(x[c][0] != y[c][0] for c in x)
+                                        for x, y in zip(first, second)):
+        return "not compared: not the same test clips"
+    classes = sorted({name for part in first + second for pair in part.values() for name in pair})
+    parts = [tuple(np.array([classes.index(part[c][i]) for c in sorted(x)]) for part, i in
+                   ((x, 0), (x, 1), (y, 1))) for x, y in zip(first, second)]
+    return str(uncertainty.paired_difference(parts))
+
+
+def paired_text(group):
+    """Under a split's table: its best run against each other one, on the same test clips."""
+    if len(group) < 2:
+        return ""
+    lines = "".join(f"- {group[0]['name']} vs {e['name']}: {paired(group[0], e)}\n"
+                    for e in group[1:])
+    return ("Paired, the best run against each other (balanced accuracy, first minus second; "
+            "95% paired bootstrap interval over the test clips, per fold for K-fold runs; "
+            "McNemar's exact test on the clips only one got right):\n\n" + lines + "\n")
 
 
 def ensemble_entry(runs_dir, members, name, out):
@@ -229,7 +293,8 @@ def ensemble_entry(runs_dir, members, name, out):
                    "test_macro_f1": s["macro_f1"], "confusion": s["confusion"],
                    "n_test": len(clips), "split_hash": member_metrics[0][i].get("split_hash"),
                    "split": member_metrics[0][i].get("split"),
-                   "small_test": member_metrics[0][i].get("small_test")}
+                   "small_test": member_metrics[0][i].get("small_test"),
+                   **uncertainty.test_intervals(truth, mean.argmax(1))}
         for key in SUMMED:  # every member runs: their times add up
             values = [m[i].get(key) for m in member_metrics]
             metrics[key] = sum(values) if None not in values else None
@@ -239,7 +304,7 @@ def ensemble_entry(runs_dir, members, name, out):
         common.write_json(folder / "metrics.json", metrics)
         training.write_predictions(folder / "predictions.csv", classes, clips, truth, mean)
         reports.plot_confusion(folder / "confusion.png", metrics, classes)
-        results.append(metrics)
+        results.append({**metrics, "_path": folder / "metrics.json"})  # its predictions: paired
     if len(results) == 1:
         return {**results[0], "name": name, "epochs_run": None}
     entry = {"name": f"{name} ({len(results)}-fold)", "model": name, "split_hash": "k-fold",
@@ -311,7 +376,7 @@ def cell(entry, key, fmt):
 
 
 def markdown_table(entries):
-    header = ["run", "model", "balanced acc", "accuracy", "macro F1", "epochs",
+    header = ["run", "model", "balanced acc", "95% CI", "accuracy", "macro F1", "epochs",
               "time to best val. (s)", "model (ms/clip)", "audio to label (s/clip)",
               "Kaggle public", "Kaggle private"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -325,6 +390,7 @@ def markdown_table(entries):
         small = " †" if e.get("small_test") else ""
         workers = f" ({e['predict_workers']} workers)" if e.get("predict_workers") else ""
         row = [name, model, cell(e, "test_balanced_accuracy", "{:.3f}") + small,
+               uncertainty.interval_text(e.get("test_balanced_accuracy_ci")),
                cell(e, "test_accuracy", "{:.3f}"), cell(e, "test_macro_f1", "{:.3f}"),
                cell(e, "epochs_run", "{:.0f}"), cell(e, CONVERGED, "{:.2f}"),
                cell(e, "predict_ms", "{:.2f}"),
@@ -422,6 +488,7 @@ def write_report(entries, out, unfinished=()):
         for note, names in notes.items():  # runs of one split share one note
             who = "every run here" if len(names) == len(group) else ", ".join(names)
             text += f"† a small test part ({who}): {note}\n\n"
+        text += paired_text(group)
     if unfinished:
         text += "## Unfinished (killed, or still training)\n\n" + "".join(
             f"- {name}: at {progress}; `{resume}` goes on\n"

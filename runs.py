@@ -37,6 +37,7 @@ from kaggle_client import kaggle_api
 from models import check_torchvision
 from reports import caveats, confusion_text, plot_confusion, plot_curves
 from training import SCHEDULES, BadCheckpoint, Dist, majority_class, pick_device, unwrap, write_predictions
+from uncertainty import T_MEAN, interval_text, mean_interval
 
 # ----------------------------------------------------------------------------------------------
 # Flags: what every trainer takes, each with one meaning, all checked before any work starts
@@ -522,9 +523,11 @@ def save(part, model, spec, report, *, train):
         # run_progress reads it (killed in between, --resume tests the model again: no harm)
         part.checkpoint.with_suffix(".json").unlink(missing_ok=True)
         part.checkpoint.unlink(missing_ok=True)
-    print(f"test: balanced accuracy {metrics['test_balanced_accuracy']:.3f}, accuracy "
-          f"{metrics['test_accuracy']:.3f}, macro F1 {metrics['test_macro_f1']:.3f} on "
-          f"{metrics['n_test']} clips ({metrics['split']}) -> {part.dir}")
+    print(f"test: balanced accuracy {metrics['test_balanced_accuracy']:.3f} (95% CI "
+          f"{interval_text(metrics.get('test_balanced_accuracy_ci'))}), accuracy "
+          f"{metrics['test_accuracy']:.3f} (95% CI {interval_text(metrics.get('test_accuracy_ci'))}), "
+          f"macro F1 {metrics['test_macro_f1']:.3f} on {metrics['n_test']} clips "
+          f"({metrics['split']}) -> {part.dir}")
     print(report.text.rstrip("\n"))
     print(confusion_text(metrics["confusion"], classes))
     for part_name in ("test", "val"):
@@ -545,8 +548,9 @@ def tested_parts(run_dir):
 
 
 def summarize_folds(run):
-    """--folds K: mean and sample standard deviation (ddof=1: K is small) over the folds, into
-    RUN/summary.json, once every fold is finished (read from their metrics.json)."""
+    """--folds K: mean, sample standard deviation (ddof=1: K is small) and the 95 % t interval of
+    the mean over the folds, into RUN/summary.json, once every fold is finished (read from their
+    metrics.json)."""
     if not run.args.folds or not run.dist.main:
         return None
     folders = [run.dir / name for name, _ in run.splits]
@@ -558,11 +562,14 @@ def summarize_folds(run):
     summary = {"model": results[0]["model"], "folds": len(results), "split": split_label(run.args),
                "balanced_accuracy_mean": float(bal.mean()), "balanced_accuracy_std": float(bal.std(ddof=1)),
                "accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std(ddof=1)),
-               "per_fold_balanced_accuracy": bal.tolist()}
+               "balanced_accuracy_ci": mean_interval(bal), "accuracy_ci": mean_interval(acc),
+               "ci_method": T_MEAN, "per_fold_balanced_accuracy": bal.tolist()}
     write_json(run.dir / "summary.json", summary)
     print(f"{len(results)}-fold: balanced accuracy {summary['balanced_accuracy_mean']:.3f} +- "
-          f"{summary['balanced_accuracy_std']:.3f}, accuracy {summary['accuracy_mean']:.3f} +- "
-          f"{summary['accuracy_std']:.3f} -> {run.dir}/summary.json")
+          f"{summary['balanced_accuracy_std']:.3f} (fold to fold; 95% CI of the mean "
+          f"{interval_text(summary['balanced_accuracy_ci'])}), accuracy "
+          f"{summary['accuracy_mean']:.3f} +- {summary['accuracy_std']:.3f} (95% CI "
+          f"{interval_text(summary['accuracy_ci'])}) -> {run.dir}/summary.json")
     return summary
 
 
