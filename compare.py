@@ -161,14 +161,15 @@ def audio_to_label(records):
 
 def fold_means(folds, keys):
     """{key: mean, key_std: sample std} over the folds, for the keys all of them have; and the
-    t interval of the mean balanced accuracy."""
+    interval of the mean balanced accuracy (t, floored by its test clips when they are known)."""
     out = {}
     for key in keys:
         if all(f.get(key) is not None for f in folds):
             values = np.array([f[key] for f in folds], dtype=float)
             out[key], out[key + "_std"] = float(values.mean()), float(values.std(ddof=1))
+    clips = sum(f.get("n_test") or 0 for f in folds) if all(f.get("n_test") for f in folds) else None
     out["test_balanced_accuracy_ci"] = uncertainty.mean_interval(
-        [f["test_balanced_accuracy"] for f in folds])
+        [f["test_balanced_accuracy"] for f in folds], clips=clips)
     out["ci_method"] = {"test_balanced_accuracy_ci": uncertainty.T_MEAN}
     return out
 

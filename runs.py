@@ -559,10 +559,12 @@ def summarize_folds(run):
     results = [json.loads((f / "metrics.json").read_text()) for f in folders]
     bal = np.array([m["test_balanced_accuracy"] for m in results])
     acc = np.array([m["test_accuracy"] for m in results])
+    clips = sum(m["n_test"] for m in results)  # every clip tested once
     summary = {"model": results[0]["model"], "folds": len(results), "split": split_label(run.args),
                "balanced_accuracy_mean": float(bal.mean()), "balanced_accuracy_std": float(bal.std(ddof=1)),
                "accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std(ddof=1)),
-               "balanced_accuracy_ci": mean_interval(bal), "accuracy_ci": mean_interval(acc),
+               "balanced_accuracy_ci": mean_interval(bal, clips=clips),
+               "accuracy_ci": mean_interval(acc, clips=clips),
                "ci_method": T_MEAN, "per_fold_balanced_accuracy": bal.tolist()}
     write_json(run.dir / "summary.json", summary)
     print(f"{len(results)}-fold: balanced accuracy {summary['balanced_accuracy_mean']:.3f} +- "

@@ -13,8 +13,10 @@ The choices, and why:
   of every class (a stratified split of a balanced set) balanced accuracy is accuracy and that
   floor is exact; otherwise it is an approximation, which the bootstrap usually exceeds anyway.
 - K-fold: the fold-to-fold spread (sample std) and the t interval of the mean (scipy.stats.t, K-1
-  degrees of freedom). Folds share training clips, so this is somewhat too narrow; for repeated
-  K-fold, `overlap` (test / train clips) applies Nadeau and Bengio's correction (2003).
+  degrees of freedom), never narrower than the exact interval of the mean as a share of all the
+  test clips (each tested once): five folds that happen to agree would otherwise make it a
+  point. Folds share training clips, so the t interval alone is somewhat too narrow; for
+  repeated K-fold, `overlap` (test / train clips) applies Nadeau and Bengio's correction (2003).
 - Two runs on the same clips: a paired bootstrap of the balanced-accuracy difference (the same
   resampled clips for both; per fold, for K-fold runs on the same folds) and McNemar's exact test
   on the clips only one of them got right (scipy.stats.binomtest). The difference counts as beyond
@@ -29,7 +31,8 @@ CONFIDENCE, RESAMPLES, SEED = 0.95, 2000, 0
 EXACT = "exact Clopper-Pearson over test clips (scipy.stats.binomtest)"
 BOOTSTRAP = (f"percentile bootstrap over test clips, {RESAMPLES} resamples, seed {SEED}, "
              "widened to the Clopper-Pearson interval of round(balanced accuracy x clips)")
-T_MEAN = "t interval of the mean over folds (scipy.stats.t)"
+T_MEAN = ("t interval of the mean over folds (scipy.stats.t), widened to the Clopper-Pearson "
+          "interval of round(mean x test clips)")
 
 
 def exact_interval(successes, n, confidence=CONFIDENCE):
@@ -82,10 +85,11 @@ def test_intervals(truth, predicted):
             "ci_method": {"test_balanced_accuracy_ci": BOOTSTRAP, "test_accuracy_ci": EXACT}}
 
 
-def mean_interval(values, confidence=CONFIDENCE, overlap=0.0, bounds=(0.0, 1.0)):
+def mean_interval(values, confidence=CONFIDENCE, overlap=0.0, bounds=(0.0, 1.0), clips=None):
     """The t interval of the mean of values (folds; None under two), clipped to bounds.
     overlap = test / train clips corrects for resamples that share clips (Nadeau and Bengio):
-    the variance of the mean is s^2 (1/J + overlap) instead of s^2 / J."""
+    the variance of the mean is s^2 (1/J + overlap) instead of s^2 / J. clips: the test clips
+    behind a K-fold mean, whose exact interval of round(mean x clips) is the floor."""
     from scipy import stats
     values = np.asarray(values, dtype=float)
     if len(values) < 2:
@@ -93,6 +97,9 @@ def mean_interval(values, confidence=CONFIDENCE, overlap=0.0, bounds=(0.0, 1.0))
     mean, scale = values.mean(), values.std(ddof=1) * np.sqrt(1 / len(values) + overlap)
     low, high = (stats.t.interval(confidence, len(values) - 1, loc=mean, scale=scale)
                  if scale > 0 else (mean, mean))
+    if clips:
+        floor = exact_interval(round(mean * clips), clips, confidence)
+        low, high = min(low, floor[0]), max(high, floor[1])
     lo, hi = bounds or (-np.inf, np.inf)
     return [float(max(lo, low)), float(min(hi, high))]
 

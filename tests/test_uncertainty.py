@@ -38,6 +38,10 @@ def test_t_interval_of_a_fold_mean():
     assert uncertainty.mean_interval([0.6, 0.7, 0.8]) == pytest.approx([0.7 - half, 0.7 + half])
     assert uncertainty.mean_interval([0.9, 1.0, 1.0])[1] == 1.0  # clipped to a proportion's range
     assert uncertainty.mean_interval([0.7]) is None
+    # five folds of 10 clips that agree: not a point, but the exact interval of 10 of 50 clips
+    exact = stats.binomtest(10, 50).proportion_ci(0.95, method="exact")
+    assert uncertainty.mean_interval([0.2] * 5, clips=50) == pytest.approx([exact.low, exact.high])
+    assert uncertainty.mean_interval([0.6, 0.7, 0.8], clips=30) == pytest.approx([0.7 - half, 0.7 + half])
     # repeated K-fold (Nadeau and Bengio): the variance of the mean times (1/J + test/train) * J
     values = [0.1, 0.0, 0.05, 0.08]
     wide = uncertainty.mean_interval(values, overlap=0.25, bounds=None)
