@@ -174,12 +174,16 @@ def report(results, args, overlap):
     print(f"\nCPU time, old / new: {old[0] / new[0]:.2f}x in total, "
           f"{(old[0] / old[1]) / (new[0] / new[1]):.2f}x per epoch (target >= 3x)")
     ci = uncertainty.mean_interval(diffs, overlap=overlap, bounds=None)
-    verdict = ("one fold: no interval" if ci is None else
-               f"95% CI {ci[0]:+.3f}..{ci[1]:+.3f} (t, {len(diffs) - 1} df, corrected for folds "
-               f"sharing training clips, test/train {overlap:.2f}): "
-               + ("within noise" if ci[0] <= 0 <= ci[1] else "beyond noise")
-               + f"; half-width {(ci[1] - ci[0]) / 2:.3f}, so a difference of 0.05 "
-               + ("can" if (ci[1] - ci[0]) / 2 < 0.05 else "cannot") + " be told from noise")
+    if ci is None or len(set(diffs)) == 1:  # no spread to measure: not a precise difference
+        verdict = ("every fold gives the same difference: no spread to measure, no interval "
+                   "(too few folds or epochs to tell the recipes apart)")
+    else:
+        half = (ci[1] - ci[0]) / 2
+        verdict = (f"95% CI {ci[0]:+.3f}..{ci[1]:+.3f} (t, {len(diffs) - 1} df, corrected for "
+                   f"folds sharing training clips, test/train {overlap:.2f}): "
+                   + ("within noise" if ci[0] <= 0 <= ci[1] else "beyond noise")
+                   + f"; half-width {half:.3f}: a difference of 0.05 would "
+                   + ("" if half < 0.05 else "not ") + "be told from noise at these settings")
     print(f"balanced accuracy, new - old, fold by fold (mean of seeds), {len(diffs)} folds: "
           f"{statistics.mean(diffs):+.3f}, {verdict}")
     for name, r in results.items():
