@@ -240,12 +240,19 @@ def paired(a, b):
     first, second = part_predictions(a), part_predictions(b)
     if first is None or second is None:
         return "not compared: no predictions.csv"
-    if len(first) != len(second) or any(x.keys() != y.keys() or any(x[c][0] != y[c][0] for c in x)
-                                        for x, y in zip(first, second)):
+    same = len(first) == len(second) and all(  # the same clips, each with the same true class
+        {c: t for c, (t, _) in x.items()} == {c: t for c, (t, _) in y.items()}
+        for x, y in zip(first, second))
+    if not same:
         return "not compared: not the same test clips"
     classes = sorted({name for part in first + second for pair in part.values() for name in pair})
-    parts = [tuple(np.array([classes.index(part[c][i]) for c in sorted(x)]) for part, i in
-                   ((x, 0), (x, 1), (y, 1))) for x, y in zip(first, second)]
+    index = {name: i for i, name in enumerate(classes)}
+    parts = []
+    for x, y in zip(first, second):
+        clips = sorted(x)
+        parts.append((np.array([index[x[c][0]] for c in clips]),   # the true classes
+                      np.array([index[x[c][1]] for c in clips]),   # a's predictions
+                      np.array([index[y[c][1]] for c in clips])))  # b's
     return str(uncertainty.paired_difference(parts))
 
 

@@ -203,6 +203,9 @@ def test_intervals_and_paired_differences_in_the_table(tmp_path, capsys):
         training.write_predictions(runs / name / "predictions.csv", classes, clips, truth,
                                    np.eye(2)[predicted])
     fake_run(runs, "old", 0.4)  # recorded before predictions.csv
+    fake_run(runs, "moved", 0.3)  # its predictions name other clips
+    training.write_predictions(runs / "moved" / "predictions.csv", classes, [f"x{c}" for c in clips],
+                               truth, np.eye(2)[truth])
     for fold, bal in ((1, 0.6), (2, 0.7), (3, 0.8)):
         fake_run(runs, "mlp-k", bal, group="mlp-k", fold=fold, split=f"f{fold}")
     assert compare.main(["--runs", str(runs), "--out", str(tmp_path / "report")]) == 0
@@ -215,4 +218,5 @@ def test_intervals_and_paired_differences_in_the_table(tmp_path, capsys):
     assert "McNemar p = 0.5, 2 vs 0 clips right by one only): within noise" in out
     assert "- good vs bad: +0.500" in out and "20 vs 0 clips right by one only): beyond noise" in out
     assert "- good vs old: not compared: no predictions.csv" in out
+    assert "- good vs moved: not compared: not the same test clips" in out
     assert "mlp-k (3-fold) vs" not in out  # alone on its folds
