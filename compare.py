@@ -27,7 +27,7 @@ import training
 import uncertainty
 
 CHARTS = {  # file -> [(metric key, axis label)]: one panel each
-    "balanced_accuracy.png": [("test_balanced_accuracy", "test balanced accuracy")],
+    "balanced_accuracy.png": [("test_balanced_accuracy", "test balanced accuracy (bars: 95% interval)")],
     "time_to_converge.png": [("seconds_to_best_val", "seconds to the best validation epoch")],
     "predict_time.png": [("predict_ms", "model only: ms per clip"),
                          ("audio_to_label_seconds_per_clip", "audio file to label: s per clip")],
@@ -433,10 +433,21 @@ def by_split(entries):
     return out
 
 
+def error_bars(entries, key):
+    """(below, above) each bar: its 95 % interval where the figure has one, else the std over
+    folds (or nothing)."""
+    below, above = [], []
+    for e in entries:
+        ci, std = e.get(key + "_ci"), e.get(key + "_std") or 0
+        below.append(max(0, e[key] - ci[0]) if ci else std)
+        above.append(max(0, ci[1] - e[key]) if ci else std)
+    return [below, above]
+
+
 def bar_chart(path, groups, panels):
     """One bar panel per (metric key, label), runs grouped by split (a colour each, never
-    ranked together, the legend naming the split and its number of test clips); runs without
-    that figure are left out of it."""
+    ranked together, the legend naming the split and its number of test clips), with error bars
+    (error_bars); runs without that figure are left out of it."""
     plt = reports.pyplot()
     n = sum(len(entries) for _, entries in groups) + len(groups) - 1
     fig, axes = plt.subplots(1, len(panels), figsize=(len(panels) * max(5, 1.1 * n + 2), 4),
@@ -448,8 +459,8 @@ def bar_chart(path, groups, panels):
             if not shown:
                 continue
             xs = list(range(x, x + len(shown)))
-            ax.bar(xs, [e[key] for e in shown], yerr=[e.get(key + "_std") or 0 for e in shown],
-                   capsize=4, color=f"C{k}", label=heading.split(" (split ")[0])  # + its test clips
+            ax.bar(xs, [e[key] for e in shown], yerr=error_bars(shown, key), capsize=4,
+                   color=f"C{k}", label=heading.split(" (split ")[0])  # + its test clips
             for i, e in zip(xs, shown):
                 ax.annotate(f"{e[key]:.3g}", (i, e[key]), ha="center", va="bottom", fontsize=8)
             ticks += xs

@@ -262,6 +262,8 @@ MUTATIONS = [
       f"{UNCERTAINTY} {FOLD_SUMMARY}"),
     M("compare: a run recorded without intervals left without", "compare.py",
       "m.update(intervals_from_predictions(path.parent))", "pass", COMPARE_CI),
+    M("compare chart: error bars without the interval", "compare.py",
+      "yerr=error_bars(shown, key)", 'yerr=[e.get(key + "_std") or 0 for e in shown]', COMPARE_CI),
     M("kernel results: balanced accuracy without its interval", "kernels/kernel_main.py",
       '("balanced accuracy", with_interval("test_balanced_accuracy"))',
       """("balanced accuracy", f"{m['test_balanced_accuracy']:.3f}")""",

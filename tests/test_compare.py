@@ -220,3 +220,9 @@ def test_intervals_and_paired_differences_in_the_table(tmp_path, capsys):
     assert "- good vs old: not compared: no predictions.csv" in out
     assert "- good vs moved: not compared: not the same test clips" in out
     assert "mlp-k (3-fold) vs" not in out  # alone on its folds
+    groups = compare.by_split(compare.load_runs(runs))
+    fig = compare.bar_chart(tmp_path / "b.png", groups, compare.CHARTS["balanced_accuracy.png"])
+    bars = {round(b.get_height(), 3): b for b in fig.axes[0].patches}
+    lines = [seg for c in fig.axes[0].collections for seg in c.get_segments()]  # error bars
+    good = next(seg for seg in lines if seg[0][0] == pytest.approx(bars[1.0].get_x() + 0.4))
+    assert sorted(y for _, y in good) == pytest.approx([0.025 ** (1 / 40), 1.0])  # its interval
