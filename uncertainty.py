@@ -42,9 +42,13 @@ def exact_interval(successes, n, confidence=CONFIDENCE):
     return [float(ci.low), float(ci.high)]
 
 
-def resample_counts(n, resamples, rng):
-    """(resamples, n): how often each of n clips is drawn in each resample."""
-    return rng.multinomial(n, np.full(n, 1 / n), size=resamples)
+def resampled(statistic, args, n, resamples, rng):
+    """statistic(counts, *args) of each resample of n clips, counts (resamples, n) saying how often
+    each clip is drawn; in chunks of about 2 million counts (a large test part stays small in
+    memory)."""
+    chunk = max(1, 2_000_000 // n)
+    return np.concatenate([statistic(rng.multinomial(n, np.full(n, 1 / n), size=min(chunk, resamples - done)),
+                                     *args) for done in range(0, resamples, chunk)])
 
 
 def balanced_accuracies(counts, truth, correct, n_classes):
@@ -54,6 +58,11 @@ def balanced_accuracies(counts, truth, correct, n_classes):
     total, hits = counts @ onehot, counts @ (onehot * correct[:, None])
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.nanmean(np.where(total > 0, hits / total, np.nan), axis=1)
+
+
+def balanced_difference(counts, truth, right_a, right_b, n_classes):
+    return (balanced_accuracies(counts, truth, right_a, n_classes)
+            - balanced_accuracies(counts, truth, right_b, n_classes))
 
 
 def percentile_interval(values, confidence=CONFIDENCE):
@@ -70,9 +79,9 @@ def balanced_accuracy_interval(truth, predicted, confidence=CONFIDENCE, resample
     n, n_classes = len(truth), int(max(truth.max(), predicted.max())) + 1
     correct = truth == predicted
     point = balanced_accuracies(np.ones((1, n)), truth, correct, n_classes)[0]
-    counts = resample_counts(n, resamples, np.random.default_rng(seed))
-    low, high = percentile_interval(balanced_accuracies(counts, truth, correct, n_classes),
-                                    confidence)
+    boot = resampled(balanced_accuracies, (truth, correct, n_classes), n, resamples,
+                     np.random.default_rng(seed))
+    low, high = percentile_interval(boot, confidence)
     floor = exact_interval(round(point * n), n, confidence)
     return [min(low, floor[0]), max(high, floor[1])]
 
@@ -133,12 +142,9 @@ def paired_difference(parts, confidence=CONFIDENCE, resamples=RESAMPLES, seed=SE
         truth, a, b = (np.asarray(x, dtype=int) for x in (truth, a, b))
         n, n_classes = len(truth), int(max(truth.max(), a.max(), b.max())) + 1
         right_a, right_b = truth == a, truth == b
-        every = np.ones((1, n))
-        point += (balanced_accuracies(every, truth, right_a, n_classes)
-                  - balanced_accuracies(every, truth, right_b, n_classes))[0]
-        counts = resample_counts(n, resamples, rng)
-        boot += (balanced_accuracies(counts, truth, right_a, n_classes)
-                 - balanced_accuracies(counts, truth, right_b, n_classes))
+        args = (truth, right_a, right_b, n_classes)
+        point += balanced_difference(np.ones((1, n)), *args)[0]
+        boot += resampled(balanced_difference, args, n, resamples, rng)
         only_a += int((right_a & ~right_b).sum())
         only_b += int((right_b & ~right_a).sum())
     discordant = only_a + only_b

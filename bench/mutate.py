@@ -249,7 +249,7 @@ MUTATIONS = [
       "self.interval[0] > 0 or self.interval[1] < 0", f"{UNCERTAINTY} {COMPARE_CI}"),
     M("paired: the runs resampled apart", "uncertainty.py",
       "- balanced_accuracies(counts, truth, right_b, n_classes))",
-      "- balanced_accuracies(resample_counts(n, resamples, rng), truth, right_b, n_classes))",
+      "- balanced_accuracies(np.random.default_rng().permuted(counts, axis=1), truth, right_b, n_classes))",
       UNCERTAINTY),
     M("metrics: no intervals recorded", "training.py",
       '"kaggle_score": None, **uncertainty.test_intervals(clip_labels, predicted)}',
