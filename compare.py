@@ -25,9 +25,10 @@ import models
 import reports
 import runs
 import training
+import uncertainty
 
 CHARTS = {  # file -> [(metric key, axis label)]: one panel each
-    "balanced_accuracy.png": [("test_balanced_accuracy", "test balanced accuracy")],
+    "balanced_accuracy.png": [("test_balanced_accuracy", "test balanced accuracy (bars: 95% interval)")],
     "time_to_converge.png": [("seconds_to_best_val", "seconds to the best validation epoch")],
     "predict_time.png": [("predict_ms", "model only: ms per clip"),
                          ("audio_to_label_seconds_per_clip", "audio file to label: s per clip")],
@@ -87,6 +88,8 @@ def load_runs(runs_dir, names=None):
             continue
         m["_path"] = path
         m.setdefault(CONVERGED, m.get("seconds_to_best"))  # a run recorded before it was kept
+        if "test_balanced_accuracy_ci" not in m:  # recorded before intervals were
+            m.update(intervals_from_predictions(path.parent))
         record = prediction_record(path.parent)
         m.setdefault("audio_to_label_seconds_per_clip", audio_to_label([record]))
         m.setdefault("predict_workers", (record or {}).get("workers"))
@@ -158,13 +161,29 @@ def audio_to_label(records):
 
 
 def fold_means(folds, keys):
-    """{key: mean, key_std: sample std} over the folds, for the keys all of them have."""
+    """{key: mean, key_std: sample std} over the folds, for the keys all of them have; and the
+    interval of the mean balanced accuracy (t, floored by its test clips when they are known)."""
     out = {}
     for key in keys:
         if all(f.get(key) is not None for f in folds):
             values = np.array([f[key] for f in folds], dtype=float)
             out[key], out[key + "_std"] = float(values.mean()), float(values.std(ddof=1))
+    clips = sum(f.get("n_test") or 0 for f in folds) if all(f.get("n_test") for f in folds) else None
+    out["test_balanced_accuracy_ci"] = uncertainty.mean_interval(
+        [f["test_balanced_accuracy"] for f in folds], clips=clips)
+    out["ci_method"] = {"test_balanced_accuracy_ci": uncertainty.T_MEAN}
     return out
+
+
+def intervals_from_predictions(part_dir):
+    """The intervals of a run recorded without them, from its predictions.csv ({} without one:
+    the table shows '?')."""
+    found = clip_predictions(part_dir)
+    if found is None:
+        return {}
+    clips, classes = found
+    truth, predicted = zip(*((classes.index(t), classes.index(p)) for t, p in clips.values()))
+    return uncertainty.test_intervals(truth, predicted)
 
 
 def sort_entries(entries):
@@ -194,6 +213,59 @@ def read_predictions(part_dir):
     if not classes:
         raise common.SuiteError(f"--ensemble {path}: no class probabilities")
     return rows, classes
+
+
+def clip_predictions(part_dir):
+    """({clip id: (true class, predicted class)}, classes) from a part's predictions.csv (the
+    predicted class: the most probable); None without one."""
+    try:
+        rows, classes = read_predictions(Path(part_dir))
+    except common.SuiteError:
+        return None
+    clips = {clip: (true, classes[int(np.argmax(p))]) for clip, (true, p) in rows.items()}
+    if not clips or any(true not in classes for true, _ in clips.values()):
+        return None
+    return clips, classes
+
+
+def part_predictions(entry):
+    """Per tested part (the run, or each of its folds) its clip predictions; None when a part
+    has none (recorded before predictions.csv)."""
+    parts = [clip_predictions(p["_path"].parent) if p.get("_path") else None
+             for p in entry.get("folds", [entry])]
+    return None if None in parts else [clips for clips, _ in parts]
+
+
+def paired(a, b):
+    """Run a against run b on the same test clips (uncertainty.paired_difference), or why not."""
+    first, second = part_predictions(a), part_predictions(b)
+    if first is None or second is None:
+        return "not compared: no predictions.csv"
+    same = len(first) == len(second) and all(  # the same clips, each with the same true class
+        {c: t for c, (t, _) in x.items()} == {c: t for c, (t, _) in y.items()}
+        for x, y in zip(first, second))
+    if not same:
+        return "not compared: not the same test clips"
+    classes = sorted({name for part in first + second for pair in part.values() for name in pair})
+    index = {name: i for i, name in enumerate(classes)}
+    parts = []
+    for x, y in zip(first, second):
+        clips = sorted(x)
+        parts.append((np.array([index[x[c][0]] for c in clips]),   # the true classes
+                      np.array([index[x[c][1]] for c in clips]),   # a's predictions
+                      np.array([index[y[c][1]] for c in clips])))  # b's
+    return str(uncertainty.paired_difference(parts))
+
+
+def paired_text(group):
+    """Under a split's table: its best run against each other one, on the same test clips."""
+    if len(group) < 2:
+        return ""
+    lines = "".join(f"- {group[0]['name']} vs {e['name']}: {paired(group[0], e)}\n"
+                    for e in group[1:])
+    return ("Paired, the best run against each other (balanced accuracy, first minus second; "
+            "95% paired bootstrap interval over the test clips, per fold for K-fold runs; "
+            "McNemar's exact test on the clips only one got right):\n\n" + lines + "\n")
 
 
 def ensemble_entry(runs_dir, members, name, out):
@@ -229,7 +301,8 @@ def ensemble_entry(runs_dir, members, name, out):
                    "test_macro_f1": s["macro_f1"], "confusion": s["confusion"],
                    "n_test": len(clips), "split_hash": member_metrics[0][i].get("split_hash"),
                    "split": member_metrics[0][i].get("split"),
-                   "small_test": member_metrics[0][i].get("small_test")}
+                   "small_test": member_metrics[0][i].get("small_test"),
+                   **uncertainty.test_intervals(truth, mean.argmax(1))}
         for key in SUMMED:  # every member runs: their times add up
             values = [m[i].get(key) for m in member_metrics]
             metrics[key] = sum(values) if None not in values else None
@@ -239,7 +312,7 @@ def ensemble_entry(runs_dir, members, name, out):
         common.write_json(folder / "metrics.json", metrics)
         training.write_predictions(folder / "predictions.csv", classes, clips, truth, mean)
         reports.plot_confusion(folder / "confusion.png", metrics, classes)
-        results.append(metrics)
+        results.append({**metrics, "_path": folder / "metrics.json"})  # its predictions: paired
     if len(results) == 1:
         return {**results[0], "name": name, "epochs_run": None}
     entry = {"name": f"{name} ({len(results)}-fold)", "model": name, "split_hash": "k-fold",
@@ -288,7 +361,7 @@ def cell(entry, key, fmt):
 
 
 def markdown_table(entries):
-    header = ["run", "model", "balanced acc", "accuracy", "macro F1", "epochs",
+    header = ["run", "model", "balanced acc", "95% CI", "accuracy", "macro F1", "epochs",
               "time to best val. (s)", "model (ms/clip)", "audio to label (s/clip)",
               "Kaggle public", "Kaggle private"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -302,6 +375,7 @@ def markdown_table(entries):
         small = " †" if e.get("small_test") else ""
         workers = f" ({e['predict_workers']} workers)" if e.get("predict_workers") else ""
         row = [name, model, cell(e, "test_balanced_accuracy", "{:.3f}") + small,
+               uncertainty.interval_text(e.get("test_balanced_accuracy_ci")),
                cell(e, "test_accuracy", "{:.3f}"), cell(e, "test_macro_f1", "{:.3f}"),
                cell(e, "epochs_run", "{:.0f}"), cell(e, CONVERGED, "{:.2f}"),
                cell(e, "predict_ms", "{:.2f}"),
@@ -336,10 +410,21 @@ def by_split(entries):
     return out
 
 
+def error_bars(entries, key):
+    """(below, above) each bar: its 95 % interval where the figure has one, else the std over
+    folds (or nothing)."""
+    below, above = [], []
+    for e in entries:
+        ci, std = e.get(key + "_ci"), e.get(key + "_std") or 0
+        below.append(max(0, e[key] - ci[0]) if ci else std)
+        above.append(max(0, ci[1] - e[key]) if ci else std)
+    return [below, above]
+
+
 def bar_chart(path, groups, panels):
     """One bar panel per (metric key, label), runs grouped by split (a colour each, never
-    ranked together, the legend naming the split and its number of test clips); runs without
-    that figure are left out of it."""
+    ranked together, the legend naming the split and its number of test clips), with error bars
+    (error_bars); runs without that figure are left out of it."""
     plt = reports.pyplot()
     n = sum(len(entries) for _, entries in groups) + len(groups) - 1
     fig, axes = plt.subplots(1, len(panels), figsize=(len(panels) * max(5, 1.1 * n + 2), 4),
@@ -351,8 +436,8 @@ def bar_chart(path, groups, panels):
             if not shown:
                 continue
             xs = list(range(x, x + len(shown)))
-            ax.bar(xs, [e[key] for e in shown], yerr=[e.get(key + "_std") or 0 for e in shown],
-                   capsize=4, color=f"C{k}", label=heading.split(" (split ")[0])  # + its test clips
+            ax.bar(xs, [e[key] for e in shown], yerr=error_bars(shown, key), capsize=4,
+                   color=f"C{k}", label=heading.split(" (split ")[0])  # + its test clips
             for i, e in zip(xs, shown):
                 ax.annotate(f"{e[key]:.3g}", (i, e[key]), ha="center", va="bottom", fontsize=8)
             ticks += xs
@@ -399,6 +484,7 @@ def write_report(entries, out, unfinished=()):
         for note, names in notes.items():  # runs of one split share one note
             who = "every run here" if len(names) == len(group) else ", ".join(names)
             text += f"† a small test part ({who}): {note}\n\n"
+        text += paired_text(group)
     if unfinished:
         text += "## Unfinished (killed, or still training)\n\n" + "".join(
             f"- {name}: at {progress}; `{resume}` goes on\n"

@@ -53,6 +53,7 @@ from training import (
     unwrap,
     write_predictions,
 )
+from uncertainty import T_MEAN, interval_text, mean_interval
 
 # ----------------------------------------------------------------------------------------------
 # Flags: what every trainer takes, each with one meaning, all checked before any work starts
@@ -633,9 +634,11 @@ def save(part, model, spec, report, *, train):
     write_results(part.dir, metrics, report)
     if metrics["complete"]:  # the model file has the weights (a kill before this: --resume drops it)
         drop_checkpoint(part.checkpoint)
-    print(f"test: balanced accuracy {metrics['test_balanced_accuracy']:.3f}, accuracy "
-          f"{metrics['test_accuracy']:.3f}, macro F1 {metrics['test_macro_f1']:.3f} on "
-          f"{metrics['n_test']} clips ({metrics['split']}) -> {part.dir}")
+    print(f"test: balanced accuracy {metrics['test_balanced_accuracy']:.3f} (95% CI "
+          f"{interval_text(metrics.get('test_balanced_accuracy_ci'))}), accuracy "
+          f"{metrics['test_accuracy']:.3f} (95% CI {interval_text(metrics.get('test_accuracy_ci'))}), "
+          f"macro F1 {metrics['test_macro_f1']:.3f} on {metrics['n_test']} clips "
+          f"({metrics['split']}) -> {part.dir}")
     print(report.text.rstrip("\n"))
     print(confusion_text(metrics["confusion"], classes))
     for part_name in ("test", "val"):
@@ -656,8 +659,9 @@ def tested_parts(run_dir):
 
 
 def summarize_folds(run):
-    """--folds K: mean and sample standard deviation (ddof=1: K is small) over the folds, into
-    RUN/summary.json, once every fold is finished (read from their metrics.json)."""
+    """--folds K: mean, sample standard deviation (ddof=1: K is small) and the 95 % t interval of
+    the mean over the folds, into RUN/summary.json, once every fold is finished (read from their
+    metrics.json)."""
     if not run.args.folds or not run.dist.main:
         return None
     folders = [run.dir / name for name, _ in run.splits]
@@ -666,14 +670,19 @@ def summarize_folds(run):
     results = [read_metrics(f) for f in folders]
     bal = np.array([m["test_balanced_accuracy"] for m in results])
     acc = np.array([m["test_accuracy"] for m in results])
+    clips = sum(m["n_test"] for m in results)  # every clip tested once
     summary = {"model": results[0]["model"], "folds": len(results), "split": split_label(run.args),
                "balanced_accuracy_mean": float(bal.mean()), "balanced_accuracy_std": float(bal.std(ddof=1)),
                "accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std(ddof=1)),
-               "per_fold_balanced_accuracy": bal.tolist()}
+               "balanced_accuracy_ci": mean_interval(bal, clips=clips),
+               "accuracy_ci": mean_interval(acc, clips=clips),
+               "ci_method": T_MEAN, "per_fold_balanced_accuracy": bal.tolist()}
     write_json(run.dir / "summary.json", summary)
     print(f"{len(results)}-fold: balanced accuracy {summary['balanced_accuracy_mean']:.3f} +- "
-          f"{summary['balanced_accuracy_std']:.3f}, accuracy {summary['accuracy_mean']:.3f} +- "
-          f"{summary['accuracy_std']:.3f} -> {run.dir}/summary.json")
+          f"{summary['balanced_accuracy_std']:.3f} (fold to fold; 95% CI of the mean "
+          f"{interval_text(summary['balanced_accuracy_ci'])}), accuracy "
+          f"{summary['accuracy_mean']:.3f} +- {summary['accuracy_std']:.3f} (95% CI "
+          f"{interval_text(summary['accuracy_ci'])}) -> {run.dir}/summary.json")
     return summary
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import uncertainty
 from common import SuiteError, atomic_write, clock_text, progress, time_left, write_csv, write_json
 from data import AUGMENTATIONS, LazyImageDataset, batch_collate, item_uniforms
 
@@ -576,9 +577,9 @@ def clip_scores(logits, labels, clip_ids):
 
 
 def test_metrics(model_name, classes, logits, test_set, probabilities=None):
-    """Clip-level figures (segments vote), segment-level beside them when there are segments;
-    the sklearn report; per clip: id, true and predicted class, class probabilities (softmax
-    of the clip's mean logits unless given)."""
+    """Clip-level figures (segments vote) with their 95 % intervals over the test clips,
+    segment-level beside them when there are segments; the sklearn report; per clip: id, true
+    and predicted class, class probabilities (softmax of the clip's mean logits unless given)."""
     from sklearn.metrics import classification_report
     clips, clip_logits, clip_labels = clip_vote(logits, test_set.labels, test_set.clip_ids)
     predicted = clip_logits.argmax(1)
@@ -586,7 +587,7 @@ def test_metrics(model_name, classes, logits, test_set, probabilities=None):
     metrics = {"model": model_name, "test_accuracy": s["accuracy"],
                "test_balanced_accuracy": s["balanced_accuracy"], "test_macro_f1": s["macro_f1"],
                "classes": list(classes), "confusion": s["confusion"], "n_test": len(clips),
-               "kaggle_score": None}
+               "kaggle_score": None, **uncertainty.test_intervals(clip_labels, predicted)}
     if len(test_set) > len(clips):
         seg = classification_scores(test_set.labels, logits.argmax(1), len(classes))
         metrics.update({"segment_test_accuracy": seg["accuracy"],

@@ -82,6 +82,9 @@ FINISHED = (f"{CNN}::test_a_part_stopped_by_the_time_limit_is_not_finished "
             f"{CNN}::test_resume_of_a_finished_run_changes_nothing "
             f"{CNN}::test_the_end_of_a_run_resumes_at_every_instant "
             f"{CNN}::test_resume_may_change_workers_and_device")
+UNCERTAINTY = "tests/test_uncertainty.py"
+FOLD_SUMMARY = f"{MLP}::test_folds_summary_for_baseline"
+COMPARE_CI = "tests/test_compare.py::test_intervals_and_paired_differences_in_the_table"
 
 M = Mutation
 MUTATIONS = [
@@ -232,6 +235,38 @@ MUTATIONS = [
     M("compare: a K-fold run killed between folds shown complete", "compare.py",
       "if len(folds) < planned or stopped:", "if stopped:",
       "tests/test_compare.py::test_runs_without_test_figures_are_shown_not_dropped"),
+    # intervals: every figure with its uncertainty (uncertainty.py and where it is shown)
+    M("interval: the bootstrap without its exact floor", "uncertainty.py",
+      "return [min(low, floor[0]), max(high, floor[1])]", "return [low, high]", UNCERTAINTY),
+    M("interval: a fold mean's by the normal, not t", "uncertainty.py",
+      "stats.t.interval(confidence, len(values) - 1, loc=mean, scale=scale)",
+      "stats.norm.interval(confidence, loc=mean, scale=scale)", f"{UNCERTAINTY} {FOLD_SUMMARY}"),
+    M("interval: repeated K-fold not corrected for overlap", "uncertainty.py",
+      "np.sqrt(1 / len(values) + overlap)", "np.sqrt(1 / len(values))", UNCERTAINTY),
+    M("paired: the bootstrap alone calls a difference", "uncertainty.py",
+      "(self.interval[0] > 0 or self.interval[1] < 0) and self.p_value < 0.05",
+      "self.interval[0] > 0 or self.interval[1] < 0", f"{UNCERTAINTY} {COMPARE_CI}"),
+    M("paired: the runs resampled apart", "uncertainty.py",
+      "- balanced_accuracies(counts, truth, right_b, n_classes))",
+      "- balanced_accuracies(np.random.default_rng().permuted(counts, axis=1), truth, right_b, n_classes))",
+      UNCERTAINTY),
+    M("metrics: no intervals recorded", "training.py",
+      '"kaggle_score": None, **uncertainty.test_intervals(clip_labels, predicted)}',
+      '"kaggle_score": None}', FOLD_SUMMARY),
+    M("summary: the folds' range for the interval of the mean", "runs.py",
+      '"balanced_accuracy_ci": mean_interval(bal, clips=clips)',
+      '"balanced_accuracy_ci": [float(bal.min()), float(bal.max())]', FOLD_SUMMARY),
+    M("interval: a K-fold mean's without its exact floor", "uncertainty.py",
+      "low, high = min(low, floor[0]), max(high, floor[1])\n    lo, hi", "pass\n    lo, hi",
+      f"{UNCERTAINTY} {FOLD_SUMMARY}"),
+    M("compare: a run recorded without intervals left without", "compare.py",
+      "m.update(intervals_from_predictions(path.parent))", "pass", COMPARE_CI),
+    M("compare chart: error bars without the interval", "compare.py",
+      "yerr=error_bars(shown, key)", 'yerr=[e.get(key + "_std") or 0 for e in shown]', COMPARE_CI),
+    M("kernel results: balanced accuracy without its interval", "kernels/kernel_main.py",
+      '("balanced accuracy", with_interval("test_balanced_accuracy"))',
+      """("balanced accuracy", f"{m['test_balanced_accuracy']:.3f}")""",
+      "tests/test_kernels.py::test_the_results_show_each_figure_with_its_interval"),
 ]
 
 

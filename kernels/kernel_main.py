@@ -637,12 +637,17 @@ def run_folder(recipe, working=None):
 
 
 def results_table(part):
-    """The part's metrics as a markdown table, with the split and its number of test clips, and
-    a word when training stopped at the time limit."""
+    """The part's metrics as a markdown table, with the split and its number of test clips, the
+    95 % intervals over those clips (how each was computed, below), and a word when training
+    stopped at the time limit."""
     m = runs.read_metrics(part)
+
+    def with_interval(key):
+        ci = m.get(f"{key}_ci")
+        return f"{m[key]:.3f} " + (f"(95% CI {ci[0]:.3f}..{ci[1]:.3f})" if ci else "(interval not recorded)")
     rows = [("model", m["model"]), ("test clips", f"{m['n_test']} ({m.get('split', '?')})"),
-            ("balanced accuracy", f"{m['test_balanced_accuracy']:.3f}"),
-            ("accuracy", f"{m['test_accuracy']:.3f}"), ("macro F1", f"{m['test_macro_f1']:.3f}"),
+            ("balanced accuracy", with_interval("test_balanced_accuracy")),
+            ("accuracy", with_interval("test_accuracy")), ("macro F1", f"{m['test_macro_f1']:.3f}"),
             ("epochs", f"{m['epochs_run']} (weights of epoch {m['best_epoch']})"),
             ("device", m.get("device") or "not recorded"),
             ("training time", common.clock_text(m["train_seconds"]))]
@@ -650,6 +655,8 @@ def results_table(part):
         rows.insert(3, ("segment balanced accuracy",
                         f"{m['segment_test_balanced_accuracy']:.3f} ({m['n_test_segments']} segments)"))
     table = "| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
+    table += "".join(f"\n{key[5:-3].replace('_', ' ')} interval: {how}.\n"
+                     for key, how in m.get("ci_method", {}).items())
     if not m.get("complete", True):
         table = ("**Incomplete: training stopped at the time limit; these are the results of the "
                  "model so far.**\n\n" + table)

@@ -188,3 +188,41 @@ def test_confusion_chart_names_the_split_and_its_test_clips(tmp_path):
                "confusion": [[1, 1], [0, 2]]}
     figure = reports.plot_confusion(tmp_path / "c.png", metrics, ["a", "b"])
     assert figure.axes[0].get_title() == "mlp: balanced accuracy 0.500\n290 test clips, gtzan-filtered"
+
+
+def test_intervals_and_paired_differences_in_the_table(tmp_path, capsys):
+    """Every balanced accuracy with its 95 % interval: a run recorded without one gets it from
+    its predictions.csv ('?' without that file), a K-fold run the t interval of its mean; under a
+    split's table, its best run against each other one on the same clips, within noise or not."""
+    import training
+    runs, classes = tmp_path / "runs", ["a", "b"]
+    clips, truth = [f"c{i:02d}" for i in range(40)], [i % 2 for i in range(40)]
+    for name, wrong in (("good", 0), ("close", 2), ("bad", 20)):  # the first clips wrong
+        fake_run(runs, name, 1 - wrong / 40)
+        predicted = [(t + (i < wrong)) % 2 for i, t in enumerate(truth)]
+        training.write_predictions(runs / name / "predictions.csv", classes, clips, truth,
+                                   np.eye(2)[predicted])
+    fake_run(runs, "old", 0.4)  # recorded before predictions.csv
+    fake_run(runs, "moved", 0.3)  # its predictions name other clips
+    training.write_predictions(runs / "moved" / "predictions.csv", classes, [f"x{c}" for c in clips],
+                               truth, np.eye(2)[truth])
+    for fold, bal in ((1, 0.6), (2, 0.7), (3, 0.8)):
+        fake_run(runs, "mlp-k", bal, group="mlp-k", fold=fold, split=f"f{fold}")
+    assert compare.main(["--runs", str(runs), "--out", str(tmp_path / "report")]) == 0
+    out = capsys.readouterr().out
+    row = {line.split(" | ")[0][2:]: line for line in out.splitlines() if line.startswith("| ")}
+    assert f"| 1.000 | {0.025 ** (1 / 40):.3f}..1.000 |" in row["good"]  # Clopper-Pearson, 40 of 40
+    assert "| 0.400 | ? |" in row["old"]
+    assert "| 0.700 ± 0.100 | 0.452..0.948 |" in row["mlp-k (3-fold)"]  # 0.7 -+ 4.303 x 0.1 / sqrt(3)
+    assert "- good vs close: +0.050 (95% CI " in out
+    assert "McNemar p = 0.5, 2 vs 0 clips right by one only): within noise" in out
+    assert "- good vs bad: +0.500" in out and "20 vs 0 clips right by one only): beyond noise" in out
+    assert "- good vs old: not compared: no predictions.csv" in out
+    assert "- good vs moved: not compared: not the same test clips" in out
+    assert "mlp-k (3-fold) vs" not in out  # alone on its folds
+    groups = compare.by_split(compare.load_runs(runs))
+    fig = compare.bar_chart(tmp_path / "b.png", groups, compare.CHARTS["balanced_accuracy.png"])
+    bars = {round(b.get_height(), 3): b for b in fig.axes[0].patches}
+    lines = [seg for c in fig.axes[0].collections for seg in c.get_segments()]  # error bars
+    good = next(seg for seg in lines if seg[0][0] == pytest.approx(bars[1.0].get_x() + 0.4))
+    assert sorted(y for _, y in good) == pytest.approx([0.025 ** (1 / 40), 1.0])  # its interval

@@ -101,8 +101,8 @@ def test_the_notebook_reads_top_to_bottom(tmp_path):
     code = [c for c in rest if c.source.startswith("%%writefile")]
     assert all(c.metadata["_kg_hide-input"] and c.metadata["jupyter"]["source_hidden"] for c in code)
     assert written_files(folder) == {f"{m}.py": (ROOT / f"{m}.py").read_text() for m in
-                                     ("common", "audio", "data", "models", "kaggle_client", "training",
-                                      "reports", "runs", "predict", "train_cnn", "data_conversion")} | {
+                                     ("common", "audio", "data", "models", "kaggle_client", "uncertainty",
+                                      "training", "reports", "runs", "predict", "train_cnn", "data_conversion")} | {
         "kernel_main.py": (KERNELS_DIR / "kernel_main.py").read_text()}
     sources = [c.source for c in rest if not c.source.startswith("%%writefile")]
     assert any(s.strip() == "import kernel_main\n\nkernel_main.run_notebook(RECIPE)".strip()
@@ -119,12 +119,33 @@ def test_the_notebook_reads_top_to_bottom(tmp_path):
     assert found.returncode == 0, found.stdout
 
 
+def test_the_results_show_each_figure_with_its_interval(tmp_path):
+    """The notebook's results table: balanced accuracy and accuracy with their 95 % intervals
+    over the test clips and how each was computed; a run recorded before intervals says so."""
+    import uncertainty
+    truth = list(range(10))
+    metrics = {"model": "specnet", "n_test": 10, "split": "random 80/10/10 (seed 0)",
+               "test_balanced_accuracy": 1.0, "test_accuracy": 1.0, "test_macro_f1": 1.0,
+               "epochs_run": 3, "best_epoch": 3, "train_seconds": 12.0,
+               **uncertainty.test_intervals(truth, truth)}
+    common.write_json(tmp_path / "metrics.json", metrics)
+    table = kernel_main.results_table(tmp_path)
+    assert "| balanced accuracy | 1.000 (95% CI 0.692..1.000) |" in table  # 0.025 ** (1/10)
+    assert "| accuracy | 1.000 (95% CI 0.692..1.000) |" in table
+    assert "balanced accuracy interval: percentile bootstrap over test clips" in table
+    assert "accuracy interval: exact Clopper-Pearson" in table
+    for key in ("test_balanced_accuracy_ci", "test_accuracy_ci", "ci_method"):
+        del metrics[key]
+    common.write_json(tmp_path / "metrics.json", metrics)
+    assert "| balanced accuracy | 1.000 (interval not recorded) |" in kernel_main.results_table(tmp_path)
+
+
 @pytest.mark.parametrize("kind,modules", [
-    ("cnn", ["common", "audio", "data", "models", "kaggle_client", "training", "reports", "runs", "predict",
+    ("cnn", ["common", "audio", "data", "models", "kaggle_client", "uncertainty", "training", "reports", "runs", "predict",
              "train_cnn", "data_conversion", "kernel_main"]),
-    ("transfer", ["common", "audio", "data", "models", "kaggle_client", "training", "reports", "runs", "predict",
+    ("transfer", ["common", "audio", "data", "models", "kaggle_client", "uncertainty", "training", "reports", "runs", "predict",
              "train_transfer", "data_conversion", "kernel_main"]),
-    ("mlp", ["common", "audio", "data", "models", "kaggle_client", "training", "reports", "runs", "predict",
+    ("mlp", ["common", "audio", "data", "models", "kaggle_client", "uncertainty", "training", "reports", "runs", "predict",
              "train_mlp", "data_conversion", "kernel_main"]),
 ])
 def test_a_kernel_carries_the_modules_it_imports_and_no_other(kind, modules, tmp_path):

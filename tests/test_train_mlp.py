@@ -14,8 +14,9 @@ from conftest import SHARED_GTZAN, write_tone
 PUBLIC_CSV = SHARED_GTZAN / "features_30_sec.csv"
 
 
-def synthetic_csv(path, n_per_class=12, classes=("rock", "jazz", "pop"), nan=False, seed=0):
-    """A features table shaped like ours: filename, numeric columns, label; classes separable."""
+def synthetic_csv(path, n_per_class=12, classes=("rock", "jazz", "pop"), nan=False, seed=0, shift=4):
+    """A features table shaped like ours: filename, numeric columns, label; classes separable
+    (shift: how far apart, in standard deviations)."""
     rng = np.random.default_rng(seed)
     columns = ["length", "f1", "f2", "f3", "f4"]
     with open(path, "w", newline="") as f:
@@ -24,7 +25,7 @@ def synthetic_csv(path, n_per_class=12, classes=("rock", "jazz", "pop"), nan=Fal
         for k, c in enumerate(classes):
             for i in range(n_per_class):
                 values = rng.normal(0, 1, len(columns))
-                values[1 + k] += 4
+                values[1 + k] += shift
                 if nan and i == 0 and k == 0:
                     values[2] = np.nan
                 w.writerow([f"{c}.{i:05d}.wav", *values, c])
@@ -148,11 +149,31 @@ def test_a_reused_split_is_reported_with_the_seed_it_was_made_with(tmp_path):
             assert json.loads((tmp_path / name / record).read_text())["split"] == "random 80/10/10 (seed 0)"
 
 
-def test_folds_summary_for_baseline(tmp_path):
-    data = synthetic_csv(tmp_path / "f.csv")
+def test_folds_summary_for_baseline(tmp_path, capsys):
+    """Each fold's figures with their 95 % intervals over its test clips (accuracy: exactly
+    Clopper-Pearson's); the summary with the t interval of the mean over folds; both printed."""
+    from scipy import stats
+    data = synthetic_csv(tmp_path / "f.csv", shift=1)  # some clips wrong, more in some folds
     assert run("--features", data, "--baseline", "logreg", "--folds", "3", "--out", tmp_path, "--name", "k") == 0
     summary = json.loads((tmp_path / "k" / "summary.json").read_text())
     assert summary["folds"] == 3 and 0 <= summary["balanced_accuracy_std"] < 0.5
+    per_fold = summary["per_fold_balanced_accuracy"]  # 36 clips, each tested once
+    low, high = stats.t.interval(0.95, 2, loc=np.mean(per_fold), scale=stats.sem(per_fold))
+    exact = stats.binomtest(round(np.mean(per_fold) * 36), 36).proportion_ci(0.95, method="exact")
+    assert summary["balanced_accuracy_ci"] == pytest.approx([max(min(low, exact.low), 0),
+                                                             min(max(high, exact.high), 1)])
+    assert "t interval" in summary["ci_method"]
+    out = capsys.readouterr().out
+    for fold in (1, 2, 3):
+        m = json.loads((tmp_path / "k" / f"fold{fold}" / "metrics.json").read_text())
+        right = round(m["test_accuracy"] * m["n_test"])
+        exact = stats.binomtest(right, m["n_test"]).proportion_ci(0.95, method="exact")
+        assert m["test_accuracy_ci"] == pytest.approx([exact.low, exact.high])
+        low, high = m["test_balanced_accuracy_ci"]
+        assert low <= m["test_balanced_accuracy"] <= high and high - low > 0.05
+        assert "bootstrap" in m["ci_method"]["test_balanced_accuracy_ci"]
+        assert f"balanced accuracy {m['test_balanced_accuracy']:.3f} (95% CI {low:.3f}..{high:.3f})" in out
+    assert f"95% CI of the mean {summary['balanced_accuracy_ci'][0]:.3f}.." in out
 
 
 @pytest.mark.skipif(not PUBLIC_CSV.exists(), reason="../shared/gtzan not present")
