@@ -42,12 +42,11 @@ from pathlib import Path
 KERNELS_DIR = Path(__file__).resolve().parent
 ROOT = KERNELS_DIR.parent
 sys.path[:0] = [str(ROOT), str(KERNELS_DIR)]
-import common  # noqa: E402
 import audio  # noqa: E402
+import common  # noqa: E402
 import data  # noqa: E402
-import models  # noqa: E402
-import runs  # noqa: E402
 import kernel_main  # noqa: E402  (the kernel's own code: its flags and its check of a recipe)
+import models  # noqa: E402
 
 RECIPES_DIR = KERNELS_DIR / "recipes"  # the ready-made recipes
 RECIPE_FILE, NOTEBOOK, RELAY = "recipe.json", "kernel.ipynb", "relay"

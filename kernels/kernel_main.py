@@ -32,13 +32,13 @@ from pathlib import Path
 
 if not (Path(__file__).parent / "common.py").is_file():  # kernels/ of the repository, not a kernel
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import common  # noqa: E402
 import audio  # noqa: E402
+import common  # noqa: E402
 import data  # noqa: E402
 import models  # noqa: E402
+import predict  # noqa: E402
 import runs  # noqa: E402
 import training  # noqa: E402
-import predict  # noqa: E402
 
 TRAINERS = {"cnn": "train_cnn", "transfer": "train_transfer", "mlp": "train_mlp"}  # by kind
 KINDS = (*TRAINERS, "predict")
