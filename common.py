@@ -1,8 +1,8 @@
 """The shared core of the music-genre suite: what every script needs, whatever it does.
 
 Errors and the one-line user error, argument helpers, progress lines, files written whole or not
-at all, the cache folder, and the process pool for audio work. No torch at import, so the scripts
-that never train (data_conversion.py, compare.py, kernels/kaggle_loop.py) start fast.
+at all, the cache folder, and the process pool for audio work. No torch at import (nor in
+audio.py), so data_conversion.py, which never trains, starts without it.
 
 The rest of the shared code lives in modules named by what they hold, in the order the data
 flows; an import never runs back up it (README, Layout):
@@ -95,6 +95,14 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         raise SuiteError(f"{message} (see {self.prog} --help)")
+
+
+def refuse_unused(parser, args, flags, why):
+    """A flag given (not at its default) that the chosen model, schedule or task does not use is one
+    line saying so, never silently ignored."""
+    for flag in flags:
+        if getattr(args, flag) != parser.get_default(flag):
+            raise SuiteError(f"--{flag.replace('_', '-')}: {why}")
 
 
 def bounded(kind=int, minimum=None, above=None, below=None):

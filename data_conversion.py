@@ -35,7 +35,6 @@ import numpy as np
 import audio
 import common
 import kaggle_client
-import runs
 
 GTZAN_DATASET = "andradaolteanu/gtzan-dataset-music-genre-classification"
 GTZAN_CORRUPT = "jazz.00054.wav"
@@ -487,7 +486,7 @@ def extract(args):
     if not args.src or args.out:
         raise common.SuiteError("--features CSV takes one SRC folder of labeled audio and no OUT "
                                 "folder (images and features are made by separate commands)")
-    runs.refuse_unused(build_parser(), args, IMAGE_FLAGS, "a setting of the images; "
+    common.refuse_unused(build_parser(), args, IMAGE_FLAGS, "a setting of the images; "
                        "--features reads each whole clip at its own sample rate, as the "
                        "public table was made")
     check_feature_table(args.features, args.src, args.feature_set, args.overwrite)
@@ -514,7 +513,7 @@ def main(argv=None):
     if not args.src or not args.out:
         raise common.SuiteError("give SRC and OUT folders, or SRC --features CSV (or --make-demo "
                                 "DIR / --download DIR)")
-    runs.refuse_unused(build_parser(), args, ("feature_set",), "needs --features CSV")
+    common.refuse_unused(build_parser(), args, ("feature_set",), "needs --features CSV")
     start = time.time()
     settings = {"size": args.size, "sr": args.sr, "segment_seconds": args.segment_seconds,
                 "cmap": args.cmap, "mel": args.mel}

@@ -35,6 +35,7 @@ from common import (
     check_output_folder,
     default_workers,
     duration,
+    refuse_unused,
     writable,
     write_csv,
     write_json,
@@ -154,14 +155,6 @@ def parse_run_args(parser, argv, data_is_file=False, data_flag="--data", check_m
     if paths:
         check_paths(args, data_is_file, data_flag)
     return args
-
-
-def refuse_unused(parser, args, flags, why):
-    """A flag given (not at its default) that the chosen model or schedule does not use is one
-    line saying so, never silently ignored."""
-    for flag in flags:
-        if getattr(args, flag) != parser.get_default(flag):
-            raise SuiteError(f"--{flag.replace('_', '-')}: {why}")
 
 
 def check_flags(parser, args):

@@ -152,10 +152,10 @@ def check_model(args):
                                 "--features CSV trains on them")
     parser = build_parser()
     if args.baseline:
-        runs.refuse_unused(parser, args, MLP_FLAGS, f"the {args.baseline} baseline does not "
+        common.refuse_unused(parser, args, MLP_FLAGS, f"the {args.baseline} baseline does not "
                            "use it (it is a flag of the MLP)")
     if args.baseline != "svm":
-        runs.refuse_unused(parser, args, ("svm_c",), "a flag of --baseline svm")
+        common.refuse_unused(parser, args, ("svm_c",), "a flag of --baseline svm")
     parse_hidden(args.hidden)
 
 

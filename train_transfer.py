@@ -86,13 +86,13 @@ def check_model(args):
     audio = args.arch == "cnn14"
     parser = build_parser()
     if audio:
-        runs.refuse_unused(parser, args, ("img_size", "cache_mb"), "cnn14 reads audio, not "
+        common.refuse_unused(parser, args, ("img_size", "cache_mb"), "cnn14 reads audio, not "
                            "images (--clip-seconds sets its input)")
     else:
-        runs.refuse_unused(parser, args, ("clip_seconds",), "only --arch cnn14 reads audio "
+        common.refuse_unused(parser, args, ("clip_seconds",), "only --arch cnn14 reads audio "
                            "in windows; images are resized to --img-size")
     if args.finetune or args.augment != "none":
-        runs.refuse_unused(parser, args, ("cache_dir",), "nothing is cached when the backbone "
+        common.refuse_unused(parser, args, ("cache_dir",), "nothing is cached when the backbone "
                            "trains or sees augmented images (--finetune, --augment)")
     if models.pretrained_weights(args.arch, args.weights) == ("imagenet" if audio else "panns"):
         raise common.SuiteError(f"--weights {args.weights}: {args.arch} is pretrained on "
