@@ -13,6 +13,7 @@ flows; an import never runs back up it (README, Layout):
     reports.py        a part's test report: figures, plots, caveats
     runs.py           trainer flags, the run folder (written and read), summaries
     kaggle_client.py  the authenticated Kaggle client
+    uncertainty.py    95 % intervals of test figures and K-fold means, paired tests (no torch)
 """
 
 import argparse

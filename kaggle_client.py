@@ -198,6 +198,18 @@ def kaggle_submitted(api, competition, result, what, printed=""):
     return result
 
 
+def kernel_metadata(api, kernel_id):
+    """GetKernel's metadata of a kernel (what `kaggle kernels pull` calls)."""
+    from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelRequest
+
+    def get():
+        with api.build_kaggle_client() as client:
+            request = ApiGetKernelRequest()
+            request.user_name, request.kernel_slug = kernel_id.split("/")
+            return client.kernels.kernels_api_client.get_kernel(request)
+    return kaggle_call(f"looking up {kernel_id}", get).metadata
+
+
 def all_submissions(api, competition):
     """Every submission of the user to a competition, newest first: all pages, which the
     package's competition_submissions() cannot give (it drops the next-page token)."""

@@ -182,18 +182,6 @@ class Version:
         return f"ended in {self.status.lower()}"
 
 
-def kernel_metadata(api, kernel_id):
-    """GetKernel's metadata of a kernel (what `kaggle kernels pull` calls)."""
-    from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelRequest
-
-    def get():
-        with api.build_kaggle_client() as client:
-            request = ApiGetKernelRequest()
-            request.user_name, request.kernel_slug = kernel_id.split("/")
-            return client.kernels.kernels_api_client.get_kernel(request)
-    return kaggle_client.kaggle_call(f"looking up {kernel_id}", get).metadata
-
-
 def not_found(error):
     """Whether a failed call says the kernel is not there: 404, or the 401/403 Kaggle answers
     for a slug it does not know ("Permission 'kernels.get' was denied", kaggle-cli issue 1200;
@@ -204,7 +192,7 @@ def not_found(error):
 def version_count(api, kernel_id):
     """The kernel's number of versions; 0 for a kernel not pushed yet."""
     try:
-        return kernel_metadata(api, kernel_id).current_version_number
+        return kaggle_client.kernel_metadata(api, kernel_id).current_version_number
     except common.SuiteError as e:
         if not_found(e):
             return 0
@@ -487,7 +475,7 @@ def newest_pushed(api, kernel):
 
 
 def last_run(api, kernel_id):
-    return str(kernel_metadata(api, kernel_id).last_run_time or "")
+    return str(kaggle_client.kernel_metadata(api, kernel_id).last_run_time or "")
 
 
 def status(api, kernel, follow_it, interval):
