@@ -7,6 +7,7 @@ audio.py), so data_conversion.py, which never trains, starts without it.
 The rest of the shared code lives in modules named by what they hold, in the order the data
 flows; an import never runs back up it (README, Layout):
     audio.py          listing and decoding audio, spectrograms, audio features (no torch)
+    conversion.py     audio folders -> image folders and feature tables, in workers (no torch)
     data.py           image datasets, batch augmentation, splits
     models.py         every network, build_model, pretrained weights and their checks
     training.py       device, processes, batches, fit, checkpoints, evaluation and metrics

@@ -510,6 +510,7 @@ def step(title):
 
 
 def run_demo(args):
+    import conversion
     import data_conversion
     import train_cnn
     import train_mlp
@@ -520,7 +521,7 @@ def run_demo(args):
     report_dir = check_report_folder(Path(args.out or demo / "report"))
     audio, images, features, runs = demo / "audio", demo / "images", demo / "features.csv", demo / "runs"
     try:  # a table the demo did not extract (the public one) is the user's: never replaced
-        data_conversion.check_feature_table(features, audio, "standard", overwrite=False)
+        conversion.check_feature_table(features, audio, "standard", overwrite=False)
     except common.SuiteError:
         raise common.SuiteError(f"--demo-dir {demo}: {features.name} there was not made by the "
                                 "demo; give the demo another --demo-dir") from None

@@ -1,12 +1,12 @@
-"""Benchmark: audio -> spectrogram PNG, the study's matplotlib way vs ours (data_conversion.convert_clip).
+"""Benchmark: audio -> spectrogram PNG, the study's matplotlib way vs ours (conversion.convert_clip).
 
     python bench/bench_conversion.py ../shared/gtzan/genres
     python bench/bench_conversion.py ../shared/gtzan/genres --limit 10 --size 512
 
 Same clips, one run, side by side:
   1. seconds per clip, one process: the study (librosa.load, STFT, amplitude_to_db, specshow on a
-     5.12 in figure at dpi 100, savefig) vs data_conversion.convert_clip; target ratio >= 20.
-  2. data_conversion.convert_folder with workers=1 vs workers=2 into fresh folders; target speedup >= 1.7.
+     5.12 in figure at dpi 100, savefig) vs conversion.convert_clip; target ratio >= 20.
+  2. conversion.convert_folder with workers=1 vs workers=2 into fresh folders; target speedup >= 1.7.
 One clip is converted untimed first by each path, and common.warm_imports() (librosa's lazy
 submodules, which convert_folder loads before forking workers) runs untimed, so one-time imports
 and JIT warm-up are not counted; pool start-up is.
@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 
 import audio  # noqa: E402
 import common  # noqa: E402
-import data_conversion  # noqa: E402
+import conversion  # noqa: E402
 
 RATIO_TARGET, SPEEDUP_TARGET = 20.0, 1.7
 
@@ -74,7 +74,7 @@ def study_convert(path, png, size):
 
 def our_convert(path, out_dir, size):
     settings = {**audio.CONVERSION_DEFAULTS, "size": size}
-    _, n_written, _, error = data_conversion.convert_clip((path, out_dir, settings))
+    _, n_written, _, error = conversion.convert_clip((path, out_dir, settings))
     if error or n_written != 1:
         raise SystemExit(f"convert_clip failed on {path}: {error}")
 
@@ -127,7 +127,7 @@ def main(argv=None):
         folder_s = {}
         for workers in (1, 2):
             start = time.perf_counter()
-            converted, _, errors = data_conversion.convert_folder(src, tmp / f"folder{workers}",
+            converted, _, errors = conversion.convert_folder(src, tmp / f"folder{workers}",
                                                          {"size": args.size}, workers)
             folder_s[workers] = (time.perf_counter() - start) / len(clips)
             if converted != len(clips):
@@ -137,9 +137,9 @@ def main(argv=None):
     ratio, speedup = study_s / ours_s, folder_s[1] / folder_s[2]
     print(f"\n{'path':<40}{'s/clip':>10}")
     print(f"{'study: librosa + matplotlib specshow':<40}{study_s:>10.4f}   image {sizes[0]}")
-    print(f"{'ours: data_conversion.convert_clip, in process':<40}{ours_s:>10.4f}   image {sizes[1]}")
-    print(f"{'data_conversion.convert_folder workers=1':<40}{folder_s[1]:>10.4f}")
-    print(f"{'data_conversion.convert_folder workers=2':<40}{folder_s[2]:>10.4f}")
+    print(f"{'ours: conversion.convert_clip, in process':<40}{ours_s:>10.4f}   image {sizes[1]}")
+    print(f"{'conversion.convert_folder workers=1':<40}{folder_s[1]:>10.4f}")
+    print(f"{'conversion.convert_folder workers=2':<40}{folder_s[2]:>10.4f}")
     print(f"\nstudy / ours          {ratio:6.1f}x  (target >= {RATIO_TARGET:g})  "
           f"{verdict(ratio >= RATIO_TARGET)}")
     print(f"workers 1 / workers 2 {speedup:6.2f}x  (target >= {SPEEDUP_TARGET:g})  "

@@ -14,7 +14,7 @@ largest deviation of new from today per column, in units of the column's scale (
 the clips) and of its standard deviation over the clips; and the largest deviation of each way from
 the public table (--public-csv, default SRC/../features_30_sec.csv), in the same scale units.
 
-Workers: the same clips through data_conversion.extract_features with workers=1, then 2, each into a
+Workers: the same clips through conversion.extract_features with workers=1, then 2, each into a
 fresh folder (so a fresh feature cache: every clip is computed); pool start-up is counted.
 One clip's features and common.warm_imports() run first, untimed, so librosa's imports and
 numba's JIT are not counted. --target sets a workers 1 / workers 2 speedup to check (none by
@@ -36,7 +36,7 @@ from bench_conversion import link_tree, pick_clips  # noqa: E402  (bench/ is on 
 
 import audio  # noqa: E402
 import common  # noqa: E402
-import data_conversion  # noqa: E402
+import conversion  # noqa: E402
 
 PAD = "reflect"  # the public table's STFT padding (librosa < 0.10)
 
@@ -168,7 +168,7 @@ def main(argv=None):
             out_csv = Path(tmp) / f"workers{workers}" / "features.csv"
             os.environ["SUITE_CACHE"] = str(Path(tmp) / f"cache{workers}")  # a fresh cache each
             start = time.perf_counter()
-            n, _, errors = data_conversion.extract_features(src, out_csv, args.feature_set, workers)
+            n, _, errors = conversion.extract_features(src, out_csv, args.feature_set, workers)
             workers_seconds[workers] = (time.perf_counter() - start) / len(clips)
             if n != len(clips):
                 print(f"warning: workers={workers} extracted {n} of {len(clips)} ({len(errors)} errors)")
@@ -209,7 +209,7 @@ def main(argv=None):
             print(f"  {way:<10}{worst(deviation, columns):<32}{of_changed}")
 
     speedup = workers_seconds[1] / workers_seconds[2]
-    print(f"\n{'data_conversion.extract_features':<32}{'s/clip':>10}")
+    print(f"\n{'conversion.extract_features':<32}{'s/clip':>10}")
     for workers in (1, 2):
         print(f"{f'workers={workers}':<32}{workers_seconds[workers]:>10.3f}")
     verdict = "(no target set)" if args.target is None else \

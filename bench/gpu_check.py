@@ -39,7 +39,7 @@ import torch  # noqa: E402
 
 import audio  # noqa: E402
 import common  # noqa: E402
-import data_conversion  # noqa: E402
+import conversion  # noqa: E402
 import train_cnn  # noqa: E402
 import train_mlp  # noqa: E402
 import train_transfer  # noqa: E402
@@ -67,7 +67,7 @@ def make_images(root, per_class, size, segments=0, seed=0):
             for name in names:
                 levels = rng.integers(0, 90, (size, size)).astype(np.uint8)
                 levels[k * size // N_CLASSES:(k + 1) * size // N_CLASSES] += 120
-                data_conversion.save_spectrogram_png(root / f"c{k}" / f"c{k}.{i:05d}{name}.png",
+                conversion.save_spectrogram_png(root / f"c{k}" / f"c{k}.{i:05d}{name}.png",
                                                      levels)
     settings = {"mel": 128, "segment_seconds": 3.0} if segments else {}
     common.write_json(root / audio.CONVERSION_FILE,

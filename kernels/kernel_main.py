@@ -34,6 +34,7 @@ if not (Path(__file__).parent / "common.py").is_file():  # kernels/ of the repos
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import audio  # noqa: E402
 import common  # noqa: E402
+import conversion  # noqa: E402
 import data  # noqa: E402
 import models  # noqa: E402
 import predict  # noqa: E402
@@ -374,10 +375,9 @@ def find_weights(input_dir, args, trainer, internet):
 
 def prepare_images(args, train, labels, temp, deadline):
     """The training audio converted into temp/images/ as the recipe says."""
-    import data_conversion
     images = temp / "images"
     settings = {"size": args.size, "segment_seconds": args.segment_seconds, "mel": args.mel}
-    converted, skipped, errors = data_conversion.convert_folder(
+    converted, skipped, errors = conversion.convert_folder(
         train, images, settings, common.default_workers(), labels, overwrite=True,
         deadline=deadline)
     print(f"{converted} clips converted, {skipped} up to date, {len(errors)} bad -> {images}")
@@ -385,10 +385,9 @@ def prepare_images(args, train, labels, temp, deadline):
 
 def prepare_features(args, train, labels, temp, deadline):
     """The training audio's features extracted into temp/features.csv."""
-    import data_conversion
     features = temp / "features.csv"
-    data_conversion.check_feature_table(features, train, args.feature_set, overwrite=True)
-    n, computed, errors = data_conversion.extract_features(
+    conversion.check_feature_table(features, train, args.feature_set, overwrite=True)
+    n, computed, errors = conversion.extract_features(
         train, features, args.feature_set, common.default_workers(), labels, deadline=deadline)
     print(f"{n} clips -> {features} ({computed} extracted, {len(errors)} bad)")
 

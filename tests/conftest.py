@@ -13,7 +13,7 @@ SHARED_GTZAN = ROOT.parent / "shared" / "gtzan"
 import torch  # noqa: E402
 
 import audio  # noqa: E402
-import data_conversion  # noqa: E402
+import conversion  # noqa: E402
 import models  # noqa: E402
 
 torch.set_num_threads(1)  # tiny models: a second thread only adds waiting (36x slower under load)
@@ -78,7 +78,7 @@ def make_images(root, n_per_class=6, size=16, classes=("a", "b", "c"), segments=
                 band = slice(k * size // len(classes), (k + 1) * size // len(classes))
                 img[band] += 150
                 if palette:
-                    data_conversion.save_spectrogram_png(root / c / f"{name}.png", img)
+                    conversion.save_spectrogram_png(root / c / f"{name}.png", img)
                 else:
                     Image.fromarray(img).save(root / c / f"{name}.png")
     return root

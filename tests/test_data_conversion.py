@@ -12,6 +12,7 @@ from PIL import Image
 
 import audio
 import common
+import conversion
 import data_conversion
 from conftest import SHARED_GTZAN, write_tone
 
@@ -146,7 +147,7 @@ def test_crash_while_writing_leaves_no_partial_png(tmp_path, monkeypatch):
         raise KeyboardInterrupt
     monkeypatch.setattr(Image.Image, "save", broken_save)
     with pytest.raises(KeyboardInterrupt):
-        data_conversion.save_spectrogram_png(tmp_path / "x.png", np.zeros((4, 4), np.uint8))
+        conversion.save_spectrogram_png(tmp_path / "x.png", np.zeros((4, 4), np.uint8))
     assert list(tmp_path.iterdir()) == []
 
 

@@ -102,7 +102,7 @@ def test_the_notebook_reads_top_to_bottom(tmp_path):
     assert all(c.metadata["_kg_hide-input"] and c.metadata["jupyter"]["source_hidden"] for c in code)
     assert written_files(folder) == {f"{m}.py": (ROOT / f"{m}.py").read_text() for m in
                                      ("common", "audio", "data", "models", "kaggle_client", "uncertainty",
-                                      "training", "reports", "runs", "predict", "train_cnn", "data_conversion")} | {
+                                      "training", "reports", "runs", "predict", "train_cnn", "conversion")} | {
         "kernel_main.py": (KERNELS_DIR / "kernel_main.py").read_text()}
     sources = [c.source for c in rest if not c.source.startswith("%%writefile")]
     assert any(s.strip() == "import kernel_main\n\nkernel_main.run_notebook(RECIPE)".strip()
@@ -142,11 +142,11 @@ def test_the_results_show_each_figure_with_its_interval(tmp_path):
 
 @pytest.mark.parametrize("kind,modules", [
     ("cnn", ["common", "audio", "data", "models", "kaggle_client", "uncertainty", "training", "reports", "runs", "predict",
-             "train_cnn", "data_conversion", "kernel_main"]),
+             "train_cnn", "conversion", "kernel_main"]),
     ("transfer", ["common", "audio", "data", "models", "kaggle_client", "uncertainty", "training", "reports", "runs", "predict",
-             "train_transfer", "data_conversion", "kernel_main"]),
+             "train_transfer", "conversion", "kernel_main"]),
     ("mlp", ["common", "audio", "data", "models", "kaggle_client", "uncertainty", "training", "reports", "runs", "predict",
-             "train_mlp", "data_conversion", "kernel_main"]),
+             "train_mlp", "conversion", "kernel_main"]),
 ])
 def test_a_kernel_carries_the_modules_it_imports_and_no_other(kind, modules, tmp_path):
     flags = ["--", "--weights", "none"] if kind == "transfer" else []
