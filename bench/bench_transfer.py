@@ -3,7 +3,7 @@
     python bench/bench_transfer.py
     python bench/bench_transfer.py --n 32 --epochs 20 --slow-epochs 1
 
-VGG16 built by train_transfer.build_transfer("vgg16", 10, "none") (random weights: no download; the
+VGG16 built by models.build_transfer("vgg16", 10, "none") (random weights: no download; the
 cost does not depend on the weights), random uint8 images in memory, timed side by side:
   (a) fast path: one batched backbone pass over the n images (training.predict_logits with
       forward=net.features, as train_transfer.backbone_features) + --epochs epochs of training.fit
@@ -26,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, f
 import torch  # noqa: E402
 
 import data  # noqa: E402
-import train_transfer  # noqa: E402
 import training  # noqa: E402
 
 TARGET = 1.5
@@ -58,7 +57,7 @@ def main(argv=None):
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     device = torch.device("cpu")
     training.seed_everything(args.seed)
-    net, _ = train_transfer.build_transfer(args.arch, N_CLASSES, "none")
+    net, _ = models.build_transfer(args.arch, N_CLASSES, "none")
     g = torch.Generator().manual_seed(args.seed)
     x = torch.randint(0, 256, (args.n, 3, args.img_size, args.img_size), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, N_CLASSES, (args.n,), generator=g).numpy()
