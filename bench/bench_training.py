@@ -72,8 +72,8 @@ def bench_size(size, args):
                      early_stopping=None, device=device)
     data = random_images(args.n + args.n_val, size, args.seed)
     train, val = data.subset(range(args.n)), data.subset(range(args.n, args.n + args.n_val))
-    batches = [(train.x[i:i + args.batch_size], train.y[i:i + args.batch_size])
-               for i in range(0, args.n, args.batch_size)]  # views: no copy
+    batches = [train.__getitems__(range(i, min(i + args.batch_size, args.n)))[:2]
+               for i in range(0, args.n, args.batch_size)]  # a part's rows (x is the whole set's)
     criterion = torch.nn.CrossEntropyLoss()
     autocast, scaler = training.amp_tools(device)
 
