@@ -292,14 +292,16 @@ EXTENDED_COLUMNS = ([f"spectral_contrast{i}_{s}" for i in range(1, 8) for s in (
 FEATURE_SETS = {"standard": FEATURE_COLUMNS, "extended": FEATURE_COLUMNS + EXTENDED_COLUMNS}
 
 
-def _mean_var(out, name, x):
+def add_mean_var(out, name, x):
+    """out[NAME_mean], out[NAME_var]: how the GTZAN table names a feature's two columns."""
     out[f"{name}_mean"] = float(np.mean(x))
     out[f"{name}_var"] = float(np.var(x))
 
 
-def _rows_mean_var(out, name, rows):
+def add_rows_mean_var(out, name, rows):
+    """NAME1_mean, NAME1_var, NAME2_mean, ...: one pair per row (MFCCs, contrast bands)."""
     for i, row in enumerate(rows, 1):
-        _mean_var(out, f"{name}{i}", row)
+        add_mean_var(out, f"{name}{i}", row)
 
 
 def _median_filter_rows(x, width):
@@ -358,24 +360,24 @@ def clip_features(y, sr, feature_set="standard"):
     power = magnitude ** 2
     log_mel = librosa.power_to_db(librosa.feature.melspectrogram(S=power, sr=sr))
     out = {"length": float(len(y))}
-    _mean_var(out, "chroma_stft", librosa.feature.chroma_stft(S=power, sr=sr))
-    _mean_var(out, "rms", librosa.feature.rms(y=y, pad_mode=PAD))
+    add_mean_var(out, "chroma_stft", librosa.feature.chroma_stft(S=power, sr=sr))
+    add_mean_var(out, "rms", librosa.feature.rms(y=y, pad_mode=PAD))
     centroid = librosa.feature.spectral_centroid(S=magnitude, sr=sr)
-    _mean_var(out, "spectral_centroid", centroid)
-    _mean_var(out, "spectral_bandwidth",
+    add_mean_var(out, "spectral_centroid", centroid)
+    add_mean_var(out, "spectral_bandwidth",
               librosa.feature.spectral_bandwidth(S=magnitude, sr=sr, centroid=centroid))
-    _mean_var(out, "rolloff", librosa.feature.spectral_rolloff(S=magnitude, sr=sr))
-    _mean_var(out, "zero_crossing_rate", _zero_crossing_rate(y))
+    add_mean_var(out, "rolloff", librosa.feature.spectral_rolloff(S=magnitude, sr=sr))
+    add_mean_var(out, "zero_crossing_rate", _zero_crossing_rate(y))
     for name, part in zip(("harmony", "perceptr"), _hpss_waveforms(y, stft, magnitude)):
-        _mean_var(out, name, part)
+        add_mean_var(out, name, part)
     # = librosa.beat.beat_track(y=y, sr=sr)[0]: median-aggregated onset envelope
     onset_env = librosa.onset.onset_strength(S=log_mel, sr=sr, aggregate=np.median)
     out["tempo"] = float(np.atleast_1d(librosa.feature.tempo(onset_envelope=onset_env, sr=sr))[0])
-    _rows_mean_var(out, "mfcc", librosa.feature.mfcc(S=log_mel, n_mfcc=20))
+    add_rows_mean_var(out, "mfcc", librosa.feature.mfcc(S=log_mel, n_mfcc=20))
     if feature_set == "extended":
-        _rows_mean_var(out, "spectral_contrast", librosa.feature.spectral_contrast(S=magnitude, sr=sr))
-        _mean_var(out, "onset_strength", librosa.onset.onset_strength(S=log_mel, sr=sr))
-        _rows_mean_var(out, "tonnetz", librosa.feature.tonnetz(y=y, sr=sr))
+        add_rows_mean_var(out, "spectral_contrast", librosa.feature.spectral_contrast(S=magnitude, sr=sr))
+        add_mean_var(out, "onset_strength", librosa.onset.onset_strength(S=log_mel, sr=sr))
+        add_rows_mean_var(out, "tonnetz", librosa.feature.tonnetz(y=y, sr=sr))
     return {c: out[c] for c in FEATURE_SETS[feature_set]}
 
 

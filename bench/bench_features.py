@@ -37,6 +37,7 @@ from bench_conversion import link_tree, pick_clips  # noqa: E402  (bench/ is on 
 import audio  # noqa: E402
 import common  # noqa: E402
 import conversion  # noqa: E402
+from audio import add_mean_var, add_rows_mean_var  # noqa: E402  (the table's column names)
 
 PAD = "reflect"  # the public table's STFT padding (librosa < 0.10)
 
@@ -54,37 +55,28 @@ def build_parser():
     return p
 
 
-def _mean_var(out, name, x):
-    out[f"{name}_mean"] = float(np.mean(x))
-    out[f"{name}_var"] = float(np.var(x))
-
-
-def _rows_mean_var(out, name, rows):
-    for i, row in enumerate(rows, 1):
-        _mean_var(out, f"{name}{i}", row)
-
-
 def librosa_features(y, sr, feature_set="standard"):
     """Each feature from the waveform with its own librosa call (its own STFT), as the public
     table was made, with the old defaults that reproduce it (reflect padding, old HPSS tail)."""
     import librosa
     out = {"length": float(len(y))}
-    _mean_var(out, "chroma_stft", librosa.feature.chroma_stft(y=y, sr=sr, pad_mode=PAD))
-    _mean_var(out, "rms", librosa.feature.rms(y=y, pad_mode=PAD))
-    _mean_var(out, "spectral_centroid", librosa.feature.spectral_centroid(y=y, sr=sr, pad_mode=PAD))
-    _mean_var(out, "spectral_bandwidth", librosa.feature.spectral_bandwidth(y=y, sr=sr, pad_mode=PAD))
-    _mean_var(out, "rolloff", librosa.feature.spectral_rolloff(y=y, sr=sr, pad_mode=PAD))
-    _mean_var(out, "zero_crossing_rate", librosa.feature.zero_crossing_rate(y))
+    add_mean_var(out, "chroma_stft", librosa.feature.chroma_stft(y=y, sr=sr, pad_mode=PAD))
+    add_mean_var(out, "rms", librosa.feature.rms(y=y, pad_mode=PAD))
+    add_mean_var(out, "spectral_centroid", librosa.feature.spectral_centroid(y=y, sr=sr, pad_mode=PAD))
+    add_mean_var(out, "spectral_bandwidth", librosa.feature.spectral_bandwidth(y=y, sr=sr, pad_mode=PAD))
+    add_mean_var(out, "rolloff", librosa.feature.spectral_rolloff(y=y, sr=sr, pad_mode=PAD))
+    add_mean_var(out, "zero_crossing_rate", librosa.feature.zero_crossing_rate(y))
     harmonic, percussive = librosa.decompose.hpss(librosa.stft(y, pad_mode=PAD))  # = old effects.hpss
     for name, part in (("harmony", harmonic), ("perceptr", percussive)):
-        _mean_var(out, name, librosa.util.fix_length(librosa.istft(part, dtype=y.dtype), size=len(y)))
+        add_mean_var(out, name, librosa.util.fix_length(librosa.istft(part, dtype=y.dtype), size=len(y)))
     onset_env = librosa.onset.onset_strength(y=y, sr=sr, aggregate=np.median, pad_mode=PAD)
     out["tempo"] = float(np.atleast_1d(librosa.beat.beat_track(onset_envelope=onset_env, sr=sr)[0])[0])
-    _rows_mean_var(out, "mfcc", librosa.feature.mfcc(y=y, sr=sr, n_mfcc=20, pad_mode=PAD))
+    add_rows_mean_var(out, "mfcc", librosa.feature.mfcc(y=y, sr=sr, n_mfcc=20, pad_mode=PAD))
     if feature_set == "extended":
-        _rows_mean_var(out, "spectral_contrast", librosa.feature.spectral_contrast(y=y, sr=sr, pad_mode=PAD))
-        _mean_var(out, "onset_strength", librosa.onset.onset_strength(y=y, sr=sr, pad_mode=PAD))
-        _rows_mean_var(out, "tonnetz", librosa.feature.tonnetz(y=y, sr=sr))
+        add_rows_mean_var(out, "spectral_contrast",
+                          librosa.feature.spectral_contrast(y=y, sr=sr, pad_mode=PAD))
+        add_mean_var(out, "onset_strength", librosa.onset.onset_strength(y=y, sr=sr, pad_mode=PAD))
+        add_rows_mean_var(out, "tonnetz", librosa.feature.tonnetz(y=y, sr=sr))
     return {c: out[c] for c in audio.FEATURE_SETS[feature_set]}
 
 
@@ -96,24 +88,24 @@ def today_features(y, sr, feature_set="standard"):
     power = magnitude ** 2
     log_mel = librosa.power_to_db(librosa.feature.melspectrogram(S=power, sr=sr))
     out = {"length": float(len(y))}
-    _mean_var(out, "chroma_stft", librosa.feature.chroma_stft(S=power, sr=sr))
-    _mean_var(out, "rms", librosa.feature.rms(y=y, pad_mode=PAD))
-    _mean_var(out, "spectral_centroid", librosa.feature.spectral_centroid(S=magnitude, sr=sr))
-    _mean_var(out, "spectral_bandwidth", librosa.feature.spectral_bandwidth(S=magnitude, sr=sr))
-    _mean_var(out, "rolloff", librosa.feature.spectral_rolloff(S=magnitude, sr=sr))
-    _mean_var(out, "zero_crossing_rate", librosa.feature.zero_crossing_rate(y))
+    add_mean_var(out, "chroma_stft", librosa.feature.chroma_stft(S=power, sr=sr))
+    add_mean_var(out, "rms", librosa.feature.rms(y=y, pad_mode=PAD))
+    add_mean_var(out, "spectral_centroid", librosa.feature.spectral_centroid(S=magnitude, sr=sr))
+    add_mean_var(out, "spectral_bandwidth", librosa.feature.spectral_bandwidth(S=magnitude, sr=sr))
+    add_mean_var(out, "rolloff", librosa.feature.spectral_rolloff(S=magnitude, sr=sr))
+    add_mean_var(out, "zero_crossing_rate", librosa.feature.zero_crossing_rate(y))
     # as old effects.hpss: istft without length=, so the last len(y) % hop samples stay zero
     harmonic, percussive = librosa.decompose.hpss(stft)
     for name, part in (("harmony", harmonic), ("perceptr", percussive)):
-        _mean_var(out, name, librosa.util.fix_length(librosa.istft(part, dtype=y.dtype), size=len(y)))
+        add_mean_var(out, name, librosa.util.fix_length(librosa.istft(part, dtype=y.dtype), size=len(y)))
     # = librosa.beat.beat_track(y=y, sr=sr)[0]: median-aggregated onset envelope
     onset_env = librosa.onset.onset_strength(S=log_mel, sr=sr, aggregate=np.median)
     out["tempo"] = float(np.atleast_1d(librosa.feature.tempo(onset_envelope=onset_env, sr=sr))[0])
-    _rows_mean_var(out, "mfcc", librosa.feature.mfcc(S=log_mel, n_mfcc=20))
+    add_rows_mean_var(out, "mfcc", librosa.feature.mfcc(S=log_mel, n_mfcc=20))
     if feature_set == "extended":
-        _rows_mean_var(out, "spectral_contrast", librosa.feature.spectral_contrast(S=magnitude, sr=sr))
-        _mean_var(out, "onset_strength", librosa.onset.onset_strength(S=log_mel, sr=sr))
-        _rows_mean_var(out, "tonnetz", librosa.feature.tonnetz(y=y, sr=sr))
+        add_rows_mean_var(out, "spectral_contrast", librosa.feature.spectral_contrast(S=magnitude, sr=sr))
+        add_mean_var(out, "onset_strength", librosa.onset.onset_strength(S=log_mel, sr=sr))
+        add_rows_mean_var(out, "tonnetz", librosa.feature.tonnetz(y=y, sr=sr))
     return {c: out[c] for c in audio.FEATURE_SETS[feature_set]}
 
 
